@@ -1,0 +1,33 @@
+//! `fledge-init`: PID 1 of Fledge initramfs artifacts (and, later, of build VMs).
+//!
+//! It mounts the runtime filesystems, attaches the console, starts the workload (the agent at
+//! `/bin/kestrel`, or the program named by `/.volant_init` or `fledge.init=` on the kernel
+//! command line), reaps every orphan, forwards shutdown signals, and when the workload exits
+//! reports its status on the console and powers the machine off. PID 1 never exits, so the
+//! kernel never panics with "attempted to kill init".
+
+mod mounts;
+mod supervise;
+mod target;
+
+use std::io::Write;
+
+fn main() {
+    if std::process::id() != 1 {
+        eprintln!("fledge-init: this is the init of Fledge images and must run as PID 1 (the kernel starts it as /init)");
+        std::process::exit(2);
+    }
+    mounts::mount_runtime();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
+    let program = target::choose(&cmdline, handoff.as_deref());
+    let status = supervise::run(&program);
+    println!("fledge-init: {program} exited with status {status}");
+    println!("{}{status}", target::EXIT_STATUS_PREFIX);
+    supervise::shutdown();
+}
+
+/// Reports a non-fatal problem on the console.
+fn warn(what: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "fledge-init: {what}");
+}

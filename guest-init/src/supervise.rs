@@ -1,0 +1,114 @@
+//! Running the workload as PID 1: start it in its own session on the console, reap every
+//! child (orphans are re-parented to us), forward shutdown signals, and power off.
+
+use std::ffi::CString;
+use std::time::{Duration, Instant};
+
+use nix::sys::reboot::{RebootMode, reboot, set_cad_enabled};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, execve, fork, setsid, sync};
+
+const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPWR];
+
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set
+}
+
+/// Starts `program` and waits for it; returns its exit status (128+N if killed by signal N).
+pub fn run(program: &str) -> i32 {
+    let signals = handled_signals();
+    if let Err(e) = signals.thread_block() {
+        crate::warn(format_args!("cannot block signals: {e}"));
+    }
+    // Ctrl-Alt-Del becomes SIGINT to us, which is forwarded, instead of an instant reboot.
+    let _ = set_cad_enabled(false);
+    // SAFETY: single-threaded here; the child only calls async-signal-safe functions until exec.
+    let child = match unsafe { fork() } {
+        Ok(ForkResult::Child) => exec_workload(program, &signals),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => {
+            crate::warn(format_args!("fork: {e}"));
+            return 127;
+        }
+    };
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(status) = reap(child) {
+                    return status;
+                }
+            }
+            Ok(signal) => {
+                let _ = kill(child, signal);
+            }
+            Err(e) => crate::warn(format_args!("sigwait: {e}")),
+        }
+    }
+}
+
+fn exec_workload(program: &str, signals: &SigSet) -> ! {
+    let _ = signals.thread_unblock();
+    let _ = setsid();
+    // SAFETY: makes the console (fd 0) our controlling terminal; no memory is touched.
+    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 1) };
+    let env = environment();
+    match CString::new(program) {
+        Ok(path) => {
+            let err = execve(&path, &[path.clone()], &env).unwrap_err();
+            crate::warn(format_args!("cannot start {program}: {err}"));
+        }
+        Err(_) => crate::warn(format_args!("program path contains a NUL byte")),
+    }
+    // SAFETY: leaving the forked child without running the parent's destructors.
+    unsafe { libc::_exit(127) }
+}
+
+/// The kernel-provided environment with a usable `PATH` and `HOME` added when missing.
+fn environment() -> Vec<CString> {
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    for (key, value) in [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root"), ("TERM", "linux")] {
+        if !vars.iter().any(|(k, _)| k == key) {
+            vars.push((key.into(), value.into()));
+        }
+    }
+    vars.into_iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect()
+}
+
+/// Reaps every exited child; returns the workload's status once it has exited.
+fn reap(workload: Pid) -> Option<i32> {
+    let mut result = None;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == workload => result = Some(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == workload => result = Some(128 + signal as i32),
+            Ok(WaitStatus::StillAlive) | Err(_) => return result,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Stops what is left, flushes disks and powers off. Never returns.
+pub fn shutdown() -> ! {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Err(_) => break,
+            Ok(WaitStatus::StillAlive) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(_) => {}
+        }
+    }
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    sync();
+    let err = reboot(RebootMode::RB_POWER_OFF).unwrap_err();
+    crate::warn(format_args!("power off failed: {err}"));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,63 @@
+//! Command-line interface (clap). Flag names and rules follow the original Fledge, minus its
+//! root requirement.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::manifest::ManifestFormat;
+
+#[derive(Debug, Parser)]
+#[command(name = "fledge", about = "Build microVM boot artifacts (initramfs, rootfs images) and Volant manifests, without a Docker daemon or root", version = crate::VERSION, disable_version_flag = false)]
+pub struct Cli {
+    /// Show debug logs
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Show errors only (wins over --verbose)
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an artifact from fledge.toml, or directly from a Dockerfile
+    Build(BuildArgs),
+    /// Print version information
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Dockerfile to build directly (Dockerfile mode); without it, fledge.toml is used
+    #[arg(value_name = "DOCKERFILE")]
+    pub dockerfile_arg: Option<PathBuf>,
+    /// Dockerfile to build (same as the positional argument)
+    #[arg(long, value_name = "PATH")]
+    pub dockerfile: Option<PathBuf>,
+    /// Build configuration [default: fledge.toml]
+    #[arg(short, long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Runtime manifest template [default: manifest.toml beside the config]
+    #[arg(short, long, value_name = "PATH")]
+    pub manifest: Option<PathBuf>,
+    /// Artifact path (a directory puts the default name inside it)
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// Shape of the manifest JSON [default: fledge.toml's manifest_format, else fledge]
+    #[arg(long, value_name = "FORMAT", value_parser = clap::builder::TypedValueParser::map(clap::builder::PossibleValuesParser::new(ManifestFormat::NAMES), |s| s.parse::<ManifestFormat>().expect("listed values parse")))]
+    pub manifest_format: Option<ManifestFormat>,
+    /// Build context directory (Dockerfile mode) [default: the Dockerfile's directory]
+    #[arg(long, value_name = "DIR")]
+    pub context: Option<PathBuf>,
+    /// Stage to build in a multi-stage Dockerfile
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Build argument KEY=VALUE (repeatable)
+    #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+    pub build_args: Vec<String>,
+    /// Dockerfile mode: produce an initramfs (.cpio.gz) instead of a rootfs image
+    #[arg(long)]
+    pub output_initramfs: bool,
+}

@@ -1,0 +1,26 @@
+//! Fledge: builds microVM boot artifacts (initramfs archives, rootfs images) and their Volant
+//! manifests from a configuration, an OCI image or a Dockerfile, with no Docker daemon and no
+//! root. See `docs/architecture.md` for how the pieces fit.
+
+pub mod agent;
+pub mod busybox;
+pub mod cli;
+pub mod commands;
+pub mod compress;
+pub mod config;
+pub mod diagnostic;
+pub mod digest;
+pub mod dirs;
+pub mod fetch;
+pub mod guest_init;
+pub mod initramfs;
+pub mod interrupt;
+pub mod manifest;
+pub mod mappings;
+pub mod output;
+pub mod paths;
+pub mod progress;
+pub mod rootfs;
+pub mod tomlfile;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

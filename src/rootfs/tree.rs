@@ -1,0 +1,226 @@
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::paths::ImagePath;
+
+/// Where a regular file's bytes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileData {
+    /// Read from the host when packing (streamed, never held in memory).
+    Host(PathBuf),
+    /// Small generated or embedded content.
+    Bytes(Arc<[u8]>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    Dir { mode: u32 },
+    File { mode: u32, data: FileData },
+    Symlink { target: String },
+    /// A character device node, e.g. `/dev/console` (packers write it; nothing is created on
+    /// the host, so no privilege is needed).
+    CharDevice { mode: u32, major: u32, minor: u32 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TreeError {
+    #[error("cannot create {path}: {component} is a file, not a directory")]
+    NotADirectory { path: String, component: String },
+    #[error("cannot resolve {path}: too many levels of symbolic links")]
+    SymlinkLoop { path: String },
+    #[error("cannot replace the image root with a file")]
+    RootNotDir,
+}
+
+/// Maximum symlinks followed while resolving one path, as Linux's `MAXSYMLINKS`.
+const MAX_SYMLINKS: usize = 40;
+
+/// The image's entries keyed by path; parents sort before their children.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    nodes: BTreeMap<ImagePath, Node>,
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(ImagePath::root(), Node::Dir { mode: 0o755 });
+        Self { nodes }
+    }
+}
+
+impl Tree {
+    pub fn get(&self, path: &ImagePath) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    /// All entries in path order, the root first.
+    pub fn iter(&self) -> impl Iterator<Item = (&ImagePath, &Node)> {
+        self.nodes.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.len() <= 1
+    }
+
+    /// Creates `path` and any missing parents as directories (parents 0755). An existing
+    /// directory keeps its mode; symlinked parents are followed inside the image.
+    pub fn mkdir_all(&mut self, path: &ImagePath, mode: u32) -> Result<ImagePath, TreeError> {
+        let dir = self.resolve(path, true)?;
+        match self.nodes.get(&dir) {
+            Some(Node::Dir { .. }) => {}
+            Some(_) => {
+                return Err(TreeError::NotADirectory { path: path.to_string(), component: dir.to_string() });
+            }
+            None => {
+                self.nodes.insert(dir.clone(), Node::Dir { mode });
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Puts `node` at `path`, replacing what was there (a replaced directory loses its
+    /// contents). The final component is never followed, so writing over a symlink replaces
+    /// the link instead of writing through it; parents are resolved inside the image.
+    pub fn insert(&mut self, path: &ImagePath, node: Node) -> Result<ImagePath, TreeError> {
+        let Some(name) = path.file_name() else {
+            return match node {
+                Node::Dir { mode } => {
+                    self.nodes.insert(ImagePath::root(), Node::Dir { mode });
+                    Ok(ImagePath::root())
+                }
+                _ => Err(TreeError::RootNotDir),
+            };
+        };
+        let parent = path.parent().expect("non-root paths have a parent");
+        let parent = self.mkdir_all(&parent, 0o755)?;
+        let target = parent.join(name);
+        if !matches!(node, Node::Dir { .. }) || !matches!(self.nodes.get(&target), Some(Node::Dir { .. })) {
+            self.remove(&target);
+        }
+        self.nodes.insert(target.clone(), node);
+        Ok(target)
+    }
+
+    /// Removes `path` and everything below it.
+    pub fn remove(&mut self, path: &ImagePath) {
+        let doomed: Vec<ImagePath> = self.nodes.range(path.clone()..).take_while(|(p, _)| p.starts_with(path)).map(|(p, _)| p.clone()).collect();
+        for p in doomed {
+            self.nodes.remove(&p);
+        }
+    }
+
+    /// Resolves `path` to the entry it names, following symlinks in every component (and in
+    /// the last one when `follow_last`), confined to the image: absolute link targets restart
+    /// at the image root and `..` never climbs above it, whatever the links say.
+    pub fn resolve(&self, path: &ImagePath, follow_last: bool) -> Result<ImagePath, TreeError> {
+        let mut pending: Vec<String> = path.components().iter().rev().cloned().collect();
+        let mut current: Vec<String> = Vec::new();
+        let mut followed = 0;
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    current.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            current.push(part);
+            let here = ImagePath::from_components(current.clone());
+            let is_last = pending.is_empty();
+            match self.nodes.get(&here) {
+                Some(Node::Symlink { target }) if follow_last || !is_last => {
+                    followed += 1;
+                    if followed > MAX_SYMLINKS {
+                        return Err(TreeError::SymlinkLoop { path: path.to_string() });
+                    }
+                    current.pop();
+                    if target.starts_with('/') {
+                        current.clear();
+                    }
+                    pending.extend(target.split('/').rev().map(str::to_string));
+                }
+                Some(Node::File { .. }) if !is_last => {
+                    return Err(TreeError::NotADirectory { path: path.to_string(), component: here.to_string() });
+                }
+                _ => {}
+            }
+        }
+        Ok(ImagePath::from_components(current))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> ImagePath {
+        ImagePath::parse(s).unwrap()
+    }
+
+    fn file() -> Node {
+        Node::File { mode: 0o644, data: FileData::Bytes(Arc::from(&b"x"[..])) }
+    }
+
+    #[test]
+    fn insert_creates_parents_and_keeps_order() {
+        let mut t = Tree::default();
+        t.insert(&p("/usr/bin/hello"), file()).unwrap();
+        let paths: Vec<String> = t.iter().map(|(p, _)| p.to_string()).collect();
+        assert_eq!(paths, ["/", "/usr", "/usr/bin", "/usr/bin/hello"]);
+    }
+
+    #[test]
+    fn symlinked_parent_directories_are_followed_inside_the_image() {
+        let mut t = Tree::default();
+        t.mkdir_all(&p("/usr/bin"), 0o755).unwrap();
+        t.insert(&p("/bin"), Node::Symlink { target: "usr/bin".into() }).unwrap();
+        assert_eq!(t.insert(&p("/bin/kestrel"), file()).unwrap(), p("/usr/bin/kestrel"));
+        t.insert(&p("/sbin"), Node::Symlink { target: "/usr/bin".into() }).unwrap();
+        assert_eq!(t.resolve(&p("/sbin/x"), true).unwrap(), p("/usr/bin/x"));
+    }
+
+    #[test]
+    fn links_cannot_escape_the_root() {
+        let mut t = Tree::default();
+        t.insert(&p("/evil"), Node::Symlink { target: "../../../../etc".into() }).unwrap();
+        assert_eq!(t.insert(&p("/evil/passwd"), file()).unwrap(), p("/etc/passwd"));
+        t.insert(&p("/abs"), Node::Symlink { target: "/tmp/../../root".into() }).unwrap();
+        assert_eq!(t.resolve(&p("/abs/x"), true).unwrap(), p("/root/x"));
+    }
+
+    #[test]
+    fn the_last_component_is_replaced_not_followed() {
+        let mut t = Tree::default();
+        t.insert(&p("/etc/target"), file()).unwrap();
+        t.insert(&p("/link"), Node::Symlink { target: "/etc/target".into() }).unwrap();
+        t.insert(&p("/link"), file()).unwrap();
+        assert_eq!(t.get(&p("/etc/target")), Some(&file()));
+        assert_eq!(t.get(&p("/link")), Some(&file()));
+    }
+
+    #[test]
+    fn loops_and_files_as_directories_are_errors() {
+        let mut t = Tree::default();
+        t.insert(&p("/a"), Node::Symlink { target: "b".into() }).unwrap();
+        t.insert(&p("/b"), Node::Symlink { target: "a".into() }).unwrap();
+        assert!(matches!(t.insert(&p("/a/x"), file()), Err(TreeError::SymlinkLoop { .. })));
+        t.insert(&p("/f"), file()).unwrap();
+        assert!(matches!(t.insert(&p("/f/x"), file()), Err(TreeError::NotADirectory { .. })));
+    }
+
+    #[test]
+    fn replacing_a_directory_with_a_file_drops_its_contents() {
+        let mut t = Tree::default();
+        t.insert(&p("/d/inner"), file()).unwrap();
+        t.insert(&p("/d"), file()).unwrap();
+        assert_eq!(t.get(&p("/d/inner")), None);
+        assert_eq!(t.len(), 2);
+    }
+}
