@@ -1,0 +1,143 @@
+//! Shared test fixtures: a temporary project, the real `fledge` binary, a static agent
+//! program, a loopback HTTP server, and GNU cpio to read archives back.
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod http;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+pub const FLEDGE: &str = env!("CARGO_BIN_EXE_fledge");
+
+/// Debian's busybox-static; `make test` installs it.
+pub fn busybox() -> &'static str {
+    let path = "/bin/busybox";
+    assert!(Path::new(path).exists(), "{path} is missing: install busybox-static (make test does this)");
+    path
+}
+
+/// A small static program standing in for the kestrel agent (built once per test binary).
+pub fn agent_binary() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("agent");
+            fs::create_dir_all(&dir).unwrap();
+            let src = dir.join("agent.c");
+            let out = dir.join(format!("agent-{}", std::process::id()));
+            fs::write(&src, "#include <stdio.h>\nint main(void){puts(\"test agent\");return 0;}\n").unwrap();
+            let status = Command::new("gcc").args(["-static", "-Os", "-s", "-o"]).arg(&out).arg(&src).status().expect("gcc is needed to build the test agent");
+            assert!(status.success(), "gcc -static failed (install libc6-dev)");
+            out
+        })
+        .clone()
+}
+
+/// A temporary project directory that anyone can read (for the non-root test).
+pub struct Project {
+    pub dir: tempfile::TempDir,
+}
+
+impl Project {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new().prefix("fledge-test-").tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, content: &str) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        path
+    }
+
+    pub fn write_mode(&self, rel: &str, content: &[u8], mode: u32) -> PathBuf {
+        let path = self.path(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, content).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// A `fledge` command run in the project directory with an isolated cache and home.
+    pub fn fledge(&self) -> Command {
+        let mut cmd = Command::new(FLEDGE);
+        cmd.current_dir(self.dir.path())
+            .env("HOME", self.path("home"))
+            .env("FLEDGE_CACHE_DIR", self.path("cache"))
+            .env("FLEDGE_STATE_DIR", self.path("state"))
+            .env_remove("FLEDGE_AGENT")
+            .env_remove("FLEDGE_AGENT_BASE_URL")
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("XDG_CACHE_HOME")
+            .env_remove("XDG_DATA_HOME");
+        cmd
+    }
+
+    /// Names in the project directory, sorted (to check that nothing was left behind).
+    pub fn listing(&self) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    }
+}
+
+/// Runs a command and returns its output; panics with both streams if it fails to start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert!(out.status.success(), "command failed ({}):\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), stderr(out));
+}
+
+/// `cpio -itv` of an uncompressed archive, as lines.
+pub fn cpio_listing(archive: &[u8]) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new("cpio")
+        .args(["-itv", "--quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("GNU cpio is needed (apt install cpio)");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = archive.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success(), "cpio failed: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// Decompresses with the system tool for the format (`gzip`, `zstd`, `lz4`), checking that
+/// the tool itself accepts the stream.
+pub fn decompress(tool: &str, path: &Path) -> Vec<u8> {
+    let out = Command::new(tool).args(["-d", "-c"]).arg(path).output().unwrap_or_else(|e| panic!("{tool} is needed: {e}"));
+    assert!(out.status.success(), "{tool} -d failed: {}", stderr(&out));
+    out.stdout
+}
+
+/// The entry name of a `cpio -itv` line (the word before ` -> ` for symlinks).
+pub fn entry_name(line: &str) -> &str {
+    let before_arrow = line.split(" -> ").next().unwrap_or(line);
+    before_arrow.split_whitespace().last().unwrap_or("")
+}
+
+/// The `cpio -itv` line for `name`.
+pub fn entry<'a>(listing: &'a [String], name: &str) -> Option<&'a String> {
+    listing.iter().find(|l| entry_name(l) == name)
+}
