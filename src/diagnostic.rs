@@ -87,7 +87,13 @@ impl fmt::Display for Diagnostic {
 impl std::error::Error for Diagnostic {}
 
 /// The closest candidate to a misspelt name, if it is close enough to be a plausible typo.
+/// A candidate that extends the name (`busybox_sha` → `busybox_sha256`) wins over an equally
+/// distant one that does not.
 pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    if let Some(extension) = candidates.iter().filter(|c| name.len() >= 3 && c.starts_with(name)).min_by_key(|c| c.len()) {
+        return Some(extension);
+    }
     candidates
         .into_iter()
         .map(|c| (strsim::damerau_levenshtein(name, c), c))
@@ -127,5 +133,6 @@ mod tests {
         assert_eq!(did_you_mean("stratgy", keys), Some("strategy"));
         assert_eq!(did_you_mean("sourec", keys), Some("source"));
         assert_eq!(did_you_mean("completely_else", keys), None);
+        assert_eq!(did_you_mean("busybox_sha", ["busybox_url", "busybox_sha256"]), Some("busybox_sha256"));
     }
 }

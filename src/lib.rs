@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod guest_init;
 pub mod initramfs;
 pub mod interrupt;
+pub mod logging;
 pub mod manifest;
 pub mod mappings;
 pub mod output;

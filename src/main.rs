@@ -3,22 +3,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use fledge::cli::{Cli, Command};
 use fledge::progress::Progress;
-use fledge::{commands, interrupt};
-use tracing_subscriber::EnvFilter;
+use fledge::{commands, interrupt, logging};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match (cli.quiet, cli.verbose) {
-        (true, _) => "error",
-        (false, true) => "debug",
-        (false, false) => "warn",
-    };
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("FLEDGE_LOG").unwrap_or_else(|_| EnvFilter::new(level)))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+    logging::init(cli.quiet, cli.verbose);
     interrupt::install();
     let progress = Progress::new(cli.quiet);
     let result = match &cli.command {
@@ -31,8 +20,22 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", render_error(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, skipping a cause whose text the message already contains (our
+/// errors often quote their cause and add a hint after it).
+fn render_error(err: &anyhow::Error) -> String {
+    let mut message = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
