@@ -68,20 +68,27 @@ impl Tree {
         self.nodes.len() <= 1
     }
 
-    /// Creates `path` and any missing parents as directories (parents 0755). An existing
-    /// directory keeps its mode; symlinked parents are followed inside the image.
+    /// Creates `path` and any missing parents as directories (parents 0755). Existing
+    /// directories keep their mode; symlinked components are followed inside the image, and a
+    /// dangling link's target is created. Returns the resolved directory.
     pub fn mkdir_all(&mut self, path: &ImagePath, mode: u32) -> Result<ImagePath, TreeError> {
-        let dir = self.resolve(path, true)?;
-        match self.nodes.get(&dir) {
-            Some(Node::Dir { .. }) => {}
-            Some(_) => {
-                return Err(TreeError::NotADirectory { path: path.to_string(), component: dir.to_string() });
+        let mut current = ImagePath::root();
+        let last = path.components().len();
+        for (i, part) in path.components().iter().enumerate() {
+            let dir = self.resolve(&current.join(part), true)?;
+            match self.nodes.get(&dir) {
+                Some(Node::Dir { .. }) => {}
+                Some(_) => return Err(TreeError::NotADirectory { path: path.to_string(), component: dir.to_string() }),
+                None => {
+                    if let Some(parent) = dir.parent().filter(|p| *p != current) {
+                        self.mkdir_all(&parent, 0o755)?;
+                    }
+                    self.nodes.insert(dir.clone(), Node::Dir { mode: if i + 1 == last { mode } else { 0o755 } });
+                }
             }
-            None => {
-                self.nodes.insert(dir.clone(), Node::Dir { mode });
-            }
+            current = dir;
         }
-        Ok(dir)
+        Ok(current)
     }
 
     /// Puts `node` at `path`, replacing what was there (a replaced directory loses its
@@ -184,6 +191,16 @@ mod tests {
         assert_eq!(t.insert(&p("/bin/kestrel"), file()).unwrap(), p("/usr/bin/kestrel"));
         t.insert(&p("/sbin"), Node::Symlink { target: "/usr/bin".into() }).unwrap();
         assert_eq!(t.resolve(&p("/sbin/x"), true).unwrap(), p("/usr/bin/x"));
+    }
+
+    #[test]
+    fn dangling_links_get_their_target_created() {
+        let mut t = Tree::default();
+        t.insert(&p("/lib"), Node::Symlink { target: "usr/lib".into() }).unwrap();
+        assert_eq!(t.mkdir_all(&p("/lib/modules"), 0o700).unwrap(), p("/usr/lib/modules"));
+        let dirs: Vec<String> = t.iter().filter(|(_, n)| matches!(n, Node::Dir { .. })).map(|(p, _)| p.to_string()).collect();
+        assert_eq!(dirs, ["/", "/usr", "/usr/lib", "/usr/lib/modules"]);
+        assert_eq!(t.get(&p("/usr/lib/modules")), Some(&Node::Dir { mode: 0o700 }));
     }
 
     #[test]

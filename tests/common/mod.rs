@@ -104,23 +104,31 @@ pub fn assert_success(out: &Output) {
     assert!(out.status.success(), "command failed ({}):\nstdout:\n{}\nstderr:\n{}", out.status, String::from_utf8_lossy(&out.stdout), stderr(out));
 }
 
-/// `cpio -itv` of an uncompressed archive, as lines.
-pub fn cpio_listing(archive: &[u8]) -> Vec<String> {
+/// Runs `cmd` with `input` on stdin (fed from a thread, so large outputs cannot deadlock).
+pub fn pipe_through(cmd: &mut Command, input: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new("cpio")
-        .args(["-itv", "--quiet"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("GNU cpio is needed (apt install cpio)");
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let mut stdin = child.stdin.take().unwrap();
-    let data = archive.to_vec();
+    let data = input.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&data));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
+    out
+}
+
+/// `cpio -itv` of an uncompressed archive, as lines.
+pub fn cpio_listing(archive: &[u8]) -> Vec<String> {
+    let out = pipe_through(Command::new("cpio").args(["-itv", "--quiet"]), archive);
     assert!(out.status.success(), "cpio failed: {}", stderr(&out));
     String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+}
+
+/// The content of one archive member, extracted by GNU cpio.
+pub fn cpio_member(archive: &[u8], name: &str) -> Vec<u8> {
+    let out = pipe_through(Command::new("cpio").args(["-i", "--quiet", "--to-stdout", name]), archive);
+    assert!(out.status.success(), "cpio failed: {}", stderr(&out));
+    out.stdout
 }
 
 /// Decompresses with the system tool for the format (`gzip`, `zstd`, `lz4`), checking that
