@@ -4,11 +4,13 @@
 //!
 //! Host symlinks inside a mapped directory are kept as symlinks, never followed, so nothing
 //! outside the mapped tree is read; the top-level source may itself be a symlink (the user
-//! named it explicitly) and is followed.
+//! named it explicitly) and is followed. Host hard links stay hard links: every link of a
+//! host inode points at the same source path, which the packers store once.
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 use crate::config::Mapping;
 use crate::paths::ImagePath;
@@ -60,19 +62,27 @@ pub fn file_mode(dest: &ImagePath, source_mode: u32) -> u32 {
 
 /// Applies `mappings` in order (sorted by destination, so deeper mappings win).
 pub fn apply(tree: &mut Tree, mappings: &[Mapping]) -> Result<(), MappingError> {
+    let mut copier = Copier { tree, inodes: HashMap::new() };
     for m in mappings {
         let meta = fs::metadata(&m.source).map_err(|source| io_err(&m.source, source))?;
         if meta.is_dir() {
-            let dest = tree.mkdir_all(&m.dest, 0o755).map_err(|e| tree_err(&m.dest, e))?;
-            copy_dir(tree, &m.source, &dest)?;
+            let dest = copier.tree.mkdir_all(&m.dest, 0o755).map_err(|e| tree_err(&m.dest, e))?;
+            copier.copy_dir(&m.source, &dest)?;
         } else {
-            add_entry(tree, &m.source, &meta, &m.dest)?;
+            copier.add_entry(&m.source, &meta, &m.dest)?;
         }
     }
     Ok(())
 }
 
-fn copy_dir(tree: &mut Tree, dir: &Path, dest: &ImagePath) -> Result<(), MappingError> {
+struct Copier<'a> {
+    tree: &'a mut Tree,
+    /// First path seen for each multiply-linked host inode.
+    inodes: HashMap<(u64, u64), PathBuf>,
+}
+
+impl Copier<'_> {
+fn copy_dir(&mut self, dir: &Path, dest: &ImagePath) -> Result<(), MappingError> {
     let mut entries: Vec<_> = fs::read_dir(dir)
         .map_err(|e| io_err(dir, e))?
         .collect::<Result<_, _>>()
@@ -86,24 +96,29 @@ fn copy_dir(tree: &mut Tree, dir: &Path, dest: &ImagePath) -> Result<(), Mapping
         let target = dest.join(&name);
         let meta = fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
         if meta.is_dir() {
-            let made = tree.mkdir_all(&target, 0o755).map_err(|e| tree_err(&target, e))?;
-            copy_dir(tree, &path, &made)?;
+            let made = self.tree.mkdir_all(&target, 0o755).map_err(|e| tree_err(&target, e))?;
+            self.copy_dir(&path, &made)?;
         } else {
-            add_entry(tree, &path, &meta, &target)?;
+            self.add_entry(&path, &meta, &target)?;
         }
     }
     Ok(())
 }
 
 /// Adds one non-directory host entry (file or symlink) at `dest`.
-fn add_entry(tree: &mut Tree, path: &Path, meta: &fs::Metadata, dest: &ImagePath) -> Result<(), MappingError> {
+fn add_entry(&mut self, path: &Path, meta: &fs::Metadata, dest: &ImagePath) -> Result<(), MappingError> {
     let kind = meta.file_type();
     let node = if kind.is_symlink() {
         let target = fs::read_link(path).map_err(|e| io_err(path, e))?;
         let target = target.to_str().ok_or_else(|| MappingError::NonUtf8Link { path: path.display().to_string() })?;
         Node::Symlink { target: target.to_string() }
     } else if kind.is_file() {
-        Node::File { mode: file_mode(dest, meta.permissions().mode()), data: FileData::Host(path.to_path_buf()) }
+        let source = if meta.nlink() > 1 {
+            self.inodes.entry((meta.dev(), meta.ino())).or_insert_with(|| path.to_path_buf()).clone()
+        } else {
+            path.to_path_buf()
+        };
+        Node::File { mode: file_mode(dest, meta.permissions().mode()), data: FileData::Host(source) }
     } else {
         let kind = match () {
             _ if kind.is_fifo() => "fifo",
@@ -113,8 +128,9 @@ fn add_entry(tree: &mut Tree, path: &Path, meta: &fs::Metadata, dest: &ImagePath
         };
         return Err(MappingError::Unsupported { path: path.display().to_string(), kind });
     };
-    tree.insert(dest, node).map_err(|e| tree_err(dest, e))?;
+    self.tree.insert(dest, node).map_err(|e| tree_err(dest, e))?;
     Ok(())
+}
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> MappingError {

@@ -228,3 +228,27 @@ fn missing_manifest_toml_falls_back_to_defaults_with_a_warning() {
     assert_eq!(manifest["name"], name.as_str());
     assert_eq!(manifest["resources"]["memory_mb"], 256);
 }
+
+#[test]
+fn host_hard_links_stay_hard_links_and_are_stored_once() {
+    let p = hello_project("\"linked\" = \"/data\"\n");
+    let big: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    p.write_mode("linked/a.bin", &big, 0o644);
+    fs::hard_link(p.path("linked/a.bin"), p.path("linked/b.bin")).unwrap();
+    assert_success(&run(p.fledge().args(["build", "-o", "h.cpio.gz"])));
+    let archive = decompress("gzip", &p.path("h.cpio.gz"));
+    let l = cpio_listing(&archive);
+    for name in ["data/a.bin", "data/b.bin"] {
+        let line = entry(&l, name).unwrap();
+        assert!(line.split_whitespace().nth(1) == Some("2"), "{name} has two links: {line}");
+    }
+    let sizes: Vec<&str> = ["data/a.bin", "data/b.bin"].iter().map(|n| entry(&l, n).unwrap().split_whitespace().nth(4).unwrap()).collect();
+    assert_eq!(sizes, [big.len().to_string().as_str(), "0"], "the data is stored once, with the first link");
+    let out = p.path("extracted");
+    fs::create_dir(&out).unwrap();
+    assert_success(&pipe_through(Command::new("cpio").args(["-id", "--quiet"]).current_dir(&out), &archive));
+    use std::os::unix::fs::MetadataExt;
+    let (a, b) = (fs::metadata(out.join("data/a.bin")).unwrap(), fs::metadata(out.join("data/b.bin")).unwrap());
+    assert_eq!(a.ino(), b.ino(), "GNU cpio recreates the hard link");
+    assert_eq!(fs::read(out.join("data/b.bin")).unwrap(), big);
+}

@@ -1,8 +1,14 @@
 //! A cpio "newc" writer for image trees: entries in path order, owner root, inode numbers
 //! counted from 1 in that order, one fixed mtime: the archive depends only on the tree.
+//!
+//! Files that come from the same host path with the same mode are hard links of one inode:
+//! the first in path order carries the data, the others have size 0 (the kernel links them
+//! to the first; GNU cpio reads it too).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::path::Path;
 
 use crate::interrupt;
 use crate::rootfs::{FileData, Node, Tree};
@@ -50,6 +56,8 @@ fn too_big(what: &str) -> io::Error {
 /// Writes `tree` as a newc archive with `mtime` on every entry; `progress` gets data bytes.
 pub fn write_tree(tree: &Tree, out: &mut impl Write, mtime: u32, progress: &mut dyn FnMut(u64)) -> io::Result<Stats> {
     let mut stats = Stats::default();
+    let links = link_counts(tree);
+    let mut written_links: HashMap<(&Path, u32), u32> = HashMap::new();
     for (ino, (path, node)) in (1u32..).zip(tree.iter()) {
         interrupt::check()?;
         let full = path.to_string();
@@ -68,24 +76,29 @@ pub fn write_tree(tree: &Tree, out: &mut impl Write, mtime: u32, progress: &mut 
                 pad(out, target.len())?;
             }
             Node::File { mode, data } => {
+                let header = Header { ino, mode: S_IFREG | mode, nlink: 1, mtime, size: 0, rdev: (0, 0), name };
                 let written = match data {
                     FileData::Bytes(bytes) => {
                         let size = u32::try_from(bytes.len()).map_err(|_| too_big(&full))?;
-                        write_header(out, &Header { ino, mode: S_IFREG | mode, nlink: 1, mtime, size, rdev: (0, 0), name })?;
+                        write_header(out, &Header { size, ..header })?;
                         out.write_all(bytes)?;
                         bytes.len() as u64
                     }
                     FileData::Host(host) => {
-                        let context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", host.display()));
-                        let file = File::open(host).map_err(context)?;
-                        let len = file.metadata().map_err(context)?.len();
-                        let size = u32::try_from(len).map_err(|_| too_big(&host.display().to_string()))?;
-                        write_header(out, &Header { ino, mode: S_IFREG | mode, nlink: 1, mtime, size, rdev: (0, 0), name })?;
-                        let copied = copy_with_progress(&mut file.take(len), out, progress).map_err(context)?;
-                        if copied != len {
-                            return Err(context(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was being packed")));
+                        let key = (host.as_path(), *mode);
+                        let nlink = links.get(&key).copied().unwrap_or(1);
+                        match written_links.get(&key) {
+                            Some(&first) => {
+                                write_header(out, &Header { ino: first, nlink, ..header })?;
+                                0
+                            }
+                            None => {
+                                if nlink > 1 {
+                                    written_links.insert(key, ino);
+                                }
+                                write_host_file(out, host, Header { nlink, ..header }, progress)?
+                            }
                         }
-                        len
                     }
                 };
                 pad(out, written as usize)?;
@@ -96,6 +109,31 @@ pub fn write_tree(tree: &Tree, out: &mut impl Write, mtime: u32, progress: &mut 
     }
     write_header(out, &Header { ino: 0, mode: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0), name: "TRAILER!!!" })?;
     Ok(stats)
+}
+
+/// How many entries share each (host path, mode): the hard-link groups.
+fn link_counts(tree: &Tree) -> HashMap<(&Path, u32), u32> {
+    let mut counts = HashMap::new();
+    for (_, node) in tree.iter() {
+        if let Node::File { mode, data: FileData::Host(host) } = node {
+            *counts.entry((host.as_path(), *mode)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Writes `header` (with the file's size) and streams the host file's bytes.
+fn write_host_file(out: &mut impl Write, host: &Path, header: Header<'_>, progress: &mut dyn FnMut(u64)) -> io::Result<u64> {
+    let context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", host.display()));
+    let file = File::open(host).map_err(context)?;
+    let len = file.metadata().map_err(context)?.len();
+    let size = u32::try_from(len).map_err(|_| too_big(&host.display().to_string()))?;
+    write_header(out, &Header { size, ..header })?;
+    let copied = copy_with_progress(&mut file.take(len), out, progress).map_err(context)?;
+    if copied != len {
+        return Err(context(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was being packed")));
+    }
+    Ok(len)
 }
 
 fn copy_with_progress(reader: &mut impl Read, out: &mut impl Write, progress: &mut dyn FnMut(u64)) -> io::Result<u64> {
