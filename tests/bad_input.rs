@@ -74,6 +74,7 @@ fn cases() -> Vec<Case> {
         case("filesystem type for initramfs", "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ntype = \"ext4\"\n", &["[filesystem] type applies to the oci_rootfs strategy only"]),
         case("oci_rootfs without a source", "version = \"1\"\nstrategy = \"oci_rootfs\"\n", &["either 'source.image' or 'source.dockerfile' is required for oci_rootfs strategy"]),
         case("oci_rootfs with image and dockerfile", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\ndockerfile = \"agent\"\n", &["only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy"]),
+        case("malformed image reference", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"Nginx:latest\"\n", &["invalid image reference 'Nginx:latest'", "fledge.toml:4:9"]),
         case("filesystem type unknown", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ntype = \"ntfs\"\n", &["invalid filesystem type 'ntfs'", "fledge.toml:6:8"]),
         case("squashfs level out of range", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ncompression_level = 23\n", &["xz compression_level for squashfs must be between 0-22, got 23"]),
         case("overlay size unparsable", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\noverlay_size = \"lots\"\n", &["invalid overlay_size 'lots'"]),

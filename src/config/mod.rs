@@ -9,6 +9,8 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use fledge_llb::ImageRef;
+
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::digest::Sha256Digest;
 use crate::manifest::ManifestFormat;
@@ -78,7 +80,7 @@ impl FsType {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub image: Option<String>,
+    pub image: Option<ImageRef>,
     pub dockerfile: Option<PathBuf>,
     pub context: Option<PathBuf>,
     pub target: Option<String>,
@@ -339,11 +341,18 @@ impl Validator<'_> {
         } else if let (Some(_), Some(d)) = (image, dockerfile) {
             self.error(span(d), "only one of 'source.image' or 'source.dockerfile' may be specified", Some("the original Fledge silently ignored the image here; remove one of them"));
         }
+        let image_ref = image.and_then(|i| match ImageRef::parse(i.get_ref()) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.error(span(i), e.to_string(), Some("e.g. \"nginx:alpine\", \"ghcr.io/org/app:1.2\" or \"localhost:5000/app@sha256:...\""));
+                None
+            }
+        });
         let dockerfile_path = dockerfile.and_then(|d| self.host_path(d, "dockerfile", true));
         let context = Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
         let busybox = self.busybox(strategy, source)?;
         Some(Source {
-            image: image.map(|i| i.get_ref().clone()),
+            image: image_ref,
             dockerfile: dockerfile_path,
             context,
             target: Self::text(&source.target).map(|t| t.get_ref().clone()),
