@@ -1,0 +1,50 @@
+# The two commands (see README.md):
+#   make demo   install host packages, build Fledge, build the example initramfs
+#   make test   run the whole test suite (what CI runs through .ci/run)
+
+CARGO ?= cargo
+FLEDGE := target/release/fledge
+DEMO := examples/hello
+OUT := out
+
+.PHONY: all deps build demo test bench lint clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build: deps
+	$(CARGO) build --release --locked --workspace
+
+# A static hello-world mapped to /usr/bin/hello, and a stub agent that needs no download.
+$(DEMO)/build/hello: $(DEMO)/hello.c
+	@mkdir -p $(@D)
+	cc -static -Os -s -o $@ $<
+
+$(DEMO)/build/stub-agent: $(DEMO)/stub-agent.c
+	@mkdir -p $(@D)
+	cc -static -Os -s -o $@ $<
+
+demo: build $(DEMO)/build/hello $(DEMO)/build/stub-agent
+	$(FLEDGE) build -c $(DEMO)/fledge.toml -o $(OUT)/hello.cpio.gz
+	@echo
+	@echo "== $(OUT)/hello.cpio.gz (key entries)"
+	@gzip -dc $(OUT)/hello.cpio.gz | cpio -itv --quiet | grep -E ' (init|bin/busybox|bin/kestrel|usr/bin/hello|bin/sh -> busybox)$$'
+	@echo
+	@echo "== $(OUT)/hello.manifest.json"
+	@cat $(OUT)/hello.manifest.json
+
+test: deps
+	$(CARGO) test --locked --workspace
+
+bench: build
+	bench/initramfs-pack.sh
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(OUT) $(DEMO)/build
