@@ -35,8 +35,9 @@ demo: build $(DEMO)/build/hello $(DEMO)/build/stub-agent
 	@echo "== $(OUT)/hello.manifest.json"
 	@cat $(OUT)/hello.manifest.json
 
+# The boot tests need a kernel: Debian's cloud kernel, downloaded once and cached.
 test: deps
-	$(CARGO) test --locked --workspace
+	kernel=$$(scripts/fetch-test-kernel.sh) && FLEDGE_TEST_KERNEL=$$kernel $(CARGO) test --locked --workspace
 
 bench: build
 	bench/initramfs-pack.sh

@@ -9,6 +9,7 @@ packages=(
     cpio gzip zstd lz4 pigz     # archive tools that read back what Fledge writes
     busybox-static              # a local static BusyBox for tests and the demo
     binutils util-linux         # readelf, setpriv (non-root test)
+    qemu-system-x86             # boots built artifacts in the boot tests (TCG)
     bc debootstrap              # benchmarks
 )
 

@@ -1,0 +1,159 @@
+//! Real boots of built initramfs artifacts under QEMU (TCG): Fledge's init runs as PID 1,
+//! mounts the runtime filesystems, supervises the workload, reports its exit status on the
+//! console and powers the machine off.
+//!
+//! Needs `qemu-system-x86_64` and a kernel: `FLEDGE_TEST_KERNEL`, else the cached one from
+//! `scripts/fetch-test-kernel.sh` (`make test` sets this up). Skips, saying why, without them.
+
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn kernel() -> Option<PathBuf> {
+    if let Some(k) = std::env::var_os("FLEDGE_TEST_KERNEL").filter(|k| !k.is_empty()) {
+        return Some(PathBuf::from(k));
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-test-kernel.sh")).stderr(Stdio::inherit()).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn qemu_available() -> bool {
+    Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+/// Boots `initramfs`; returns the console output and QEMU's exit status.
+fn boot(kernel: &PathBuf, initramfs: &PathBuf) -> (String, Option<i32>) {
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (reader.join().unwrap(), status)
+}
+
+fn c_program(p: &Project, name: &str, source: &str) -> PathBuf {
+    let src = p.write(&format!("{name}.c"), source);
+    let out = p.path(name);
+    assert_success(&run(Command::new("gcc").args(["-static", "-Os", "-s", "-o"]).arg(&out).arg(&src)));
+    out
+}
+
+macro_rules! require_boot_tools {
+    () => {{
+        if !qemu_available() {
+            eprintln!("skipping: qemu-system-x86_64 is not installed (apt install qemu-system-x86)");
+            return;
+        }
+        match kernel() {
+            Some(k) => k,
+            None => {
+                eprintln!("skipping: no test kernel (set FLEDGE_TEST_KERNEL or run scripts/fetch-test-kernel.sh)");
+                return;
+            }
+        }
+    }};
+}
+
+fn project(init_table: &str) -> Project {
+    let p = Project::new();
+    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n{init_table}\n[source]\nbusybox_path = \"{}\"\n", busybox()));
+    p.write("manifest.toml", "name = \"boot\"\nversion = \"1\"\nruntime = \"boot\"\n");
+    p
+}
+
+#[test]
+fn default_mode_runs_the_agent_reports_its_status_and_powers_off() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(
+        &p,
+        "agent",
+        r#"#include <stdio.h>
+#include <unistd.h>
+#include <sys/stat.h>
+int main(void) {
+    struct stat st;
+    printf("agent ppid=%d proc=%d tmp-mode=%o\n", getppid(), stat("/proc/self", &st) == 0, stat("/tmp", &st) == 0 ? st.st_mode & 07777 : 0);
+    return 3;
+}"#,
+    );
+    assert_success(&run(p.fledge().args(["build", "-o", "boot.cpio.gz"])));
+    let (console, status) = boot(&kernel, &p.path("boot.cpio.gz"));
+    assert_eq!(status, Some(0), "QEMU exits by itself when the guest powers off:\n{console}");
+    assert!(console.contains("agent ppid=1 proc=1 tmp-mode=1777"), "agent runs as init's child with /proc and a tmpfs /tmp:\n{console}");
+    assert!(console.contains("fledge-init: /bin/kestrel exited with status 3"), "{console}");
+    assert!(console.contains("FLEDGE_EXIT_STATUS=3"), "{console}");
+    assert!(!console.contains("Kernel panic"), "{console}");
+}
+
+#[test]
+fn custom_init_mode_runs_the_users_script_under_fledge_init() {
+    let kernel = require_boot_tools!();
+    let p = project("[init]\npath = \"my-init.sh\"\n");
+    p.write_mode("my-init.sh", b"#!/bin/sh\necho \"custom init, parent $PPID, $(ls /dev/console)\"\nexit 7\n", 0o755);
+    assert_success(&run(p.fledge().args(["build", "-o", "custom.cpio.gz"])));
+    let (console, status) = boot(&kernel, &p.path("custom.cpio.gz"));
+    assert_eq!(status, Some(0), "{console}");
+    assert!(console.contains("custom init, parent 1, /dev/console"), "{console}");
+    assert!(console.contains("FLEDGE_EXIT_STATUS=7"), "{console}");
+}
+
+#[test]
+fn orphans_are_reaped_and_a_killed_workload_reports_its_signal() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    // The agent leaves an orphan behind, then dies of SIGKILL: init must reap the orphan,
+    // report 128+9 and still power off.
+    c_program(
+        &p,
+        "agent",
+        r#"#include <signal.h>
+#include <stdio.h>
+#include <unistd.h>
+int main(void) {
+    if (fork() == 0) { if (fork() == 0) { sleep(1); return 0; } return 0; }
+    sleep(2);
+    puts("agent: killing myself");
+    fflush(stdout);
+    raise(SIGKILL);
+    return 0;
+}"#,
+    );
+    assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));
+    let (console, status) = boot(&kernel, &p.path("k.cpio.gz"));
+    assert_eq!(status, Some(0), "{console}");
+    assert!(console.contains("agent: killing myself"), "{console}");
+    assert!(console.contains("FLEDGE_EXIT_STATUS=137"), "{console}");
+    let _ = fs::remove_file(p.path("k.cpio.gz"));
+}
