@@ -11,8 +11,13 @@ use crate::fetch::{FetchError, Fetcher, Policy, verify_local};
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {
     #[error("BusyBox could not be obtained: {source}\n  = help: {help}")]
-    Fetch { source: FetchError, help: &'static str },
-    #[error("{0} is not an ELF executable, so it cannot be the image's BusyBox\n  = help: use a static busybox build (Debian: apt install busybox-static, then busybox_path = \"/bin/busybox\")")]
+    Fetch {
+        source: FetchError,
+        help: &'static str,
+    },
+    #[error(
+        "{0} is not an ELF executable, so it cannot be the image's BusyBox\n  = help: use a static busybox build (Debian: apt install busybox-static, then busybox_path = \"/bin/busybox\")"
+    )]
     NotElf(String),
 }
 
@@ -22,12 +27,25 @@ const OFFLINE_HELP: &str = "on a machine without network access set [source] bus
 pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, BusyboxError> {
     let path = match source {
         BusyboxSource::Local { path, sha256 } => {
-            verify_local(path, *sha256).map_err(|source| BusyboxError::Fetch { source, help: "update busybox_sha256 or point busybox_path at the right file" })?;
+            verify_local(path, *sha256).map_err(|source| BusyboxError::Fetch {
+                source,
+                help: "update busybox_sha256 or point busybox_path at the right file",
+            })?;
             path.clone()
         }
         BusyboxSource::Download { url, sha256 } => {
-            let policy = if sha256.is_some() { Policy::CacheFirst } else { Policy::NetworkFirst };
-            let (path, _) = fetcher.fetch(url, *sha256, policy).map_err(|source| BusyboxError::Fetch { source, help: OFFLINE_HELP })?;
+            let policy = if sha256.is_some() {
+                Policy::CacheFirst
+            } else {
+                Policy::NetworkFirst
+            };
+            let (path, _) =
+                fetcher
+                    .fetch(url, *sha256, policy)
+                    .map_err(|source| BusyboxError::Fetch {
+                        source,
+                        help: OFFLINE_HELP,
+                    })?;
             path
         }
     };
@@ -37,6 +55,13 @@ pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, Bus
 
 fn check_elf(path: &Path) -> Result<(), BusyboxError> {
     let mut magic = [0u8; 4];
-    let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF";
-    if ok { Ok(()) } else { Err(BusyboxError::NotElf(path.display().to_string())) }
+    let ok = std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF";
+    if ok {
+        Ok(())
+    } else {
+        Err(BusyboxError::NotElf(path.display().to_string()))
+    }
 }

@@ -41,12 +41,18 @@ impl FromStr for Sha256Digest {
         let s = s.trim();
         let hex_part = match s.split_once(':') {
             Some((algo, rest)) if algo.eq_ignore_ascii_case("sha256") => rest,
-            Some((algo, _)) => return Err(format!("unsupported digest algorithm `{algo}` (only sha256 is supported)")),
+            Some((algo, _)) => {
+                return Err(format!(
+                    "unsupported digest algorithm `{algo}` (only sha256 is supported)"
+                ));
+            }
             None => s,
         };
         let mut bytes = [0u8; 32];
         if hex_part.len() != 64 || hex::decode_to_slice(hex_part, &mut bytes).is_err() {
-            return Err(format!("`{s}` is not a sha256 checksum: expected 64 hex digits, optionally prefixed by `sha256:`"));
+            return Err(format!(
+                "`{s}` is not a sha256 checksum: expected 64 hex digits, optionally prefixed by `sha256:`"
+            ));
         }
         Ok(Self(bytes))
     }
@@ -61,12 +67,20 @@ pub struct HashingWriter<W> {
 
 impl<W: io::Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), written: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            written: 0,
+        }
     }
 
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Sha256Digest, u64, W) {
-        (Sha256Digest(self.hasher.finalize().into()), self.written, self.inner)
+        (
+            Sha256Digest(self.hasher.finalize().into()),
+            self.written,
+            self.inner,
+        )
     }
 }
 
@@ -100,7 +114,12 @@ mod tests {
     #[test]
     fn rejects_bad_checksums() {
         assert!("sha256:abc".parse::<Sha256Digest>().is_err());
-        assert!(format!("md5:{EMPTY}").parse::<Sha256Digest>().unwrap_err().contains("md5"));
+        assert!(
+            format!("md5:{EMPTY}")
+                .parse::<Sha256Digest>()
+                .unwrap_err()
+                .contains("md5")
+        );
         assert!(EMPTY.replace('e', "g").parse::<Sha256Digest>().is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! Ctrl-C handling: the first SIGINT/SIGTERM sets a flag that long-running loops poll, so
 //! they stop, their temporary files are removed by the normal error path, and the process
-//! exits non-zero with nothing half-written left behind.
+//! exits non-zero with nothing half-written left behind. A second Ctrl-C exits at once (130).
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,7 +9,11 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Installs the handler (once per process).
 pub fn install() {
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
 }
 
 /// An `Interrupted` error if the user asked us to stop.

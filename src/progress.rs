@@ -42,9 +42,11 @@ impl Progress {
             Mode::Tty => {
                 let bar = match total_bytes {
                     Some(total) => ProgressBar::new(total).with_style(
-                        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
-                            .expect("valid template")
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+                        )
+                        .expect("valid template")
+                        .progress_chars("=> "),
                     ),
                     None => ProgressBar::new_spinner(),
                 };
@@ -58,7 +60,12 @@ impl Progress {
             }
             Mode::Quiet => None,
         };
-        Step { mode: self.mode, name, started: Instant::now(), bar }
+        Step {
+            mode: self.mode,
+            name,
+            started: Instant::now(),
+            bar,
+        }
     }
 
     /// A line that is always worth showing (unless quiet), e.g. the final result.
@@ -78,7 +85,11 @@ impl Step {
 
     pub fn finish(self, detail: &str) {
         let secs = self.started.elapsed().as_secs_f64();
-        let line = if detail.is_empty() { format!("{} ({secs:.1}s)", self.name) } else { format!("{} ({detail}, {secs:.1}s)", self.name) };
+        let line = if detail.is_empty() {
+            format!("{} ({secs:.1}s)", self.name)
+        } else {
+            format!("{} ({detail}, {secs:.1}s)", self.name)
+        };
         match (self.mode, self.bar) {
             (_, Some(bar)) => bar.finish_with_message(line),
             (Mode::Plain, None) => {

@@ -21,84 +21,469 @@ const OK_MANIFEST: &str = "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n";
 const BASE: &str = "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nbusybox_path = \"{busybox}\"\n";
 
 const fn case(name: &'static str, config: &'static str, expect: &'static [&'static str]) -> Case {
-    Case { name, config, manifest: None, args: &[], env: &[], expect }
+    Case {
+        name,
+        config,
+        manifest: None,
+        args: &[],
+        env: &[],
+        expect,
+    }
 }
 
-const fn manifest_case(name: &'static str, manifest: &'static str, expect: &'static [&'static str]) -> Case {
-    Case { name, config: BASE, manifest: Some(manifest), args: &[], env: &[], expect }
+const fn manifest_case(
+    name: &'static str,
+    manifest: &'static str,
+    expect: &'static [&'static str],
+) -> Case {
+    Case {
+        name,
+        config: BASE,
+        manifest: Some(manifest),
+        args: &[],
+        env: &[],
+        expect,
+    }
 }
 
-const AGENTLESS: &str = "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n";
+const AGENTLESS: &str =
+    "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n";
 
 fn cases() -> Vec<Case> {
     vec![
-        case("malformed toml", "version = \"1\nstrategy = \"initramfs\"\n", &["fledge.toml:1:"]),
-        case("duplicate key", "version = \"1\"\nversion = \"1\"\n", &["fledge.toml:2:", "duplicate key"]),
-        case("missing version", "strategy = \"initramfs\"\n", &["'version' field is required", "fledge.toml:1:1", "version = \\\"1\\\""]),
-        case("unsupported version", "version = \"2\"\nstrategy = \"initramfs\"\n", &["unsupported config version '2', expected '1'", "fledge.toml:1:11"]),
-        case("version of the wrong type", "version = 1\nstrategy = \"initramfs\"\n", &["fledge.toml:1:11", "invalid type"]),
-        case("missing strategy", "version = \"1\"\n", &["'strategy' field is required"]),
-        case("invalid strategy", "version = \"1\"\nstrategy = \"rootfs\"\n", &["invalid strategy 'rootfs', must be 'oci_rootfs' or 'initramfs'", "fledge.toml:2:12"]),
-        case("misspelt top-level key", "version = \"1\"\nstratgy = \"initramfs\"\n", &["unknown key `stratgy`", "did you mean `strategy`?", "fledge.toml:2:1"]),
-        case("misspelt agent key", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsorce_strategy = \"local\"\n", &["unknown key `sorce_strategy`", "did you mean `source_strategy`?", "fledge.toml:4:1"]),
-        case("misspelt source key", "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_sha = \"x\"\n", &["did you mean `busybox_sha256`?", "fledge.toml:4:"]),
-        case("misspelt table", "version = \"1\"\nstrategy = \"initramfs\"\n[mapping]\n\"a\" = \"/a\"\n", &["unknown key `mapping`", "did you mean `mappings`?"]),
-        case("init none and path", "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n[init]\nnone = true\npath = \"agent\"\n", &["[init] cannot specify both none=true and path", "fledge.toml:5:1"]),
-        case("agent with custom init", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"agent\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n", &["'agent' section cannot be specified with custom init mode", "fledge.toml:5:1"]),
-        case("agent with no init", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n", &["'agent' section cannot be specified with no-init mode"]),
-        case("custom init file missing", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"no-such-init\"\n", &["custom init file not found", "no-such-init", "fledge.toml:4:8"]),
-        case("agent without strategy", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nversion = \"latest\"\n", &["'agent.source_strategy' is required"]),
-        case("agent strategy unknown", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"ftp\"\n", &["invalid agent.source_strategy 'ftp', must be one of: release, local, http", "fledge.toml:4:19"]),
-        case("release without version", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"release\"\n", &["'agent.version' is required when using 'release' source strategy"]),
-        case("local without path", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\n", &["'agent.path' is required"]),
-        case("local agent missing", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"missing-agent\"\n", &["agent path not found", "fledge.toml:5:8"]),
-        case("local agent is a directory", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"adir\"\n", &["agent path is a directory, expected a file"]),
-        case("http without url", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\n", &["'agent.url' is required"]),
-        case("http url not http", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\nurl = \"ftp://x/kestrel\"\n", &["must be an http:// or https:// URL", "fledge.toml:5:7"]),
-        case("malformed checksum", "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\nurl = \"http://127.0.0.1:9/k\"\nchecksum = \"sha256:xyz\"\n", &["is not a sha256 checksum", "fledge.toml:6:12"]),
-        case("busybox path missing", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"nope/busybox\"\n", &["busybox_path not found", "fledge.toml:6:16"]),
-        case("busybox path and url", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\nbusybox_url = \"http://x/b\"\n", &["only one of 'source.busybox_url' or 'source.busybox_path'"]),
-        case("busybox checksum mismatch", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\nbusybox_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n", &["checksum mismatch", "expected sha256:0000"]),
-        case("busybox not an ELF", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"notelf.txt\"\n", &["is not an ELF executable"]),
-        case("busybox url not http", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_url = \"/local/busybox\"\n", &["'source.busybox_url' must be an http:// or https:// URL", "busybox_path"]),
-        case("mapping destination relative", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"usr/bin/hello\"\n", &["mapping destination 'usr/bin/hello' must be an absolute path", "fledge.toml:8:11"]),
-        case("mapping destination escapes", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/usr/../../etc/passwd\"\n", &["contains '..' which is not allowed", "fledge.toml:8:"]),
-        case("mapping destination empty", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"\"\n", &["mapping destination path cannot be empty for source 'hello'"]),
-        case("mapping source missing", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"nothing-here\" = \"/x\"\n", &["mapping source not found", "fledge.toml:8:1"]),
-        case("two mappings to one destination", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/x\"\n\"agent\" = \"/x\"\n", &["two mappings write '/x'"]),
-        case("file mapped onto the root", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/\"\n", &["needs a directory source"]),
-        case("fifo in a mapped directory", "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"withfifo\" = \"/data\"\n", &["is a fifo; only files, directories and symlinks can be mapped"]),
-        case("initramfs compressor unknown", "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"xz\"\n", &["invalid compression 'xz' for initramfs, must be one of: gzip, zstd, lz4, none", "fledge.toml:4:15"]),
-        case("gzip level out of range", "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"gzip\"\ncompression_level = 12\n", &["gzip compression_level for initramfs must be between 1-9, got 12", "fledge.toml:5:21"]),
-        case("level for an uncompressed archive", "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"none\"\ncompression_level = 3\n", &["compression 'none' takes no compression_level"]),
-        case("filesystem type for initramfs", "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ntype = \"ext4\"\n", &["[filesystem] type applies to the oci_rootfs strategy only"]),
-        case("oci_rootfs without a source", "version = \"1\"\nstrategy = \"oci_rootfs\"\n", &["either 'source.image' or 'source.dockerfile' is required for oci_rootfs strategy"]),
-        case("oci_rootfs with image and dockerfile", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\ndockerfile = \"agent\"\n", &["only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy"]),
-        case("malformed image reference", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"Nginx:latest\"\n", &["invalid image reference 'Nginx:latest'", "fledge.toml:4:9"]),
-        case("filesystem type unknown", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ntype = \"ntfs\"\n", &["invalid filesystem type 'ntfs'", "fledge.toml:6:8"]),
-        case("squashfs level out of range", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ncompression_level = 23\n", &["xz compression_level for squashfs must be between 0-22, got 23"]),
-        case("overlay size unparsable", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\noverlay_size = \"lots\"\n", &["invalid overlay_size 'lots'"]),
-        case("negative size buffer", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ntype = \"ext4\"\nsize_buffer_mb = -1\n", &["filesystem.size_buffer_mb must be non-negative, got -1"]),
-        case("manifest format unknown", "version = \"1\"\nstrategy = \"initramfs\"\nmanifest_format = \"volant-v2\"\n", &["invalid manifest format 'volant-v2'", "fledge.toml:3:19"]),
-        case("several problems at once", "version = \"3\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"brotli\"\n", &["unsupported config version '3'", "invalid compression 'brotli'", "2 problems in"]),
-        manifest_case("manifest without name", "version = \"1\"\nruntime = \"t\"\n", &["name is required", "manifest.toml:1:1"]),
-        manifest_case("manifest schema version", "schema_version = \"v2\"\nname = \"t\"\nversion = \"1\"\nruntime = \"t\"\n", &["unsupported schema_version \"v2\" (expected \"v1\")", "manifest.toml:1:18"]),
-        manifest_case("manifest cpu count", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resources]\ncpu_cores = 0\n", &["resources.cpu_cores must be between 1 and 1024, got 0", "manifest.toml:5:13"]),
-        manifest_case("manifest memory too small", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resources]\nmemory_mb = 64\n", &["resources.memory_mb must be between 128"]),
-        manifest_case("manifest network mode", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[network]\nmode = \"nat\"\n", &["invalid network.mode 'nat'", "manifest.toml:5:8"]),
-        manifest_case("manifest exposed port", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[network]\n[[network.expose]]\nport = 70000\n", &["network.expose.port must be between 1 and 65535, got 70000"]),
-        manifest_case("manifest misspelt table", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resorces]\ncpu_cores = 1\n", &["unknown key `resorces`", "did you mean `resources`?", "manifest.toml:4:"]),
-        manifest_case("manifest unknown top-level key", "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\nentrypoint = \"/x\"\n", &["unknown key `entrypoint`", "manifest.toml:4:1"]),
-        Case { name: "volant-v1 without http workload", config: BASE, manifest: Some("name = \"t\"\nversion = \"1\"\n[workload]\nentrypoint = \"/x\"\n"), args: &["--manifest-format", "volant-v1"], env: &[], expect: &["needs workload.type, workload.base_url", "manifest.toml:3:1"] },
-        Case { name: "explicit manifest missing", config: BASE, manifest: None, args: &["-m", "nope.toml"], env: &[], expect: &["manifest file not found: nope.toml"] },
-        Case { name: "config file missing", config: BASE, manifest: None, args: &["-c", "other.toml"], env: &[], expect: &["config file not found: other.toml"] },
-        Case { name: "FLEDGE_AGENT not a file", config: "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n", manifest: None, args: &[], env: &[("FLEDGE_AGENT", "/no/such/kestrel")], expect: &["FLEDGE_AGENT=/no/such/kestrel is not a readable file"] },
-        Case { name: "agent unreachable and not cached", config: AGENTLESS, manifest: None, args: &[], env: &[("FLEDGE_AGENT_BASE_URL", "http://127.0.0.1:9/releases")], expect: &["the kestrel agent could not be obtained", "FLEDGE_AGENT=/path/to/kestrel", "source_strategy = \\\"local\\\""] },
-        Case { name: "dockerfile-only flag in config mode", config: BASE, manifest: None, args: &["--target", "x"], env: &[], expect: &["--dockerfile is required when using --output-initramfs, --context, --target, or --build-arg"] },
-        Case { name: "config with a Dockerfile", config: BASE, manifest: None, args: &["agent", "-c", "fledge.toml"], env: &[], expect: &["--config cannot be used when building directly from a Dockerfile"] },
-        Case { name: "two different Dockerfiles", config: BASE, manifest: None, args: &["a", "--dockerfile", "b"], env: &[], expect: &["dockerfile specified multiple times with differing values"] },
-        Case { name: "Dockerfile is a directory", config: BASE, manifest: None, args: &["adir"], env: &[], expect: &["dockerfile path adir is a directory"] },
-        Case { name: "bad build arg", config: BASE, manifest: None, args: &["agent", "--build-arg", "NOVALUE"], env: &[], expect: &["invalid --build-arg \"NOVALUE\": must be in KEY=VALUE form"] },
+        case(
+            "malformed toml",
+            "version = \"1\nstrategy = \"initramfs\"\n",
+            &["fledge.toml:1:"],
+        ),
+        case(
+            "duplicate key",
+            "version = \"1\"\nversion = \"1\"\n",
+            &["fledge.toml:2:", "duplicate key"],
+        ),
+        case(
+            "missing version",
+            "strategy = \"initramfs\"\n",
+            &[
+                "'version' field is required",
+                "fledge.toml:1:1",
+                "version = \\\"1\\\"",
+            ],
+        ),
+        case(
+            "unsupported version",
+            "version = \"2\"\nstrategy = \"initramfs\"\n",
+            &[
+                "unsupported config version '2', expected '1'",
+                "fledge.toml:1:11",
+            ],
+        ),
+        case(
+            "version of the wrong type",
+            "version = 1\nstrategy = \"initramfs\"\n",
+            &["fledge.toml:1:11", "invalid type"],
+        ),
+        case(
+            "missing strategy",
+            "version = \"1\"\n",
+            &["'strategy' field is required"],
+        ),
+        case(
+            "invalid strategy",
+            "version = \"1\"\nstrategy = \"rootfs\"\n",
+            &[
+                "invalid strategy 'rootfs', must be 'oci_rootfs' or 'initramfs'",
+                "fledge.toml:2:12",
+            ],
+        ),
+        case(
+            "misspelt top-level key",
+            "version = \"1\"\nstratgy = \"initramfs\"\n",
+            &[
+                "unknown key `stratgy`",
+                "did you mean `strategy`?",
+                "fledge.toml:2:1",
+            ],
+        ),
+        case(
+            "misspelt agent key",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsorce_strategy = \"local\"\n",
+            &[
+                "unknown key `sorce_strategy`",
+                "did you mean `source_strategy`?",
+                "fledge.toml:4:1",
+            ],
+        ),
+        case(
+            "misspelt source key",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_sha = \"x\"\n",
+            &["did you mean `busybox_sha256`?", "fledge.toml:4:"],
+        ),
+        case(
+            "misspelt table",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[mapping]\n\"a\" = \"/a\"\n",
+            &["unknown key `mapping`", "did you mean `mappings`?"],
+        ),
+        case(
+            "init none and path",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n[init]\nnone = true\npath = \"agent\"\n",
+            &[
+                "[init] cannot specify both none=true and path",
+                "fledge.toml:5:1",
+            ],
+        ),
+        case(
+            "agent with custom init",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"agent\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n",
+            &[
+                "'agent' section cannot be specified with custom init mode",
+                "fledge.toml:5:1",
+            ],
+        ),
+        case(
+            "agent with no init",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n",
+            &["'agent' section cannot be specified with no-init mode"],
+        ),
+        case(
+            "custom init file missing",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"no-such-init\"\n",
+            &[
+                "custom init file not found",
+                "no-such-init",
+                "fledge.toml:4:8",
+            ],
+        ),
+        case(
+            "agent without strategy",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nversion = \"latest\"\n",
+            &["'agent.source_strategy' is required"],
+        ),
+        case(
+            "agent strategy unknown",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"ftp\"\n",
+            &[
+                "invalid agent.source_strategy 'ftp', must be one of: release, local, http",
+                "fledge.toml:4:19",
+            ],
+        ),
+        case(
+            "release without version",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"release\"\n",
+            &["'agent.version' is required when using 'release' source strategy"],
+        ),
+        case(
+            "local without path",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\n",
+            &["'agent.path' is required"],
+        ),
+        case(
+            "local agent missing",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"missing-agent\"\n",
+            &["agent path not found", "fledge.toml:5:8"],
+        ),
+        case(
+            "local agent is a directory",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"adir\"\n",
+            &["agent path is a directory, expected a file"],
+        ),
+        case(
+            "http without url",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\n",
+            &["'agent.url' is required"],
+        ),
+        case(
+            "http url not http",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\nurl = \"ftp://x/kestrel\"\n",
+            &["must be an http:// or https:// URL", "fledge.toml:5:7"],
+        ),
+        case(
+            "malformed checksum",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"http\"\nurl = \"http://127.0.0.1:9/k\"\nchecksum = \"sha256:xyz\"\n",
+            &["is not a sha256 checksum", "fledge.toml:6:12"],
+        ),
+        case(
+            "busybox path missing",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"nope/busybox\"\n",
+            &["busybox_path not found", "fledge.toml:6:16"],
+        ),
+        case(
+            "busybox path and url",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\nbusybox_url = \"http://x/b\"\n",
+            &["only one of 'source.busybox_url' or 'source.busybox_path'"],
+        ),
+        case(
+            "busybox checksum mismatch",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\nbusybox_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n",
+            &["checksum mismatch", "expected sha256:0000"],
+        ),
+        case(
+            "busybox not an ELF",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"notelf.txt\"\n",
+            &["is not an ELF executable"],
+        ),
+        case(
+            "busybox url not http",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_url = \"/local/busybox\"\n",
+            &[
+                "'source.busybox_url' must be an http:// or https:// URL",
+                "busybox_path",
+            ],
+        ),
+        case(
+            "mapping destination relative",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"usr/bin/hello\"\n",
+            &[
+                "mapping destination 'usr/bin/hello' must be an absolute path",
+                "fledge.toml:8:11",
+            ],
+        ),
+        case(
+            "mapping destination escapes",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/usr/../../etc/passwd\"\n",
+            &["contains '..' which is not allowed", "fledge.toml:8:"],
+        ),
+        case(
+            "mapping destination empty",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"\"\n",
+            &["mapping destination path cannot be empty for source 'hello'"],
+        ),
+        case(
+            "mapping source missing",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"nothing-here\" = \"/x\"\n",
+            &["mapping source not found", "fledge.toml:8:1"],
+        ),
+        case(
+            "two mappings to one destination",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/x\"\n\"agent\" = \"/x\"\n",
+            &["two mappings write '/x'"],
+        ),
+        case(
+            "file mapped onto the root",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/\"\n",
+            &["needs a directory source"],
+        ),
+        case(
+            "fifo in a mapped directory",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"withfifo\" = \"/data\"\n",
+            &["is a fifo; only files, directories and symlinks can be mapped"],
+        ),
+        case(
+            "initramfs compressor unknown",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"xz\"\n",
+            &[
+                "invalid compression 'xz' for initramfs, must be one of: gzip, zstd, lz4, none",
+                "fledge.toml:4:15",
+            ],
+        ),
+        case(
+            "gzip level out of range",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"gzip\"\ncompression_level = 12\n",
+            &[
+                "gzip compression_level for initramfs must be between 1-9, got 12",
+                "fledge.toml:5:21",
+            ],
+        ),
+        case(
+            "level for an uncompressed archive",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"none\"\ncompression_level = 3\n",
+            &["compression 'none' takes no compression_level"],
+        ),
+        case(
+            "filesystem type for initramfs",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ntype = \"ext4\"\n",
+            &["[filesystem] type applies to the oci_rootfs strategy only"],
+        ),
+        case(
+            "oci_rootfs without a source",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n",
+            &["either 'source.image' or 'source.dockerfile' is required for oci_rootfs strategy"],
+        ),
+        case(
+            "oci_rootfs with image and dockerfile",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\ndockerfile = \"agent\"\n",
+            &[
+                "only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy",
+            ],
+        ),
+        case(
+            "malformed image reference",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"Nginx:latest\"\n",
+            &["invalid image reference 'Nginx:latest'", "fledge.toml:4:9"],
+        ),
+        case(
+            "filesystem type unknown",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ntype = \"ntfs\"\n",
+            &["invalid filesystem type 'ntfs'", "fledge.toml:6:8"],
+        ),
+        case(
+            "squashfs level out of range",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ncompression_level = 23\n",
+            &["xz compression_level for squashfs must be between 0-22, got 23"],
+        ),
+        case(
+            "overlay size unparsable",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\noverlay_size = \"lots\"\n",
+            &["invalid overlay_size 'lots'"],
+        ),
+        case(
+            "negative size buffer",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\n[filesystem]\ntype = \"ext4\"\nsize_buffer_mb = -1\n",
+            &["filesystem.size_buffer_mb must be non-negative, got -1"],
+        ),
+        case(
+            "manifest format unknown",
+            "version = \"1\"\nstrategy = \"initramfs\"\nmanifest_format = \"volant-v2\"\n",
+            &["invalid manifest format 'volant-v2'", "fledge.toml:3:19"],
+        ),
+        case(
+            "several problems at once",
+            "version = \"3\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"brotli\"\n",
+            &[
+                "unsupported config version '3'",
+                "invalid compression 'brotli'",
+                "2 problems in",
+            ],
+        ),
+        manifest_case(
+            "manifest without name",
+            "version = \"1\"\nruntime = \"t\"\n",
+            &["name is required", "manifest.toml:1:1"],
+        ),
+        manifest_case(
+            "manifest schema version",
+            "schema_version = \"v2\"\nname = \"t\"\nversion = \"1\"\nruntime = \"t\"\n",
+            &[
+                "unsupported schema_version \"v2\" (expected \"v1\")",
+                "manifest.toml:1:18",
+            ],
+        ),
+        manifest_case(
+            "manifest cpu count",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resources]\ncpu_cores = 0\n",
+            &[
+                "resources.cpu_cores must be between 1 and 1024, got 0",
+                "manifest.toml:5:13",
+            ],
+        ),
+        manifest_case(
+            "manifest memory too small",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resources]\nmemory_mb = 64\n",
+            &["resources.memory_mb must be between 128"],
+        ),
+        manifest_case(
+            "manifest network mode",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[network]\nmode = \"nat\"\n",
+            &["invalid network.mode 'nat'", "manifest.toml:5:8"],
+        ),
+        manifest_case(
+            "manifest exposed port",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[network]\n[[network.expose]]\nport = 70000\n",
+            &["network.expose.port must be between 1 and 65535, got 70000"],
+        ),
+        manifest_case(
+            "manifest misspelt table",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resorces]\ncpu_cores = 1\n",
+            &[
+                "unknown key `resorces`",
+                "did you mean `resources`?",
+                "manifest.toml:4:",
+            ],
+        ),
+        manifest_case(
+            "manifest unknown top-level key",
+            "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\nentrypoint = \"/x\"\n",
+            &["unknown key `entrypoint`", "manifest.toml:4:1"],
+        ),
+        Case {
+            name: "volant-v1 without http workload",
+            config: BASE,
+            manifest: Some("name = \"t\"\nversion = \"1\"\n[workload]\nentrypoint = \"/x\"\n"),
+            args: &["--manifest-format", "volant-v1"],
+            env: &[],
+            expect: &[
+                "needs workload.type, workload.base_url",
+                "manifest.toml:3:1",
+            ],
+        },
+        Case {
+            name: "explicit manifest missing",
+            config: BASE,
+            manifest: None,
+            args: &["-m", "nope.toml"],
+            env: &[],
+            expect: &["manifest file not found: nope.toml"],
+        },
+        Case {
+            name: "config file missing",
+            config: BASE,
+            manifest: None,
+            args: &["-c", "other.toml"],
+            env: &[],
+            expect: &["config file not found: other.toml"],
+        },
+        Case {
+            name: "FLEDGE_AGENT not a file",
+            config: "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n",
+            manifest: None,
+            args: &[],
+            env: &[("FLEDGE_AGENT", "/no/such/kestrel")],
+            expect: &["FLEDGE_AGENT=/no/such/kestrel is not a readable file"],
+        },
+        Case {
+            name: "agent unreachable and not cached",
+            config: AGENTLESS,
+            manifest: None,
+            args: &[],
+            env: &[("FLEDGE_AGENT_BASE_URL", "http://127.0.0.1:9/releases")],
+            expect: &[
+                "the kestrel agent could not be obtained",
+                "FLEDGE_AGENT=/path/to/kestrel",
+                "source_strategy = \\\"local\\\"",
+            ],
+        },
+        Case {
+            name: "dockerfile-only flag in config mode",
+            config: BASE,
+            manifest: None,
+            args: &["--target", "x"],
+            env: &[],
+            expect: &[
+                "--dockerfile is required when using --output-initramfs, --context, --target, or --build-arg",
+            ],
+        },
+        Case {
+            name: "config with a Dockerfile",
+            config: BASE,
+            manifest: None,
+            args: &["agent", "-c", "fledge.toml"],
+            env: &[],
+            expect: &["--config cannot be used when building directly from a Dockerfile"],
+        },
+        Case {
+            name: "two different Dockerfiles",
+            config: BASE,
+            manifest: None,
+            args: &["a", "--dockerfile", "b"],
+            env: &[],
+            expect: &["dockerfile specified multiple times with differing values"],
+        },
+        Case {
+            name: "Dockerfile is a directory",
+            config: BASE,
+            manifest: None,
+            args: &["adir"],
+            env: &[],
+            expect: &["dockerfile path adir is a directory"],
+        },
+        Case {
+            name: "bad build arg",
+            config: BASE,
+            manifest: None,
+            args: &["agent", "--build-arg", "NOVALUE"],
+            env: &[],
+            expect: &["invalid --build-arg \"NOVALUE\": must be in KEY=VALUE form"],
+        },
     ]
 }
 
@@ -109,7 +494,11 @@ fn setup(case: &Case) -> Project {
     p.write("notelf.txt", "#!/bin/sh\n");
     fs::create_dir(p.path("adir")).unwrap();
     fs::create_dir(p.path("withfifo")).unwrap();
-    nix::unistd::mkfifo(&p.path("withfifo/pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    nix::unistd::mkfifo(
+        &p.path("withfifo/pipe"),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
     p.write("fledge.toml", &case.config.replace("{busybox}", busybox()));
     p.write("manifest.toml", case.manifest.unwrap_or(OK_MANIFEST));
     p
@@ -143,13 +532,27 @@ fn every_bad_input_is_a_located_error_with_no_output() {
                 problems.push(format!("missing `{needle}`"));
             }
         }
-        let after: Vec<String> = p.listing().into_iter().filter(|n| n != "cache" && n != "home").collect();
+        let after: Vec<String> = p
+            .listing()
+            .into_iter()
+            .filter(|n| n != "cache" && n != "home")
+            .collect();
         if after != before {
             problems.push(format!("files left behind: {after:?} (before: {before:?})"));
         }
         if !problems.is_empty() {
-            failures.push(format!("[{}] {}\n--- stderr:\n{err}", case.name, problems.join("; ")));
+            failures.push(format!(
+                "[{}] {}\n--- stderr:\n{err}",
+                case.name,
+                problems.join("; ")
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
 }

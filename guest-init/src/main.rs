@@ -14,7 +14,9 @@ use std::io::Write;
 
 fn main() {
     if std::process::id() != 1 {
-        eprintln!("fledge-init: this is the init of Fledge images and must run as PID 1 (the kernel starts it as /init)");
+        eprintln!(
+            "fledge-init: this is the init of Fledge images and must run as PID 1 (the kernel starts it as /init)"
+        );
         std::process::exit(2);
     }
     mounts::mount_runtime();

@@ -9,7 +9,12 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execve, fork, setsid, sync};
 
-const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPWR];
+const FORWARDED: [Signal; 4] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGPWR,
+];
 
 fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -60,7 +65,7 @@ fn exec_workload(program: &str, signals: &SigSet) -> ! {
     let env = environment();
     match CString::new(program) {
         Ok(path) => {
-            let err = execve(&path, &[path.clone()], &env).unwrap_err();
+            let err = execve(&path, std::slice::from_ref(&path), &env).unwrap_err();
             crate::warn(format_args!("cannot start {program}: {err}"));
         }
         Err(_) => crate::warn(format_args!("program path contains a NUL byte")),
@@ -72,12 +77,21 @@ fn exec_workload(program: &str, signals: &SigSet) -> ! {
 /// The kernel-provided environment with a usable `PATH` and `HOME` added when missing.
 fn environment() -> Vec<CString> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
-    for (key, value) in [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root"), ("TERM", "linux")] {
+    for (key, value) in [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", "/root"),
+        ("TERM", "linux"),
+    ] {
         if !vars.iter().any(|(k, _)| k == key) {
             vars.push((key.into(), value.into()));
         }
     }
-    vars.into_iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect()
+    vars.into_iter()
+        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
+        .collect()
 }
 
 /// Reaps every exited child; returns the workload's status once it has exited.
@@ -86,7 +100,9 @@ fn reap(workload: Pid) -> Option<i32> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == workload => result = Some(code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == workload => result = Some(128 + signal as i32),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == workload => {
+                result = Some(128 + signal as i32)
+            }
             Ok(WaitStatus::StillAlive) | Err(_) => return result,
             Ok(_) => {}
         }

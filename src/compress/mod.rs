@@ -44,7 +44,10 @@ impl<W: Write> Encoder<W> {
             }
             Compressor::Lz4 => Self::Lz4(Lz4Legacy::new(out, level)),
             Compressor::Lz4hc | Compressor::Xz => {
-                return Err(io::Error::new(io::ErrorKind::Unsupported, format!("{} cannot compress an initramfs", compression.compressor)));
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{} cannot compress an initramfs", compression.compressor),
+                ));
             }
         })
     }

@@ -20,8 +20,10 @@ pub use compression::{Compression, Compressor, Packing};
 use raw::{RawAgent, RawConfig, RawFilesystem, RawInit, RawSource, S};
 
 /// The pinned default BusyBox: 1.35.0, x86_64, static musl, from busybox.net.
-pub const DEFAULT_BUSYBOX_URL: &str = "https://busybox.net/downloads/binaries/1.35.0-x86_64-linux-musl/busybox";
-pub const DEFAULT_BUSYBOX_SHA256: &str = "6e123e7f3202a8c1e9b1f94d8941580a25135382b99e8d3e34fb858bba311348";
+pub const DEFAULT_BUSYBOX_URL: &str =
+    "https://busybox.net/downloads/binaries/1.35.0-x86_64-linux-musl/busybox";
+pub const DEFAULT_BUSYBOX_SHA256: &str =
+    "6e123e7f3202a8c1e9b1f94d8941580a25135382b99e8d3e34fb858bba311348";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -41,15 +43,29 @@ pub enum InitMode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentSource {
-    Release { version: String, checksum: Option<Sha256Digest> },
-    Local { path: PathBuf },
-    Http { url: String, checksum: Option<Sha256Digest> },
+    Release {
+        version: String,
+        checksum: Option<Sha256Digest>,
+    },
+    Local {
+        path: PathBuf,
+    },
+    Http {
+        url: String,
+        checksum: Option<Sha256Digest>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusyboxSource {
-    Download { url: String, sha256: Option<Sha256Digest> },
-    Local { path: PathBuf, sha256: Option<Sha256Digest> },
+    Download {
+        url: String,
+        sha256: Option<Sha256Digest>,
+    },
+    Local {
+        path: PathBuf,
+        sha256: Option<Sha256Digest>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +78,20 @@ pub enum FsType {
 }
 
 impl FsType {
-    const ALL: [(&'static str, FsType); 5] =
-        [("squashfs", Self::Squashfs), ("ext4", Self::Ext4), ("erofs", Self::Erofs), ("xfs", Self::Xfs), ("btrfs", Self::Btrfs)];
+    const ALL: [(&'static str, FsType); 5] = [
+        ("squashfs", Self::Squashfs),
+        ("ext4", Self::Ext4),
+        ("erofs", Self::Erofs),
+        ("xfs", Self::Xfs),
+        ("btrfs", Self::Btrfs),
+    ];
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, t)| *t == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 
     fn packing(self) -> Packing {
@@ -124,7 +149,9 @@ pub struct BuildConfig {
 /// Every problem found in a config file (validation does not stop at the first).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file not found: {0}\n  = help: create it (see docs/configuration.md) or pass --config PATH")]
+    #[error(
+        "config file not found: {0}\n  = help: create it (see docs/configuration.md) or pass --config PATH"
+    )]
     NotFound(String),
     #[error(transparent)]
     Load(#[from] tomlfile::LoadError),
@@ -133,9 +160,17 @@ pub enum ConfigError {
 }
 
 pub(crate) fn render(diags: &[Diagnostic]) -> String {
-    let mut out = diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\nerror: ");
+    let mut out = diags
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n\nerror: ");
     if diags.len() > 1 {
-        out.push_str(&format!("\n\n{} problems in {}", diags.len(), diags[0].file.path.display()));
+        out.push_str(&format!(
+            "\n\n{} problems in {}",
+            diags.len(),
+            diags[0].file.path.display()
+        ));
     }
     out
 }
@@ -147,8 +182,15 @@ impl BuildConfig {
             other => ConfigError::Load(other),
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
-        let mut v = Validator { file: &file, dir: &dir, errors: Vec::new() };
+        let dir = abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let mut v = Validator {
+            file: &file,
+            dir: &dir,
+            errors: Vec::new(),
+        };
         let config = v.config(raw, abs.clone());
         match config {
             Some(config) if v.errors.is_empty() => Ok(config),
@@ -168,7 +210,12 @@ fn span<T>(s: &S<T>) -> Option<Range<usize>> {
 }
 
 impl Validator<'_> {
-    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>, help: Option<&str>) {
+    fn error(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        help: Option<&str>,
+    ) {
         let mut d = Diagnostic::new(self.file, span, message);
         if let Some(help) = help {
             d = d.help(help);
@@ -186,7 +233,11 @@ impl Validator<'_> {
         let path = self.dir.join(value.get_ref());
         match std::fs::metadata(&path) {
             Ok(meta) if want_file && meta.is_dir() => {
-                self.error(span(value), format!("{what} is a directory, expected a file: {}", path.display()), None);
+                self.error(
+                    span(value),
+                    format!("{what} is a directory, expected a file: {}", path.display()),
+                    None,
+                );
                 None
             }
             Ok(_) => Some(path),
@@ -194,7 +245,9 @@ impl Validator<'_> {
                 self.error(
                     span(value),
                     format!("{what} not found: {} ({err})", path.display()),
-                    Some("relative paths are resolved against the directory that holds fledge.toml"),
+                    Some(
+                        "relative paths are resolved against the directory that holds fledge.toml",
+                    ),
                 );
                 None
             }
@@ -214,31 +267,46 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig, file_path: PathBuf) -> Option<BuildConfig> {
         match Self::text(&raw.version) {
-            None => self.error(None, "'version' field is required", Some("add `version = \"1\"` at the top of the file")),
-            Some(v) if v.get_ref() != "1" => {
-                self.error(span(v), format!("unsupported config version '{}', expected '1'", v.get_ref()), None)
-            }
+            None => self.error(
+                None,
+                "'version' field is required",
+                Some("add `version = \"1\"` at the top of the file"),
+            ),
+            Some(v) if v.get_ref() != "1" => self.error(
+                span(v),
+                format!("unsupported config version '{}', expected '1'", v.get_ref()),
+                None,
+            ),
             Some(_) => {}
         }
         let strategy = match Self::text(&raw.strategy).map(|s| (s, s.get_ref().as_str())) {
             None => {
-                self.error(None, "'strategy' field is required", Some("add `strategy = \"initramfs\"` or `strategy = \"oci_rootfs\"`"));
+                self.error(
+                    None,
+                    "'strategy' field is required",
+                    Some("add `strategy = \"initramfs\"` or `strategy = \"oci_rootfs\"`"),
+                );
                 None
             }
             Some((_, "oci_rootfs")) => Some(Strategy::OciRootfs),
             Some((_, "initramfs")) => Some(Strategy::Initramfs),
             Some((s, other)) => {
-                self.error(span(s), format!("invalid strategy '{other}', must be 'oci_rootfs' or 'initramfs'"), None);
+                self.error(
+                    span(s),
+                    format!("invalid strategy '{other}', must be 'oci_rootfs' or 'initramfs'"),
+                    None,
+                );
                 None
             }
         };
-        let manifest_format = Self::text(&raw.manifest_format).and_then(|f| match f.get_ref().parse() {
-            Ok(format) => Some(format),
-            Err(msg) => {
-                self.error(span(f), msg, None);
-                None
-            }
-        });
+        let manifest_format =
+            Self::text(&raw.manifest_format).and_then(|f| match f.get_ref().parse() {
+                Ok(format) => Some(format),
+                Err(msg) => {
+                    self.error(span(f), msg, None);
+                    None
+                }
+            });
         let init = self.init(raw.init.as_ref());
         let mappings = self.mappings(&raw.mappings);
         let strategy = strategy?;
@@ -260,31 +328,57 @@ impl Validator<'_> {
     }
 
     fn init(&mut self, init: Option<&S<RawInit>>) -> Option<InitMode> {
-        let Some(init) = init else { return Some(InitMode::Default) };
+        let Some(init) = init else {
+            return Some(InitMode::Default);
+        };
         let none = init.get_ref().none.as_ref().is_some_and(|n| *n.get_ref());
         match (none, Self::text(&init.get_ref().path)) {
             (true, Some(_)) => {
-                self.error(span(init), "[init] cannot specify both none=true and path", Some("pick one init mode"));
+                self.error(
+                    span(init),
+                    "[init] cannot specify both none=true and path",
+                    Some("pick one init mode"),
+                );
                 None
             }
             (true, None) => Some(InitMode::None),
-            (false, Some(path)) => Some(InitMode::Custom(self.host_path(path, "custom init file", true)?)),
+            (false, Some(path)) => Some(InitMode::Custom(self.host_path(
+                path,
+                "custom init file",
+                true,
+            )?)),
             (false, None) => Some(InitMode::Default),
         }
     }
 
-    fn agent(&mut self, strategy: Strategy, init: Option<&InitMode>, agent: Option<&S<RawAgent>>) -> Option<AgentSource> {
+    fn agent(
+        &mut self,
+        strategy: Strategy,
+        init: Option<&InitMode>,
+        agent: Option<&S<RawAgent>>,
+    ) -> Option<AgentSource> {
         match (strategy, init, agent) {
             (Strategy::Initramfs, Some(InitMode::Custom(_)), Some(a)) => {
-                self.error(span(a), "'agent' section cannot be specified with custom init mode ([init] path set)", None);
+                self.error(
+                    span(a),
+                    "'agent' section cannot be specified with custom init mode ([init] path set)",
+                    None,
+                );
                 None
             }
             (Strategy::Initramfs, Some(InitMode::None), Some(a)) => {
-                self.error(span(a), "'agent' section cannot be specified with no-init mode ([init] none=true)", None);
+                self.error(
+                    span(a),
+                    "'agent' section cannot be specified with no-init mode ([init] none=true)",
+                    None,
+                );
                 None
             }
             (Strategy::Initramfs, Some(InitMode::Custom(_) | InitMode::None) | None, None) => None,
-            (_, _, None) => Some(AgentSource::Release { version: "latest".into(), checksum: None }),
+            (_, _, None) => Some(AgentSource::Release {
+                version: "latest".into(),
+                checksum: None,
+            }),
             (_, _, Some(agent)) => self.agent_source(agent),
         }
     }
@@ -292,33 +386,64 @@ impl Validator<'_> {
     fn agent_source(&mut self, agent: &S<RawAgent>) -> Option<AgentSource> {
         let a = agent.get_ref();
         let Some(strategy) = Self::text(&a.source_strategy) else {
-            self.error(span(agent), "'agent.source_strategy' is required", Some("set it to \"release\", \"local\" or \"http\""));
+            self.error(
+                span(agent),
+                "'agent.source_strategy' is required",
+                Some("set it to \"release\", \"local\" or \"http\""),
+            );
             return None;
         };
         let checksum = self.checksum(&a.checksum);
         match strategy.get_ref().as_str() {
             "release" => match Self::text(&a.version) {
-                Some(v) => Some(AgentSource::Release { version: v.get_ref().clone(), checksum }),
+                Some(v) => Some(AgentSource::Release {
+                    version: v.get_ref().clone(),
+                    checksum,
+                }),
                 None => {
-                    self.error(span(agent), "'agent.version' is required when using 'release' source strategy", Some("use `version = \"latest\"` or a release tag"));
+                    self.error(
+                        span(agent),
+                        "'agent.version' is required when using 'release' source strategy",
+                        Some("use `version = \"latest\"` or a release tag"),
+                    );
                     None
                 }
             },
             "local" => match Self::text(&a.path) {
-                Some(p) => Some(AgentSource::Local { path: self.host_path(p, "agent path", true)? }),
+                Some(p) => Some(AgentSource::Local {
+                    path: self.host_path(p, "agent path", true)?,
+                }),
                 None => {
-                    self.error(span(agent), "'agent.path' is required when using 'local' source strategy", None);
+                    self.error(
+                        span(agent),
+                        "'agent.path' is required when using 'local' source strategy",
+                        None,
+                    );
                     None
                 }
             },
             "http" => match Self::text(&a.url) {
-                Some(u) if paths::is_http_url(u.get_ref()) => Some(AgentSource::Http { url: u.get_ref().clone(), checksum }),
+                Some(u) if paths::is_http_url(u.get_ref()) => Some(AgentSource::Http {
+                    url: u.get_ref().clone(),
+                    checksum,
+                }),
                 Some(u) => {
-                    self.error(span(u), format!("'agent.url' must be an http:// or https:// URL, got '{}'", u.get_ref()), None);
+                    self.error(
+                        span(u),
+                        format!(
+                            "'agent.url' must be an http:// or https:// URL, got '{}'",
+                            u.get_ref()
+                        ),
+                        None,
+                    );
                     None
                 }
                 None => {
-                    self.error(span(agent), "'agent.url' is required when using 'http' source strategy", None);
+                    self.error(
+                        span(agent),
+                        "'agent.url' is required when using 'http' source strategy",
+                        None,
+                    );
                     None
                 }
             },
@@ -339,7 +464,11 @@ impl Validator<'_> {
                 _ => {}
             }
         } else if let (Some(_), Some(d)) = (image, dockerfile) {
-            self.error(span(d), "only one of 'source.image' or 'source.dockerfile' may be specified", Some("the original Fledge silently ignored the image here; remove one of them"));
+            self.error(
+                span(d),
+                "only one of 'source.image' or 'source.dockerfile' may be specified",
+                Some("the original Fledge silently ignored the image here; remove one of them"),
+            );
         }
         let image_ref = image.and_then(|i| match ImageRef::parse(i.get_ref()) {
             Ok(r) => Some(r),
@@ -349,7 +478,8 @@ impl Validator<'_> {
             }
         });
         let dockerfile_path = dockerfile.and_then(|d| self.host_path(d, "dockerfile", true));
-        let context = Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
+        let context =
+            Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
         let busybox = self.busybox(strategy, source)?;
         Some(Source {
             image: image_ref,
@@ -369,21 +499,40 @@ impl Validator<'_> {
                 if let Some(url) = url {
                     self.error(span(url), "only one of 'source.busybox_url' or 'source.busybox_path' may be specified", None);
                 }
-                Some(BusyboxSource::Local { path: self.host_path(path, "busybox_path", true)?, sha256 })
+                Some(BusyboxSource::Local {
+                    path: self.host_path(path, "busybox_path", true)?,
+                    sha256,
+                })
             }
             _ => {
                 let url = url.map_or(DEFAULT_BUSYBOX_URL.to_string(), |u| u.get_ref().clone());
                 if !paths::is_http_url(&url) {
                     let s = Self::text(&source.busybox_url).and_then(span);
-                    self.error(s, format!("'source.busybox_url' must be an http:// or https:// URL, got '{url}'"), Some("use busybox_path for a local file"));
+                    self.error(
+                        s,
+                        format!(
+                            "'source.busybox_url' must be an http:// or https:// URL, got '{url}'"
+                        ),
+                        Some("use busybox_path for a local file"),
+                    );
                 }
-                let sha256 = sha256.or_else(|| source.busybox_sha256.is_none().then(|| DEFAULT_BUSYBOX_SHA256.parse().ok()).flatten());
+                let sha256 = sha256.or_else(|| {
+                    source
+                        .busybox_sha256
+                        .is_none()
+                        .then(|| DEFAULT_BUSYBOX_SHA256.parse().ok())
+                        .flatten()
+                });
                 Some(BusyboxSource::Download { url, sha256 })
             }
         }
     }
 
-    fn filesystem(&mut self, strategy: Strategy, fs: Option<&S<RawFilesystem>>) -> (Filesystem, Option<Compression>) {
+    fn filesystem(
+        &mut self,
+        strategy: Strategy,
+        fs: Option<&S<RawFilesystem>>,
+    ) -> (Filesystem, Option<Compression>) {
         let raw = fs.map(|f| f.get_ref());
         let kind_value = raw.and_then(|f| Self::text(&f.kind));
         let kind = match (strategy, kind_value) {
@@ -393,13 +542,15 @@ impl Validator<'_> {
             }
             (Strategy::Initramfs, None) => None,
             (Strategy::OciRootfs, None) => Some(FsType::Squashfs),
-            (Strategy::OciRootfs, Some(k)) => match FsType::ALL.iter().find(|(n, _)| n == k.get_ref()) {
-                Some((_, t)) => Some(*t),
-                None => {
-                    self.error(span(k), format!("invalid filesystem type '{}', must be one of: squashfs (recommended), ext4, erofs, xfs, btrfs", k.get_ref()), None);
-                    None
+            (Strategy::OciRootfs, Some(k)) => {
+                match FsType::ALL.iter().find(|(n, _)| n == k.get_ref()) {
+                    Some((_, t)) => Some(*t),
+                    None => {
+                        self.error(span(k), format!("invalid filesystem type '{}', must be one of: squashfs (recommended), ext4, erofs, xfs, btrfs", k.get_ref()), None);
+                        None
+                    }
                 }
-            },
+            }
         };
         let packing = match (strategy, kind) {
             (Strategy::Initramfs, _) => Some(Packing::Initramfs),
@@ -409,7 +560,11 @@ impl Validator<'_> {
         let compression = packing.and_then(|packing| {
             let name = raw.and_then(|f| Self::text(&f.compression));
             let level = raw.and_then(|f| f.compression_level.as_ref());
-            match compression::resolve(packing, name.map(|n| n.get_ref().as_str()), level.map(|l| *l.get_ref())) {
+            match compression::resolve(
+                packing,
+                name.map(|n| n.get_ref().as_str()),
+                level.map(|l| *l.get_ref()),
+            ) {
                 Ok(c) => c,
                 Err((field, msg)) => {
                     let s = match field {
@@ -423,7 +578,11 @@ impl Validator<'_> {
         });
         let overlay_size = match raw.and_then(|f| Self::text(&f.overlay_size)) {
             Some(size) if paths::parse_size(size.get_ref()).is_none() => {
-                self.error(span(size), format!("invalid overlay_size '{}'", size.get_ref()), Some("use a size such as \"512M\", \"1G\" or \"2048K\""));
+                self.error(
+                    span(size),
+                    format!("invalid overlay_size '{}'", size.get_ref()),
+                    Some("use a size such as \"512M\", \"1G\" or \"2048K\""),
+                );
                 String::new()
             }
             Some(size) => size.get_ref().clone(),
@@ -431,14 +590,29 @@ impl Validator<'_> {
         };
         let size_buffer_mb = match raw.and_then(|f| f.size_buffer_mb.as_ref()) {
             Some(v) if *v.get_ref() < 0 => {
-                self.error(span(v), format!("filesystem.size_buffer_mb must be non-negative, got {}", v.get_ref()), None);
+                self.error(
+                    span(v),
+                    format!(
+                        "filesystem.size_buffer_mb must be non-negative, got {}",
+                        v.get_ref()
+                    ),
+                    None,
+                );
                 0
             }
             Some(v) => *v.get_ref() as u64,
             None => 0,
         };
         let preallocate = raw.and_then(|f| f.preallocate).unwrap_or(false);
-        (Filesystem { kind, overlay_size, size_buffer_mb, preallocate }, compression)
+        (
+            Filesystem {
+                kind,
+                overlay_size,
+                size_buffer_mb,
+                preallocate,
+            },
+            compression,
+        )
     }
 
     fn mappings(&mut self, raw: &BTreeMap<S<String>, S<String>>) -> Option<Vec<Mapping>> {
@@ -450,23 +624,48 @@ impl Validator<'_> {
                 continue;
             }
             if dst.get_ref().is_empty() {
-                self.error(span(dst), format!("mapping destination path cannot be empty for source '{}'", src.get_ref()), None);
+                self.error(
+                    span(dst),
+                    format!(
+                        "mapping destination path cannot be empty for source '{}'",
+                        src.get_ref()
+                    ),
+                    None,
+                );
                 continue;
             }
             let dest = match ImagePath::parse(dst.get_ref()) {
                 Ok(dest) => dest,
                 Err(msg) => {
-                    self.error(span(dst), format!("mapping destination '{}' {msg}", dst.get_ref()), None);
+                    self.error(
+                        span(dst),
+                        format!("mapping destination '{}' {msg}", dst.get_ref()),
+                        None,
+                    );
                     continue;
                 }
             };
-            let Some(source) = self.host_path(src, "mapping source", false) else { continue };
+            let Some(source) = self.host_path(src, "mapping source", false) else {
+                continue;
+            };
             if dest.is_root() && !source.is_dir() {
-                self.error(span(dst), format!("mapping destination '/' needs a directory source, but '{}' is a file", src.get_ref()), None);
+                self.error(
+                    span(dst),
+                    format!(
+                        "mapping destination '/' needs a directory source, but '{}' is a file",
+                        src.get_ref()
+                    ),
+                    None,
+                );
                 continue;
             }
             if let Some((prev, _)) = out.iter().find(|(m, _)| m.dest == dest) {
-                let msg = format!("two mappings write '{}': '{}' and '{}'", dest, prev.source.display(), source.display());
+                let msg = format!(
+                    "two mappings write '{}': '{}' and '{}'",
+                    dest,
+                    prev.source.display(),
+                    source.display()
+                );
                 self.error(span(dst), msg, Some("keep one of them"));
                 continue;
             }

@@ -15,12 +15,23 @@ pub enum FileData {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Node {
-    Dir { mode: u32 },
-    File { mode: u32, data: FileData },
-    Symlink { target: String },
+    Dir {
+        mode: u32,
+    },
+    File {
+        mode: u32,
+        data: FileData,
+    },
+    Symlink {
+        target: String,
+    },
     /// A character device node, e.g. `/dev/console` (packers write it; nothing is created on
     /// the host, so no privilege is needed).
-    CharDevice { mode: u32, major: u32, minor: u32 },
+    CharDevice {
+        mode: u32,
+        major: u32,
+        minor: u32,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -78,12 +89,22 @@ impl Tree {
             let dir = self.resolve(&current.join(part), true)?;
             match self.nodes.get(&dir) {
                 Some(Node::Dir { .. }) => {}
-                Some(_) => return Err(TreeError::NotADirectory { path: path.to_string(), component: dir.to_string() }),
+                Some(_) => {
+                    return Err(TreeError::NotADirectory {
+                        path: path.to_string(),
+                        component: dir.to_string(),
+                    });
+                }
                 None => {
                     if let Some(parent) = dir.parent().filter(|p| *p != current) {
                         self.mkdir_all(&parent, 0o755)?;
                     }
-                    self.nodes.insert(dir.clone(), Node::Dir { mode: if i + 1 == last { mode } else { 0o755 } });
+                    self.nodes.insert(
+                        dir.clone(),
+                        Node::Dir {
+                            mode: if i + 1 == last { mode } else { 0o755 },
+                        },
+                    );
                 }
             }
             current = dir;
@@ -107,7 +128,9 @@ impl Tree {
         let parent = path.parent().expect("non-root paths have a parent");
         let parent = self.mkdir_all(&parent, 0o755)?;
         let target = parent.join(name);
-        if !matches!(node, Node::Dir { .. }) || !matches!(self.nodes.get(&target), Some(Node::Dir { .. })) {
+        if !matches!(node, Node::Dir { .. })
+            || !matches!(self.nodes.get(&target), Some(Node::Dir { .. }))
+        {
             self.remove(&target);
         }
         self.nodes.insert(target.clone(), node);
@@ -116,7 +139,12 @@ impl Tree {
 
     /// Removes `path` and everything below it.
     pub fn remove(&mut self, path: &ImagePath) {
-        let doomed: Vec<ImagePath> = self.nodes.range(path.clone()..).take_while(|(p, _)| p.starts_with(path)).map(|(p, _)| p.clone()).collect();
+        let doomed: Vec<ImagePath> = self
+            .nodes
+            .range(path.clone()..)
+            .take_while(|(p, _)| p.starts_with(path))
+            .map(|(p, _)| p.clone())
+            .collect();
         for p in doomed {
             self.nodes.remove(&p);
         }
@@ -145,7 +173,9 @@ impl Tree {
                 Some(Node::Symlink { target }) if follow_last || !is_last => {
                     followed += 1;
                     if followed > MAX_SYMLINKS {
-                        return Err(TreeError::SymlinkLoop { path: path.to_string() });
+                        return Err(TreeError::SymlinkLoop {
+                            path: path.to_string(),
+                        });
                     }
                     current.pop();
                     if target.starts_with('/') {
@@ -154,7 +184,10 @@ impl Tree {
                     pending.extend(target.split('/').rev().map(str::to_string));
                 }
                 Some(Node::File { .. }) if !is_last => {
-                    return Err(TreeError::NotADirectory { path: path.to_string(), component: here.to_string() });
+                    return Err(TreeError::NotADirectory {
+                        path: path.to_string(),
+                        component: here.to_string(),
+                    });
                 }
                 _ => {}
             }
@@ -172,7 +205,10 @@ mod tests {
     }
 
     fn file() -> Node {
-        Node::File { mode: 0o644, data: FileData::Bytes(Arc::from(&b"x"[..])) }
+        Node::File {
+            mode: 0o644,
+            data: FileData::Bytes(Arc::from(&b"x"[..])),
+        }
     }
 
     #[test]
@@ -187,28 +223,74 @@ mod tests {
     fn symlinked_parent_directories_are_followed_inside_the_image() {
         let mut t = Tree::default();
         t.mkdir_all(&p("/usr/bin"), 0o755).unwrap();
-        t.insert(&p("/bin"), Node::Symlink { target: "usr/bin".into() }).unwrap();
-        assert_eq!(t.insert(&p("/bin/kestrel"), file()).unwrap(), p("/usr/bin/kestrel"));
-        t.insert(&p("/sbin"), Node::Symlink { target: "/usr/bin".into() }).unwrap();
+        t.insert(
+            &p("/bin"),
+            Node::Symlink {
+                target: "usr/bin".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.insert(&p("/bin/kestrel"), file()).unwrap(),
+            p("/usr/bin/kestrel")
+        );
+        t.insert(
+            &p("/sbin"),
+            Node::Symlink {
+                target: "/usr/bin".into(),
+            },
+        )
+        .unwrap();
         assert_eq!(t.resolve(&p("/sbin/x"), true).unwrap(), p("/usr/bin/x"));
     }
 
     #[test]
     fn dangling_links_get_their_target_created() {
         let mut t = Tree::default();
-        t.insert(&p("/lib"), Node::Symlink { target: "usr/lib".into() }).unwrap();
-        assert_eq!(t.mkdir_all(&p("/lib/modules"), 0o700).unwrap(), p("/usr/lib/modules"));
-        let dirs: Vec<String> = t.iter().filter(|(_, n)| matches!(n, Node::Dir { .. })).map(|(p, _)| p.to_string()).collect();
+        t.insert(
+            &p("/lib"),
+            Node::Symlink {
+                target: "usr/lib".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.mkdir_all(&p("/lib/modules"), 0o700).unwrap(),
+            p("/usr/lib/modules")
+        );
+        let dirs: Vec<String> = t
+            .iter()
+            .filter(|(_, n)| matches!(n, Node::Dir { .. }))
+            .map(|(p, _)| p.to_string())
+            .collect();
         assert_eq!(dirs, ["/", "/usr", "/usr/lib", "/usr/lib/modules"]);
-        assert_eq!(t.get(&p("/usr/lib/modules")), Some(&Node::Dir { mode: 0o700 }));
+        assert_eq!(
+            t.get(&p("/usr/lib/modules")),
+            Some(&Node::Dir { mode: 0o700 })
+        );
     }
 
     #[test]
     fn links_cannot_escape_the_root() {
         let mut t = Tree::default();
-        t.insert(&p("/evil"), Node::Symlink { target: "../../../../etc".into() }).unwrap();
-        assert_eq!(t.insert(&p("/evil/passwd"), file()).unwrap(), p("/etc/passwd"));
-        t.insert(&p("/abs"), Node::Symlink { target: "/tmp/../../root".into() }).unwrap();
+        t.insert(
+            &p("/evil"),
+            Node::Symlink {
+                target: "../../../../etc".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.insert(&p("/evil/passwd"), file()).unwrap(),
+            p("/etc/passwd")
+        );
+        t.insert(
+            &p("/abs"),
+            Node::Symlink {
+                target: "/tmp/../../root".into(),
+            },
+        )
+        .unwrap();
         assert_eq!(t.resolve(&p("/abs/x"), true).unwrap(), p("/root/x"));
     }
 
@@ -216,7 +298,13 @@ mod tests {
     fn the_last_component_is_replaced_not_followed() {
         let mut t = Tree::default();
         t.insert(&p("/etc/target"), file()).unwrap();
-        t.insert(&p("/link"), Node::Symlink { target: "/etc/target".into() }).unwrap();
+        t.insert(
+            &p("/link"),
+            Node::Symlink {
+                target: "/etc/target".into(),
+            },
+        )
+        .unwrap();
         t.insert(&p("/link"), file()).unwrap();
         assert_eq!(t.get(&p("/etc/target")), Some(&file()));
         assert_eq!(t.get(&p("/link")), Some(&file()));
@@ -225,11 +313,19 @@ mod tests {
     #[test]
     fn loops_and_files_as_directories_are_errors() {
         let mut t = Tree::default();
-        t.insert(&p("/a"), Node::Symlink { target: "b".into() }).unwrap();
-        t.insert(&p("/b"), Node::Symlink { target: "a".into() }).unwrap();
-        assert!(matches!(t.insert(&p("/a/x"), file()), Err(TreeError::SymlinkLoop { .. })));
+        t.insert(&p("/a"), Node::Symlink { target: "b".into() })
+            .unwrap();
+        t.insert(&p("/b"), Node::Symlink { target: "a".into() })
+            .unwrap();
+        assert!(matches!(
+            t.insert(&p("/a/x"), file()),
+            Err(TreeError::SymlinkLoop { .. })
+        ));
         t.insert(&p("/f"), file()).unwrap();
-        assert!(matches!(t.insert(&p("/f/x"), file()), Err(TreeError::NotADirectory { .. })));
+        assert!(matches!(
+            t.insert(&p("/f/x"), file()),
+            Err(TreeError::NotADirectory { .. })
+        ));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 pub struct Server {
@@ -35,7 +35,13 @@ impl Server {
                 }
             }
         });
-        Self { base: format!("http://{addr}"), stop, hits, addr, thread: Some(thread) }
+        Self {
+            base: format!("http://{addr}"),
+            stop,
+            hits,
+            addr,
+            thread: Some(thread),
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -57,10 +63,17 @@ fn serve(stream: TcpStream, routes: &HashMap<String, Vec<u8>>) -> std::io::Resul
     let mut stream = stream;
     match routes.get(path) {
         Some(body) => {
-            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
             stream.write_all(body)
         }
-        None => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        None => write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     }
 }
 
