@@ -2,6 +2,8 @@
 #   make demo   install host packages, build Fledge, build the example initramfs
 #   make test   run the whole test suite (what CI runs through .ci/run)
 
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
 FLEDGE := target/release/fledge
 DEMO := examples/hello
@@ -36,8 +38,12 @@ demo: build $(DEMO)/build/hello $(DEMO)/build/stub-agent
 	@cat $(OUT)/hello.manifest.json
 
 # The boot tests need a kernel: Debian's cloud kernel, downloaded once and cached.
+# The last line totals every test binary's results.
 test: deps
-	kernel=$$(scripts/fetch-test-kernel.sh) && FLEDGE_TEST_KERNEL=$$kernel $(CARGO) test --locked --workspace
+	@mkdir -p target
+	kernel=$$(scripts/fetch-test-kernel.sh); \
+	FLEDGE_TEST_KERNEL=$$kernel $(CARGO) test --locked --workspace 2>&1 | tee target/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6; i += $$8} END {printf "total: %d passed, %d failed, %d skipped\n", p, f, i}' target/test.log
 
 bench: build
 	bench/initramfs-pack.sh

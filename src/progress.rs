@@ -91,7 +91,10 @@ impl Step {
             format!("{} ({detail}, {secs:.1}s)", self.name)
         };
         match (self.mode, self.bar) {
-            (_, Some(bar)) => bar.finish_with_message(line),
+            (_, Some(bar)) => {
+                bar.set_style(ProgressStyle::with_template("  {msg}").expect("valid template"));
+                bar.finish_with_message(line);
+            }
             (Mode::Plain, None) => {
                 let _ = writeln!(std::io::stderr(), "   done: {line}");
             }

@@ -43,6 +43,9 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path) -> Result<()> {
             "--config cannot be used when building directly from a Dockerfile\n  = help: drop --config, or drop the Dockerfile argument and set [source] dockerfile in fledge.toml"
         );
     }
+    if args.manifest.is_some() {
+        tracing::warn!("--manifest is ignored when building directly from a Dockerfile");
+    }
     let meta = std::fs::metadata(dockerfile)
         .with_context(|| format!("failed to access dockerfile {}", dockerfile.display()))?;
     if meta.is_dir() {
