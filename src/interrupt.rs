@@ -23,3 +23,12 @@ pub fn check() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// True if `err` is (or was caused by) an interruption.
+pub fn caused(err: &anyhow::Error) -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+        && err.chain().any(|c| {
+            c.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::Interrupted)
+        })
+}

@@ -19,6 +19,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if interrupt::caused(&err) => {
+            eprintln!("error: interrupted; nothing was written");
+            ExitCode::from(130)
+        }
         Err(err) => {
             eprintln!("error: {}", render_error(&err));
             ExitCode::FAILURE

@@ -410,3 +410,41 @@ fn host_hard_links_stay_hard_links_and_are_stored_once() {
     assert_eq!(a.ino(), b.ino(), "GNU cpio recreates the hard link");
     assert_eq!(fs::read(out.join("data/b.bin")).unwrap(), big);
 }
+
+#[test]
+fn ctrl_c_stops_the_build_and_leaves_nothing_behind() {
+    let p = hello_project("\"big\" = \"/data/big\"\n");
+    // A sparse 2 GiB file: cheap to create, slow enough to pack that SIGINT lands mid-build.
+    fs::File::create(p.path("big"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let child = p
+        .fledge()
+        .args(["build", "-o", "out/big.cpio.gz"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until packing has started (the temporary file exists), then interrupt.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fs::read_dir(p.path("out")).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "packing never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_dir(p.path("out")).unwrap().count(),
+        0,
+        "no artifact, manifest or temporary file left"
+    );
+}
