@@ -22,6 +22,7 @@ pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod rootfs;
+pub mod store;
 pub mod tomlfile;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
