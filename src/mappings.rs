@@ -16,6 +16,15 @@ use crate::config::Mapping;
 use crate::paths::ImagePath;
 use crate::rootfs::{FileData, Node, Tree, TreeError};
 
+/// A problem with one mapping, found while packing, with where the mapping is written.
+#[derive(Debug, thiserror::Error)]
+#[error("mapping at {location}: {problem}")]
+pub struct LocatedMappingError {
+    pub location: String,
+    #[source]
+    pub problem: MappingError,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error("mapping source {path}: {source}")]
@@ -87,22 +96,16 @@ pub fn file_mode(dest: &ImagePath, source_mode: u32) -> u32 {
 }
 
 /// Applies `mappings` in order (sorted by destination, so deeper mappings win).
-pub fn apply(tree: &mut Tree, mappings: &[Mapping]) -> Result<(), MappingError> {
+pub fn apply(tree: &mut Tree, mappings: &[Mapping]) -> Result<(), LocatedMappingError> {
     let mut copier = Copier {
         tree,
         inodes: HashMap::new(),
     };
     for m in mappings {
-        let meta = fs::metadata(&m.source).map_err(|source| io_err(&m.source, source))?;
-        if meta.is_dir() {
-            let dest = copier
-                .tree
-                .mkdir_all(&m.dest, 0o755)
-                .map_err(|e| tree_err(&m.dest, e))?;
-            copier.copy_dir(&m.source, &dest)?;
-        } else {
-            copier.add_entry(&m.source, &meta, &m.dest)?;
-        }
+        copier.apply(m).map_err(|problem| LocatedMappingError {
+            location: m.location.clone(),
+            problem,
+        })?;
     }
     Ok(())
 }
@@ -114,6 +117,19 @@ struct Copier<'a> {
 }
 
 impl Copier<'_> {
+    fn apply(&mut self, m: &Mapping) -> Result<(), MappingError> {
+        let meta = fs::metadata(&m.source).map_err(|source| io_err(&m.source, source))?;
+        if meta.is_dir() {
+            let dest = self
+                .tree
+                .mkdir_all(&m.dest, 0o755)
+                .map_err(|e| tree_err(&m.dest, e))?;
+            self.copy_dir(&m.source, &dest)
+        } else {
+            self.add_entry(&m.source, &meta, &m.dest)
+        }
+    }
+
     fn copy_dir(&mut self, dir: &Path, dest: &ImagePath) -> Result<(), MappingError> {
         let mut entries: Vec<_> = fs::read_dir(dir)
             .map_err(|e| io_err(dir, e))?

@@ -259,14 +259,30 @@ fn cases() -> Vec<Case> {
             &["two mappings write '/x'"],
         ),
         case(
-            "file mapped onto the root",
-            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/\"\n",
-            &["needs a directory source"],
+            "mapping replaces a directory",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/bin\"\n",
+            &[
+                "mapping at ",
+                "fledge.toml:8:1",
+                "cannot replace directory /bin with a file",
+            ],
+        ),
+        case(
+            "no init in none mode",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n",
+            &[
+                "the image has no executable /init",
+                "map your init program to /init",
+            ],
         ),
         case(
             "fifo in a mapped directory",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"withfifo\" = \"/data\"\n",
-            &["is a fifo; only files, directories and symlinks can be mapped"],
+            &[
+                "mapping at ",
+                "fledge.toml:8:1",
+                "is a fifo; only files, directories and symlinks can be mapped",
+            ],
         ),
         case(
             "initramfs compressor unknown",

@@ -68,7 +68,8 @@ fn usage_errors_exit_2_with_a_hint() {
 #[test]
 fn quiet_builds_print_nothing_and_plain_builds_show_steps() {
     let p = Project::new();
-    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{}\"\n", busybox()));
+    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{}\"\n[mappings]\n\"init\" = \"/init\"\n", busybox()));
+    std::fs::copy(agent_binary(), p.path("init")).unwrap();
     p.write(
         "manifest.toml",
         "name = \"q\"\nversion = \"1\"\nruntime = \"q\"\n",

@@ -157,8 +157,9 @@ fn busybox_download_is_verified_cached_and_reused_offline() {
     let bb = fs::read(busybox()).unwrap();
     let server = Server::start(HashMap::from([("/busybox".to_string(), bb.clone())]));
     let p = Project::new();
+    fs::copy(agent_binary(), p.path("init")).unwrap();
     let cfg = format!(
-        "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_url = \"{}/busybox\"\nbusybox_sha256 = \"{}\"\n",
+        "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_url = \"{}/busybox\"\nbusybox_sha256 = \"{}\"\n[mappings]\n\"init\" = \"/init\"\n",
         server.base,
         sha256(&bb)
     );

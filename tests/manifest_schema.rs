@@ -127,7 +127,8 @@ fn the_legacy_fledge_shape_is_not_v1_and_the_validator_says_so() {
 #[test]
 fn manifest_format_can_be_set_in_fledge_toml() {
     let p = Project::new();
-    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\nmanifest_format = \"volant-v1\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{}\"\n", busybox()));
+    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\nmanifest_format = \"volant-v1\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{}\"\n[mappings]\n\"init\" = \"/init\"\n", busybox()));
+    fs::copy(agent_binary(), p.path("init")).unwrap();
     p.write("manifest.toml", FULL_MANIFEST);
     assert_success(&run(p.fledge().args(["build", "-o", "web.cpio.gz"])));
     let m: Value = serde_json::from_slice(&fs::read(p.path("web.manifest.json")).unwrap()).unwrap();

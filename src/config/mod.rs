@@ -127,6 +127,8 @@ pub struct Filesystem {
 pub struct Mapping {
     pub source: PathBuf,
     pub dest: ImagePath,
+    /// Where the entry is written (`fledge.toml:LINE:COL`), for errors found while packing.
+    pub location: String,
 }
 
 /// A validated `fledge.toml`.
@@ -616,7 +618,7 @@ impl Validator<'_> {
     }
 
     fn mappings(&mut self, raw: &BTreeMap<S<String>, S<String>>) -> Option<Vec<Mapping>> {
-        let mut out: Vec<(Mapping, Range<usize>)> = Vec::new();
+        let mut mappings: Vec<Mapping> = Vec::new();
         let before = self.errors.len();
         for (src, dst) in raw {
             if src.get_ref().is_empty() {
@@ -634,7 +636,7 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            let dest = match ImagePath::parse(dst.get_ref()) {
+            let mut dest = match ImagePath::parse(dst.get_ref()) {
                 Ok(dest) => dest,
                 Err(msg) => {
                     self.error(
@@ -648,18 +650,14 @@ impl Validator<'_> {
             let Some(source) = self.host_path(src, "mapping source", false) else {
                 continue;
             };
-            if dest.is_root() && !source.is_dir() {
-                self.error(
-                    span(dst),
-                    format!(
-                        "mapping destination '/' needs a directory source, but '{}' is a file",
-                        src.get_ref()
-                    ),
-                    None,
-                );
-                continue;
+            // As with `COPY file dir/`: a trailing slash puts a file inside that directory.
+            if dst.get_ref().ends_with('/')
+                && !source.is_dir()
+                && let Some(name) = source.file_name()
+            {
+                dest = dest.join(&name.to_string_lossy());
             }
-            if let Some((prev, _)) = out.iter().find(|(m, _)| m.dest == dest) {
+            if let Some(prev) = mappings.iter().find(|m| m.dest == dest) {
                 let msg = format!(
                     "two mappings write '{}': '{}' and '{}'",
                     dest,
@@ -669,12 +667,17 @@ impl Validator<'_> {
                 self.error(span(dst), msg, Some("keep one of them"));
                 continue;
             }
-            out.push((Mapping { source, dest }, dst.span()));
+            let (line, col) = self.file.line_col(src.span().start);
+            let location = format!("{}:{line}:{col}", self.file.path.display());
+            mappings.push(Mapping {
+                source,
+                dest,
+                location,
+            });
         }
         if self.errors.len() > before {
             return None;
         }
-        let mut mappings: Vec<Mapping> = out.into_iter().map(|(m, _)| m).collect();
         mappings.sort_by(|a, b| a.dest.cmp(&b.dest));
         Some(mappings)
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use crate::config::{Compression, InitMode, Mapping};
 use crate::guest_init;
-use crate::mappings::{self, MappingError};
+use crate::mappings::{self, LocatedMappingError};
 use crate::paths::ImagePath;
 use crate::rootfs::{FileData, Node, Tree, TreeError};
 
@@ -53,7 +53,11 @@ pub enum AssembleError {
     #[error(transparent)]
     Tree(#[from] TreeError),
     #[error(transparent)]
-    Mapping(#[from] MappingError),
+    Mapping(#[from] LocatedMappingError),
+    #[error(
+        "the image has no executable /init, so the kernel could not start it\n  = help: with [init] none = true, map your init program to /init in [mappings]"
+    )]
+    NoInit,
 }
 
 /// Everything that goes into the image besides the mappings, already fetched and verified.
@@ -125,7 +129,17 @@ pub fn assemble(parts: &Parts<'_>) -> Result<Tree, AssembleError> {
         tree.insert(&path(AGENT_PATH), executable(agent))?;
     }
     mappings::apply(&mut tree, parts.mappings)?;
+    check_init(&tree)?;
     Ok(tree)
+}
+
+/// The kernel runs `/init` (following symlinks); without an executable one it panics.
+fn check_init(tree: &Tree) -> Result<(), AssembleError> {
+    let init = tree.resolve(&path("/init"), true)?;
+    match tree.get(&init) {
+        Some(Node::File { mode, .. }) if mode & 0o111 != 0 => Ok(()),
+        _ => Err(AssembleError::NoInit),
+    }
 }
 
 /// Packs `tree` as a cpio archive compressed with `compression` into `out`.

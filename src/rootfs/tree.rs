@@ -42,6 +42,15 @@ pub enum TreeError {
     SymlinkLoop { path: String },
     #[error("cannot replace the image root with a file")]
     RootNotDir,
+    #[error(
+        "cannot replace directory {path} with a {kind}: it holds {entries} entries (e.g. {example})"
+    )]
+    ReplacesDirectory {
+        path: String,
+        kind: &'static str,
+        entries: usize,
+        example: String,
+    },
 }
 
 /// Maximum symlinks followed while resolving one path, as Linux's `MAXSYMLINKS`.
@@ -112,9 +121,10 @@ impl Tree {
         Ok(current)
     }
 
-    /// Puts `node` at `path`, replacing what was there (a replaced directory loses its
-    /// contents). The final component is never followed, so writing over a symlink replaces
-    /// the link instead of writing through it; parents are resolved inside the image.
+    /// Puts `node` at `path`, replacing what was there. The final component is never followed,
+    /// so writing over a symlink replaces the link instead of writing through it; parents are
+    /// resolved inside the image. A directory that holds entries is never replaced by a
+    /// non-directory: that would silently drop its contents (e.g. `/bin` and the shell).
     pub fn insert(&mut self, path: &ImagePath, node: Node) -> Result<ImagePath, TreeError> {
         let Some(name) = path.file_name() else {
             return match node {
@@ -128,10 +138,32 @@ impl Tree {
         let parent = path.parent().expect("non-root paths have a parent");
         let parent = self.mkdir_all(&parent, 0o755)?;
         let target = parent.join(name);
-        if !matches!(node, Node::Dir { .. })
-            || !matches!(self.nodes.get(&target), Some(Node::Dir { .. }))
-        {
-            self.remove(&target);
+        match (&node, self.nodes.get(&target)) {
+            (Node::Dir { .. }, Some(Node::Dir { .. })) => {}
+            (_, Some(Node::Dir { .. })) => {
+                let children: Vec<&ImagePath> = self
+                    .nodes
+                    .range(target.clone()..)
+                    .map(|(p, _)| p)
+                    .take_while(|p| p.starts_with(&target))
+                    .skip(1)
+                    .collect();
+                if let Some(first) = children.first() {
+                    let kind = if matches!(node, Node::Symlink { .. }) {
+                        "symlink"
+                    } else {
+                        "file"
+                    };
+                    return Err(TreeError::ReplacesDirectory {
+                        path: target.to_string(),
+                        kind,
+                        entries: children.len(),
+                        example: first.to_string(),
+                    });
+                }
+                self.remove(&target);
+            }
+            _ => self.remove(&target),
         }
         self.nodes.insert(target.clone(), node);
         Ok(target)
@@ -329,11 +361,29 @@ mod tests {
     }
 
     #[test]
-    fn replacing_a_directory_with_a_file_drops_its_contents() {
+    fn a_non_empty_directory_is_never_replaced_by_a_file_or_link() {
         let mut t = Tree::default();
         t.insert(&p("/d/inner"), file()).unwrap();
-        t.insert(&p("/d"), file()).unwrap();
-        assert_eq!(t.get(&p("/d/inner")), None);
-        assert_eq!(t.len(), 2);
+        let err = t.insert(&p("/d"), file()).unwrap_err();
+        assert_eq!(
+            err,
+            TreeError::ReplacesDirectory {
+                path: "/d".into(),
+                kind: "file",
+                entries: 1,
+                example: "/d/inner".into()
+            }
+        );
+        assert!(matches!(
+            t.insert(&p("/d"), Node::Symlink { target: "x".into() }),
+            Err(TreeError::ReplacesDirectory {
+                kind: "symlink",
+                ..
+            })
+        ));
+        assert_eq!(t.get(&p("/d/inner")), Some(&file()));
+        t.mkdir_all(&p("/empty"), 0o755).unwrap();
+        t.insert(&p("/empty"), file()).unwrap();
+        assert_eq!(t.get(&p("/empty")), Some(&file()));
     }
 }
