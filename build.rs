@@ -20,12 +20,21 @@ fn main() {
 
     let target_dir = shared_target_dir(&out_dir).join("guest-init");
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Paths of the sources (ours and the crates') end up in panic messages: map them to fixed
+    // names so the embedded init, and every artifact, is the same whoever builds Fledge.
     let remap = format!("--remap-path-prefix={}=/fledge", manifest_dir.display());
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let remap_cargo = cargo_home
+        .map(|h| format!("--remap-path-prefix={}=/cargo", h.display()))
+        .unwrap_or_default();
     let rustflags = [
         "-Ctarget-feature=+crt-static",
         "-Cstrip=symbols",
         "-Copt-level=s",
         remap.as_str(),
+        remap_cargo.as_str(),
     ]
     .join("\x1f");
     let mut cmd = Command::new(cargo);

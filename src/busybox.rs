@@ -42,9 +42,12 @@ pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, Bus
             let (path, _) =
                 fetcher
                     .fetch(url, *sha256, policy)
-                    .map_err(|source| BusyboxError::Fetch {
-                        source,
-                        help: OFFLINE_HELP,
+                    .map_err(|source| {
+                        let help = match source {
+                            FetchError::Mismatch { .. } => "the file at busybox_url is not the one busybox_sha256 pins: fix the URL, or update the checksum if the new file is intended",
+                            _ => OFFLINE_HELP,
+                        };
+                        BusyboxError::Fetch { source, help }
                     })?;
             path
         }

@@ -29,6 +29,8 @@ pub enum FetchError {
     Read { path: String, source: io::Error },
     #[error("no cache directory: set FLEDGE_CACHE_DIR (or HOME) so downloads can be stored")]
     NoCacheDir,
+    #[error("download interrupted")]
+    Interrupted(#[source] io::Error),
 }
 
 /// How to trade freshness against working offline.
@@ -148,7 +150,10 @@ impl Fetcher {
             .map_err(|e| cache_err(&blobs, e))?;
         let mut writer = HashingWriter::new(tmp.as_file_mut());
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-        copy_interruptible(&mut reader, &mut writer).map_err(|e| net_err(e.to_string()))?;
+        copy_interruptible(&mut reader, &mut writer).map_err(|e| match e.kind() {
+            io::ErrorKind::Interrupted => FetchError::Interrupted(e),
+            _ => net_err(e.to_string()),
+        })?;
         let (actual, _, file) = writer.finish();
         file.sync_all().map_err(|e| cache_err(tmp.path(), e))?;
         if let Some(expected) = expected

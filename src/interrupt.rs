@@ -1,16 +1,26 @@
-//! Ctrl-C handling: the first SIGINT/SIGTERM sets a flag that long-running loops poll, so
+//! Ctrl-C and SIGTERM handling: the first signal sets a flag that long-running loops poll, so
 //! they stop, their temporary files are removed by the normal error path, and the process
-//! exits non-zero with nothing half-written left behind. A second Ctrl-C exits at once (130).
+//! exits 130 with nothing half-written left behind. A second signal exits at once, after
+//! removing the temporary files registered here.
 
+use std::collections::BTreeSet;
 use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+static TEMP_FILES: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
 /// Installs the handler (once per process).
 pub fn install() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTED.swap(true, Ordering::SeqCst) {
+            if let Ok(files) = TEMP_FILES.lock() {
+                for f in files.iter() {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
             std::process::exit(130);
         }
     });
@@ -31,4 +41,18 @@ pub fn caused(err: &anyhow::Error) -> bool {
             c.downcast_ref::<io::Error>()
                 .is_some_and(|e| e.kind() == io::ErrorKind::Interrupted)
         })
+}
+
+/// Remembers a temporary file to delete if a second signal forces an immediate exit.
+pub fn track(path: &Path) {
+    if let Ok(mut files) = TEMP_FILES.lock() {
+        files.insert(path.to_path_buf());
+    }
+}
+
+/// Forgets a temporary file (it was renamed into place or removed).
+pub fn untrack(path: &Path) {
+    if let Ok(mut files) = TEMP_FILES.lock() {
+        files.remove(path);
+    }
 }

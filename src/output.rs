@@ -66,10 +66,21 @@ pub fn manifest_path(artifact: &Path) -> PathBuf {
     artifact.with_file_name(format!("{stem}.manifest.json"))
 }
 
-/// A file being written next to `dest`; it appears at `dest` only on [`Pending::commit`].
+/// A file being written next to `dest`; it appears at `dest` only on [`Pending::commit`] and
+/// is removed if dropped uncommitted (or, via [`crate::interrupt`], on a forced exit).
 pub struct Pending {
     tmp: NamedTempFile,
     dest: PathBuf,
+    _tracked: Tracked,
+}
+
+/// Keeps a temporary path registered with [`crate::interrupt`] while it exists.
+struct Tracked(PathBuf);
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        crate::interrupt::untrack(&self.0);
+    }
 }
 
 impl Pending {
@@ -82,6 +93,16 @@ impl Pending {
             return Err(io::Error::new(
                 io::ErrorKind::IsADirectory,
                 format!("{} is a directory", dest.display()),
+            ));
+        }
+        if let Some(file) = dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                format!(
+                    "cannot write {}: {} is a file, not a directory",
+                    dest.display(),
+                    file.display()
+                ),
             ));
         }
         fs::create_dir_all(&dir).map_err(|e| {
@@ -98,9 +119,12 @@ impl Pending {
             .map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot write in {}: {e}", dir.display()))
             })?;
+        crate::interrupt::track(tmp.path());
+        let tracked = Tracked(tmp.path().to_path_buf());
         Ok(Self {
             tmp,
             dest: dest.to_path_buf(),
+            _tracked: tracked,
         })
     }
 
@@ -110,16 +134,21 @@ impl Pending {
 
     /// Flushes to disk, sets mode 0644 and renames into place.
     pub fn commit(self) -> io::Result<PathBuf> {
-        let file = self.tmp.as_file();
-        file.sync_all()?;
-        file.set_permissions(fs::Permissions::from_mode(0o644))?;
-        self.tmp.persist(&self.dest).map_err(|e| {
+        let Self {
+            tmp,
+            dest,
+            _tracked,
+        } = self;
+        tmp.as_file().sync_all()?;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))?;
+        tmp.persist(&dest).map_err(|e| {
             io::Error::new(
                 e.error.kind(),
-                format!("cannot create {}: {}", self.dest.display(), e.error),
+                format!("cannot create {}: {}", dest.display(), e.error),
             )
         })?;
-        Ok(self.dest)
+        Ok(dest)
     }
 }
 

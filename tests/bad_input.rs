@@ -16,6 +16,8 @@ struct Case {
     expect: &'static [&'static str],
 }
 
+/// Marks a case that has no manifest.toml at all.
+const NO_MANIFEST: &str = "<no manifest.toml>";
 const OK_MANIFEST: &str = "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n";
 /// A valid config; `{busybox}` is replaced by the busybox path.
 const BASE: &str = "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nbusybox_path = \"{busybox}\"\n";
@@ -423,6 +425,22 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "volant-v1 without manifest.toml",
+            config: BASE,
+            manifest: Some(NO_MANIFEST),
+            args: &["--manifest-format", "volant-v1"],
+            env: &[],
+            expect: &["manifest.toml not found, and the volant-v1 manifest format needs one"],
+        },
+        Case {
+            name: "output below a file",
+            config: BASE,
+            manifest: None,
+            args: &["-o", "notelf.txt/x.cpio.gz"],
+            env: &[],
+            expect: &["notelf.txt is a file, not a directory"],
+        },
+        Case {
             name: "explicit manifest missing",
             config: BASE,
             manifest: None,
@@ -516,7 +534,9 @@ fn setup(case: &Case) -> Project {
     )
     .unwrap();
     p.write("fledge.toml", &case.config.replace("{busybox}", busybox()));
-    p.write("manifest.toml", case.manifest.unwrap_or(OK_MANIFEST));
+    if case.manifest != Some(NO_MANIFEST) {
+        p.write("manifest.toml", case.manifest.unwrap_or(OK_MANIFEST));
+    }
     p
 }
 

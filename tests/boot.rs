@@ -201,3 +201,27 @@ int main(void) {
     assert!(console.contains("FLEDGE_EXIT_STATUS=137"), "{console}");
     let _ = fs::remove_file(p.path("k.cpio.gz"));
 }
+
+#[test]
+fn poweroff_inside_the_guest_powers_off() {
+    let kernel = require_boot_tools!();
+    let p = project("[init]\npath = \"my-init.sh\"\n");
+    p.write_mode(
+        "my-init.sh",
+        b"#!/bin/sh\necho asking for power-off\npoweroff\nsleep 30\necho STILL ALIVE\n",
+        0o755,
+    );
+    assert_success(&run(p.fledge().args(["build", "-o", "off.cpio.gz"])));
+    let started = Instant::now();
+    let (console, status) = boot(&kernel, &p.path("off.cpio.gz"));
+    assert_eq!(status, Some(0), "{console}");
+    assert!(
+        console.contains("fledge-init: power-off requested"),
+        "{console}"
+    );
+    assert!(!console.contains("STILL ALIVE"), "{console}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "powered off without waiting for the script"
+    );
+}

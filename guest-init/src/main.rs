@@ -2,8 +2,9 @@
 //!
 //! It mounts the runtime filesystems, attaches the console, starts the workload (the agent at
 //! `/bin/kestrel`, or the program named by `/.volant_init` or `fledge.init=` on the kernel
-//! command line), reaps every orphan, forwards shutdown signals, and when the workload exits
-//! reports its status on the console and powers the machine off. PID 1 never exits, so the
+//! command line), reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP/SIGPWR to it, and when
+//! the workload exits reports its status on the console and powers the machine off. `halt`
+//! and `poweroff` inside the guest (SIGUSR1/SIGUSR2 to PID 1) stop everything and power off. PID 1 never exits, so the
 //! kernel never panics with "attempted to kill init".
 
 mod mounts;
@@ -23,9 +24,15 @@ fn main() {
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
     let program = target::choose(&cmdline, handoff.as_deref());
-    let status = supervise::run(&program);
-    println!("fledge-init: {program} exited with status {status}");
-    println!("{}{status}", target::EXIT_STATUS_PREFIX);
+    match supervise::run(&program) {
+        supervise::Outcome::Exited(status) => {
+            println!("fledge-init: {program} exited with status {status}");
+            println!("{}{status}", target::EXIT_STATUS_PREFIX);
+        }
+        supervise::Outcome::PowerOffRequested => {
+            println!("fledge-init: power-off requested; stopping {program}")
+        }
+    }
     supervise::shutdown();
 }
 

@@ -9,24 +9,35 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execve, fork, setsid, sync};
 
+/// Passed on to the workload, which decides how to stop.
 const FORWARDED: [Signal; 4] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
     Signal::SIGPWR,
 ];
+/// What BusyBox's `halt` and `poweroff` send to PID 1: stop everything and power off.
+const POWER_OFF: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGUSR2];
 
 fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
-    for s in FORWARDED {
-        set.add(s);
+    for s in FORWARDED.iter().chain(&POWER_OFF) {
+        set.add(*s);
     }
     set
 }
 
-/// Starts `program` and waits for it; returns its exit status (128+N if killed by signal N).
-pub fn run(program: &str) -> i32 {
+/// How supervision ended.
+pub enum Outcome {
+    /// The workload exited with this status (128+N if killed by signal N).
+    Exited(i32),
+    /// `poweroff`/`halt` was requested inside the guest.
+    PowerOffRequested,
+}
+
+/// Starts `program` and supervises it until it exits or a power-off is requested.
+pub fn run(program: &str) -> Outcome {
     let signals = handled_signals();
     if let Err(e) = signals.thread_block() {
         crate::warn(format_args!("cannot block signals: {e}"));
@@ -39,16 +50,17 @@ pub fn run(program: &str) -> i32 {
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             crate::warn(format_args!("fork: {e}"));
-            return 127;
+            return Outcome::Exited(127);
         }
     };
     loop {
         match signals.wait() {
             Ok(Signal::SIGCHLD) => {
                 if let Some(status) = reap(child) {
-                    return status;
+                    return Outcome::Exited(status);
                 }
             }
+            Ok(signal) if POWER_OFF.contains(&signal) => return Outcome::PowerOffRequested,
             Ok(signal) => {
                 let _ = kill(child, signal);
             }

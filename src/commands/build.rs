@@ -137,6 +137,14 @@ fn load_template(
         .unwrap_or_else(|| config.dir.join("manifest.toml"));
     match ManifestTemplate::load(&path, format) {
         Ok(t) => Ok(t),
+        Err(manifest::TemplateError::NotFound(_))
+            if args.manifest.is_none() && format == manifest::ManifestFormat::VolantV1 =>
+        {
+            anyhow::bail!(
+                "{} not found, and the volant-v1 manifest format needs one\n  = help: create it with name, version and a [workload] table with type = \"http\", base_url and entrypoint",
+                path.display()
+            )
+        }
         Err(manifest::TemplateError::NotFound(_)) if args.manifest.is_none() => {
             let name = config
                 .dir

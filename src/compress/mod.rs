@@ -40,6 +40,11 @@ impl<W: Write> Encoder<W> {
                 // Multi-threaded zstd output is identical for any worker count >= 1.
                 enc.multithread(threads() as u32)?;
                 enc.include_checksum(true)?;
+                // Levels 20-22 default to a 128 MiB window, which the kernel must allocate to
+                // unpack at boot; 8 MiB (level 19's window) keeps small guests bootable.
+                if level > 19 {
+                    enc.window_log(23)?;
+                }
                 Self::Zstd(enc)
             }
             Compressor::Lz4 => Self::Lz4(Lz4Legacy::new(out, level)),

@@ -518,13 +518,19 @@ impl Validator<'_> {
                         Some("use busybox_path for a local file"),
                     );
                 }
+                // The pinned checksum always guards the pinned URL (an empty busybox_sha256 does
+                // not switch verification off); another URL is verified when a checksum is given.
                 let sha256 = sha256.or_else(|| {
-                    source
-                        .busybox_sha256
-                        .is_none()
+                    (url == DEFAULT_BUSYBOX_URL)
                         .then(|| DEFAULT_BUSYBOX_SHA256.parse().ok())
                         .flatten()
                 });
+                if sha256.is_none() {
+                    tracing::warn!(
+                        "{}: busybox_url {url} has no busybox_sha256; the download will not be verified",
+                        self.file.path.display()
+                    );
+                }
                 Some(BusyboxSource::Download { url, sha256 })
             }
         }

@@ -102,3 +102,13 @@ fn every_problem_is_reported_not_just_the_first() {
     let messages: Vec<&str> = diags.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(messages.len(), 3, "{messages:?}");
 }
+
+#[test]
+fn an_empty_busybox_checksum_keeps_the_pinned_one() {
+    let (_d, c) =
+        load("version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_sha256 = \"\"\n");
+    let BusyboxSource::Download { sha256, .. } = c.unwrap().source.busybox else {
+        panic!("download expected")
+    };
+    assert_eq!(sha256, Some(DEFAULT_BUSYBOX_SHA256.parse().unwrap()));
+}

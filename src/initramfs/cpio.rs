@@ -56,7 +56,9 @@ fn pad(out: &mut impl Write, len: usize) -> io::Result<()> {
 fn too_big(what: &str) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("{what} is 4 GiB or larger, which cpio newc cannot store"),
+        format!(
+            "{what} is 4 GiB or larger, which a cpio (newc) initramfs cannot hold; put such files in a rootfs image (strategy = \"oci_rootfs\") instead"
+        ),
     )
 }
 

@@ -1,7 +1,7 @@
 //! Rendering `<stem>.manifest.json`: sorted keys, two-space indent, trailing newline, so the
 //! same inputs always give the same bytes.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use serde_json::{Map, Value, json};
 
@@ -29,8 +29,38 @@ pub struct Artifact {
 
 impl Artifact {
     fn url(&self) -> String {
-        format!("file://{}", self.path.display())
+        file_url(&self.path)
     }
+}
+
+/// A `file://` URL for an absolute path: `.` and `..` resolved lexically, and every byte
+/// outside the URL-safe set percent-encoded (`a b` → `a%20b`).
+pub fn file_url(path: &Path) -> String {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(name) => parts.push(name),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    let mut url = String::from("file://");
+    for part in parts {
+        url.push('/');
+        for &b in part.as_encoded_bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b) {
+                url.push(b as char);
+            } else {
+                url.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+    if url.len() == "file://".len() {
+        url.push('/');
+    }
+    url
 }
 
 /// The manifest JSON text for `artifact`.
@@ -221,4 +251,22 @@ fn volant_v1_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
     }
     put(&mut m, "devices", devices(t));
     Value::Object(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_urls_are_normalised_and_encoded() {
+        assert_eq!(
+            file_url(Path::new("/tmp/h/sub/../out/a b/../x.cpio.gz")),
+            "file:///tmp/h/out/x.cpio.gz"
+        );
+        assert_eq!(
+            file_url(Path::new("/srv/my app/100%.img")),
+            "file:///srv/my%20app/100%25.img"
+        );
+        assert_eq!(file_url(Path::new("/")), "file:///");
+    }
 }
