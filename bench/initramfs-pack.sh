@@ -26,7 +26,8 @@ fi
 
 # Both sides pack the same staged copy of the tree: everything but /dev, /proc and /sys
 # (mappings take files, directories and symlinks; an initramfs gets /dev from devtmpfs), plus
-# the BusyBox that Fledge always installs, so the archives hold the same files.
+# the BusyBox that Fledge always installs and an /init (a link to it), so the archives hold
+# the same files.
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 stage=$work/stage
@@ -34,6 +35,7 @@ mkdir "$stage"
 (cd "$tree" && tar --exclude=./dev --exclude=./proc --exclude=./sys -cf - .) | tar -C "$stage" -xf -
 busybox_bin=$(command -v busybox)
 cp "$busybox_bin" "$stage/usr/bin/busybox"
+ln -s usr/bin/busybox "$stage/init"
 {
     echo 'version = "1"'
     echo 'strategy = "initramfs"'

@@ -448,3 +448,26 @@ fn ctrl_c_stops_the_build_and_leaves_nothing_behind() {
         "no artifact, manifest or temporary file left"
     );
 }
+
+#[test]
+fn a_merged_usr_tree_mapped_to_the_root_keeps_busybox_and_the_agent_reachable() {
+    let p = hello_project("\"rootfs\" = \"/\"\n");
+    fs::create_dir_all(p.path("rootfs/usr/bin")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", p.path("rootfs/bin")).unwrap();
+    p.write_mode("rootfs/usr/bin/tool", b"#!/bin/sh\n", 0o755);
+    assert_success(&run(p.fledge().args(["build", "-o", "m.cpio.gz"])));
+    let l = listing_of(&p, "m.cpio.gz");
+    let bin = entry(&l, "bin").unwrap();
+    assert!(
+        bin.starts_with("lrwxrwxrwx") && bin.ends_with("-> usr/bin"),
+        "{bin}"
+    );
+    for moved in ["usr/bin/busybox", "usr/bin/kestrel", "usr/bin/tool"] {
+        assert_entry(&l, moved, "-rwxr-xr-x");
+    }
+    assert!(entry(&l, "usr/bin/sh").is_some_and(|s| s.ends_with("-> busybox")));
+    assert!(
+        entry(&l, "bin/busybox").is_none(),
+        "nothing is left under the old directory"
+    );
+}

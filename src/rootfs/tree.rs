@@ -140,23 +140,16 @@ impl Tree {
         let target = parent.join(name);
         match (&node, self.nodes.get(&target)) {
             (Node::Dir { .. }, Some(Node::Dir { .. })) => {}
+            (Node::Symlink { target: link }, Some(Node::Dir { .. })) => {
+                let link = link.clone();
+                self.merge_into_link_target(&target, &link)?;
+            }
             (_, Some(Node::Dir { .. })) => {
-                let children: Vec<&ImagePath> = self
-                    .nodes
-                    .range(target.clone()..)
-                    .map(|(p, _)| p)
-                    .take_while(|p| p.starts_with(&target))
-                    .skip(1)
-                    .collect();
+                let children = self.descendants(&target);
                 if let Some(first) = children.first() {
-                    let kind = if matches!(node, Node::Symlink { .. }) {
-                        "symlink"
-                    } else {
-                        "file"
-                    };
                     return Err(TreeError::ReplacesDirectory {
                         path: target.to_string(),
-                        kind,
+                        kind: "file",
                         entries: children.len(),
                         example: first.to_string(),
                     });
@@ -167,6 +160,67 @@ impl Tree {
         }
         self.nodes.insert(target.clone(), node);
         Ok(target)
+    }
+
+    /// Everything strictly below `dir`, in path order.
+    fn descendants(&self, dir: &ImagePath) -> Vec<ImagePath> {
+        self.nodes
+            .range(dir.clone()..)
+            .map(|(p, _)| p.clone())
+            .take_while(|p| p.starts_with(dir))
+            .skip(1)
+            .collect()
+    }
+
+    /// Turning directory `dir` into a symlink to `link` (as a merged-/usr tree does with
+    /// `/bin -> usr/bin`): what `dir` held moves to the link's target, so nothing is lost and
+    /// the old paths still resolve. Entries already at the target win over moved ones.
+    fn merge_into_link_target(&mut self, dir: &ImagePath, link: &str) -> Result<(), TreeError> {
+        let children = self.descendants(dir);
+        let parent = dir.parent().expect("the root is never replaced by a link");
+        let spelled = if link.starts_with('/') {
+            link.to_string()
+        } else {
+            format!("{parent}/{link}")
+        };
+        let spelled = ImagePath::from_components(
+            spelled
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect(),
+        );
+        let dest = self.resolve(&spelled, true)?;
+        if dest.starts_with(dir) {
+            let example = children
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            return Err(TreeError::ReplacesDirectory {
+                path: dir.to_string(),
+                kind: "symlink into itself",
+                entries: children.len(),
+                example,
+            });
+        }
+        if children.is_empty() {
+            self.nodes.remove(dir);
+            return Ok(());
+        }
+        let dest = self.mkdir_all(&dest, 0o755)?;
+        let moved: Vec<(ImagePath, Node)> = children
+            .iter()
+            .map(|p| (p.clone(), self.nodes.remove(p).expect("listed above")))
+            .collect();
+        self.nodes.remove(dir);
+        for (old, node) in moved {
+            let relative = &old.components()[dir.components().len()..];
+            let new = ImagePath::from_components(
+                dest.components().iter().chain(relative).cloned().collect(),
+            );
+            self.nodes.entry(new).or_insert(node);
+        }
+        Ok(())
     }
 
     /// Removes `path` and everything below it.
@@ -361,6 +415,51 @@ mod tests {
     }
 
     #[test]
+    fn a_link_over_a_directory_moves_its_contents_to_the_link_target() {
+        let mut t = Tree::default();
+        t.insert(&p("/bin/busybox"), file()).unwrap();
+        t.insert(
+            &p("/bin/sh"),
+            Node::Symlink {
+                target: "busybox".into(),
+            },
+        )
+        .unwrap();
+        t.insert(
+            &p("/usr/bin/sh"),
+            Node::Symlink {
+                target: "dash".into(),
+            },
+        )
+        .unwrap();
+        t.insert(
+            &p("/bin"),
+            Node::Symlink {
+                target: "usr/bin".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            t.get(&p("/bin")),
+            Some(&Node::Symlink {
+                target: "usr/bin".into()
+            })
+        );
+        assert_eq!(t.get(&p("/usr/bin/busybox")), Some(&file()));
+        assert_eq!(
+            t.resolve(&p("/bin/busybox"), true).unwrap(),
+            p("/usr/bin/busybox")
+        );
+        assert_eq!(
+            t.get(&p("/usr/bin/sh")),
+            Some(&Node::Symlink {
+                target: "dash".into()
+            }),
+            "entries already there win"
+        );
+    }
+
+    #[test]
     fn a_non_empty_directory_is_never_replaced_by_a_file_or_link() {
         let mut t = Tree::default();
         t.insert(&p("/d/inner"), file()).unwrap();
@@ -375,9 +474,14 @@ mod tests {
             }
         );
         assert!(matches!(
-            t.insert(&p("/d"), Node::Symlink { target: "x".into() }),
+            t.insert(
+                &p("/d"),
+                Node::Symlink {
+                    target: "d/sub".into()
+                }
+            ),
             Err(TreeError::ReplacesDirectory {
-                kind: "symlink",
+                kind: "symlink into itself",
                 ..
             })
         ));
