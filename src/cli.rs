@@ -24,8 +24,37 @@ pub struct Cli {
 pub enum Command {
     /// Build an artifact from fledge.toml, or directly from a Dockerfile
     Build(BuildArgs),
+    /// Manage images in the local store (pull, list, inspect, remove)
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print version information
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry into the local store
+    Pull {
+        /// Image reference, e.g. nginx:alpine or localhost:5000/app@sha256:...
+        reference: String,
+        /// Platform to pull from a multi-platform image [default: this machine's]
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
+    /// List images in the local store
+    #[command(alias = "list")]
+    Ls,
+    /// Show an image's manifest digest, config and layers as JSON
+    Inspect {
+        /// Image reference
+        reference: String,
+    },
+    /// Remove an image's name from the store
+    Rm {
+        /// Image references
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
 }
 
 #[derive(Debug, Args)]

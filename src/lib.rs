@@ -13,6 +13,7 @@ pub mod digest;
 pub mod dirs;
 pub mod fetch;
 pub mod guest_init;
+pub mod image;
 pub mod initramfs;
 pub mod interrupt;
 pub mod logging;

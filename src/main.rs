@@ -12,6 +12,7 @@ fn main() -> ExitCode {
     let progress = Progress::new(cli.quiet);
     let result = match &cli.command {
         Command::Build(args) => commands::build::run(args, &progress),
+        Command::Image(command) => commands::image::run(command, &progress),
         Command::Version => {
             commands::version::run();
             Ok(())

@@ -3,6 +3,8 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod http;
+pub mod oci;
+pub mod registry;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;

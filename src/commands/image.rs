@@ -1,0 +1,104 @@
+//! `fledge image pull|ls|inspect|rm`.
+
+use anyhow::{Context, Result, bail};
+use fledge_llb::ImageRef;
+use serde_json::json;
+
+use crate::cli::ImageCommand;
+use crate::digest::Sha256Digest;
+use crate::dirs;
+use crate::image::pull::pull;
+use crate::image::spec::{ImageConfig, Manifest, Platform};
+use crate::progress::Progress;
+use crate::store::{ImageRecord, Store};
+
+pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
+    let store = Store::open(dirs::state_dir().as_deref())?;
+    match command {
+        ImageCommand::Pull {
+            reference,
+            platform,
+        } => {
+            let image = ImageRef::parse(reference)?;
+            let platform = match platform {
+                Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
+                None => Platform::host(),
+            };
+            let record = pull(&image, &platform, &store, progress)?;
+            progress.say(&format!("Pulled {} ({})", record.name, record.digest));
+            println!("{}", record.digest);
+        }
+        ImageCommand::Ls => {
+            let images = store.images()?;
+            println!(
+                "{:<60} {:<19} {:<16} {:>10}",
+                "NAME", "DIGEST", "PLATFORM", "SIZE"
+            );
+            for record in images {
+                let size = load(&store, &record)
+                    .map(|(m, _)| m.layers.iter().map(|l| l.size).sum::<u64>())
+                    .unwrap_or(0);
+                let short = record
+                    .digest
+                    .strip_prefix("sha256:")
+                    .map_or(record.digest.as_str(), |h| &h[..12.min(h.len())]);
+                println!(
+                    "{:<60} {:<19} {:<16} {:>10}",
+                    record.name,
+                    short,
+                    record.platform,
+                    indicatif::HumanBytes(size).to_string()
+                );
+            }
+        }
+        ImageCommand::Inspect { reference } => {
+            let record = find(&store, reference)?;
+            let (manifest, config) = load(&store, &record)?;
+            let out = json!({
+                "name": record.name,
+                "digest": record.digest,
+                "platform": record.platform,
+                "source": record.source,
+                "config": {
+                    "Entrypoint": config.config.entrypoint,
+                    "Cmd": config.config.cmd,
+                    "Env": config.config.env,
+                    "WorkingDir": config.config.working_dir,
+                    "User": config.config.user,
+                },
+                "layers": manifest.layers.iter().map(|l| json!({"digest": l.digest, "size": l.size, "mediaType": l.media_type})).collect::<Vec<_>>(),
+                "size": manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        ImageCommand::Rm { references } => {
+            for reference in references {
+                let name = ImageRef::parse(reference)?.to_string();
+                if !store.untag(&name)? {
+                    bail!("{name} is not in the store (see `fledge image ls`)");
+                }
+                progress.say(&format!("Untagged {name}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
+    let name = ImageRef::parse(reference)?.to_string();
+    store.lookup(&name)?.with_context(|| {
+        format!(
+            "{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`"
+        )
+    })
+}
+
+/// The manifest and config of a stored image.
+fn load(store: &Store, record: &ImageRecord) -> Result<(Manifest, ImageConfig)> {
+    let manifest: Manifest = serde_json::from_slice(&store.read_blob(&record.manifest_digest()?)?)
+        .with_context(|| format!("stored manifest of {} is corrupt", record.name))?;
+    let config_digest: Sha256Digest = manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
+    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_digest)?)
+        .with_context(|| format!("stored config of {} is corrupt", record.name))?;
+    Ok((manifest, config))
+}

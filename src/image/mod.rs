@@ -1,0 +1,6 @@
+//! Container images: the OCI format, the registry client, and pulling into the store.
+
+pub mod auth;
+pub mod pull;
+pub mod registry;
+pub mod spec;

@@ -1,0 +1,112 @@
+//! A real registry for tests: Debian's `docker-registry` (the CNCF distribution server) on
+//! 127.0.0.1, with its storage in a temporary directory; killed when dropped. Images are
+//! pushed into it with `skopeo`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Registry {
+    pub host: String,
+    pub storage: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+/// `None` (after saying why) when the registry binary is not installed.
+pub fn start() -> Option<Registry> {
+    if Command::new("docker-registry")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping: docker-registry is not installed (apt install docker-registry)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = dir.path().join("data");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display()),
+    )
+    .unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let host = format!("127.0.0.1:{port}");
+    let registry = Registry {
+        host,
+        storage,
+        child,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !registry.ready() {
+        assert!(Instant::now() < deadline, "docker-registry did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(registry)
+}
+
+impl Registry {
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(&self.host) else {
+            return false;
+        };
+        let _ = write!(s, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host);
+        let mut reply = String::new();
+        let _ = s.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+    }
+
+    /// Pushes an OCI layout (`dir`, tag `tag`) to `repo:tag`; `all` pushes every platform.
+    pub fn push(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
+        let mut cmd = Command::new("skopeo");
+        cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if all {
+            cmd.arg("--all");
+        }
+        cmd.arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{repo}:{tag}", self.host));
+        let out = cmd
+            .output()
+            .expect("skopeo is needed to push test images (apt install skopeo)");
+        assert!(
+            out.status.success(),
+            "skopeo copy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The file holding blob `hex` in the registry's storage.
+    pub fn blob_file(&self, hex: &str) -> PathBuf {
+        self.storage.join(format!(
+            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
+            &hex[..2]
+        ))
+    }
+
+    /// Stops the registry (to prove later steps need no network).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,215 @@
+//! `fledge image` against a real registry: pull with digest verification into the store,
+//! platform selection from an index, listing, inspection, removal, and tampered content.
+
+mod common;
+
+use std::fs;
+use std::process::Output;
+
+use common::oci::{Entry, add_image, finish_layout, tar_layer};
+use common::*;
+use serde_json::{Value, json};
+
+fn busybox_layers() -> Vec<Vec<u8>> {
+    let bb = fs::read(busybox()).unwrap();
+    vec![
+        tar_layer(&[
+            Entry::Dir("bin", 0o755),
+            Entry::File("bin/busybox", 0o755, &bb),
+            Entry::Symlink("bin/sh", "busybox"),
+            Entry::Dir("etc", 0o755),
+            Entry::File("etc/hostname", 0o644, b"test\n"),
+        ]),
+        tar_layer(&[Entry::File("etc/motd", 0o644, b"hello from layer two\n")]),
+    ]
+}
+
+fn run_config() -> Value {
+    json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "echo hi"], "Env": ["PATH=/bin"], "WorkingDir": "/srv"})
+}
+
+fn fledge_image(p: &Project, args: &[&str]) -> Output {
+    run(p.fledge().arg("image").args(args))
+}
+
+#[test]
+fn pull_stores_a_verified_image_that_then_works_offline() {
+    let Some(mut registry) = registry::start() else {
+        return;
+    };
+    let p = Project::new();
+    let layout = p.path("layout");
+    let manifest = add_image(&layout, "amd64", &busybox_layers(), run_config());
+    let digest = finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", "fledge/busybox", false);
+
+    let reference = format!("{}/fledge/busybox:v1", registry.host);
+    let out = fledge_image(&p, &["pull", &reference]);
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        digest,
+        "prints the manifest digest"
+    );
+    let blob = p.path(&format!(
+        "state/store/blobs/sha256/{}",
+        digest.trim_start_matches("sha256:")
+    ));
+    assert!(blob.is_file(), "manifest stored by digest");
+
+    registry.stop();
+    let ls = fledge_image(&p, &["ls"]);
+    assert_success(&ls);
+    assert!(
+        String::from_utf8_lossy(&ls.stdout).contains(&reference),
+        "{}",
+        String::from_utf8_lossy(&ls.stdout)
+    );
+    let inspect = fledge_image(&p, &["inspect", &reference]);
+    assert_success(&inspect);
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["digest"], digest.as_str());
+    assert_eq!(info["config"]["Entrypoint"], json!(["/bin/sh"]));
+    assert_eq!(info["config"]["WorkingDir"], "/srv");
+    assert_eq!(info["layers"].as_array().unwrap().len(), 2);
+
+    assert_success(&fledge_image(&p, &["rm", &reference]));
+    let gone = fledge_image(&p, &["inspect", &reference]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        stderr(&gone).contains("is not in the store")
+            && stderr(&gone).contains("fledge image pull"),
+        "{}",
+        stderr(&gone)
+    );
+}
+
+#[test]
+fn an_index_resolves_to_the_requested_platform() {
+    let Some(registry) = registry::start() else {
+        return;
+    };
+    let p = Project::new();
+    let layout = p.path("layout");
+    let amd64 = add_image(&layout, "amd64", &busybox_layers()[1..], run_config());
+    let arm64 = add_image(
+        &layout,
+        "arm64",
+        &busybox_layers()[1..],
+        json!({"Cmd": ["arm"]}),
+    );
+    finish_layout(&layout, "multi", vec![amd64.clone(), arm64.clone()]);
+    registry.push(&layout, "multi", "fledge/multi", true);
+    let reference = format!("{}/fledge/multi:multi", registry.host);
+
+    let host = fledge_image(&p, &["pull", &reference]);
+    assert_success(&host);
+    assert_eq!(
+        String::from_utf8_lossy(&host.stdout).trim(),
+        amd64["digest"].as_str().unwrap()
+    );
+    let arm = fledge_image(&p, &["pull", "--platform", "linux/arm64", &reference]);
+    assert_success(&arm);
+    assert_eq!(
+        String::from_utf8_lossy(&arm.stdout).trim(),
+        arm64["digest"].as_str().unwrap()
+    );
+
+    let none = fledge_image(&p, &["pull", "--platform", "linux/s390x", &reference]);
+    assert_eq!(none.status.code(), Some(1));
+    let err = stderr(&none);
+    assert!(
+        err.contains("has no manifest for linux/s390x")
+            && err.contains("linux/amd64, linux/arm64")
+            && err.contains("--platform"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tampered_blob_is_refused_and_never_stored() {
+    let Some(registry) = registry::start() else {
+        return;
+    };
+    let p = Project::new();
+    let layout = p.path("layout");
+    let layers = busybox_layers();
+    let manifest = add_image(&layout, "amd64", &layers, run_config());
+    finish_layout(&layout, "v1", vec![manifest.clone()]);
+    registry.push(&layout, "v1", "fledge/tampered", false);
+    // Corrupt the second layer inside the registry's storage, keeping its length.
+    let manifest_json: Value = serde_json::from_slice(
+        &fs::read(
+            layout.join("blobs/sha256").join(
+                manifest["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer_hex = manifest_json["layers"][1]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let file = registry.blob_file(&layer_hex);
+    let mut data = fs::read(&file).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    fs::write(&file, &data).unwrap();
+
+    let out = fledge_image(
+        &p,
+        &["pull", &format!("{}/fledge/tampered:v1", registry.host)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("layer 2/2")
+            && err.contains(&format!("expected sha256:{layer_hex}"))
+            && err.contains("it was not stored"),
+        "{err}"
+    );
+    assert!(
+        !p.path(&format!("state/store/blobs/sha256/{layer_hex}"))
+            .exists()
+    );
+    assert_eq!(
+        fs::read_dir(p.path("state/store/tmp")).unwrap().count(),
+        0,
+        "no partial blob left"
+    );
+    assert_eq!(
+        fs::read_dir(p.path("state/store/images")).unwrap().count(),
+        0,
+        "the image was not recorded"
+    );
+}
+
+#[test]
+fn unknown_tags_and_bad_references_are_clear_errors() {
+    let Some(registry) = registry::start() else {
+        return;
+    };
+    let p = Project::new();
+    let out = fledge_image(
+        &p,
+        &["pull", &format!("{}/fledge/nothing:v9", registry.host)],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not found in the registry") && stderr(&out).contains("404"),
+        "{}",
+        stderr(&out)
+    );
+    let bad = fledge_image(&p, &["pull", "Not/Valid"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        stderr(&bad).contains("invalid image reference 'Not/Valid'"),
+        "{}",
+        stderr(&bad)
+    );
+}
