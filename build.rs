@@ -12,10 +12,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("set by cargo"));
     let target = env::var("TARGET").expect("set by cargo");
     for watched in ["guest-init/src", "guest-init/Cargo.toml", "Cargo.lock"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            manifest_dir.join(watched).display()
-        );
+        println!("cargo:rerun-if-changed={}", manifest_dir.join(watched).display());
     }
 
     let target_dir = shared_target_dir(&out_dir).join("guest-init");
@@ -26,17 +23,10 @@ fn main() {
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
-    let remap_cargo = cargo_home
-        .map(|h| format!("--remap-path-prefix={}=/cargo", h.display()))
-        .unwrap_or_default();
-    let rustflags = [
-        "-Ctarget-feature=+crt-static",
-        "-Cstrip=symbols",
-        "-Copt-level=s",
-        remap.as_str(),
-        remap_cargo.as_str(),
-    ]
-    .join("\x1f");
+    let remap_cargo = cargo_home.map(|h| format!("--remap-path-prefix={}=/cargo", h.display())).unwrap_or_default();
+    let rustflags =
+        ["-Ctarget-feature=+crt-static", "-Cstrip=symbols", "-Copt-level=s", remap.as_str(), remap_cargo.as_str()]
+            .join("\x1f");
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&manifest_dir)
         .args([
@@ -52,24 +42,16 @@ fn main() {
         ])
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
+    for var in
+        ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
+    {
         cmd.env_remove(var);
     }
     let status = cmd.status().expect("cannot run cargo to build guest-init");
-    assert!(
-        status.success(),
-        "building guest-init (static) failed; see the output above"
-    );
+    assert!(status.success(), "building guest-init (static) failed; see the output above");
 
     let built = target_dir.join(&target).join("release").join("fledge-init");
-    std::fs::copy(&built, out_dir.join("fledge-init"))
-        .unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
+    std::fs::copy(&built, out_dir.join("fledge-init")).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
 }
 
 /// `<target>/` from `<target>/<profile>/build/<pkg>-<hash>/out`, so all profiles share one

@@ -18,9 +18,7 @@ FLEDGE_AGENT_BASE_URL points release downloads at a mirror";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error(
-        "FLEDGE_AGENT={0} is not a readable file\n  = help: point FLEDGE_AGENT at the kestrel binary"
-    )]
+    #[error("FLEDGE_AGENT={0} is not a readable file\n  = help: point FLEDGE_AGENT at the kestrel binary")]
     Override(String),
     #[error("the kestrel agent could not be obtained: {source}\n  = help: {HOW_TO_SUPPLY}")]
     Fetch { source: FetchError },
@@ -48,23 +46,13 @@ pub fn resolve(source: &AgentSource, fetcher: &Fetcher) -> Result<PathBuf, Agent
     let fetched = match source {
         AgentSource::Local { path } => return Ok(path.clone()),
         AgentSource::Http { url, checksum } => {
-            let policy = if checksum.is_some() {
-                Policy::CacheFirst
-            } else {
-                Policy::NetworkFirst
-            };
+            let policy = if checksum.is_some() { Policy::CacheFirst } else { Policy::NetworkFirst };
             fetcher.fetch(url, *checksum, policy)
         }
         AgentSource::Release { version, checksum } => {
-            let base = std::env::var("FLEDGE_AGENT_BASE_URL")
-                .ok()
-                .filter(|b| !b.is_empty());
+            let base = std::env::var("FLEDGE_AGENT_BASE_URL").ok().filter(|b| !b.is_empty());
             let url = release_url(base.as_deref().unwrap_or(DEFAULT_BASE_URL), version);
-            let policy = if version == "latest" {
-                Policy::NetworkFirst
-            } else {
-                Policy::CacheFirst
-            };
+            let policy = if version == "latest" { Policy::NetworkFirst } else { Policy::CacheFirst };
             fetcher.fetch(&url, *checksum, policy)
         }
     };
@@ -78,13 +66,7 @@ mod tests {
 
     #[test]
     fn release_urls() {
-        assert_eq!(
-            release_url("http://m/r/", "latest"),
-            "http://m/r/latest/download/kestrel"
-        );
-        assert_eq!(
-            release_url("http://m/r", "v0.7.1"),
-            "http://m/r/download/v0.7.1/kestrel"
-        );
+        assert_eq!(release_url("http://m/r/", "latest"), "http://m/r/latest/download/kestrel");
+        assert_eq!(release_url("http://m/r", "v0.7.1"), "http://m/r/download/v0.7.1/kestrel");
     }
 }

@@ -11,10 +11,7 @@ use crate::fetch::{FetchError, Fetcher, Policy, verify_local};
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {
     #[error("BusyBox could not be obtained: {source}\n  = help: {help}")]
-    Fetch {
-        source: FetchError,
-        help: &'static str,
-    },
+    Fetch { source: FetchError, help: &'static str },
     #[error(
         "{0} is not an ELF executable, so it cannot be the image's BusyBox\n  = help: use a static busybox build (Debian: apt install busybox-static, then busybox_path = \"/bin/busybox\")"
     )]
@@ -34,11 +31,7 @@ pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, Bus
             path.clone()
         }
         BusyboxSource::Download { url, sha256 } => {
-            let policy = if sha256.is_some() {
-                Policy::CacheFirst
-            } else {
-                Policy::NetworkFirst
-            };
+            let policy = if sha256.is_some() { Policy::CacheFirst } else { Policy::NetworkFirst };
             let (path, _) =
                 fetcher
                     .fetch(url, *sha256, policy)
@@ -58,13 +51,6 @@ pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, Bus
 
 fn check_elf(path: &Path) -> Result<(), BusyboxError> {
     let mut magic = [0u8; 4];
-    let ok = std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut magic))
-        .is_ok()
-        && magic == *b"\x7fELF";
-    if ok {
-        Ok(())
-    } else {
-        Err(BusyboxError::NotElf(path.display().to_string()))
-    }
+    let ok = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"\x7fELF";
+    if ok { Ok(()) } else { Err(BusyboxError::NotElf(path.display().to_string())) }
 }

@@ -18,10 +18,7 @@ pub struct SourceFile {
 
 impl SourceFile {
     pub fn new(path: &Path, text: String) -> Self {
-        Self {
-            path: path.to_path_buf(),
-            text: text.into(),
-        }
+        Self { path: path.to_path_buf(), text: text.into() }
     }
 
     /// 1-based line and column (in characters) of a byte offset.
@@ -50,12 +47,7 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(file: &SourceFile, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        Self {
-            file: file.clone(),
-            span,
-            message: message.into(),
-            help: None,
-        }
+        Self { file: file.clone(), span, message: message.into(), help: None }
     }
 
     pub fn help(mut self, help: impl Into<String>) -> Self {
@@ -65,9 +57,7 @@ impl Diagnostic {
 
     /// `path:line:col` of the start of the span (line 1, column 1 without one).
     pub fn location(&self) -> String {
-        let (line, col) = self
-            .file
-            .line_col(self.span.as_ref().map_or(0, |s| s.start));
+        let (line, col) = self.file.line_col(self.span.as_ref().map_or(0, |s| s.start));
         format!("{}:{line}:{col}", self.file.path.display())
     }
 }
@@ -80,17 +70,9 @@ impl fmt::Display for Diagnostic {
             let (line, col) = self.file.line_col(span.start);
             let text = self.file.line_text(line);
             let gutter = line.to_string().len();
-            let width = self.file.text[span.clone()]
-                .lines()
-                .next()
-                .map_or(1, |first| first.chars().count().max(1));
+            let width = self.file.text[span.clone()].lines().next().map_or(1, |first| first.chars().count().max(1));
             let pad = " ".repeat(gutter);
-            write!(
-                f,
-                "\n{pad} |\n{line} | {text}\n{pad} | {}{}",
-                " ".repeat(col - 1),
-                "^".repeat(width)
-            )?;
+            write!(f, "\n{pad} |\n{line} | {text}\n{pad} | {}{}", " ".repeat(col - 1), "^".repeat(width))?;
         }
         if let Some(help) = &self.help {
             write!(f, "\n  = help: {help}")?;
@@ -104,15 +86,10 @@ impl std::error::Error for Diagnostic {}
 /// The closest candidate to a misspelt name, if it is close enough to be a plausible typo.
 /// A candidate that extends the name (`busybox_sha` → `busybox_sha256`) wins over an equally
 /// distant one that does not.
-pub fn did_you_mean<'a>(
-    name: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn did_you_mean<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let candidates: Vec<&str> = candidates.into_iter().collect();
-    if let Some(extension) = candidates
-        .iter()
-        .filter(|c| name.len() >= 3 && c.starts_with(name))
-        .min_by_key(|c| c.len())
+    if let Some(extension) =
+        candidates.iter().filter(|c| name.len() >= 3 && c.starts_with(name)).min_by_key(|c| c.len())
     {
         return Some(extension);
     }
@@ -139,13 +116,9 @@ mod tests {
 
     #[test]
     fn renders_location_line_and_caret() {
-        let file = SourceFile::new(
-            Path::new("fledge.toml"),
-            "version = \"1\"\nstrategy = \"nope\"\n".into(),
-        );
+        let file = SourceFile::new(Path::new("fledge.toml"), "version = \"1\"\nstrategy = \"nope\"\n".into());
         let start = file.text.find("\"nope\"").unwrap();
-        let d = Diagnostic::new(&file, Some(start..start + 6), "invalid strategy")
-            .help("use initramfs");
+        let d = Diagnostic::new(&file, Some(start..start + 6), "invalid strategy").help("use initramfs");
         let text = d.to_string();
         assert!(text.contains("--> fledge.toml:2:12"), "{text}");
         assert!(text.contains("2 | strategy = \"nope\""), "{text}");
@@ -159,9 +132,6 @@ mod tests {
         assert_eq!(did_you_mean("stratgy", keys), Some("strategy"));
         assert_eq!(did_you_mean("sourec", keys), Some("source"));
         assert_eq!(did_you_mean("completely_else", keys), None);
-        assert_eq!(
-            did_you_mean("busybox_sha", ["busybox_url", "busybox_sha256"]),
-            Some("busybox_sha256")
-        );
+        assert_eq!(did_you_mean("busybox_sha", ["busybox_url", "busybox_sha256"]), Some("busybox_sha256"));
     }
 }

@@ -42,9 +42,7 @@ impl FromStr for Sha256Digest {
         let hex_part = match s.split_once(':') {
             Some((algo, rest)) if algo.eq_ignore_ascii_case("sha256") => rest,
             Some((algo, _)) => {
-                return Err(format!(
-                    "unsupported digest algorithm `{algo}` (only sha256 is supported)"
-                ));
+                return Err(format!("unsupported digest algorithm `{algo}` (only sha256 is supported)"));
             }
             None => s,
         };
@@ -67,20 +65,12 @@ pub struct HashingWriter<W> {
 
 impl<W: io::Write> HashingWriter<W> {
     pub fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            written: 0,
-        }
+        Self { inner, hasher: Sha256::new(), written: 0 }
     }
 
     /// The digest and length of everything written, and the inner writer.
     pub fn finish(self) -> (Sha256Digest, u64, W) {
-        (
-            Sha256Digest(self.hasher.finalize().into()),
-            self.written,
-            self.inner,
-        )
+        (Sha256Digest(self.hasher.finalize().into()), self.written, self.inner)
     }
 }
 
@@ -114,12 +104,7 @@ mod tests {
     #[test]
     fn rejects_bad_checksums() {
         assert!("sha256:abc".parse::<Sha256Digest>().is_err());
-        assert!(
-            format!("md5:{EMPTY}")
-                .parse::<Sha256Digest>()
-                .unwrap_err()
-                .contains("md5")
-        );
+        assert!(format!("md5:{EMPTY}").parse::<Sha256Digest>().unwrap_err().contains("md5"));
         assert!(EMPTY.replace('e', "g").parse::<Sha256Digest>().is_err());
     }
 }

@@ -5,9 +5,7 @@
 use std::path::PathBuf;
 
 fn from_env(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 fn home() -> Option<PathBuf> {

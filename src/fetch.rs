@@ -16,11 +16,7 @@ use crate::digest::{HashingWriter, Sha256Digest};
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     #[error("checksum mismatch for {url}: expected {expected}, got {actual}")]
-    Mismatch {
-        url: String,
-        expected: Sha256Digest,
-        actual: Sha256Digest,
-    },
+    Mismatch { url: String, expected: Sha256Digest, actual: Sha256Digest },
     #[error("cannot download {url}: {reason}")]
     Network { url: String, reason: String },
     #[error("download cache {path}: {source}")]
@@ -48,9 +44,7 @@ pub struct Fetcher {
 
 impl Fetcher {
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
-        Self {
-            root: cache_dir.map(|d| d.join("downloads")),
-        }
+        Self { root: cache_dir.map(|d| d.join("downloads")) }
     }
 
     fn root(&self) -> Result<&Path, FetchError> {
@@ -62,10 +56,7 @@ impl Fetcher {
     }
 
     fn index_path(&self, url: &str) -> Result<PathBuf, FetchError> {
-        Ok(self
-            .root()?
-            .join("urls")
-            .join(Sha256Digest::of_bytes(url.as_bytes()).hex()))
+        Ok(self.root()?.join("urls").join(Sha256Digest::of_bytes(url.as_bytes()).hex()))
     }
 
     /// A cached blob that still hashes to `digest`; a corrupt one is deleted.
@@ -98,10 +89,7 @@ impl Fetcher {
         {
             return Ok((path, digest));
         }
-        let remembered = || {
-            self.cached_for_url(url)
-                .filter(|(_, d)| expected.is_none_or(|e| e == *d))
-        };
+        let remembered = || self.cached_for_url(url).filter(|(_, d)| expected.is_none_or(|e| e == *d));
         if policy == Policy::CacheFirst
             && let Some(hit) = remembered()
         {
@@ -120,22 +108,12 @@ impl Fetcher {
         }
     }
 
-    fn download(
-        &self,
-        url: &str,
-        expected: Option<Sha256Digest>,
-    ) -> Result<(PathBuf, Sha256Digest), FetchError> {
+    fn download(&self, url: &str, expected: Option<Sha256Digest>) -> Result<(PathBuf, Sha256Digest), FetchError> {
         let root = self.root()?.to_path_buf();
-        let cache_err = |path: &Path, source| FetchError::Cache {
-            path: path.display().to_string(),
-            source,
-        };
+        let cache_err = |path: &Path, source| FetchError::Cache { path: path.display().to_string(), source };
         let blobs = root.join("sha256");
         fs::create_dir_all(&blobs).map_err(|e| cache_err(&blobs, e))?;
-        let net_err = |reason: String| FetchError::Network {
-            url: url.to_string(),
-            reason,
-        };
+        let net_err = |reason: String| FetchError::Network { url: url.to_string(), reason };
 
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_connect(Some(Duration::from_secs(15)))
@@ -144,10 +122,8 @@ impl Fetcher {
             .build()
             .into();
         let mut response = agent.get(url).call().map_err(|e| net_err(e.to_string()))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".download-")
-            .tempfile_in(&blobs)
-            .map_err(|e| cache_err(&blobs, e))?;
+        let mut tmp =
+            tempfile::Builder::new().prefix(".download-").tempfile_in(&blobs).map_err(|e| cache_err(&blobs, e))?;
         let mut writer = HashingWriter::new(tmp.as_file_mut());
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
         copy_interruptible(&mut reader, &mut writer).map_err(|e| match e.kind() {
@@ -159,11 +135,7 @@ impl Fetcher {
         if let Some(expected) = expected
             && expected != actual
         {
-            return Err(FetchError::Mismatch {
-                url: url.to_string(),
-                expected,
-                actual,
-            });
+            return Err(FetchError::Mismatch { url: url.to_string(), expected, actual });
         }
         let blob = self.blob_path(&actual)?;
         tmp.persist(&blob).map_err(|e| cache_err(&blob, e.error))?;
@@ -207,18 +179,10 @@ pub fn verify_local(path: &Path, expected: Option<Sha256Digest>) -> Result<(), F
     let Some(expected) = expected else {
         return Ok(());
     };
-    let read_err = |source| FetchError::Read {
-        path: path.display().to_string(),
-        source,
-    };
-    let (actual, _) =
-        Sha256Digest::of_reader(File::open(path).map_err(read_err)?).map_err(read_err)?;
+    let read_err = |source| FetchError::Read { path: path.display().to_string(), source };
+    let (actual, _) = Sha256Digest::of_reader(File::open(path).map_err(read_err)?).map_err(read_err)?;
     if actual != expected {
-        return Err(FetchError::Mismatch {
-            url: path.display().to_string(),
-            expected,
-            actual,
-        });
+        return Err(FetchError::Mismatch { url: path.display().to_string(), expected, actual });
     }
     Ok(())
 }

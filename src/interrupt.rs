@@ -37,10 +37,7 @@ pub fn check() -> io::Result<()> {
 /// True if `err` is (or was caused by) an interruption.
 pub fn caused(err: &anyhow::Error) -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
-        && err.chain().any(|c| {
-            c.downcast_ref::<io::Error>()
-                .is_some_and(|e| e.kind() == io::ErrorKind::Interrupted)
-        })
+        && err.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::Interrupted))
 }
 
 /// Remembers a temporary file to delete if a second signal forces an immediate exit.

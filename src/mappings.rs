@@ -28,13 +28,8 @@ pub struct LocatedMappingError {
 #[derive(Debug, thiserror::Error)]
 pub enum MappingError {
     #[error("mapping source {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(
-        "mapping source {path} is a {kind}; only files, directories and symlinks can be mapped"
-    )]
+    Io { path: String, source: std::io::Error },
+    #[error("mapping source {path} is a {kind}; only files, directories and symlinks can be mapped")]
     Unsupported { path: String, kind: &'static str },
     #[error("mapping symlink {path} has a target that is not valid UTF-8")]
     NonUtf8Link { path: String },
@@ -42,28 +37,12 @@ pub enum MappingError {
     Tree { dest: String, source: TreeError },
 }
 
-const EXEC_DIRS: [&str; 8] = [
-    "/bin",
-    "/sbin",
-    "/usr/bin",
-    "/usr/sbin",
-    "/usr/local/bin",
-    "/usr/local/sbin",
-    "/opt/bin",
-    "/opt/sbin",
-];
-const LIB_DIRS: [&str; 6] = [
-    "/lib",
-    "/lib64",
-    "/usr/lib",
-    "/usr/lib64",
-    "/usr/local/lib",
-    "/usr/local/lib64",
-];
+const EXEC_DIRS: [&str; 8] =
+    ["/bin", "/sbin", "/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin", "/opt/bin", "/opt/sbin"];
+const LIB_DIRS: [&str; 6] = ["/lib", "/lib64", "/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/local/lib64"];
 
 fn under_any(dest: &ImagePath, dirs: &[&str]) -> bool {
-    dirs.iter()
-        .any(|d| dest.starts_with(&ImagePath::parse(d).expect("constant paths are valid")))
+    dirs.iter().any(|d| dest.starts_with(&ImagePath::parse(d).expect("constant paths are valid")))
 }
 
 fn is_shared_library(name: &str) -> bool {
@@ -88,24 +67,14 @@ pub fn file_mode(dest: &ImagePath, source_mode: u32) -> u32 {
     if under_any(dest, &LIB_DIRS) && dest.file_name().is_some_and(is_shared_library) {
         return 0o755;
     }
-    if source_mode & 0o004 == 0 {
-        0o600
-    } else {
-        0o644
-    }
+    if source_mode & 0o004 == 0 { 0o600 } else { 0o644 }
 }
 
 /// Applies `mappings` in order (sorted by destination, so deeper mappings win).
 pub fn apply(tree: &mut Tree, mappings: &[Mapping]) -> Result<(), LocatedMappingError> {
-    let mut copier = Copier {
-        tree,
-        inodes: HashMap::new(),
-    };
+    let mut copier = Copier { tree, inodes: HashMap::new() };
     for m in mappings {
-        copier.apply(m).map_err(|problem| LocatedMappingError {
-            location: m.location.clone(),
-            problem,
-        })?;
+        copier.apply(m).map_err(|problem| LocatedMappingError { location: m.location.clone(), problem })?;
     }
     Ok(())
 }
@@ -120,10 +89,7 @@ impl Copier<'_> {
     fn apply(&mut self, m: &Mapping) -> Result<(), MappingError> {
         let meta = fs::metadata(&m.source).map_err(|source| io_err(&m.source, source))?;
         if meta.is_dir() {
-            let dest = self
-                .tree
-                .mkdir_all(&m.dest, 0o755)
-                .map_err(|e| tree_err(&m.dest, e))?;
+            let dest = self.tree.mkdir_all(&m.dest, 0o755).map_err(|e| tree_err(&m.dest, e))?;
             self.copy_dir(&m.source, &dest)
         } else {
             self.add_entry(&m.source, &meta, &m.dest)
@@ -131,26 +97,18 @@ impl Copier<'_> {
     }
 
     fn copy_dir(&mut self, dir: &Path, dest: &ImagePath) -> Result<(), MappingError> {
-        let mut entries: Vec<_> = fs::read_dir(dir)
-            .map_err(|e| io_err(dir, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| io_err(dir, e))?;
+        let mut entries: Vec<_> =
+            fs::read_dir(dir).map_err(|e| io_err(dir, e))?.collect::<Result<_, _>>().map_err(|e| io_err(dir, e))?;
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let path = entry.path();
             let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                return Err(io_err(
-                    &path,
-                    std::io::Error::other("file name is not valid UTF-8"),
-                ));
+                return Err(io_err(&path, std::io::Error::other("file name is not valid UTF-8")));
             };
             let target = dest.join(&name);
             let meta = fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
             if meta.is_dir() {
-                let made = self
-                    .tree
-                    .mkdir_all(&target, 0o755)
-                    .map_err(|e| tree_err(&target, e))?;
+                let made = self.tree.mkdir_all(&target, 0o755).map_err(|e| tree_err(&target, e))?;
                 self.copy_dir(&path, &made)?;
             } else {
                 self.add_entry(&path, &meta, &target)?;
@@ -160,34 +118,20 @@ impl Copier<'_> {
     }
 
     /// Adds one non-directory host entry (file or symlink) at `dest`.
-    fn add_entry(
-        &mut self,
-        path: &Path,
-        meta: &fs::Metadata,
-        dest: &ImagePath,
-    ) -> Result<(), MappingError> {
+    fn add_entry(&mut self, path: &Path, meta: &fs::Metadata, dest: &ImagePath) -> Result<(), MappingError> {
         let kind = meta.file_type();
         let node = if kind.is_symlink() {
             let target = fs::read_link(path).map_err(|e| io_err(path, e))?;
-            let target = target.to_str().ok_or_else(|| MappingError::NonUtf8Link {
-                path: path.display().to_string(),
-            })?;
-            Node::Symlink {
-                target: target.to_string(),
-            }
+            let target =
+                target.to_str().ok_or_else(|| MappingError::NonUtf8Link { path: path.display().to_string() })?;
+            Node::Symlink { target: target.to_string() }
         } else if kind.is_file() {
             let source = if meta.nlink() > 1 {
-                self.inodes
-                    .entry((meta.dev(), meta.ino()))
-                    .or_insert_with(|| path.to_path_buf())
-                    .clone()
+                self.inodes.entry((meta.dev(), meta.ino())).or_insert_with(|| path.to_path_buf()).clone()
             } else {
                 path.to_path_buf()
             };
-            Node::File {
-                mode: file_mode(dest, meta.permissions().mode()),
-                data: FileData::Host(source),
-            }
+            Node::File { mode: file_mode(dest, meta.permissions().mode()), data: FileData::Host(source) }
         } else {
             let kind = match () {
                 _ if kind.is_fifo() => "fifo",
@@ -195,30 +139,19 @@ impl Copier<'_> {
                 _ if kind.is_block_device() => "block device",
                 _ => "character device",
             };
-            return Err(MappingError::Unsupported {
-                path: path.display().to_string(),
-                kind,
-            });
+            return Err(MappingError::Unsupported { path: path.display().to_string(), kind });
         };
-        self.tree
-            .insert(dest, node)
-            .map_err(|e| tree_err(dest, e))?;
+        self.tree.insert(dest, node).map_err(|e| tree_err(dest, e))?;
         Ok(())
     }
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> MappingError {
-    MappingError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    MappingError::Io { path: path.display().to_string(), source }
 }
 
 fn tree_err(dest: &ImagePath, source: TreeError) -> MappingError {
-    MappingError::Tree {
-        dest: dest.to_string(),
-        source,
-    }
+    MappingError::Tree { dest: dest.to_string(), source }
 }
 
 #[cfg(test)]

@@ -12,30 +12,12 @@ use std::path::{Path, PathBuf};
 use tempfile::NamedTempFile;
 
 /// Suffixes that name a format; the manifest's stem drops them.
-const FORMAT_SUFFIXES: [&str; 10] = [
-    ".cpio.gz",
-    ".cpio.zst",
-    ".cpio.lz4",
-    ".cpio",
-    ".squashfs",
-    ".img",
-    ".ext4",
-    ".erofs",
-    ".xfs",
-    ".btrfs",
-];
+const FORMAT_SUFFIXES: [&str; 10] =
+    [".cpio.gz", ".cpio.zst", ".cpio.lz4", ".cpio", ".squashfs", ".img", ".ext4", ".erofs", ".xfs", ".btrfs"];
 
 /// Lower-case, with spaces and path separators turned into `-` (as the original Fledge).
 pub fn sanitize(name: &str) -> String {
-    name.chars()
-        .map(|c| {
-            if matches!(c, ' ' | '/' | '\\') {
-                '-'
-            } else {
-                c.to_ascii_lowercase()
-            }
-        })
-        .collect()
+    name.chars().map(|c| if matches!(c, ' ' | '/' | '\\') { '-' } else { c.to_ascii_lowercase() }).collect()
 }
 
 /// The artifact path: `-o` as given (with `.<suffix>` appended when it has no extension at
@@ -44,9 +26,7 @@ pub fn sanitize(name: &str) -> String {
 pub fn artifact_path(output: Option<&Path>, default_stem: &str, suffix: &str) -> PathBuf {
     let default_name = format!("{default_stem}.{suffix}");
     match output {
-        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
-            dir.join(default_name)
-        }
+        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => dir.join(default_name),
         Some(path) if path.extension().is_some() => path.to_path_buf(),
         Some(path) => PathBuf::from(format!("{}.{suffix}", path.display())),
         None => PathBuf::from(default_name),
@@ -55,14 +35,9 @@ pub fn artifact_path(output: Option<&Path>, default_stem: &str, suffix: &str) ->
 
 /// `<stem>.manifest.json` beside the artifact: `hello.cpio.gz` → `hello.manifest.json`.
 pub fn manifest_path(artifact: &Path) -> PathBuf {
-    let name = artifact
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let stem = FORMAT_SUFFIXES
-        .iter()
-        .find_map(|s| name.strip_suffix(s).filter(|stem| !stem.is_empty()))
-        .unwrap_or(&name);
+    let name = artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem =
+        FORMAT_SUFFIXES.iter().find_map(|s| name.strip_suffix(s).filter(|stem| !stem.is_empty())).unwrap_or(&name);
     artifact.with_file_name(format!("{stem}.manifest.json"))
 }
 
@@ -90,42 +65,25 @@ impl Pending {
             _ => PathBuf::from("."),
         };
         if dest.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::IsADirectory,
-                format!("{} is a directory", dest.display()),
-            ));
+            return Err(io::Error::new(io::ErrorKind::IsADirectory, format!("{} is a directory", dest.display())));
         }
         if let Some(file) = dir.ancestors().find(|a| a.exists() && !a.is_dir()) {
             return Err(io::Error::new(
                 io::ErrorKind::NotADirectory,
-                format!(
-                    "cannot write {}: {} is a file, not a directory",
-                    dest.display(),
-                    file.display()
-                ),
+                format!("cannot write {}: {} is a file, not a directory", dest.display(), file.display()),
             ));
         }
-        fs::create_dir_all(&dir).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
-        })?;
-        let name = dest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        fs::create_dir_all(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
+        let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".partial")
             .tempfile_in(&dir)
-            .map_err(|e| {
-                io::Error::new(e.kind(), format!("cannot write in {}: {e}", dir.display()))
-            })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot write in {}: {e}", dir.display())))?;
         crate::interrupt::track(tmp.path());
         let tracked = Tracked(tmp.path().to_path_buf());
-        Ok(Self {
-            tmp,
-            dest: dest.to_path_buf(),
-            _tracked: tracked,
-        })
+        Ok(Self { tmp, dest: dest.to_path_buf(), _tracked: tracked })
     }
 
     pub fn file(&mut self) -> &mut fs::File {
@@ -134,20 +92,11 @@ impl Pending {
 
     /// Flushes to disk, sets mode 0644 and renames into place.
     pub fn commit(self) -> io::Result<PathBuf> {
-        let Self {
-            tmp,
-            dest,
-            _tracked,
-        } = self;
+        let Self { tmp, dest, _tracked } = self;
         tmp.as_file().sync_all()?;
-        tmp.as_file()
-            .set_permissions(fs::Permissions::from_mode(0o644))?;
-        tmp.persist(&dest).map_err(|e| {
-            io::Error::new(
-                e.error.kind(),
-                format!("cannot create {}: {}", dest.display(), e.error),
-            )
-        })?;
+        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+        tmp.persist(&dest)
+            .map_err(|e| io::Error::new(e.error.kind(), format!("cannot create {}: {}", dest.display(), e.error)))?;
         Ok(dest)
     }
 }
@@ -158,42 +107,18 @@ mod tests {
 
     #[test]
     fn manifest_names_drop_the_format_suffix() {
-        assert_eq!(
-            manifest_path(Path::new("out/hello.cpio.gz")),
-            Path::new("out/hello.manifest.json")
-        );
-        assert_eq!(
-            manifest_path(Path::new("nginx.squashfs")),
-            Path::new("nginx.manifest.json")
-        );
-        assert_eq!(
-            manifest_path(Path::new("x.bin")),
-            Path::new("x.bin.manifest.json")
-        );
-        assert_eq!(
-            manifest_path(Path::new(".cpio.gz")),
-            Path::new(".cpio.gz.manifest.json")
-        );
+        assert_eq!(manifest_path(Path::new("out/hello.cpio.gz")), Path::new("out/hello.manifest.json"));
+        assert_eq!(manifest_path(Path::new("nginx.squashfs")), Path::new("nginx.manifest.json"));
+        assert_eq!(manifest_path(Path::new("x.bin")), Path::new("x.bin.manifest.json"));
+        assert_eq!(manifest_path(Path::new(".cpio.gz")), Path::new(".cpio.gz.manifest.json"));
     }
 
     #[test]
     fn artifact_names() {
-        assert_eq!(
-            artifact_path(None, "hello", "cpio.gz"),
-            Path::new("hello.cpio.gz")
-        );
-        assert_eq!(
-            artifact_path(Some(Path::new("out/foo")), "x", "cpio.gz"),
-            Path::new("out/foo.cpio.gz")
-        );
-        assert_eq!(
-            artifact_path(Some(Path::new("foo.initrd")), "x", "cpio.gz"),
-            Path::new("foo.initrd")
-        );
-        assert_eq!(
-            artifact_path(Some(Path::new("out/")), "x", "cpio.gz"),
-            Path::new("out/x.cpio.gz")
-        );
+        assert_eq!(artifact_path(None, "hello", "cpio.gz"), Path::new("hello.cpio.gz"));
+        assert_eq!(artifact_path(Some(Path::new("out/foo")), "x", "cpio.gz"), Path::new("out/foo.cpio.gz"));
+        assert_eq!(artifact_path(Some(Path::new("foo.initrd")), "x", "cpio.gz"), Path::new("foo.initrd"));
+        assert_eq!(artifact_path(Some(Path::new("out/")), "x", "cpio.gz"), Path::new("out/x.cpio.gz"));
         assert_eq!(sanitize("My App/x"), "my-app-x");
     }
 }

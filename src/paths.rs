@@ -94,9 +94,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "T" => 40,
         _ => return None,
     };
-    (number > 0)
-        .then_some(number)
-        .and_then(|n| n.checked_mul(1 << shift))
+    (number > 0).then_some(number).and_then(|n| n.checked_mul(1 << shift))
 }
 
 #[cfg(test)]
@@ -105,17 +103,10 @@ mod tests {
 
     #[test]
     fn image_paths_normalise_and_reject_parent_components() {
-        assert_eq!(
-            ImagePath::parse("/usr//bin/./hello").unwrap().to_string(),
-            "/usr/bin/hello"
-        );
+        assert_eq!(ImagePath::parse("/usr//bin/./hello").unwrap().to_string(), "/usr/bin/hello");
         assert_eq!(ImagePath::parse("/a..b").unwrap().to_string(), "/a..b");
         assert!(ImagePath::parse("/usr/../etc").unwrap_err().contains(".."));
-        assert!(
-            ImagePath::parse("usr/bin")
-                .unwrap_err()
-                .contains("absolute")
-        );
+        assert!(ImagePath::parse("usr/bin").unwrap_err().contains("absolute"));
         assert!(ImagePath::parse("/").unwrap().is_root());
     }
 
@@ -127,10 +118,7 @@ mod tests {
             ImagePath::parse("/usr").unwrap(),
         ];
         v.sort();
-        assert_eq!(
-            v.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["/usr", "/usr/bin", "/usr-x"]
-        );
+        assert_eq!(v.iter().map(ToString::to_string).collect::<Vec<_>>(), ["/usr", "/usr/bin", "/usr-x"]);
     }
 
     #[test]

@@ -60,12 +60,7 @@ impl Progress {
             }
             Mode::Quiet => None,
         };
-        Step {
-            mode: self.mode,
-            name,
-            started: Instant::now(),
-            bar,
-        }
+        Step { mode: self.mode, name, started: Instant::now(), bar }
     }
 
     /// A line that is always worth showing (unless quiet), e.g. the final result.

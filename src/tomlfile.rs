@@ -13,10 +13,7 @@ pub enum LoadError {
     #[error("{path}: file not found")]
     NotFound { path: String },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("{0}")]
     Invalid(Box<Diagnostic>),
 }
@@ -24,13 +21,8 @@ pub enum LoadError {
 /// Reads `path` and deserializes it; the [`SourceFile`] is returned for later validation errors.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<(T, SourceFile), LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => LoadError::NotFound {
-            path: path.display().to_string(),
-        },
-        _ => LoadError::Io {
-            path: path.display().to_string(),
-            source,
-        },
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.display().to_string() },
+        _ => LoadError::Io { path: path.display().to_string(), source },
     })?;
     let file = SourceFile::new(path, text);
     match toml::from_str::<T>(&file.text) {
@@ -60,12 +52,7 @@ fn to_diagnostic(file: &SourceFile, err: &toml::de::Error) -> Diagnostic {
 fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
     let rest = message.strip_prefix("unknown field `")?;
     let (key, tail) = rest.split_once('`')?;
-    let expected = tail
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
+    let expected = tail.split('`').skip(1).step_by(2).map(str::to_string).collect();
     Some((key.to_string(), expected))
 }
 
@@ -75,8 +62,7 @@ mod tests {
 
     #[test]
     fn parses_serde_unknown_field_messages() {
-        let (k, e) =
-            parse_unknown_field("unknown field `sourc`, expected one of `source`, `init`").unwrap();
+        let (k, e) = parse_unknown_field("unknown field `sourc`, expected one of `source`, `init`").unwrap();
         assert_eq!(k, "sourc");
         assert_eq!(e, vec!["source", "init"]);
         let (k, e) = parse_unknown_field("unknown field `x`, expected `y`").unwrap();

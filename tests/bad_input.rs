@@ -23,98 +23,49 @@ const OK_MANIFEST: &str = "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n";
 const BASE: &str = "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nbusybox_path = \"{busybox}\"\n";
 
 const fn case(name: &'static str, config: &'static str, expect: &'static [&'static str]) -> Case {
-    Case {
-        name,
-        config,
-        manifest: None,
-        args: &[],
-        env: &[],
-        expect,
-    }
+    Case { name, config, manifest: None, args: &[], env: &[], expect }
 }
 
-const fn manifest_case(
-    name: &'static str,
-    manifest: &'static str,
-    expect: &'static [&'static str],
-) -> Case {
-    Case {
-        name,
-        config: BASE,
-        manifest: Some(manifest),
-        args: &[],
-        env: &[],
-        expect,
-    }
+const fn manifest_case(name: &'static str, manifest: &'static str, expect: &'static [&'static str]) -> Case {
+    Case { name, config: BASE, manifest: Some(manifest), args: &[], env: &[], expect }
 }
 
-const AGENTLESS: &str =
-    "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n";
+const AGENTLESS: &str = "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n";
 
 fn cases() -> Vec<Case> {
     vec![
-        case(
-            "malformed toml",
-            "version = \"1\nstrategy = \"initramfs\"\n",
-            &["fledge.toml:1:"],
-        ),
-        case(
-            "duplicate key",
-            "version = \"1\"\nversion = \"1\"\n",
-            &["fledge.toml:2:", "duplicate key"],
-        ),
+        case("malformed toml", "version = \"1\nstrategy = \"initramfs\"\n", &["fledge.toml:1:"]),
+        case("duplicate key", "version = \"1\"\nversion = \"1\"\n", &["fledge.toml:2:", "duplicate key"]),
         case(
             "missing version",
             "strategy = \"initramfs\"\n",
-            &[
-                "'version' field is required",
-                "fledge.toml:1:1",
-                "version = \\\"1\\\"",
-            ],
+            &["'version' field is required", "fledge.toml:1:1", "version = \\\"1\\\""],
         ),
         case(
             "unsupported version",
             "version = \"2\"\nstrategy = \"initramfs\"\n",
-            &[
-                "unsupported config version '2', expected '1'",
-                "fledge.toml:1:11",
-            ],
+            &["unsupported config version '2', expected '1'", "fledge.toml:1:11"],
         ),
         case(
             "version of the wrong type",
             "version = 1\nstrategy = \"initramfs\"\n",
             &["fledge.toml:1:11", "invalid type"],
         ),
-        case(
-            "missing strategy",
-            "version = \"1\"\n",
-            &["'strategy' field is required"],
-        ),
+        case("missing strategy", "version = \"1\"\n", &["'strategy' field is required"]),
         case(
             "invalid strategy",
             "version = \"1\"\nstrategy = \"rootfs\"\n",
-            &[
-                "invalid strategy 'rootfs', must be 'oci_rootfs' or 'initramfs'",
-                "fledge.toml:2:12",
-            ],
+            &["invalid strategy 'rootfs', must be 'oci_rootfs' or 'initramfs'", "fledge.toml:2:12"],
         ),
         case(
             "misspelt top-level key",
             "version = \"1\"\nstratgy = \"initramfs\"\n",
-            &[
-                "unknown key `stratgy`",
-                "did you mean `strategy`?",
-                "fledge.toml:2:1",
-            ],
+            &["unknown key `stratgy`", "did you mean `strategy`?", "fledge.toml:2:1"],
         ),
         case(
             "misspelt agent key",
             "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsorce_strategy = \"local\"\n",
-            &[
-                "unknown key `sorce_strategy`",
-                "did you mean `source_strategy`?",
-                "fledge.toml:4:1",
-            ],
+            &["unknown key `sorce_strategy`", "did you mean `source_strategy`?", "fledge.toml:4:1"],
         ),
         case(
             "misspelt source key",
@@ -129,18 +80,12 @@ fn cases() -> Vec<Case> {
         case(
             "init none and path",
             "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n[init]\nnone = true\npath = \"agent\"\n",
-            &[
-                "[init] cannot specify both none=true and path",
-                "fledge.toml:5:1",
-            ],
+            &["[init] cannot specify both none=true and path", "fledge.toml:5:1"],
         ),
         case(
             "agent with custom init",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"agent\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n",
-            &[
-                "'agent' section cannot be specified with custom init mode",
-                "fledge.toml:5:1",
-            ],
+            &["'agent' section cannot be specified with custom init mode", "fledge.toml:5:1"],
         ),
         case(
             "agent with no init",
@@ -150,11 +95,7 @@ fn cases() -> Vec<Case> {
         case(
             "custom init file missing",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"no-such-init\"\n",
-            &[
-                "custom init file not found",
-                "no-such-init",
-                "fledge.toml:4:8",
-            ],
+            &["custom init file not found", "no-such-init", "fledge.toml:4:8"],
         ),
         case(
             "agent without strategy",
@@ -164,10 +105,7 @@ fn cases() -> Vec<Case> {
         case(
             "agent strategy unknown",
             "version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"ftp\"\n",
-            &[
-                "invalid agent.source_strategy 'ftp', must be one of: release, local, http",
-                "fledge.toml:4:19",
-            ],
+            &["invalid agent.source_strategy 'ftp', must be one of: release, local, http", "fledge.toml:4:19"],
         ),
         case(
             "release without version",
@@ -227,18 +165,12 @@ fn cases() -> Vec<Case> {
         case(
             "busybox url not http",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_url = \"/local/busybox\"\n",
-            &[
-                "'source.busybox_url' must be an http:// or https:// URL",
-                "busybox_path",
-            ],
+            &["'source.busybox_url' must be an http:// or https:// URL", "busybox_path"],
         ),
         case(
             "mapping destination relative",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"usr/bin/hello\"\n",
-            &[
-                "mapping destination 'usr/bin/hello' must be an absolute path",
-                "fledge.toml:8:11",
-            ],
+            &["mapping destination 'usr/bin/hello' must be an absolute path", "fledge.toml:8:11"],
         ),
         case(
             "mapping destination escapes",
@@ -263,44 +195,27 @@ fn cases() -> Vec<Case> {
         case(
             "mapping replaces a directory",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"hello\" = \"/bin\"\n",
-            &[
-                "mapping at ",
-                "fledge.toml:8:1",
-                "cannot replace directory /bin with a file",
-            ],
+            &["mapping at ", "fledge.toml:8:1", "cannot replace directory /bin with a file"],
         ),
         case(
             "no init in none mode",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n",
-            &[
-                "the image has no executable /init",
-                "map your init program to /init",
-            ],
+            &["the image has no executable /init", "map your init program to /init"],
         ),
         case(
             "fifo in a mapped directory",
             "version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{busybox}\"\n[mappings]\n\"withfifo\" = \"/data\"\n",
-            &[
-                "mapping at ",
-                "fledge.toml:8:1",
-                "is a fifo; only files, directories and symlinks can be mapped",
-            ],
+            &["mapping at ", "fledge.toml:8:1", "is a fifo; only files, directories and symlinks can be mapped"],
         ),
         case(
             "initramfs compressor unknown",
             "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"xz\"\n",
-            &[
-                "invalid compression 'xz' for initramfs, must be one of: gzip, zstd, lz4, none",
-                "fledge.toml:4:15",
-            ],
+            &["invalid compression 'xz' for initramfs, must be one of: gzip, zstd, lz4, none", "fledge.toml:4:15"],
         ),
         case(
             "gzip level out of range",
             "version = \"1\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"gzip\"\ncompression_level = 12\n",
-            &[
-                "gzip compression_level for initramfs must be between 1-9, got 12",
-                "fledge.toml:5:21",
-            ],
+            &["gzip compression_level for initramfs must be between 1-9, got 12", "fledge.toml:5:21"],
         ),
         case(
             "level for an uncompressed archive",
@@ -320,9 +235,7 @@ fn cases() -> Vec<Case> {
         case(
             "oci_rootfs with image and dockerfile",
             "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"nginx\"\ndockerfile = \"agent\"\n",
-            &[
-                "only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy",
-            ],
+            &["only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy"],
         ),
         case(
             "malformed image reference",
@@ -357,11 +270,7 @@ fn cases() -> Vec<Case> {
         case(
             "several problems at once",
             "version = \"3\"\nstrategy = \"initramfs\"\n[filesystem]\ncompression = \"brotli\"\n",
-            &[
-                "unsupported config version '3'",
-                "invalid compression 'brotli'",
-                "2 problems in",
-            ],
+            &["unsupported config version '3'", "invalid compression 'brotli'", "2 problems in"],
         ),
         manifest_case(
             "manifest without name",
@@ -371,18 +280,12 @@ fn cases() -> Vec<Case> {
         manifest_case(
             "manifest schema version",
             "schema_version = \"v2\"\nname = \"t\"\nversion = \"1\"\nruntime = \"t\"\n",
-            &[
-                "unsupported schema_version \"v2\" (expected \"v1\")",
-                "manifest.toml:1:18",
-            ],
+            &["unsupported schema_version \"v2\" (expected \"v1\")", "manifest.toml:1:18"],
         ),
         manifest_case(
             "manifest cpu count",
             "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resources]\ncpu_cores = 0\n",
-            &[
-                "resources.cpu_cores must be between 1 and 1024, got 0",
-                "manifest.toml:5:13",
-            ],
+            &["resources.cpu_cores must be between 1 and 1024, got 0", "manifest.toml:5:13"],
         ),
         manifest_case(
             "manifest memory too small",
@@ -402,11 +305,7 @@ fn cases() -> Vec<Case> {
         manifest_case(
             "manifest misspelt table",
             "name = \"t\"\nversion = \"1\"\nruntime = \"t\"\n[resorces]\ncpu_cores = 1\n",
-            &[
-                "unknown key `resorces`",
-                "did you mean `resources`?",
-                "manifest.toml:4:",
-            ],
+            &["unknown key `resorces`", "did you mean `resources`?", "manifest.toml:4:"],
         ),
         manifest_case(
             "manifest unknown top-level key",
@@ -419,10 +318,7 @@ fn cases() -> Vec<Case> {
             manifest: Some("name = \"t\"\nversion = \"1\"\n[workload]\nentrypoint = \"/x\"\n"),
             args: &["--manifest-format", "volant-v1"],
             env: &[],
-            expect: &[
-                "needs workload.type, workload.base_url",
-                "manifest.toml:3:1",
-            ],
+            expect: &["needs workload.type, workload.base_url", "manifest.toml:3:1"],
         },
         Case {
             name: "volant-v1 without manifest.toml",
@@ -482,9 +378,7 @@ fn cases() -> Vec<Case> {
             manifest: None,
             args: &["--target", "x"],
             env: &[],
-            expect: &[
-                "--dockerfile is required when using --output-initramfs, --context, --target, or --build-arg",
-            ],
+            expect: &["--dockerfile is required when using --output-initramfs, --context, --target, or --build-arg"],
         },
         Case {
             name: "config with a Dockerfile",
@@ -528,11 +422,7 @@ fn setup(case: &Case) -> Project {
     p.write("notelf.txt", "#!/bin/sh\n");
     fs::create_dir(p.path("adir")).unwrap();
     fs::create_dir(p.path("withfifo")).unwrap();
-    nix::unistd::mkfifo(
-        &p.path("withfifo/pipe"),
-        nix::sys::stat::Mode::from_bits_truncate(0o644),
-    )
-    .unwrap();
+    nix::unistd::mkfifo(&p.path("withfifo/pipe"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
     p.write("fledge.toml", &case.config.replace("{busybox}", busybox()));
     if case.manifest != Some(NO_MANIFEST) {
         p.write("manifest.toml", case.manifest.unwrap_or(OK_MANIFEST));
@@ -568,27 +458,13 @@ fn every_bad_input_is_a_located_error_with_no_output() {
                 problems.push(format!("missing `{needle}`"));
             }
         }
-        let after: Vec<String> = p
-            .listing()
-            .into_iter()
-            .filter(|n| n != "cache" && n != "home")
-            .collect();
+        let after: Vec<String> = p.listing().into_iter().filter(|n| n != "cache" && n != "home").collect();
         if after != before {
             problems.push(format!("files left behind: {after:?} (before: {before:?})"));
         }
         if !problems.is_empty() {
-            failures.push(format!(
-                "[{}] {}\n--- stderr:\n{err}",
-                case.name,
-                problems.join("; ")
-            ));
+            failures.push(format!("[{}] {}\n--- stderr:\n{err}", case.name, problems.join("; ")));
         }
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n\n")
-    );
+    assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
 }

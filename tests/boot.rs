@@ -19,40 +19,22 @@ fn kernel() -> Option<PathBuf> {
     if let Some(k) = std::env::var_os("FLEDGE_TEST_KERNEL").filter(|k| !k.is_empty()) {
         return Some(PathBuf::from(k));
     }
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/fetch-test-kernel.sh"
-    ))
-    .stderr(Stdio::inherit())
-    .output()
-    .ok()?;
-    out.status
-        .success()
-        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/fetch-test-kernel.sh"))
+        .stderr(Stdio::inherit())
+        .output()
+        .ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Boots `initramfs`; returns the console output and QEMU's exit status.
 fn boot(kernel: &PathBuf, initramfs: &PathBuf) -> (String, Option<i32>) {
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1",
-        ])
-        .args([
-            "-nodefaults",
-            "-no-user-config",
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-no-reboot",
-        ])
+        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1"])
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -86,10 +68,7 @@ fn boot(kernel: &PathBuf, initramfs: &PathBuf) -> (String, Option<i32>) {
 fn c_program(p: &Project, name: &str, source: &str) -> PathBuf {
     let src = p.write(&format!("{name}.c"), source);
     let out = p.path(name);
-    assert_success(&run(Command::new("gcc")
-        .args(["-static", "-Os", "-s", "-o"])
-        .arg(&out)
-        .arg(&src)));
+    assert_success(&run(Command::new("gcc").args(["-static", "-Os", "-s", "-o"]).arg(&out).arg(&src)));
     out
 }
 
@@ -111,11 +90,14 @@ macro_rules! require_boot_tools {
 
 fn project(init_table: &str) -> Project {
     let p = Project::new();
-    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n{init_table}\n[source]\nbusybox_path = \"{}\"\n", busybox()));
     p.write(
-        "manifest.toml",
-        "name = \"boot\"\nversion = \"1\"\nruntime = \"boot\"\n",
+        "fledge.toml",
+        &format!(
+            "version = \"1\"\nstrategy = \"initramfs\"\n{init_table}\n[source]\nbusybox_path = \"{}\"\n",
+            busybox()
+        ),
     );
+    p.write("manifest.toml", "name = \"boot\"\nversion = \"1\"\nruntime = \"boot\"\n");
     p
 }
 
@@ -137,19 +119,12 @@ int main(void) {
     );
     assert_success(&run(p.fledge().args(["build", "-o", "boot.cpio.gz"])));
     let (console, status) = boot(&kernel, &p.path("boot.cpio.gz"));
-    assert_eq!(
-        status,
-        Some(0),
-        "QEMU exits by itself when the guest powers off:\n{console}"
-    );
+    assert_eq!(status, Some(0), "QEMU exits by itself when the guest powers off:\n{console}");
     assert!(
         console.contains("agent ppid=1 proc=1 tmp-mode=1777"),
         "agent runs as init's child with /proc and a tmpfs /tmp:\n{console}"
     );
-    assert!(
-        console.contains("fledge-init: /bin/kestrel exited with status 3"),
-        "{console}"
-    );
+    assert!(console.contains("fledge-init: /bin/kestrel exited with status 3"), "{console}");
     assert!(console.contains("FLEDGE_EXIT_STATUS=3"), "{console}");
     assert!(!console.contains("Kernel panic"), "{console}");
 }
@@ -158,18 +133,11 @@ int main(void) {
 fn custom_init_mode_runs_the_users_script_under_fledge_init() {
     let kernel = require_boot_tools!();
     let p = project("[init]\npath = \"my-init.sh\"\n");
-    p.write_mode(
-        "my-init.sh",
-        b"#!/bin/sh\necho \"custom init, parent $PPID, $(ls /dev/console)\"\nexit 7\n",
-        0o755,
-    );
+    p.write_mode("my-init.sh", b"#!/bin/sh\necho \"custom init, parent $PPID, $(ls /dev/console)\"\nexit 7\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "custom.cpio.gz"])));
     let (console, status) = boot(&kernel, &p.path("custom.cpio.gz"));
     assert_eq!(status, Some(0), "{console}");
-    assert!(
-        console.contains("custom init, parent 1, /dev/console"),
-        "{console}"
-    );
+    assert!(console.contains("custom init, parent 1, /dev/console"), "{console}");
     assert!(console.contains("FLEDGE_EXIT_STATUS=7"), "{console}");
 }
 
@@ -206,22 +174,12 @@ int main(void) {
 fn poweroff_inside_the_guest_powers_off() {
     let kernel = require_boot_tools!();
     let p = project("[init]\npath = \"my-init.sh\"\n");
-    p.write_mode(
-        "my-init.sh",
-        b"#!/bin/sh\necho asking for power-off\npoweroff\nsleep 30\necho STILL ALIVE\n",
-        0o755,
-    );
+    p.write_mode("my-init.sh", b"#!/bin/sh\necho asking for power-off\npoweroff\nsleep 30\necho STILL ALIVE\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "off.cpio.gz"])));
     let started = Instant::now();
     let (console, status) = boot(&kernel, &p.path("off.cpio.gz"));
     assert_eq!(status, Some(0), "{console}");
-    assert!(
-        console.contains("fledge-init: power-off requested"),
-        "{console}"
-    );
+    assert!(console.contains("fledge-init: power-off requested"), "{console}");
     assert!(!console.contains("STILL ALIVE"), "{console}");
-    assert!(
-        started.elapsed() < Duration::from_secs(30),
-        "powered off without waiting for the script"
-    );
+    assert!(started.elapsed() < Duration::from_secs(30), "powered off without waiting for the script");
 }

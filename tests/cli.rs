@@ -13,28 +13,19 @@ fn version_prints_three_lines() {
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
-    assert_eq!(
-        lines[0],
-        format!("fledge version {}", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(lines[0], format!("fledge version {}", env!("CARGO_PKG_VERSION")));
     assert!(lines[1].starts_with("  build date: ") && lines[2].starts_with("  git commit: "));
 }
 
 #[test]
 fn help_is_available_everywhere() {
-    for args in [
-        &["--help"][..],
-        &["build", "--help"],
-        &["version", "--help"],
-        &["help", "build"],
-    ] {
+    for args in [&["--help"][..], &["build", "--help"], &["version", "--help"], &["help", "build"]] {
         let out = run(Command::new(FLEDGE).args(args));
         assert_success(&out);
         let text = String::from_utf8(out.stdout).unwrap();
         assert!(text.contains("Usage: fledge"), "{args:?}: {text}");
     }
-    let build_help =
-        String::from_utf8(run(Command::new(FLEDGE).args(["build", "--help"])).stdout).unwrap();
+    let build_help = String::from_utf8(run(Command::new(FLEDGE).args(["build", "--help"])).stdout).unwrap();
     for flag in [
         "--config",
         "--manifest",
@@ -58,11 +49,7 @@ fn usage_errors_exit_2_with_a_hint() {
     assert!(stderr(&out).contains("--no-such-flag"));
     let out = run(Command::new(FLEDGE).args(["build", "--manifest-format", "xml"]));
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("fledge, volant-v1"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("fledge, volant-v1"), "{}", stderr(&out));
 }
 
 #[test]
@@ -70,24 +57,14 @@ fn quiet_builds_print_nothing_and_plain_builds_show_steps() {
     let p = Project::new();
     p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n[init]\nnone = true\n[source]\nbusybox_path = \"{}\"\n[mappings]\n\"init\" = \"/init\"\n", busybox()));
     std::fs::copy(agent_binary(), p.path("init")).unwrap();
-    p.write(
-        "manifest.toml",
-        "name = \"q\"\nversion = \"1\"\nruntime = \"q\"\n",
-    );
+    p.write("manifest.toml", "name = \"q\"\nversion = \"1\"\nruntime = \"q\"\n");
     let quiet = run(p.fledge().args(["build", "-q"]));
     assert_success(&quiet);
-    assert!(
-        quiet.stderr.is_empty() && quiet.stdout.is_empty(),
-        "{}",
-        stderr(&quiet)
-    );
+    assert!(quiet.stderr.is_empty() && quiet.stdout.is_empty(), "{}", stderr(&quiet));
     let plain = run(p.fledge().args(["build"]));
     assert_success(&plain);
     let err = stderr(&plain);
-    assert!(
-        err.contains("=> Packing q.cpio.gz") && err.contains("Built q.cpio.gz"),
-        "{err}"
-    );
+    assert!(err.contains("=> Packing q.cpio.gz") && err.contains("Built q.cpio.gz"), "{err}");
 }
 
 #[test]
@@ -96,9 +73,5 @@ fn dockerfile_mode_says_it_is_not_supported_yet() {
     p.write("Dockerfile", "FROM scratch\n");
     let out = run(p.fledge().args(["build", "Dockerfile"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("building directly from a Dockerfile is not supported yet"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("building directly from a Dockerfile is not supported yet"), "{}", stderr(&out));
 }

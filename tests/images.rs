@@ -46,25 +46,14 @@ fn pull_stores_a_verified_image_that_then_works_offline() {
     let reference = format!("{}/fledge/busybox:v1", registry.host);
     let out = fledge_image(&p, &["pull", &reference]);
     assert_success(&out);
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        digest,
-        "prints the manifest digest"
-    );
-    let blob = p.path(&format!(
-        "state/store/blobs/sha256/{}",
-        digest.trim_start_matches("sha256:")
-    ));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest, "prints the manifest digest");
+    let blob = p.path(&format!("state/store/blobs/sha256/{}", digest.trim_start_matches("sha256:")));
     assert!(blob.is_file(), "manifest stored by digest");
 
     registry.stop();
     let ls = fledge_image(&p, &["ls"]);
     assert_success(&ls);
-    assert!(
-        String::from_utf8_lossy(&ls.stdout).contains(&reference),
-        "{}",
-        String::from_utf8_lossy(&ls.stdout)
-    );
+    assert!(String::from_utf8_lossy(&ls.stdout).contains(&reference), "{}", String::from_utf8_lossy(&ls.stdout));
     let inspect = fledge_image(&p, &["inspect", &reference]);
     assert_success(&inspect);
     let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
@@ -77,8 +66,7 @@ fn pull_stores_a_verified_image_that_then_works_offline() {
     let gone = fledge_image(&p, &["inspect", &reference]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(
-        stderr(&gone).contains("is not in the store")
-            && stderr(&gone).contains("fledge image pull"),
+        stderr(&gone).contains("is not in the store") && stderr(&gone).contains("fledge image pull"),
         "{}",
         stderr(&gone)
     );
@@ -92,28 +80,17 @@ fn an_index_resolves_to_the_requested_platform() {
     let p = Project::new();
     let layout = p.path("layout");
     let amd64 = add_image(&layout, "amd64", &busybox_layers()[1..], run_config());
-    let arm64 = add_image(
-        &layout,
-        "arm64",
-        &busybox_layers()[1..],
-        json!({"Cmd": ["arm"]}),
-    );
+    let arm64 = add_image(&layout, "arm64", &busybox_layers()[1..], json!({"Cmd": ["arm"]}));
     finish_layout(&layout, "multi", vec![amd64.clone(), arm64.clone()]);
     registry.push(&layout, "multi", "fledge/multi", true);
     let reference = format!("{}/fledge/multi:multi", registry.host);
 
     let host = fledge_image(&p, &["pull", &reference]);
     assert_success(&host);
-    assert_eq!(
-        String::from_utf8_lossy(&host.stdout).trim(),
-        amd64["digest"].as_str().unwrap()
-    );
+    assert_eq!(String::from_utf8_lossy(&host.stdout).trim(), amd64["digest"].as_str().unwrap());
     let arm = fledge_image(&p, &["pull", "--platform", "linux/arm64", &reference]);
     assert_success(&arm);
-    assert_eq!(
-        String::from_utf8_lossy(&arm.stdout).trim(),
-        arm64["digest"].as_str().unwrap()
-    );
+    assert_eq!(String::from_utf8_lossy(&arm.stdout).trim(), arm64["digest"].as_str().unwrap());
 
     let none = fledge_image(&p, &["pull", "--platform", "linux/s390x", &reference]);
     assert_eq!(none.status.code(), Some(1));
@@ -139,32 +116,18 @@ fn a_tampered_blob_is_refused_and_never_stored() {
     registry.push(&layout, "v1", "fledge/tampered", false);
     // Corrupt the second layer inside the registry's storage, keeping its length.
     let manifest_json: Value = serde_json::from_slice(
-        &fs::read(
-            layout.join("blobs/sha256").join(
-                manifest["digest"]
-                    .as_str()
-                    .unwrap()
-                    .trim_start_matches("sha256:"),
-            ),
-        )
-        .unwrap(),
+        &fs::read(layout.join("blobs/sha256").join(manifest["digest"].as_str().unwrap().trim_start_matches("sha256:")))
+            .unwrap(),
     )
     .unwrap();
-    let layer_hex = manifest_json["layers"][1]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer_hex = manifest_json["layers"][1]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
     let file = registry.blob_file(&layer_hex);
     let mut data = fs::read(&file).unwrap();
     let last = data.len() - 1;
     data[last] ^= 0xff;
     fs::write(&file, &data).unwrap();
 
-    let out = fledge_image(
-        &p,
-        &["pull", &format!("{}/fledge/tampered:v1", registry.host)],
-    );
+    let out = fledge_image(&p, &["pull", &format!("{}/fledge/tampered:v1", registry.host)]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
@@ -173,20 +136,9 @@ fn a_tampered_blob_is_refused_and_never_stored() {
             && err.contains("it was not stored"),
         "{err}"
     );
-    assert!(
-        !p.path(&format!("state/store/blobs/sha256/{layer_hex}"))
-            .exists()
-    );
-    assert_eq!(
-        fs::read_dir(p.path("state/store/tmp")).unwrap().count(),
-        0,
-        "no partial blob left"
-    );
-    assert_eq!(
-        fs::read_dir(p.path("state/store/images")).unwrap().count(),
-        0,
-        "the image was not recorded"
-    );
+    assert!(!p.path(&format!("state/store/blobs/sha256/{layer_hex}")).exists());
+    assert_eq!(fs::read_dir(p.path("state/store/tmp")).unwrap().count(), 0, "no partial blob left");
+    assert_eq!(fs::read_dir(p.path("state/store/images")).unwrap().count(), 0, "the image was not recorded");
 }
 
 #[test]
@@ -195,21 +147,10 @@ fn unknown_tags_and_bad_references_are_clear_errors() {
         return;
     };
     let p = Project::new();
-    let out = fledge_image(
-        &p,
-        &["pull", &format!("{}/fledge/nothing:v9", registry.host)],
-    );
+    let out = fledge_image(&p, &["pull", &format!("{}/fledge/nothing:v9", registry.host)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not found in the registry") && stderr(&out).contains("404"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("not found in the registry") && stderr(&out).contains("404"), "{}", stderr(&out));
     let bad = fledge_image(&p, &["pull", "Not/Valid"]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("invalid image reference 'Not/Valid'"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(stderr(&bad).contains("invalid image reference 'Not/Valid'"), "{}", stderr(&bad));
 }

@@ -21,7 +21,10 @@ fn hello_project(extra: &str) -> Project {
             busybox()
         ),
     );
-    p.write("manifest.toml", "name = \"hello\"\nversion = \"1.0.0\"\nruntime = \"hello\"\n\n[workload]\nentrypoint = \"/usr/bin/hello\"\n");
+    p.write(
+        "manifest.toml",
+        "name = \"hello\"\nversion = \"1.0.0\"\nruntime = \"hello\"\n\n[workload]\nentrypoint = \"/usr/bin/hello\"\n",
+    );
     p
 }
 
@@ -31,16 +34,9 @@ fn listing_of(p: &Project, artifact: &str) -> Vec<String> {
 
 #[track_caller]
 fn assert_entry(listing: &[String], name: &str, mode: &str) {
-    let line = entry(listing, name)
-        .unwrap_or_else(|| panic!("{name} missing from archive:\n{}", listing.join("\n")));
-    assert!(
-        line.starts_with(mode),
-        "{name}: expected mode {mode}, got {line}"
-    );
-    assert!(
-        line.contains(" root     root "),
-        "{name} must be owned by root: {line}"
-    );
+    let line = entry(listing, name).unwrap_or_else(|| panic!("{name} missing from archive:\n{}", listing.join("\n")));
+    assert!(line.starts_with(mode), "{name}: expected mode {mode}, got {line}");
+    assert!(line.contains(" root     root "), "{name} must be owned by root: {line}");
 }
 
 #[test]
@@ -53,18 +49,12 @@ fn default_mode_archive_lists_init_busybox_agent_and_mapping() {
     assert_entry(&l, "bin/kestrel", "-rwxr-xr-x");
     assert_entry(&l, "usr/bin/hello", "-rwxr-xr-x");
     assert_entry(&l, "dev/console", "crw-------");
-    for dir in [
-        "bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "usr/bin", "usr/sbin", "usr/lib",
-        "var/log",
-    ] {
+    for dir in ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "usr/bin", "usr/sbin", "usr/lib", "var/log"] {
         assert_entry(&l, dir, "drwxr-xr-x");
     }
     for applet in ["sh", "ls", "mount", "vi"] {
         let line = entry(&l, &format!("bin/{applet}")).unwrap();
-        assert!(
-            line.starts_with("lrwxrwxrwx") && line.ends_with("-> busybox"),
-            "{line}"
-        );
+        assert!(line.starts_with("lrwxrwxrwx") && line.ends_with("-> busybox"), "{line}");
     }
     // Entries are sorted, so the archive order is the path order.
     let names: Vec<&str> = l.iter().map(|l| entry_name(l)).collect();
@@ -74,16 +64,11 @@ fn default_mode_archive_lists_init_busybox_agent_and_mapping() {
     // The kernel creates entries in archive order without making parents: each must come first.
     for (i, name) in names.iter().enumerate() {
         if let Some((parent, _)) = name.rsplit_once('/') {
-            assert!(
-                names[..i].contains(&parent),
-                "{name} comes before its directory {parent}"
-            );
+            assert!(names[..i].contains(&parent), "{name} comes before its directory {parent}");
         }
     }
     // GNU gzip accepts the parallel stream, CRC and length included.
-    assert_success(&run(Command::new("gzip")
-        .args(["-t"])
-        .arg(p.path("hello.cpio.gz"))));
+    assert_success(&run(Command::new("gzip").args(["-t"]).arg(p.path("hello.cpio.gz"))));
     // The agent bytes are the ones we supplied.
     let manifest: serde_json::Value =
         serde_json::from_slice(&fs::read(p.path("hello.manifest.json")).unwrap()).unwrap();
@@ -105,12 +90,7 @@ fn sha256_hex(data: &[u8]) -> String {
             c.stdin.take().unwrap().write_all(data)?;
             c.wait_with_output()
         });
-    String::from_utf8(out.unwrap().stdout)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
+    String::from_utf8(out.unwrap().stdout).unwrap().split_whitespace().next().unwrap().to_string()
 }
 
 #[test]
@@ -118,25 +98,12 @@ fn the_embedded_init_is_a_static_executable() {
     let p = hello_project("");
     assert_success(&run(p.fledge().args(["build", "-o", "hello.cpio.gz"])));
     let extract = p.path("init");
-    fs::write(
-        &extract,
-        cpio_member(&decompress("gzip", &p.path("hello.cpio.gz")), "init"),
-    )
-    .unwrap();
-    fs::set_permissions(
-        &extract,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let headers = run(Command::new("readelf")
-        .args(["--program-headers", "--wide"])
-        .arg(&extract));
+    fs::write(&extract, cpio_member(&decompress("gzip", &p.path("hello.cpio.gz")), "init")).unwrap();
+    fs::set_permissions(&extract, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let headers = run(Command::new("readelf").args(["--program-headers", "--wide"]).arg(&extract));
     assert_success(&headers);
     let text = String::from_utf8_lossy(&headers.stdout);
-    assert!(
-        !text.contains("INTERP"),
-        "init must not need a dynamic loader:\n{text}"
-    );
+    assert!(!text.contains("INTERP"), "init must not need a dynamic loader:\n{text}");
     // Run outside PID 1 it refuses politely instead of taking over the machine.
     let out = run(&mut Command::new(&extract));
     assert_eq!(out.status.code(), Some(2));
@@ -147,58 +114,24 @@ fn the_embedded_init_is_a_static_executable() {
 fn two_builds_are_byte_identical_even_when_input_mtimes_change() {
     let p = hello_project("");
     assert_success(&run(p.fledge().args(["build", "-o", "out/hello.cpio.gz"])));
-    let first = (
-        fs::read(p.path("out/hello.cpio.gz")).unwrap(),
-        fs::read(p.path("out/hello.manifest.json")).unwrap(),
-    );
-    let touched = fs::File::options()
-        .write(true)
-        .open(p.path("hello"))
-        .unwrap();
-    touched
-        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600))
-        .unwrap();
+    let first = (fs::read(p.path("out/hello.cpio.gz")).unwrap(), fs::read(p.path("out/hello.manifest.json")).unwrap());
+    let touched = fs::File::options().write(true).open(p.path("hello")).unwrap();
+    touched.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(3600)).unwrap();
     assert_success(&run(p.fledge().args(["build", "-o", "out/hello.cpio.gz"])));
-    assert_eq!(
-        fs::read(p.path("out/hello.cpio.gz")).unwrap(),
-        first.0,
-        "artifact differs between builds"
-    );
-    assert_eq!(
-        fs::read(p.path("out/hello.manifest.json")).unwrap(),
-        first.1,
-        "manifest differs between builds"
-    );
-    assert_eq!(
-        fs::read_dir(p.path("out")).unwrap().count(),
-        2,
-        "no temporary files left behind"
-    );
+    assert_eq!(fs::read(p.path("out/hello.cpio.gz")).unwrap(), first.0, "artifact differs between builds");
+    assert_eq!(fs::read(p.path("out/hello.manifest.json")).unwrap(), first.1, "manifest differs between builds");
+    assert_eq!(fs::read_dir(p.path("out")).unwrap().count(), 2, "no temporary files left behind");
 }
 
 #[test]
 fn source_date_epoch_sets_every_timestamp() {
     let p = hello_project("");
-    assert_success(&run(p
-        .fledge()
-        .args(["build", "-o", "a.cpio.gz"])
-        .env("SOURCE_DATE_EPOCH", "86400")));
+    assert_success(&run(p.fledge().args(["build", "-o", "a.cpio.gz"]).env("SOURCE_DATE_EPOCH", "86400")));
     let l = listing_of(&p, "a.cpio.gz");
-    assert!(
-        l.iter().all(|line| line.contains("Jan  2  1970")),
-        "{}",
-        l.join("\n")
-    );
-    let bad = run(p
-        .fledge()
-        .args(["build", "-o", "b.cpio.gz"])
-        .env("SOURCE_DATE_EPOCH", "yesterday"));
+    assert!(l.iter().all(|line| line.contains("Jan  2  1970")), "{}", l.join("\n"));
+    let bad = run(p.fledge().args(["build", "-o", "b.cpio.gz"]).env("SOURCE_DATE_EPOCH", "yesterday"));
     assert_eq!(bad.status.code(), Some(1));
-    assert!(
-        stderr(&bad).contains("SOURCE_DATE_EPOCH=yesterday"),
-        "{}",
-        stderr(&bad)
-    );
+    assert!(stderr(&bad).contains("SOURCE_DATE_EPOCH=yesterday"), "{}", stderr(&bad));
     assert!(!p.path("b.cpio.gz").exists());
 }
 
@@ -212,48 +145,29 @@ fn non_root_user_can_build() {
     }
     let p = hello_project("");
     for f in ["agent", "hello"] {
-        fs::set_permissions(
-            p.path(f),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        fs::set_permissions(p.path(f), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
     let mut cmd = Command::new("setpriv");
-    cmd.args([
-        "--reuid=65534",
-        "--regid=65534",
-        "--clear-groups",
-        FLEDGE,
-        "build",
-    ])
-    .current_dir(p.dir.path())
-    .env("HOME", p.path("home"))
-    .env("FLEDGE_CACHE_DIR", p.path("cache"))
-    .env_remove("FLEDGE_AGENT");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", FLEDGE, "build"])
+        .current_dir(p.dir.path())
+        .env("HOME", p.path("home"))
+        .env("FLEDGE_CACHE_DIR", p.path("cache"))
+        .env_remove("FLEDGE_AGENT");
     let out = run(&mut cmd);
     assert_success(&out);
     let meta = fs::metadata(p.path("hello.cpio.gz")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::MetadataExt::uid(&meta),
-        65534,
-        "built by the unprivileged user"
-    );
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534, "built by the unprivileged user");
     assert!(p.path("hello.manifest.json").exists());
-    assert_entry(
-        &listing_of(&p, "hello.cpio.gz"),
-        "usr/bin/hello",
-        "-rwxr-xr-x",
-    );
+    assert_entry(&listing_of(&p, "hello.cpio.gz"), "usr/bin/hello", "-rwxr-xr-x");
 }
 
 #[test]
 fn custom_init_mode_supervises_the_users_init() {
     let p = hello_project("");
     p.write_mode("my-init.sh", b"#!/bin/sh\necho custom\n", 0o755);
-    let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap().replace(
-        "[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n",
-        "[init]\npath = \"my-init.sh\"\n",
-    );
+    let cfg = fs::read_to_string(p.path("fledge.toml"))
+        .unwrap()
+        .replace("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n", "[init]\npath = \"my-init.sh\"\n");
     p.write("fledge.toml", &cfg);
     assert_success(&run(p.fledge().args(["build", "-o", "c.cpio.gz"])));
     let archive = decompress("gzip", &p.path("c.cpio.gz"));
@@ -261,10 +175,7 @@ fn custom_init_mode_supervises_the_users_init() {
     assert_entry(&l, "init", "-rwxr-xr-x");
     assert_entry(&l, "usr/libexec/fledge/init", "-rwxr-xr-x");
     assert_entry(&l, ".volant_init", "-rw-r--r--");
-    assert!(
-        entry(&l, "bin/kestrel").is_none(),
-        "no agent in custom mode"
-    );
+    assert!(entry(&l, "bin/kestrel").is_none(), "no agent in custom mode");
     assert!(String::from_utf8_lossy(&archive).contains(".volant_init\0"));
 }
 
@@ -272,18 +183,14 @@ fn custom_init_mode_supervises_the_users_init() {
 fn none_mode_installs_no_init_but_a_mapping_can_provide_it() {
     let p = hello_project("\"my-init\" = \"/init\"\n");
     p.write_mode("my-init", b"#!/bin/sh\nexec /usr/bin/hello\n", 0o755);
-    let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap().replace(
-        "[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n",
-        "[init]\nnone = true\n",
-    );
+    let cfg = fs::read_to_string(p.path("fledge.toml"))
+        .unwrap()
+        .replace("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n", "[init]\nnone = true\n");
     p.write("fledge.toml", &cfg);
     assert_success(&run(p.fledge().args(["build", "-o", "n.cpio.gz"])));
     let l = listing_of(&p, "n.cpio.gz");
     let init = entry(&l, "init").unwrap();
-    assert!(
-        init.contains(" 30 "),
-        "/init is the user's 30-byte script: {init}"
-    );
+    assert!(init.contains(" 30 "), "/init is the user's 30-byte script: {init}");
     assert!(entry(&l, "bin/kestrel").is_none());
 }
 
@@ -309,34 +216,19 @@ fn directory_mappings_keep_symlinks_and_private_modes() {
 
 #[test]
 fn zstd_lz4_and_uncompressed_archives_decode_with_standard_tools() {
-    for (compression, tool, suffix) in [
-        ("zstd", "zstd", "cpio.zst"),
-        ("lz4", "lz4", "cpio.lz4"),
-        ("none", "", "cpio"),
-    ] {
-        let p = hello_project(&format!(
-            "\n[filesystem]\ncompression = \"{compression}\"\n"
-        ));
+    for (compression, tool, suffix) in [("zstd", "zstd", "cpio.zst"), ("lz4", "lz4", "cpio.lz4"), ("none", "", "cpio")]
+    {
+        let p = hello_project(&format!("\n[filesystem]\ncompression = \"{compression}\"\n"));
         let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap();
         // [filesystem] must come before [mappings] entries are read as its keys: rewrite order.
         let (head, mappings) = cfg.split_once("[mappings]").unwrap();
         let (mappings, fs_table) = mappings.split_once("\n[filesystem]").unwrap();
-        p.write(
-            "fledge.toml",
-            &format!("{head}[filesystem]{fs_table}\n[mappings]{mappings}"),
-        );
+        p.write("fledge.toml", &format!("{head}[filesystem]{fs_table}\n[mappings]{mappings}"));
         let out = run(p.fledge().args(["build", "-o", "art"]));
         assert_success(&out);
         let artifact = p.path(&format!("art.{suffix}"));
-        assert!(
-            artifact.exists(),
-            "{compression}: suffix follows the compressor"
-        );
-        let data = if tool.is_empty() {
-            fs::read(&artifact).unwrap()
-        } else {
-            decompress(tool, &artifact)
-        };
+        assert!(artifact.exists(), "{compression}: suffix follows the compressor");
+        let data = if tool.is_empty() { fs::read(&artifact).unwrap() } else { decompress(tool, &artifact) };
         assert_entry(&cpio_listing(&data), "usr/bin/hello", "-rwxr-xr-x");
         let manifest: serde_json::Value =
             serde_json::from_slice(&fs::read(p.path("art.manifest.json")).unwrap()).unwrap();
@@ -350,21 +242,10 @@ fn missing_manifest_toml_falls_back_to_defaults_with_a_warning() {
     fs::remove_file(p.path("manifest.toml")).unwrap();
     let out = run(p.fledge().args(["build"]));
     assert_success(&out);
-    assert!(
-        stderr(&out).contains("manifest.toml not found"),
-        "{}",
-        stderr(&out)
-    );
-    let name = p
-        .dir
-        .path()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .to_lowercase();
+    assert!(stderr(&out).contains("manifest.toml not found"), "{}", stderr(&out));
+    let name = p.dir.path().file_name().unwrap().to_string_lossy().to_lowercase();
     let manifest: serde_json::Value =
-        serde_json::from_slice(&fs::read(p.path(&format!("{name}.manifest.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&fs::read(p.path(&format!("{name}.manifest.json"))).unwrap()).unwrap();
     assert_eq!(manifest["name"], name.as_str());
     assert_eq!(manifest["resources"]["memory_mb"], 256);
 }
@@ -380,33 +261,16 @@ fn host_hard_links_stay_hard_links_and_are_stored_once() {
     let l = cpio_listing(&archive);
     for name in ["data/a.bin", "data/b.bin"] {
         let line = entry(&l, name).unwrap();
-        assert!(
-            line.split_whitespace().nth(1) == Some("2"),
-            "{name} has two links: {line}"
-        );
+        assert!(line.split_whitespace().nth(1) == Some("2"), "{name} has two links: {line}");
     }
-    let sizes: Vec<&str> = ["data/a.bin", "data/b.bin"]
-        .iter()
-        .map(|n| entry(&l, n).unwrap().split_whitespace().nth(4).unwrap())
-        .collect();
-    assert_eq!(
-        sizes,
-        [big.len().to_string().as_str(), "0"],
-        "the data is stored once, with the first link"
-    );
+    let sizes: Vec<&str> =
+        ["data/a.bin", "data/b.bin"].iter().map(|n| entry(&l, n).unwrap().split_whitespace().nth(4).unwrap()).collect();
+    assert_eq!(sizes, [big.len().to_string().as_str(), "0"], "the data is stored once, with the first link");
     let out = p.path("extracted");
     fs::create_dir(&out).unwrap();
-    assert_success(&pipe_through(
-        Command::new("cpio")
-            .args(["-id", "--quiet"])
-            .current_dir(&out),
-        &archive,
-    ));
+    assert_success(&pipe_through(Command::new("cpio").args(["-id", "--quiet"]).current_dir(&out), &archive));
     use std::os::unix::fs::MetadataExt;
-    let (a, b) = (
-        fs::metadata(out.join("data/a.bin")).unwrap(),
-        fs::metadata(out.join("data/b.bin")).unwrap(),
-    );
+    let (a, b) = (fs::metadata(out.join("data/a.bin")).unwrap(), fs::metadata(out.join("data/b.bin")).unwrap());
     assert_eq!(a.ino(), b.ino(), "GNU cpio recreates the hard link");
     assert_eq!(fs::read(out.join("data/b.bin")).unwrap(), big);
 }
@@ -415,38 +279,20 @@ fn host_hard_links_stay_hard_links_and_are_stored_once() {
 fn ctrl_c_stops_the_build_and_leaves_nothing_behind() {
     let p = hello_project("\"big\" = \"/data/big\"\n");
     // A sparse 2 GiB file: cheap to create, slow enough to pack that SIGINT lands mid-build.
-    fs::File::create(p.path("big"))
-        .unwrap()
-        .set_len(2 << 30)
-        .unwrap();
-    let child = p
-        .fledge()
-        .args(["build", "-o", "out/big.cpio.gz"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    fs::File::create(p.path("big")).unwrap().set_len(2 << 30).unwrap();
+    let child =
+        p.fledge().args(["build", "-o", "out/big.cpio.gz"]).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Wait until packing has started (the temporary file exists), then interrupt.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while fs::read_dir(p.path("out")).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "packing never started"
-        );
+        assert!(std::time::Instant::now() < deadline, "packing never started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
     assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
-    assert_eq!(
-        fs::read_dir(p.path("out")).unwrap().count(),
-        0,
-        "no artifact, manifest or temporary file left"
-    );
+    assert_eq!(fs::read_dir(p.path("out")).unwrap().count(), 0, "no artifact, manifest or temporary file left");
 }
 
 #[test]
@@ -458,16 +304,10 @@ fn a_merged_usr_tree_mapped_to_the_root_keeps_busybox_and_the_agent_reachable() 
     assert_success(&run(p.fledge().args(["build", "-o", "m.cpio.gz"])));
     let l = listing_of(&p, "m.cpio.gz");
     let bin = entry(&l, "bin").unwrap();
-    assert!(
-        bin.starts_with("lrwxrwxrwx") && bin.ends_with("-> usr/bin"),
-        "{bin}"
-    );
+    assert!(bin.starts_with("lrwxrwxrwx") && bin.ends_with("-> usr/bin"), "{bin}");
     for moved in ["usr/bin/busybox", "usr/bin/kestrel", "usr/bin/tool"] {
         assert_entry(&l, moved, "-rwxr-xr-x");
     }
     assert!(entry(&l, "usr/bin/sh").is_some_and(|s| s.ends_with("-> busybox")));
-    assert!(
-        entry(&l, "bin/busybox").is_none(),
-        "nothing is left under the old directory"
-    );
+    assert!(entry(&l, "bin/busybox").is_none(), "nothing is left under the old directory");
 }

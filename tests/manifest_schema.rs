@@ -52,11 +52,8 @@ pci_passthrough = ["0000:00:02.0"]
 "##;
 
 fn schema() -> jsonschema::Validator {
-    let text = fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/data/plugin-manifest-v1.schema.json"
-    ))
-    .unwrap();
+    let text =
+        fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/plugin-manifest-v1.schema.json")).unwrap();
     jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
@@ -65,21 +62,12 @@ fn build(manifest: &str, format: &str) -> Value {
     fs::copy(agent_binary(), p.path("agent")).unwrap();
     p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nbusybox_path = \"{}\"\n", busybox()));
     p.write("manifest.toml", manifest);
-    assert_success(&run(p.fledge().args([
-        "build",
-        "-o",
-        "web.cpio.gz",
-        "--manifest-format",
-        format,
-    ])));
+    assert_success(&run(p.fledge().args(["build", "-o", "web.cpio.gz", "--manifest-format", format])));
     serde_json::from_slice(&fs::read(p.path("web.manifest.json")).unwrap()).unwrap()
 }
 
 fn errors(validator: &jsonschema::Validator, value: &Value) -> Vec<String> {
-    validator
-        .iter_errors(value)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect()
+    validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path())).collect()
 }
 
 #[test]
@@ -87,41 +75,21 @@ fn volant_v1_manifest_satisfies_the_schema() {
     let validator = schema();
     let m = build(FULL_MANIFEST, "volant-v1");
     assert_eq!(errors(&validator, &m), Vec::<String>::new(), "{m:#}");
-    assert_eq!(
-        m["workload"]["entrypoint"],
-        serde_json::json!(["/usr/bin/web", "--port", "8080"])
-    );
+    assert_eq!(m["workload"]["entrypoint"], serde_json::json!(["/usr/bin/web", "--port", "8080"]));
     assert_eq!(m["workload"]["env"]["RUST_LOG"], "info");
-    assert_eq!(
-        m["runtime"], "web",
-        "runtime defaults to the name in the v1 shape"
-    );
-    assert!(
-        m["initramfs"]["url"]
-            .as_str()
-            .unwrap()
-            .starts_with("file:///")
-    );
+    assert_eq!(m["runtime"], "web", "runtime defaults to the name in the v1 shape");
+    assert!(m["initramfs"]["url"].as_str().unwrap().starts_with("file:///"));
     assert!(m["initramfs"].get("format").is_none());
 }
 
 #[test]
 fn the_legacy_fledge_shape_is_not_v1_and_the_validator_says_so() {
     let validator = schema();
-    let m = build(
-        &FULL_MANIFEST.replace(
-            "version = \"2.1.0\"",
-            "version = \"2.1.0\"\nruntime = \"web\"",
-        ),
-        "fledge",
-    );
+    let m = build(&FULL_MANIFEST.replace("version = \"2.1.0\"", "version = \"2.1.0\"\nruntime = \"web\""), "fledge");
     assert_eq!(m["workload"]["entrypoint"], "/usr/bin/web");
     assert_eq!(m["env"]["RUST_LOG"], "info");
     let errs = errors(&validator, &m);
-    assert!(
-        errs.iter().any(|e| e.contains("/workload/entrypoint")),
-        "{errs:?}"
-    );
+    assert!(errs.iter().any(|e| e.contains("/workload/entrypoint")), "{errs:?}");
 }
 
 #[test]

@@ -13,41 +13,14 @@ struct Mount {
     data: &'static str,
 }
 
-const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
-    .union(MsFlags::MS_NODEV)
-    .union(MsFlags::MS_NOEXEC);
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC);
 
 const MOUNTS: [Mount; 7] = [
-    Mount {
-        fstype: "devtmpfs",
-        target: "/dev",
-        flags: MsFlags::MS_NOSUID,
-        data: "mode=0755",
-    },
-    Mount {
-        fstype: "proc",
-        target: "/proc",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: "",
-    },
-    Mount {
-        fstype: "sysfs",
-        target: "/sys",
-        flags: NOSUID_NODEV_NOEXEC,
-        data: "",
-    },
-    Mount {
-        fstype: "tmpfs",
-        target: "/tmp",
-        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=1777",
-    },
-    Mount {
-        fstype: "tmpfs",
-        target: "/run",
-        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        data: "mode=0755",
-    },
+    Mount { fstype: "devtmpfs", target: "/dev", flags: MsFlags::MS_NOSUID, data: "mode=0755" },
+    Mount { fstype: "proc", target: "/proc", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    Mount { fstype: "sysfs", target: "/sys", flags: NOSUID_NODEV_NOEXEC, data: "" },
+    Mount { fstype: "tmpfs", target: "/tmp", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: "mode=1777" },
+    Mount { fstype: "tmpfs", target: "/run", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: "mode=0755" },
     Mount {
         fstype: "devpts",
         target: "/dev/pts",
@@ -69,13 +42,7 @@ pub fn mount_runtime() {
         {
             crate::warn(format_args!("mkdir {}: {e}", m.target));
         }
-        match mount(
-            Some(m.fstype),
-            m.target,
-            Some(m.fstype),
-            m.flags,
-            Some(m.data),
-        ) {
+        match mount(Some(m.fstype), m.target, Some(m.fstype), m.flags, Some(m.data)) {
             Ok(()) | Err(Errno::EBUSY) => {}
             Err(e) => crate::warn(format_args!("mount {} on {}: {e}", m.fstype, m.target)),
         }
@@ -88,11 +55,7 @@ pub fn mount_runtime() {
 /// Points stdin, stdout and stderr at `/dev/console`, in case the kernel could not.
 fn attach_console() {
     use std::os::fd::AsRawFd;
-    let Ok(console) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/console")
-    else {
+    let Ok(console) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console") else {
         return;
     };
     for fd in 0..3 {

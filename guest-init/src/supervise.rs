@@ -10,12 +10,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, execve, fork, setsid, sync};
 
 /// Passed on to the workload, which decides how to stop.
-const FORWARDED: [Signal; 4] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGPWR,
-];
+const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGPWR];
 /// What BusyBox's `halt` and `poweroff` send to PID 1: stop everything and power off.
 const POWER_OFF: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGUSR2];
 
@@ -89,21 +84,14 @@ fn exec_workload(program: &str, signals: &SigSet) -> ! {
 /// The kernel-provided environment with a usable `PATH` and `HOME` added when missing.
 fn environment() -> Vec<CString> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
-    for (key, value) in [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("HOME", "/root"),
-        ("TERM", "linux"),
-    ] {
+    for (key, value) in
+        [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root"), ("TERM", "linux")]
+    {
         if !vars.iter().any(|(k, _)| k == key) {
             vars.push((key.into(), value.into()));
         }
     }
-    vars.into_iter()
-        .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
-        .collect()
+    vars.into_iter().filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()).collect()
 }
 
 /// Reaps every exited child; returns the workload's status once it has exited.
@@ -112,9 +100,7 @@ fn reap(workload: Pid) -> Option<i32> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) if pid == workload => result = Some(code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == workload => {
-                result = Some(128 + signal as i32)
-            }
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == workload => result = Some(128 + signal as i32),
             Ok(WaitStatus::StillAlive) | Err(_) => return result,
             Ok(_) => {}
         }

@@ -8,18 +8,10 @@ pub const DEFAULT_PROGRAM: &str = "/bin/kestrel";
 pub const EXIT_STATUS_PREFIX: &str = "FLEDGE_EXIT_STATUS=";
 
 pub fn choose(cmdline: &str, handoff: Option<&str>) -> String {
-    let from_cmdline = cmdline
-        .split_whitespace()
-        .find_map(|arg| arg.strip_prefix("fledge.init="))
-        .filter(|p| !p.is_empty());
-    let from_handoff = handoff
-        .and_then(|h| h.lines().next())
-        .map(str::trim)
-        .filter(|p| !p.is_empty());
-    from_cmdline
-        .or(from_handoff)
-        .unwrap_or(DEFAULT_PROGRAM)
-        .to_string()
+    let from_cmdline =
+        cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("fledge.init=")).filter(|p| !p.is_empty());
+    let from_handoff = handoff.and_then(|h| h.lines().next()).map(str::trim).filter(|p| !p.is_empty());
+    from_cmdline.or(from_handoff).unwrap_or(DEFAULT_PROGRAM).to_string()
 }
 
 #[cfg(test)]
@@ -29,10 +21,7 @@ mod tests {
     #[test]
     fn precedence_is_cmdline_then_handoff_then_agent() {
         assert_eq!(choose("console=ttyS0", None), "/bin/kestrel");
-        assert_eq!(
-            choose("console=ttyS0", Some("/usr/libexec/fledge/init\n")),
-            "/usr/libexec/fledge/init"
-        );
+        assert_eq!(choose("console=ttyS0", Some("/usr/libexec/fledge/init\n")), "/usr/libexec/fledge/init");
         assert_eq!(choose("quiet fledge.init=/bin/sh", Some("/x\n")), "/bin/sh");
         assert_eq!(choose("fledge.init=", Some("  \n")), "/bin/kestrel");
     }

@@ -20,26 +20,17 @@ pub enum ReferenceError {
     #[error("image reference is empty")]
     Empty,
     #[error("invalid image reference '{reference}': {reason}")]
-    Invalid {
-        reference: String,
-        reason: &'static str,
-    },
+    Invalid { reference: String, reason: &'static str },
 }
 
 fn invalid(reference: &str, reason: &'static str) -> ReferenceError {
-    ReferenceError::Invalid {
-        reference: reference.to_string(),
-        reason,
-    }
+    ReferenceError::Invalid { reference: reference.to_string(), reason }
 }
 
 /// A path component: lowercase alphanumerics separated by `.`, `_`, `__` or runs of `-`.
 fn valid_component(c: &str) -> bool {
     let bytes = c.as_bytes();
-    if bytes.is_empty()
-        || !bytes[0].is_ascii_alphanumeric()
-        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
-    {
+    if bytes.is_empty() || !bytes[0].is_ascii_alphanumeric() || !bytes[bytes.len() - 1].is_ascii_alphanumeric() {
         return false;
     }
     let mut i = 0;
@@ -57,10 +48,7 @@ fn valid_component(c: &str) -> bool {
             _ => return false,
         };
         i += sep_len;
-        if !bytes
-            .get(i)
-            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        {
+        if !bytes.get(i).is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
             return false;
         }
     }
@@ -72,27 +60,19 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 fn valid_digest(d: &str) -> bool {
     match d.split_once(':') {
-        Some(("sha256", hex)) => {
-            hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        }
-        Some(("sha512", hex)) => {
-            hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
-        }
+        Some(("sha256", hex)) => hex.len() == 64 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+        Some(("sha512", hex)) => hex.len() == 128 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
         _ => false,
     }
 }
 
 fn looks_like_registry(first: &str) -> bool {
-    first.contains('.')
-        || first.contains(':')
-        || first == "localhost"
-        || first.bytes().any(|b| b.is_ascii_uppercase())
+    first.contains('.') || first.contains(':') || first == "localhost" || first.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 impl ImageRef {
@@ -108,23 +88,16 @@ impl ImageRef {
         };
         // A ':' after the last '/' starts the tag; one before it belongs to a registry port.
         let (name, tag) = match name_tag.rfind(':') {
-            Some(i) if !name_tag[i..].contains('/') => {
-                (&name_tag[..i], Some(name_tag[i + 1..].to_string()))
-            }
+            Some(i) if !name_tag[i..].contains('/') => (&name_tag[..i], Some(name_tag[i + 1..].to_string())),
             _ => (name_tag, None),
         };
         if let Some(t) = &tag
             && !valid_tag(t)
         {
-            return Err(invalid(
-                s,
-                "a tag is up to 128 letters, digits, '_', '.' and '-'",
-            ));
+            return Err(invalid(s, "a tag is up to 128 letters, digits, '_', '.' and '-'"));
         }
         let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if looks_like_registry(first) => {
-                (first.to_string(), rest.to_string())
-            }
+            Some((first, rest)) if looks_like_registry(first) => (first.to_string(), rest.to_string()),
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
         };
         if !path.split('/').all(valid_component) {
@@ -133,30 +106,15 @@ impl ImageRef {
                 "repository names use lowercase letters, digits and the separators '.', '_', '__' and '-'",
             ));
         }
-        let repository = if registry == DEFAULT_REGISTRY && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path
-        };
-        let tag = if tag.is_none() && digest.is_none() {
-            Some("latest".to_string())
-        } else {
-            tag
-        };
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        let repository =
+            if registry == DEFAULT_REGISTRY && !path.contains('/') { format!("library/{path}") } else { path };
+        let tag = if tag.is_none() && digest.is_none() { Some("latest".to_string()) } else { tag };
+        Ok(Self { registry, repository, tag, digest })
     }
 
     /// The last repository component: a good default file name (`localhost:5000/app` → `app`).
     pub fn short_name(&self) -> &str {
-        self.repository
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.repository)
+        self.repository.rsplit('/').next().unwrap_or(&self.repository)
     }
 }
 
@@ -190,41 +148,19 @@ mod tests {
         assert_eq!(norm("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(norm("127.0.0.1:5000/a/b:v1.2"), "127.0.0.1:5000/a/b:v1.2");
         let d = format!("sha256:{}", "a".repeat(64));
-        assert_eq!(
-            norm(&format!("alpine@{d}")),
-            format!("docker.io/library/alpine@{d}")
-        );
-        assert_eq!(
-            norm(&format!("alpine:3@{d}")),
-            format!("docker.io/library/alpine:3@{d}")
-        );
+        assert_eq!(norm(&format!("alpine@{d}")), format!("docker.io/library/alpine@{d}"));
+        assert_eq!(norm(&format!("alpine:3@{d}")), format!("docker.io/library/alpine:3@{d}"));
     }
 
     #[test]
     fn short_names_skip_the_registry_port() {
-        assert_eq!(
-            ImageRef::parse("localhost:5000/app").unwrap().short_name(),
-            "app"
-        );
-        assert_eq!(
-            ImageRef::parse("ghcr.io/org/tool:1").unwrap().short_name(),
-            "tool"
-        );
+        assert_eq!(ImageRef::parse("localhost:5000/app").unwrap().short_name(), "app");
+        assert_eq!(ImageRef::parse("ghcr.io/org/tool:1").unwrap().short_name(), "tool");
     }
 
     #[test]
     fn rejects_malformed_references() {
-        for bad in [
-            "",
-            "Nginx",
-            "nginx:",
-            "nginx:-x",
-            "a//b",
-            "app@sha256:123",
-            "foo_",
-            "-foo",
-            "a/b:c:d",
-        ] {
+        for bad in ["", "Nginx", "nginx:", "nginx:-x", "a//b", "app@sha256:123", "foo_", "-foo", "a/b:c:d"] {
             assert!(ImageRef::parse(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(ImageRef::parse("my-app__x.y").is_ok());

@@ -28,11 +28,9 @@ pub fn run(args: &BuildArgs, progress: &Progress) -> Result<()> {
 
 fn dockerfile(args: &BuildArgs) -> Result<Option<PathBuf>> {
     match (&args.dockerfile_arg, &args.dockerfile) {
-        (Some(a), Some(b)) if a != b => bail!(
-            "dockerfile specified multiple times with differing values ({} and {})",
-            a.display(),
-            b.display()
-        ),
+        (Some(a), Some(b)) if a != b => {
+            bail!("dockerfile specified multiple times with differing values ({} and {})", a.display(), b.display())
+        }
         (a, b) => Ok(a.clone().or_else(|| b.clone())),
     }
 }
@@ -56,11 +54,7 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path) -> Result<()> {
         );
     }
     let context = args.context.clone().unwrap_or_else(|| {
-        dockerfile
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."))
-            .to_path_buf()
+        dockerfile.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf()
     });
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
@@ -81,24 +75,14 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path) -> Result<()> {
 }
 
 fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
-    if args.output_initramfs
-        || args.context.is_some()
-        || args.target.is_some()
-        || !args.build_args.is_empty()
-    {
+    if args.output_initramfs || args.context.is_some() || args.target.is_some() || !args.build_args.is_empty() {
         bail!(
             "--dockerfile is required when using --output-initramfs, --context, --target, or --build-arg\n  = help: pass the Dockerfile path as the argument of `fledge build`"
         );
     }
-    let config_path = args
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("fledge.toml"));
+    let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from("fledge.toml"));
     let config = BuildConfig::load(&config_path)?;
-    let format = args
-        .manifest_format
-        .or(config.manifest_format)
-        .unwrap_or_default();
+    let format = args.manifest_format.or(config.manifest_format).unwrap_or_default();
     let template = load_template(args, &config, format)?;
 
     if config.strategy == Strategy::OciRootfs {
@@ -107,16 +91,11 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
             config.file.display()
         );
     }
-    if let Some(what) = config
+    if let Some(what) = config.source.image.as_ref().map(|_| "source.image").or(config
         .source
-        .image
+        .dockerfile
         .as_ref()
-        .map(|_| "source.image")
-        .or(config
-            .source
-            .dockerfile
-            .as_ref()
-            .map(|_| "source.dockerfile"))
+        .map(|_| "source.dockerfile"))
     {
         bail!(
             "{}: {what} is not supported yet for initramfs builds in this version of Fledge\n  = help: remove it and map your files with [mappings]",
@@ -126,15 +105,8 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     build_initramfs(args, &config, &template, format, progress)
 }
 
-fn load_template(
-    args: &BuildArgs,
-    config: &BuildConfig,
-    format: manifest::ManifestFormat,
-) -> Result<ManifestTemplate> {
-    let path = args
-        .manifest
-        .clone()
-        .unwrap_or_else(|| config.dir.join("manifest.toml"));
+fn load_template(args: &BuildArgs, config: &BuildConfig, format: manifest::ManifestFormat) -> Result<ManifestTemplate> {
+    let path = args.manifest.clone().unwrap_or_else(|| config.dir.join("manifest.toml"));
     match ManifestTemplate::load(&path, format) {
         Ok(t) => Ok(t),
         Err(manifest::TemplateError::NotFound(_))
@@ -167,9 +139,7 @@ fn source_date_epoch() -> Result<u32> {
         Err(_) => Ok(DEFAULT_EPOCH),
         Ok(v) if v.is_empty() => Ok(DEFAULT_EPOCH),
         Ok(v) => v.trim().parse::<u32>().with_context(|| {
-            format!(
-                "SOURCE_DATE_EPOCH={v} is not a Unix timestamp (whole seconds, at most 4294967295)"
-            )
+            format!("SOURCE_DATE_EPOCH={v} is not a Unix timestamp (whole seconds, at most 4294967295)")
         }),
     }
 }
@@ -182,9 +152,7 @@ fn build_initramfs(
     progress: &Progress,
 ) -> Result<()> {
     let mtime = source_date_epoch()?;
-    let compression = config
-        .compression
-        .expect("initramfs builds always have a compressor");
+    let compression = config.compression.expect("initramfs builds always have a compressor");
     let fetcher = Fetcher::new(dirs::cache_dir());
 
     let step = progress.step("Fetching BusyBox", None);
@@ -201,17 +169,11 @@ fn build_initramfs(
         _ => None,
     };
 
-    let tree = initramfs::assemble(&Parts {
-        busybox: &busybox,
-        init: &config.init,
-        agent,
-        mappings: &config.mappings,
-    })?;
+    let tree =
+        initramfs::assemble(&Parts { busybox: &busybox, init: &config.init, agent, mappings: &config.mappings })?;
 
     let suffix = compress::initramfs_format(compression.compressor);
-    let stem = Some(output::sanitize(&template.name))
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "plugin".into());
+    let stem = Some(output::sanitize(&template.name)).filter(|n| !n.is_empty()).unwrap_or_else(|| "plugin".into());
     let artifact_path = output::artifact_path(args.output.as_deref(), &stem, suffix);
     let manifest_path = output::manifest_path(&artifact_path);
 
@@ -219,51 +181,32 @@ fn build_initramfs(
     let step = progress.step(format!("Packing {}", artifact_path.display()), Some(total));
     let mut pending = Pending::new(&artifact_path)?;
     let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, pending.file()));
-    let (stats, writer) =
-        initramfs::pack(&tree, compression, writer, mtime, &mut |n| step.advance(n))
-            .with_context(|| format!("cannot write {}", artifact_path.display()))?;
+    let (stats, writer) = initramfs::pack(&tree, compression, writer, mtime, &mut |n| step.advance(n))
+        .with_context(|| format!("cannot write {}", artifact_path.display()))?;
     let (checksum, size, mut buffered) = writer.finish();
     buffered.flush()?;
     drop(buffered);
-    step.finish(&format!(
-        "{} entries, {} → {}",
-        stats.entries,
-        human(stats.data_bytes),
-        human(size)
-    ));
+    step.finish(&format!("{} entries, {} → {}", stats.entries, human(stats.data_bytes), human(size)));
 
     let absolute = std::path::absolute(&artifact_path)?;
-    let artifact = Artifact {
-        path: absolute,
-        media: BootMedia::Initramfs {
-            format: suffix.to_string(),
-        },
-        checksum,
-    };
+    let artifact = Artifact { path: absolute, media: BootMedia::Initramfs { format: suffix.to_string() }, checksum };
     let mut manifest_file = Pending::new(&manifest_path)?;
-    manifest_file
-        .file()
-        .write_all(manifest::render(template, &artifact, format).as_bytes())?;
+    manifest_file.file().write_all(manifest::render(template, &artifact, format).as_bytes())?;
 
     let artifact_path = pending.commit()?;
     if let Err(e) = manifest_file.commit() {
         let _ = std::fs::remove_file(&artifact_path);
         return Err(e.into());
     }
-    progress.say(&format!(
-        "Built {} ({checksum}) and {}",
-        artifact_path.display(),
-        manifest_path.display()
-    ));
+    progress.say(&format!("Built {} ({checksum}) and {}", artifact_path.display(), manifest_path.display()));
     Ok(())
 }
 
 fn host_file_len(node: &crate::rootfs::Node) -> Option<u64> {
     match node {
-        crate::rootfs::Node::File {
-            data: crate::rootfs::FileData::Host(p),
-            ..
-        } => std::fs::metadata(p).ok().map(|m| m.len()),
+        crate::rootfs::Node::File { data: crate::rootfs::FileData::Host(p), .. } => {
+            std::fs::metadata(p).ok().map(|m| m.len())
+        }
         _ => None,
     }
 }

@@ -15,10 +15,7 @@ use crate::store::{ImageRecord, Store};
 pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
     let store = Store::open(dirs::state_dir().as_deref())?;
     match command {
-        ImageCommand::Pull {
-            reference,
-            platform,
-        } => {
+        ImageCommand::Pull { reference, platform } => {
             let image = ImageRef::parse(reference)?;
             let platform = match platform {
                 Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
@@ -30,18 +27,12 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
         }
         ImageCommand::Ls => {
             let images = store.images()?;
-            println!(
-                "{:<60} {:<19} {:<16} {:>10}",
-                "NAME", "DIGEST", "PLATFORM", "SIZE"
-            );
+            println!("{:<60} {:<19} {:<16} {:>10}", "NAME", "DIGEST", "PLATFORM", "SIZE");
             for record in images {
-                let size = load(&store, &record)
-                    .map(|(m, _)| m.layers.iter().map(|l| l.size).sum::<u64>())
-                    .unwrap_or(0);
-                let short = record
-                    .digest
-                    .strip_prefix("sha256:")
-                    .map_or(record.digest.as_str(), |h| &h[..12.min(h.len())]);
+                let size =
+                    load(&store, &record).map(|(m, _)| m.layers.iter().map(|l| l.size).sum::<u64>()).unwrap_or(0);
+                let short =
+                    record.digest.strip_prefix("sha256:").map_or(record.digest.as_str(), |h| &h[..12.min(h.len())]);
                 println!(
                     "{:<60} {:<19} {:<16} {:>10}",
                     record.name,
@@ -86,11 +77,9 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
 
 fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
     let name = ImageRef::parse(reference)?.to_string();
-    store.lookup(&name)?.with_context(|| {
-        format!(
-            "{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`"
-        )
-    })
+    store
+        .lookup(&name)?
+        .with_context(|| format!("{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`"))
 }
 
 /// The manifest and config of a stored image.

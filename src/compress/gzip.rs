@@ -54,8 +54,7 @@ impl<W: Write> ParallelGzip<W> {
         if !self.header_written {
             // No name, mtime 0, "max compression" flag at level 9, OS = Unix.
             let xfl = if self.level >= 9 { 2 } else { 0 };
-            self.out
-                .write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3])?;
+            self.out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, xfl, 3])?;
             self.header_written = true;
         }
         Ok(())
@@ -64,20 +63,12 @@ impl<W: Write> ParallelGzip<W> {
     /// Compresses `data` as consecutive blocks; the last block ends the stream if `last`.
     fn compress_round(&mut self, data: &[u8], last: bool) -> io::Result<()> {
         self.write_header()?;
-        let blocks: Vec<&[u8]> = if data.is_empty() {
-            vec![&[][..]]
-        } else {
-            data.chunks(BLOCK).collect()
-        };
+        let blocks: Vec<&[u8]> = if data.is_empty() { vec![&[][..]] } else { data.chunks(BLOCK).collect() };
         let n = blocks.len();
         let level = self.level;
         let window = &self.window;
         let pieces = map_blocks(&blocks, self.threads, |i, block| {
-            let dict: &[u8] = if i == 0 {
-                window
-            } else {
-                &data[(i * BLOCK).saturating_sub(WINDOW)..i * BLOCK]
-            };
+            let dict: &[u8] = if i == 0 { window } else { &data[(i * BLOCK).saturating_sub(WINDOW)..i * BLOCK] };
             deflate_block(block, dict, level, last && i == n - 1)
         })?;
         for piece in &pieces {
@@ -109,18 +100,12 @@ fn deflate_block(block: &[u8], dict: &[u8], level: u32, last: bool) -> io::Resul
     if !dict.is_empty() {
         z.set_dictionary(dict).map_err(io::Error::other)?;
     }
-    let flush = if last {
-        FlushCompress::Finish
-    } else {
-        FlushCompress::Sync
-    };
+    let flush = if last { FlushCompress::Finish } else { FlushCompress::Sync };
     let mut out = Vec::with_capacity(block.len() / 2 + 1024);
     loop {
         out.reserve(64 << 10);
         let consumed = z.total_in() as usize;
-        let status = z
-            .compress_vec(&block[consumed..], &mut out, flush)
-            .map_err(io::Error::other)?;
+        let status = z.compress_vec(&block[consumed..], &mut out, flush).map_err(io::Error::other)?;
         let done = match status {
             Status::StreamEnd => true,
             // A sync flush is complete once all input is in and the output did not fill up.
@@ -162,14 +147,7 @@ mod tests {
         let mut v = Vec::with_capacity(len);
         let mut i = 0u64;
         while v.len() < len {
-            v.extend_from_slice(
-                format!(
-                    "line {} of the sample {}\n",
-                    i,
-                    i.wrapping_mul(2654435761) % 1000
-                )
-                .as_bytes(),
-            );
+            v.extend_from_slice(format!("line {} of the sample {}\n", i, i.wrapping_mul(2654435761) % 1000).as_bytes());
             i += 1;
         }
         v.truncate(len);
@@ -186,14 +164,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_a_standard_decoder() {
-        for len in [
-            0,
-            1,
-            BLOCK - 1,
-            BLOCK,
-            3 * BLOCK + 17,
-            BLOCK * BLOCKS_PER_THREAD * 2 + 5,
-        ] {
+        for len in [0, 1, BLOCK - 1, BLOCK, 3 * BLOCK + 17, BLOCK * BLOCKS_PER_THREAD * 2 + 5] {
             let data = sample(len);
             let gz = gzip(&data, 2, 7);
             let mut back = Vec::new();

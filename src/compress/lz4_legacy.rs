@@ -21,22 +21,12 @@ pub struct Lz4Legacy<W: Write> {
 
 impl<W: Write> Lz4Legacy<W> {
     pub fn new(out: W, level: u32) -> Self {
-        Self {
-            out,
-            level,
-            threads: super::threads(),
-            pending: Vec::new(),
-            header_written: false,
-        }
+        Self { out, level, threads: super::threads(), pending: Vec::new(), header_written: false }
     }
 
     fn mode(&self) -> CompressionMode {
         // As the lz4 tool: levels 1-2 are the fast compressor, 3-12 the HC compressor.
-        if self.level >= 3 {
-            CompressionMode::HIGHCOMPRESSION(self.level as i32)
-        } else {
-            CompressionMode::DEFAULT
-        }
+        if self.level >= 3 { CompressionMode::HIGHCOMPRESSION(self.level as i32) } else { CompressionMode::DEFAULT }
     }
 
     fn emit(&mut self, data: &[u8]) -> io::Result<()> {
@@ -46,9 +36,7 @@ impl<W: Write> Lz4Legacy<W> {
         }
         let blocks: Vec<&[u8]> = data.chunks(BLOCK).collect();
         let mode = self.mode();
-        let pieces = map_blocks(&blocks, self.threads, |_, block| {
-            compress(block, Some(mode), false)
-        })?;
+        let pieces = map_blocks(&blocks, self.threads, |_, block| compress(block, Some(mode), false))?;
         for piece in pieces {
             self.out.write_all(&(piece.len() as u32).to_le_bytes())?;
             self.out.write_all(&piece)?;

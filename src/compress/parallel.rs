@@ -9,11 +9,7 @@ where
     F: Fn(usize, &[u8]) -> io::Result<Vec<u8>> + Sync,
 {
     if blocks.len() <= 1 || threads <= 1 {
-        return blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| compress(i, b))
-            .collect();
+        return blocks.iter().enumerate().map(|(i, b)| compress(i, b)).collect();
     }
     let workers = threads.min(blocks.len());
     let mut out: Vec<Option<io::Result<Vec<u8>>>> = (0..blocks.len()).map(|_| None).collect();
@@ -22,10 +18,7 @@ where
             .map(|w| {
                 let compress = &compress;
                 scope.spawn(move || {
-                    (w..blocks.len())
-                        .step_by(workers)
-                        .map(|i| (i, compress(i, blocks[i])))
-                        .collect::<Vec<_>>()
+                    (w..blocks.len()).step_by(workers).map(|i| (i, compress(i, blocks[i]))).collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -35,7 +28,5 @@ where
             }
         }
     });
-    out.into_iter()
-        .map(|r| r.expect("every block was compressed"))
-        .collect()
+    out.into_iter().map(|r| r.expect("every block was compressed")).collect()
 }

@@ -50,16 +50,8 @@ pub struct Choice {
     pub default_level: u32,
 }
 
-const fn choice(
-    compressor: Compressor,
-    levels: Option<RangeInclusive<u32>>,
-    default_level: u32,
-) -> Choice {
-    Choice {
-        compressor,
-        levels,
-        default_level,
-    }
+const fn choice(compressor: Compressor, levels: Option<RangeInclusive<u32>>, default_level: u32) -> Choice {
+    Choice { compressor, levels, default_level }
 }
 
 const INITRAMFS: &[Choice] = &[
@@ -75,11 +67,8 @@ const SQUASHFS: &[Choice] = &[
     choice(Compressor::Gzip, Some(1..=9), 9),
     choice(Compressor::Lz4, None, 0),
 ];
-const EROFS: &[Choice] = &[
-    choice(Compressor::Lz4hc, Some(1..=12), 9),
-    choice(Compressor::Lz4, None, 0),
-    choice(Compressor::None, None, 0),
-];
+const EROFS: &[Choice] =
+    &[choice(Compressor::Lz4hc, Some(1..=12), 9), choice(Compressor::Lz4, None, 0), choice(Compressor::None, None, 0)];
 
 impl Packing {
     /// The accepted compressors, the default first.
@@ -120,42 +109,30 @@ pub fn resolve(
     let choices = packing.choices();
     let Some(default) = choices.first() else {
         if name.is_some() {
-            return Err((
-                Field::Compressor,
-                format!(
-                    "{} is not compressed; remove `compression`",
-                    packing.describe()
-                ),
-            ));
+            return Err((Field::Compressor, format!("{} is not compressed; remove `compression`", packing.describe())));
         }
         return Ok(None);
     };
     let choice = match name {
         None => default,
-        Some(name) => choices
-            .iter()
-            .find(|c| c.compressor.name() == name)
-            .ok_or_else(|| {
-                let names: Vec<_> = choices.iter().map(|c| c.compressor.name()).collect();
-                (
-                    Field::Compressor,
-                    format!(
-                        "invalid compression '{name}' for {}, must be one of: {}",
-                        packing.describe(),
-                        names.join(", ")
-                    ),
-                )
-            })?,
+        Some(name) => choices.iter().find(|c| c.compressor.name() == name).ok_or_else(|| {
+            let names: Vec<_> = choices.iter().map(|c| c.compressor.name()).collect();
+            (
+                Field::Compressor,
+                format!(
+                    "invalid compression '{name}' for {}, must be one of: {}",
+                    packing.describe(),
+                    names.join(", ")
+                ),
+            )
+        })?,
     };
     let level = match (&choice.levels, level) {
         (None, None) => None,
         (None, Some(_)) => {
             return Err((
                 Field::Level,
-                format!(
-                    "compression '{}' takes no compression_level; remove it",
-                    choice.compressor
-                ),
+                format!("compression '{}' takes no compression_level; remove it", choice.compressor),
             ));
         }
         (Some(_), None) => Some(choice.default_level),
@@ -173,17 +150,10 @@ pub fn resolve(
                     ),
                 )
             })?;
-            Some(if choice.compressor == Compressor::Xz && level == 0 {
-                choice.default_level
-            } else {
-                level
-            })
+            Some(if choice.compressor == Compressor::Xz && level == 0 { choice.default_level } else { level })
         }
     };
-    Ok(Some(Compression {
-        compressor: choice.compressor,
-        level,
-    }))
+    Ok(Some(Compression { compressor: choice.compressor, level }))
 }
 
 /// Which key a compression error belongs to.
@@ -208,29 +178,12 @@ mod tests {
 
     #[test]
     fn levels_are_checked_against_the_chosen_compressor() {
-        assert_eq!(
-            resolve(Packing::Initramfs, Some("zstd"), Some(22))
-                .unwrap()
-                .unwrap()
-                .level,
-            Some(22)
-        );
+        assert_eq!(resolve(Packing::Initramfs, Some("zstd"), Some(22)).unwrap().unwrap().level, Some(22));
         let (field, msg) = resolve(Packing::Initramfs, Some("gzip"), Some(10)).unwrap_err();
         assert_eq!(field, Field::Level);
         assert!(msg.contains("between 1-9, got 10"), "{msg}");
-        assert_eq!(
-            resolve(Packing::Initramfs, Some("none"), Some(3))
-                .unwrap_err()
-                .0,
-            Field::Level
-        );
-        assert_eq!(
-            resolve(Packing::Squashfs, Some("xz"), Some(0))
-                .unwrap()
-                .unwrap()
-                .level,
-            Some(15)
-        );
+        assert_eq!(resolve(Packing::Initramfs, Some("none"), Some(3)).unwrap_err().0, Field::Level);
+        assert_eq!(resolve(Packing::Squashfs, Some("xz"), Some(0)).unwrap().unwrap().level, Some(15));
         let (field, msg) = resolve(Packing::Initramfs, Some("xz"), None).unwrap_err();
         assert_eq!(field, Field::Compressor);
         assert!(msg.contains("gzip, zstd, lz4, none"), "{msg}");

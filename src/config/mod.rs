@@ -20,10 +20,8 @@ pub use compression::{Compression, Compressor, Packing};
 use raw::{RawAgent, RawConfig, RawFilesystem, RawInit, RawSource, S};
 
 /// The pinned default BusyBox: 1.35.0, x86_64, static musl, from busybox.net.
-pub const DEFAULT_BUSYBOX_URL: &str =
-    "https://busybox.net/downloads/binaries/1.35.0-x86_64-linux-musl/busybox";
-pub const DEFAULT_BUSYBOX_SHA256: &str =
-    "6e123e7f3202a8c1e9b1f94d8941580a25135382b99e8d3e34fb858bba311348";
+pub const DEFAULT_BUSYBOX_URL: &str = "https://busybox.net/downloads/binaries/1.35.0-x86_64-linux-musl/busybox";
+pub const DEFAULT_BUSYBOX_SHA256: &str = "6e123e7f3202a8c1e9b1f94d8941580a25135382b99e8d3e34fb858bba311348";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
@@ -43,29 +41,15 @@ pub enum InitMode {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentSource {
-    Release {
-        version: String,
-        checksum: Option<Sha256Digest>,
-    },
-    Local {
-        path: PathBuf,
-    },
-    Http {
-        url: String,
-        checksum: Option<Sha256Digest>,
-    },
+    Release { version: String, checksum: Option<Sha256Digest> },
+    Local { path: PathBuf },
+    Http { url: String, checksum: Option<Sha256Digest> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusyboxSource {
-    Download {
-        url: String,
-        sha256: Option<Sha256Digest>,
-    },
-    Local {
-        path: PathBuf,
-        sha256: Option<Sha256Digest>,
-    },
+    Download { url: String, sha256: Option<Sha256Digest> },
+    Local { path: PathBuf, sha256: Option<Sha256Digest> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,11 +71,7 @@ impl FsType {
     ];
 
     pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, t)| *t == self)
-            .map(|(n, _)| *n)
-            .unwrap_or("?")
+        Self::ALL.iter().find(|(_, t)| *t == self).map(|(n, _)| *n).unwrap_or("?")
     }
 
     fn packing(self) -> Packing {
@@ -151,9 +131,7 @@ pub struct BuildConfig {
 /// Every problem found in a config file (validation does not stop at the first).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error(
-        "config file not found: {0}\n  = help: create it (see docs/configuration.md) or pass --config PATH"
-    )]
+    #[error("config file not found: {0}\n  = help: create it (see docs/configuration.md) or pass --config PATH")]
     NotFound(String),
     #[error(transparent)]
     Load(#[from] tomlfile::LoadError),
@@ -162,17 +140,9 @@ pub enum ConfigError {
 }
 
 pub(crate) fn render(diags: &[Diagnostic]) -> String {
-    let mut out = diags
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("\n\nerror: ");
+    let mut out = diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n\nerror: ");
     if diags.len() > 1 {
-        out.push_str(&format!(
-            "\n\n{} problems in {}",
-            diags.len(),
-            diags[0].file.path.display()
-        ));
+        out.push_str(&format!("\n\n{} problems in {}", diags.len(), diags[0].file.path.display()));
     }
     out
 }
@@ -184,15 +154,8 @@ impl BuildConfig {
             other => ConfigError::Load(other),
         })?;
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
-        let dir = abs
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("/"));
-        let mut v = Validator {
-            file: &file,
-            dir: &dir,
-            errors: Vec::new(),
-        };
+        let dir = abs.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+        let mut v = Validator { file: &file, dir: &dir, errors: Vec::new() };
         let config = v.config(raw, abs.clone());
         match config {
             Some(config) if v.errors.is_empty() => Ok(config),
@@ -212,12 +175,7 @@ fn span<T>(s: &S<T>) -> Option<Range<usize>> {
 }
 
 impl Validator<'_> {
-    fn error(
-        &mut self,
-        span: Option<Range<usize>>,
-        message: impl Into<String>,
-        help: Option<&str>,
-    ) {
+    fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>, help: Option<&str>) {
         let mut d = Diagnostic::new(self.file, span, message);
         if let Some(help) = help {
             d = d.help(help);
@@ -235,11 +193,7 @@ impl Validator<'_> {
         let path = self.dir.join(value.get_ref());
         match std::fs::metadata(&path) {
             Ok(meta) if want_file && meta.is_dir() => {
-                self.error(
-                    span(value),
-                    format!("{what} is a directory, expected a file: {}", path.display()),
-                    None,
-                );
+                self.error(span(value), format!("{what} is a directory, expected a file: {}", path.display()), None);
                 None
             }
             Ok(_) => Some(path),
@@ -247,9 +201,7 @@ impl Validator<'_> {
                 self.error(
                     span(value),
                     format!("{what} not found: {} ({err})", path.display()),
-                    Some(
-                        "relative paths are resolved against the directory that holds fledge.toml",
-                    ),
+                    Some("relative paths are resolved against the directory that holds fledge.toml"),
                 );
                 None
             }
@@ -269,16 +221,12 @@ impl Validator<'_> {
 
     fn config(&mut self, raw: RawConfig, file_path: PathBuf) -> Option<BuildConfig> {
         match Self::text(&raw.version) {
-            None => self.error(
-                None,
-                "'version' field is required",
-                Some("add `version = \"1\"` at the top of the file"),
-            ),
-            Some(v) if v.get_ref() != "1" => self.error(
-                span(v),
-                format!("unsupported config version '{}', expected '1'", v.get_ref()),
-                None,
-            ),
+            None => {
+                self.error(None, "'version' field is required", Some("add `version = \"1\"` at the top of the file"))
+            }
+            Some(v) if v.get_ref() != "1" => {
+                self.error(span(v), format!("unsupported config version '{}', expected '1'", v.get_ref()), None)
+            }
             Some(_) => {}
         }
         let strategy = match Self::text(&raw.strategy).map(|s| (s, s.get_ref().as_str())) {
@@ -293,22 +241,17 @@ impl Validator<'_> {
             Some((_, "oci_rootfs")) => Some(Strategy::OciRootfs),
             Some((_, "initramfs")) => Some(Strategy::Initramfs),
             Some((s, other)) => {
-                self.error(
-                    span(s),
-                    format!("invalid strategy '{other}', must be 'oci_rootfs' or 'initramfs'"),
-                    None,
-                );
+                self.error(span(s), format!("invalid strategy '{other}', must be 'oci_rootfs' or 'initramfs'"), None);
                 None
             }
         };
-        let manifest_format =
-            Self::text(&raw.manifest_format).and_then(|f| match f.get_ref().parse() {
-                Ok(format) => Some(format),
-                Err(msg) => {
-                    self.error(span(f), msg, None);
-                    None
-                }
-            });
+        let manifest_format = Self::text(&raw.manifest_format).and_then(|f| match f.get_ref().parse() {
+            Ok(format) => Some(format),
+            Err(msg) => {
+                self.error(span(f), msg, None);
+                None
+            }
+        });
         let init = self.init(raw.init.as_ref());
         let mappings = self.mappings(&raw.mappings);
         let strategy = strategy?;
@@ -336,19 +279,11 @@ impl Validator<'_> {
         let none = init.get_ref().none.as_ref().is_some_and(|n| *n.get_ref());
         match (none, Self::text(&init.get_ref().path)) {
             (true, Some(_)) => {
-                self.error(
-                    span(init),
-                    "[init] cannot specify both none=true and path",
-                    Some("pick one init mode"),
-                );
+                self.error(span(init), "[init] cannot specify both none=true and path", Some("pick one init mode"));
                 None
             }
             (true, None) => Some(InitMode::None),
-            (false, Some(path)) => Some(InitMode::Custom(self.host_path(
-                path,
-                "custom init file",
-                true,
-            )?)),
+            (false, Some(path)) => Some(InitMode::Custom(self.host_path(path, "custom init file", true)?)),
             (false, None) => Some(InitMode::Default),
         }
     }
@@ -369,18 +304,11 @@ impl Validator<'_> {
                 None
             }
             (Strategy::Initramfs, Some(InitMode::None), Some(a)) => {
-                self.error(
-                    span(a),
-                    "'agent' section cannot be specified with no-init mode ([init] none=true)",
-                    None,
-                );
+                self.error(span(a), "'agent' section cannot be specified with no-init mode ([init] none=true)", None);
                 None
             }
             (Strategy::Initramfs, Some(InitMode::Custom(_) | InitMode::None) | None, None) => None,
-            (_, _, None) => Some(AgentSource::Release {
-                version: "latest".into(),
-                checksum: None,
-            }),
+            (_, _, None) => Some(AgentSource::Release { version: "latest".into(), checksum: None }),
             (_, _, Some(agent)) => self.agent_source(agent),
         }
     }
@@ -398,10 +326,7 @@ impl Validator<'_> {
         let checksum = self.checksum(&a.checksum);
         match strategy.get_ref().as_str() {
             "release" => match Self::text(&a.version) {
-                Some(v) => Some(AgentSource::Release {
-                    version: v.get_ref().clone(),
-                    checksum,
-                }),
+                Some(v) => Some(AgentSource::Release { version: v.get_ref().clone(), checksum }),
                 None => {
                     self.error(
                         span(agent),
@@ -412,45 +337,35 @@ impl Validator<'_> {
                 }
             },
             "local" => match Self::text(&a.path) {
-                Some(p) => Some(AgentSource::Local {
-                    path: self.host_path(p, "agent path", true)?,
-                }),
+                Some(p) => Some(AgentSource::Local { path: self.host_path(p, "agent path", true)? }),
                 None => {
-                    self.error(
-                        span(agent),
-                        "'agent.path' is required when using 'local' source strategy",
-                        None,
-                    );
+                    self.error(span(agent), "'agent.path' is required when using 'local' source strategy", None);
                     None
                 }
             },
             "http" => match Self::text(&a.url) {
-                Some(u) if paths::is_http_url(u.get_ref()) => Some(AgentSource::Http {
-                    url: u.get_ref().clone(),
-                    checksum,
-                }),
+                Some(u) if paths::is_http_url(u.get_ref()) => {
+                    Some(AgentSource::Http { url: u.get_ref().clone(), checksum })
+                }
                 Some(u) => {
                     self.error(
                         span(u),
-                        format!(
-                            "'agent.url' must be an http:// or https:// URL, got '{}'",
-                            u.get_ref()
-                        ),
+                        format!("'agent.url' must be an http:// or https:// URL, got '{}'", u.get_ref()),
                         None,
                     );
                     None
                 }
                 None => {
-                    self.error(
-                        span(agent),
-                        "'agent.url' is required when using 'http' source strategy",
-                        None,
-                    );
+                    self.error(span(agent), "'agent.url' is required when using 'http' source strategy", None);
                     None
                 }
             },
             other => {
-                self.error(span(strategy), format!("invalid agent.source_strategy '{other}', must be one of: release, local, http"), None);
+                self.error(
+                    span(strategy),
+                    format!("invalid agent.source_strategy '{other}', must be one of: release, local, http"),
+                    None,
+                );
                 None
             }
         }
@@ -461,8 +376,16 @@ impl Validator<'_> {
         let dockerfile = Self::text(&source.dockerfile);
         if strategy == Strategy::OciRootfs {
             match (image, dockerfile) {
-                (None, None) => self.error(None, "either 'source.image' or 'source.dockerfile' is required for oci_rootfs strategy", Some("add a [source] table with `image = \"...\"` or `dockerfile = \"...\"`")),
-                (Some(_), Some(d)) => self.error(span(d), "only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy", None),
+                (None, None) => self.error(
+                    None,
+                    "either 'source.image' or 'source.dockerfile' is required for oci_rootfs strategy",
+                    Some("add a [source] table with `image = \"...\"` or `dockerfile = \"...\"`"),
+                ),
+                (Some(_), Some(d)) => self.error(
+                    span(d),
+                    "only one of 'source.image' or 'source.dockerfile' may be specified for oci_rootfs strategy",
+                    None,
+                ),
                 _ => {}
             }
         } else if let (Some(_), Some(d)) = (image, dockerfile) {
@@ -475,13 +398,16 @@ impl Validator<'_> {
         let image_ref = image.and_then(|i| match ImageRef::parse(i.get_ref()) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.error(span(i), e.to_string(), Some("e.g. \"nginx:alpine\", \"ghcr.io/org/app:1.2\" or \"localhost:5000/app@sha256:...\""));
+                self.error(
+                    span(i),
+                    e.to_string(),
+                    Some("e.g. \"nginx:alpine\", \"ghcr.io/org/app:1.2\" or \"localhost:5000/app@sha256:...\""),
+                );
                 None
             }
         });
         let dockerfile_path = dockerfile.and_then(|d| self.host_path(d, "dockerfile", true));
-        let context =
-            Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
+        let context = Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
         let busybox = self.busybox(strategy, source)?;
         Some(Source {
             image: image_ref,
@@ -499,12 +425,13 @@ impl Validator<'_> {
         match Self::text(&source.busybox_path) {
             Some(path) if strategy == Strategy::Initramfs => {
                 if let Some(url) = url {
-                    self.error(span(url), "only one of 'source.busybox_url' or 'source.busybox_path' may be specified", None);
+                    self.error(
+                        span(url),
+                        "only one of 'source.busybox_url' or 'source.busybox_path' may be specified",
+                        None,
+                    );
                 }
-                Some(BusyboxSource::Local {
-                    path: self.host_path(path, "busybox_path", true)?,
-                    sha256,
-                })
+                Some(BusyboxSource::Local { path: self.host_path(path, "busybox_path", true)?, sha256 })
             }
             _ => {
                 let url = url.map_or(DEFAULT_BUSYBOX_URL.to_string(), |u| u.get_ref().clone());
@@ -512,19 +439,14 @@ impl Validator<'_> {
                     let s = Self::text(&source.busybox_url).and_then(span);
                     self.error(
                         s,
-                        format!(
-                            "'source.busybox_url' must be an http:// or https:// URL, got '{url}'"
-                        ),
+                        format!("'source.busybox_url' must be an http:// or https:// URL, got '{url}'"),
                         Some("use busybox_path for a local file"),
                     );
                 }
                 // The pinned checksum always guards the pinned URL (an empty busybox_sha256 does
                 // not switch verification off); another URL is verified when a checksum is given.
-                let sha256 = sha256.or_else(|| {
-                    (url == DEFAULT_BUSYBOX_URL)
-                        .then(|| DEFAULT_BUSYBOX_SHA256.parse().ok())
-                        .flatten()
-                });
+                let sha256 = sha256
+                    .or_else(|| (url == DEFAULT_BUSYBOX_URL).then(|| DEFAULT_BUSYBOX_SHA256.parse().ok()).flatten());
                 if sha256.is_none() {
                     tracing::warn!(
                         "{}: busybox_url {url} has no busybox_sha256; the download will not be verified",
@@ -536,29 +458,27 @@ impl Validator<'_> {
         }
     }
 
-    fn filesystem(
-        &mut self,
-        strategy: Strategy,
-        fs: Option<&S<RawFilesystem>>,
-    ) -> (Filesystem, Option<Compression>) {
+    fn filesystem(&mut self, strategy: Strategy, fs: Option<&S<RawFilesystem>>) -> (Filesystem, Option<Compression>) {
         let raw = fs.map(|f| f.get_ref());
         let kind_value = raw.and_then(|f| Self::text(&f.kind));
         let kind = match (strategy, kind_value) {
             (Strategy::Initramfs, Some(k)) => {
-                self.error(span(k), "[filesystem] type applies to the oci_rootfs strategy only", Some("initramfs builds use only `compression` and `compression_level` from [filesystem]"));
+                self.error(
+                    span(k),
+                    "[filesystem] type applies to the oci_rootfs strategy only",
+                    Some("initramfs builds use only `compression` and `compression_level` from [filesystem]"),
+                );
                 None
             }
             (Strategy::Initramfs, None) => None,
             (Strategy::OciRootfs, None) => Some(FsType::Squashfs),
-            (Strategy::OciRootfs, Some(k)) => {
-                match FsType::ALL.iter().find(|(n, _)| n == k.get_ref()) {
-                    Some((_, t)) => Some(*t),
-                    None => {
-                        self.error(span(k), format!("invalid filesystem type '{}', must be one of: squashfs (recommended), ext4, erofs, xfs, btrfs", k.get_ref()), None);
-                        None
-                    }
+            (Strategy::OciRootfs, Some(k)) => match FsType::ALL.iter().find(|(n, _)| n == k.get_ref()) {
+                Some((_, t)) => Some(*t),
+                None => {
+                    self.error(span(k), format!("invalid filesystem type '{}', must be one of: squashfs (recommended), ext4, erofs, xfs, btrfs", k.get_ref()), None);
+                    None
                 }
-            }
+            },
         };
         let packing = match (strategy, kind) {
             (Strategy::Initramfs, _) => Some(Packing::Initramfs),
@@ -568,11 +488,7 @@ impl Validator<'_> {
         let compression = packing.and_then(|packing| {
             let name = raw.and_then(|f| Self::text(&f.compression));
             let level = raw.and_then(|f| f.compression_level.as_ref());
-            match compression::resolve(
-                packing,
-                name.map(|n| n.get_ref().as_str()),
-                level.map(|l| *l.get_ref()),
-            ) {
+            match compression::resolve(packing, name.map(|n| n.get_ref().as_str()), level.map(|l| *l.get_ref())) {
                 Ok(c) => c,
                 Err((field, msg)) => {
                     let s = match field {
@@ -600,10 +516,7 @@ impl Validator<'_> {
             Some(v) if *v.get_ref() < 0 => {
                 self.error(
                     span(v),
-                    format!(
-                        "filesystem.size_buffer_mb must be non-negative, got {}",
-                        v.get_ref()
-                    ),
+                    format!("filesystem.size_buffer_mb must be non-negative, got {}", v.get_ref()),
                     None,
                 );
                 0
@@ -612,15 +525,7 @@ impl Validator<'_> {
             None => 0,
         };
         let preallocate = raw.and_then(|f| f.preallocate).unwrap_or(false);
-        (
-            Filesystem {
-                kind,
-                overlay_size,
-                size_buffer_mb,
-                preallocate,
-            },
-            compression,
-        )
+        (Filesystem { kind, overlay_size, size_buffer_mb, preallocate }, compression)
     }
 
     fn mappings(&mut self, raw: &BTreeMap<S<String>, S<String>>) -> Option<Vec<Mapping>> {
@@ -634,10 +539,7 @@ impl Validator<'_> {
             if dst.get_ref().is_empty() {
                 self.error(
                     span(dst),
-                    format!(
-                        "mapping destination path cannot be empty for source '{}'",
-                        src.get_ref()
-                    ),
+                    format!("mapping destination path cannot be empty for source '{}'", src.get_ref()),
                     None,
                 );
                 continue;
@@ -645,11 +547,7 @@ impl Validator<'_> {
             let mut dest = match ImagePath::parse(dst.get_ref()) {
                 Ok(dest) => dest,
                 Err(msg) => {
-                    self.error(
-                        span(dst),
-                        format!("mapping destination '{}' {msg}", dst.get_ref()),
-                        None,
-                    );
+                    self.error(span(dst), format!("mapping destination '{}' {msg}", dst.get_ref()), None);
                     continue;
                 }
             };
@@ -664,22 +562,14 @@ impl Validator<'_> {
                 dest = dest.join(&name.to_string_lossy());
             }
             if let Some(prev) = mappings.iter().find(|m| m.dest == dest) {
-                let msg = format!(
-                    "two mappings write '{}': '{}' and '{}'",
-                    dest,
-                    prev.source.display(),
-                    source.display()
-                );
+                let msg =
+                    format!("two mappings write '{}': '{}' and '{}'", dest, prev.source.display(), source.display());
                 self.error(span(dst), msg, Some("keep one of them"));
                 continue;
             }
             let (line, col) = self.file.line_col(src.span().start);
             let location = format!("{}:{line}:{col}", self.file.path.display());
-            mappings.push(Mapping {
-                source,
-                dest,
-                location,
-            });
+            mappings.push(Mapping { source, dest, location });
         }
         if self.errors.len() > before {
             return None;

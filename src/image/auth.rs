@@ -47,14 +47,7 @@ fn keys_for(registry: &str) -> Vec<String> {
         format!("https://{registry}/v2/"),
     ];
     if registry == "docker.io" {
-        keys.extend(
-            [
-                "https://index.docker.io/v1/",
-                "index.docker.io",
-                "registry-1.docker.io",
-            ]
-            .map(String::from),
-        );
+        keys.extend(["https://index.docker.io/v1/", "index.docker.io", "registry-1.docker.io"].map(String::from));
     }
     keys
 }
@@ -69,38 +62,24 @@ pub fn lookup(registry: &str) -> Result<Option<Credentials>, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
     };
-    let config: DockerConfig = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
+    let config: DockerConfig =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not valid JSON: {e}", path.display()))?;
     for key in keys_for(registry) {
         let Some(entry) = config.auths.get(&key) else {
             continue;
         };
         if let (Some(username), Some(password)) = (&entry.username, &entry.password) {
-            return Ok(Some(Credentials {
-                username: username.clone(),
-                password: password.clone(),
-            }));
+            return Ok(Some(Credentials { username: username.clone(), password: password.clone() }));
         }
         if let Some(auth) = &entry.auth {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|e| {
-                    format!(
-                        "{}: auths.\"{key}\".auth is not base64: {e}",
-                        path.display()
-                    )
-                })?;
+                .map_err(|e| format!("{}: auths.\"{key}\".auth is not base64: {e}", path.display()))?;
             let text = String::from_utf8_lossy(&decoded);
-            let (username, password) = text.split_once(':').ok_or_else(|| {
-                format!(
-                    "{}: auths.\"{key}\".auth is not user:password",
-                    path.display()
-                )
-            })?;
-            return Ok(Some(Credentials {
-                username: username.into(),
-                password: password.into(),
-            }));
+            let (username, password) = text
+                .split_once(':')
+                .ok_or_else(|| format!("{}: auths.\"{key}\".auth is not user:password", path.display()))?;
+            return Ok(Some(Credentials { username: username.into(), password: password.into() }));
         }
     }
     Ok(None)
@@ -110,8 +89,7 @@ impl Credentials {
     pub fn basic_header(&self) -> String {
         format!(
             "Basic {}",
-            base64::engine::general_purpose::STANDARD
-                .encode(format!("{}:{}", self.username, self.password))
+            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", self.username, self.password))
         )
     }
 }
@@ -143,10 +121,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
         params.insert(key, value.to_string());
         rest = remaining.trim_start().trim_start_matches(',').trim_start();
     }
-    Some(Challenge {
-        scheme: scheme.to_ascii_lowercase(),
-        params,
-    })
+    Some(Challenge { scheme: scheme.to_ascii_lowercase(), params })
 }
 
 #[cfg(test)]
@@ -159,12 +134,7 @@ mod tests {
         assert_eq!(c.scheme, "bearer");
         assert_eq!(c.params["realm"], "https://auth.docker.io/token");
         assert_eq!(c.params["scope"], "repository:library/alpine:pull");
-        assert_eq!(
-            parse_challenge(r#"Basic realm="Registry Realm""#)
-                .unwrap()
-                .scheme,
-            "basic"
-        );
+        assert_eq!(parse_challenge(r#"Basic realm="Registry Realm""#).unwrap().scheme, "basic");
     }
 
     #[test]

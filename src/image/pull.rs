@@ -18,27 +18,16 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error("{image}: {reason}")]
     Invalid { image: String, reason: String },
-    #[error(
-        "{image} has no manifest for {wanted}; it offers {available}\n  = help: choose one with --platform"
-    )]
-    NoPlatform {
-        image: String,
-        wanted: Platform,
-        available: String,
-    },
+    #[error("{image} has no manifest for {wanted}; it offers {available}\n  = help: choose one with --platform")]
+    NoPlatform { image: String, wanted: Platform, available: String },
 }
 
 fn invalid(image: &ImageRef, reason: impl Into<String>) -> PullError {
-    PullError::Invalid {
-        image: image.to_string(),
-        reason: reason.into(),
-    }
+    PullError::Invalid { image: image.to_string(), reason: reason.into() }
 }
 
 fn digest_of(image: &ImageRef, d: &Descriptor) -> Result<Sha256Digest, PullError> {
-    d.digest
-        .parse()
-        .map_err(|e| invalid(image, format!("descriptor digest {}: {e}", d.digest)))
+    d.digest.parse().map_err(|e| invalid(image, format!("descriptor digest {}: {e}", d.digest)))
 }
 
 /// Pulls `image` for `platform` into `store` and records it in the image index.
@@ -49,11 +38,7 @@ pub fn pull(
     progress: &Progress,
 ) -> Result<ImageRecord, PullError> {
     let mut session = Session::new(image)?;
-    let reference = image
-        .digest
-        .clone()
-        .or_else(|| image.tag.clone())
-        .unwrap_or_else(|| "latest".into());
+    let reference = image.digest.clone().or_else(|| image.tag.clone()).unwrap_or_else(|| "latest".into());
     let step = progress.step(format!("Resolving {image}"), None);
     let (bytes, media_type) = session.manifest(&reference)?;
     let digest = Sha256Digest::of_bytes(&bytes);
@@ -62,28 +47,22 @@ pub fn pull(
     {
         return Err(invalid(
             image,
-            format!(
-                "the registry sent a manifest with digest {digest}, not the pinned {pinned}; nothing was stored"
-            ),
+            format!("the registry sent a manifest with digest {digest}, not the pinned {pinned}; nothing was stored"),
         ));
     }
-    let (manifest, bytes, digest) = match parse_document(&bytes, &media_type)
-        .map_err(|e| invalid(image, e))?
-    {
+    let (manifest, bytes, digest) = match parse_document(&bytes, &media_type).map_err(|e| invalid(image, e))? {
         Document::Manifest(m) => (m, bytes, digest),
         Document::Index(index) => {
-            let chosen = choose_platform(&index.manifests, platform).ok_or_else(|| {
-                PullError::NoPlatform {
-                    image: image.to_string(),
-                    wanted: platform.clone(),
-                    available: index
-                        .manifests
-                        .iter()
-                        .filter_map(|d| d.platform.as_ref())
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }
+            let chosen = choose_platform(&index.manifests, platform).ok_or_else(|| PullError::NoPlatform {
+                image: image.to_string(),
+                wanted: platform.clone(),
+                available: index
+                    .manifests
+                    .iter()
+                    .filter_map(|d| d.platform.as_ref())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
             let expected = digest_of(image, chosen)?;
             let (bytes, media_type) = session.manifest(&chosen.digest)?;
@@ -101,32 +80,18 @@ pub fn pull(
             match parse_document(&bytes, &media_type).map_err(|e| invalid(image, e))? {
                 Document::Manifest(m) => (m, bytes, actual),
                 Document::Index(_) => {
-                    return Err(invalid(
-                        image,
-                        "an index points at another index; nested indexes are not supported",
-                    ));
+                    return Err(invalid(image, "an index points at another index; nested indexes are not supported"));
                 }
             }
         }
     };
     step.finish(&digest.to_string());
 
-    fetch_blob(
-        &mut session,
-        store,
-        image,
-        &manifest.config,
-        "config",
-        progress,
-    )?;
-    let config: ImageConfig =
-        serde_json::from_slice(&store.read_blob(&digest_of(image, &manifest.config)?)?)
-            .map_err(|e| invalid(image, format!("image config is not valid: {e}")))?;
-    let image_platform = Platform {
-        os: config.os.clone(),
-        architecture: config.architecture.clone(),
-        variant: config.variant.clone(),
-    };
+    fetch_blob(&mut session, store, image, &manifest.config, "config", progress)?;
+    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&digest_of(image, &manifest.config)?)?)
+        .map_err(|e| invalid(image, format!("image config is not valid: {e}")))?;
+    let image_platform =
+        Platform { os: config.os.clone(), architecture: config.architecture.clone(), variant: config.variant.clone() };
     if !config.os.is_empty() && !image_platform.satisfies(platform) {
         return Err(invalid(
             image,
@@ -137,23 +102,9 @@ pub fn pull(
     }
     check_layers(image, &manifest, &config)?;
     for (i, layer) in manifest.layers.iter().enumerate() {
-        fetch_blob(
-            &mut session,
-            store,
-            image,
-            layer,
-            &format!("layer {}/{}", i + 1, manifest.layers.len()),
-            progress,
-        )?;
+        fetch_blob(&mut session, store, image, layer, &format!("layer {}/{}", i + 1, manifest.layers.len()), progress)?;
     }
-    store.write_bytes(
-        &bytes,
-        Some(Expected {
-            digest,
-            size: Some(bytes.len() as u64),
-        }),
-        "manifest",
-    )?;
+    store.write_bytes(&bytes, Some(Expected { digest, size: Some(bytes.len() as u64) }), "manifest")?;
     let record = ImageRecord {
         name: image.to_string(),
         digest: digest.to_string(),
@@ -166,25 +117,13 @@ pub fn pull(
 
 /// The manifest for `wanted`, preferring an exact variant match.
 fn choose_platform<'a>(manifests: &'a [Descriptor], wanted: &Platform) -> Option<&'a Descriptor> {
-    let candidates = || {
-        manifests
-            .iter()
-            .filter(|d| d.platform.as_ref().is_some_and(|p| p.satisfies(wanted)))
-    };
+    let candidates = || manifests.iter().filter(|d| d.platform.as_ref().is_some_and(|p| p.satisfies(wanted)));
     candidates()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.variant == wanted.variant)
-        })
+        .find(|d| d.platform.as_ref().is_some_and(|p| p.variant == wanted.variant))
         .or_else(|| candidates().next())
 }
 
-fn check_layers(
-    image: &ImageRef,
-    manifest: &Manifest,
-    config: &ImageConfig,
-) -> Result<(), PullError> {
+fn check_layers(image: &ImageRef, manifest: &Manifest, config: &ImageConfig) -> Result<(), PullError> {
     if !config.rootfs.diff_ids.is_empty() && config.rootfs.diff_ids.len() != manifest.layers.len() {
         return Err(invalid(
             image,
@@ -210,21 +149,12 @@ fn fetch_blob(
     if store.has_blob(&digest) {
         return Ok(());
     }
-    let step = progress.step(
-        format!("Pulling {what} {}", &digest.hex()[..12]),
-        Some(d.size),
-    );
+    let step = progress.step(format!("Pulling {what} {}", &digest.hex()[..12]), Some(d.size));
     let mut reader = session.blob(&digest)?;
-    let mut counting = CountingReader {
-        inner: &mut reader,
-        step: &step,
-    };
+    let mut counting = CountingReader { inner: &mut reader, step: &step };
     store.write_blob(
         &mut counting,
-        Some(Expected {
-            digest,
-            size: Some(d.size),
-        }),
+        Some(Expected { digest, size: Some(d.size) }),
         &format!("{image} {what} {digest}"),
     )?;
     step.finish(&indicatif::HumanBytes(d.size).to_string());

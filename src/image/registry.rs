@@ -24,17 +24,9 @@ pub enum RegistryError {
     #[error(
         "{registry} refused access to {repository} ({status})\n  = help: log in with `docker login {registry}` (credentials are read from ~/.docker/config.json \"auths\"), or check the repository name"
     )]
-    Unauthorized {
-        registry: String,
-        repository: String,
-        status: u16,
-    },
+    Unauthorized { registry: String, repository: String, status: u16 },
     #[error("{url} answered HTTP {status}: {body}")]
-    Http {
-        url: String,
-        status: u16,
-        body: String,
-    },
+    Http { url: String, status: u16, body: String },
     #[error("cannot reach {url}: {reason}")]
     Network { url: String, reason: String },
     #[error("{0}")]
@@ -43,11 +35,7 @@ pub enum RegistryError {
 
 /// The registry host to contact for `registry` (Docker Hub's API lives elsewhere).
 fn api_host(registry: &str) -> &str {
-    if registry == "docker.io" {
-        "registry-1.docker.io"
-    } else {
-        registry
-    }
+    if registry == "docker.io" { "registry-1.docker.io" } else { registry }
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -69,11 +57,7 @@ fn insecure_registries() -> Vec<String> {
 
 /// `http` for loopback and explicitly insecure registries, `https` otherwise.
 pub fn scheme_for(registry: &str) -> &'static str {
-    if is_loopback(registry) || insecure_registries().iter().any(|r| r == registry) {
-        "http"
-    } else {
-        "https"
-    }
+    if is_loopback(registry) || insecure_registries().iter().any(|r| r == registry) { "http" } else { "https" }
 }
 
 /// One repository on one registry, with the authorization it has negotiated so far.
@@ -96,11 +80,7 @@ impl Session {
             .build()
             .into();
         let credentials = auth::lookup(&image.registry).map_err(RegistryError::Config)?;
-        let base = format!(
-            "{}://{}",
-            scheme_for(&image.registry),
-            api_host(&image.registry)
-        );
+        let base = format!("{}://{}", scheme_for(&image.registry), api_host(&image.registry));
         Ok(Self {
             agent,
             registry: image.registry.clone(),
@@ -119,10 +99,7 @@ impl Session {
         if let Some(auth) = &self.authorization {
             request = request.header("Authorization", auth);
         }
-        request.call().map_err(|e| RegistryError::Network {
-            url: url.to_string(),
-            reason: e.to_string(),
-        })
+        request.call().map_err(|e| RegistryError::Network { url: url.to_string(), reason: e.to_string() })
     }
 
     /// GET with one round of authentication when the registry asks for it.
@@ -132,16 +109,11 @@ impl Session {
         if response.status().as_u16() != 401 || self.authorization.is_some() {
             return Ok(response);
         }
-        let challenge = response
-            .headers()
-            .get("www-authenticate")
-            .and_then(|h| h.to_str().ok())
-            .and_then(parse_challenge);
+        let challenge =
+            response.headers().get("www-authenticate").and_then(|h| h.to_str().ok()).and_then(parse_challenge);
         self.authorization = match challenge {
             Some(c) if c.scheme == "bearer" => Some(self.fetch_token(&c.params)?),
-            Some(c) if c.scheme == "basic" => {
-                self.credentials.as_ref().map(Credentials::basic_header)
-            }
+            Some(c) if c.scheme == "basic" => self.credentials.as_ref().map(Credentials::basic_header),
             _ => None,
         };
         if self.authorization.is_none() {
@@ -154,20 +126,11 @@ impl Session {
         self.send(&url, accept)
     }
 
-    fn fetch_token(
-        &self,
-        params: &std::collections::BTreeMap<String, String>,
-    ) -> Result<String, RegistryError> {
+    fn fetch_token(&self, params: &std::collections::BTreeMap<String, String>) -> Result<String, RegistryError> {
         let realm = params.get("realm").ok_or_else(|| {
-            RegistryError::Config(format!(
-                "{} sent a Bearer challenge without a realm",
-                self.registry
-            ))
+            RegistryError::Config(format!("{} sent a Bearer challenge without a realm", self.registry))
         })?;
-        let scope = params
-            .get("scope")
-            .cloned()
-            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let scope = params.get("scope").cloned().unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         let mut request = self.agent.get(realm).query("scope", &scope);
         if let Some(service) = params.get("service") {
             request = request.query("service", service);
@@ -175,10 +138,8 @@ impl Session {
         if let Some(c) = &self.credentials {
             request = request.header("Authorization", c.basic_header());
         }
-        let mut response = request.call().map_err(|e| RegistryError::Network {
-            url: realm.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut response =
+            request.call().map_err(|e| RegistryError::Network { url: realm.clone(), reason: e.to_string() })?;
         let status = response.status().as_u16();
         if status == 401 || status == 403 {
             return Err(RegistryError::Unauthorized {
@@ -192,10 +153,7 @@ impl Session {
             .with_config()
             .limit(1 << 20)
             .read_to_vec()
-            .map_err(|e| RegistryError::Network {
-                url: realm.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| RegistryError::Network { url: realm.clone(), reason: e.to_string() })?;
         if status != 200 {
             return Err(RegistryError::Http {
                 url: realm.clone(),
@@ -208,9 +166,8 @@ impl Session {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let token: Token = serde_json::from_slice(&body).map_err(|e| {
-            RegistryError::Config(format!("token from {realm} is not valid JSON: {e}"))
-        })?;
+        let token: Token = serde_json::from_slice(&body)
+            .map_err(|e| RegistryError::Config(format!("token from {realm} is not valid JSON: {e}")))?;
         let token = token
             .token
             .or(token.access_token)
@@ -223,22 +180,16 @@ impl Session {
         let url = format!("{}/v2/{}/{what}", self.base, self.repository);
         match status {
             200 => Ok(()),
-            404 => Err(RegistryError::NotFound {
-                reference: format!("{}/{}@{what}", self.registry, self.repository),
-                url,
-            }),
+            404 => {
+                Err(RegistryError::NotFound { reference: format!("{}/{}@{what}", self.registry, self.repository), url })
+            }
             401 | 403 => Err(RegistryError::Unauthorized {
                 registry: self.registry.clone(),
                 repository: self.repository.clone(),
                 status,
             }),
             _ => {
-                let body = response
-                    .body_mut()
-                    .with_config()
-                    .limit(64 << 10)
-                    .read_to_vec()
-                    .unwrap_or_default();
+                let body = response.body_mut().with_config().limit(64 << 10).read_to_vec().unwrap_or_default();
                 Err(RegistryError::Http {
                     url,
                     status,
@@ -263,15 +214,12 @@ impl Session {
             .unwrap_or("")
             .trim()
             .to_string();
-        let bytes = response
-            .body_mut()
-            .with_config()
-            .limit(MANIFEST_LIMIT)
-            .read_to_vec()
-            .map_err(|e| RegistryError::Network {
+        let bytes = response.body_mut().with_config().limit(MANIFEST_LIMIT).read_to_vec().map_err(|e| {
+            RegistryError::Network {
                 url: format!("{}/v2/{}/{path}", self.base, self.repository),
                 reason: e.to_string(),
-            })?;
+            }
+        })?;
         Ok((bytes, media_type))
     }
 
@@ -280,11 +228,7 @@ impl Session {
         let path = format!("blobs/{digest}");
         let mut response = self.get(&path, None)?;
         self.check(&mut response, &path)?;
-        Ok(response
-            .into_body()
-            .into_with_config()
-            .limit(u64::MAX)
-            .reader())
+        Ok(response.into_body().into_with_config().limit(u64::MAX).reader())
     }
 }
 

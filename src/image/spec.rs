@@ -46,32 +46,20 @@ impl Platform {
             "powerpc64" => ("ppc64le", None),
             other => (other, None),
         };
-        Self {
-            architecture: architecture.into(),
-            os: "linux".into(),
-            variant: variant.map(Into::into),
-        }
+        Self { architecture: architecture.into(), os: "linux".into(), variant: variant.map(Into::into) }
     }
 
     /// Parses `os/arch[/variant]`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let parts: Vec<&str> = s.split('/').collect();
         match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Self {
-                os: (*os).into(),
-                architecture: (*arch).into(),
-                variant: None,
-            }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Self {
-                    os: (*os).into(),
-                    architecture: (*arch).into(),
-                    variant: Some((*variant).into()),
-                })
+            [os, arch] if !os.is_empty() && !arch.is_empty() => {
+                Ok(Self { os: (*os).into(), architecture: (*arch).into(), variant: None })
             }
-            _ => Err(format!(
-                "invalid platform '{s}': expected os/arch or os/arch/variant, e.g. linux/amd64"
-            )),
+            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
+                Ok(Self { os: (*os).into(), architecture: (*arch).into(), variant: Some((*variant).into()) })
+            }
+            _ => Err(format!("invalid platform '{s}': expected os/arch or os/arch/variant, e.g. linux/amd64")),
         }
     }
 
@@ -165,34 +153,21 @@ pub enum Document {
 /// Reads a manifest document; `media_type` is the Content-Type (or descriptor media type),
 /// falling back to the document's own `mediaType` and shape.
 pub fn parse_document(bytes: &[u8], media_type: &str) -> Result<Document, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-    let declared = value
-        .get("mediaType")
-        .and_then(|m| m.as_str())
-        .unwrap_or("");
-    let kind = if media_type.is_empty() || media_type == "application/json" {
-        declared
-    } else {
-        media_type
-    };
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let declared = value.get("mediaType").and_then(|m| m.as_str()).unwrap_or("");
+    let kind = if media_type.is_empty() || media_type == "application/json" { declared } else { media_type };
     let is_index = match kind {
         OCI_INDEX | DOCKER_LIST => true,
         OCI_MANIFEST | DOCKER_MANIFEST => false,
-        DOCKER_SCHEMA1 => return Err(
-            "Docker schema 1 manifests are not supported; push the image again with a current tool"
-                .into(),
-        ),
+        DOCKER_SCHEMA1 => {
+            return Err("Docker schema 1 manifests are not supported; push the image again with a current tool".into());
+        }
         _ => value.get("manifests").is_some(),
     };
     if is_index {
-        serde_json::from_value(value)
-            .map(Document::Index)
-            .map_err(|e| format!("invalid image index: {e}"))
+        serde_json::from_value(value).map(Document::Index).map_err(|e| format!("invalid image index: {e}"))
     } else {
-        serde_json::from_value(value)
-            .map(Document::Manifest)
-            .map_err(|e| format!("invalid image manifest: {e}"))
+        serde_json::from_value(value).map(Document::Manifest).map_err(|e| format!("invalid image manifest: {e}"))
     }
 }
 
@@ -214,16 +189,8 @@ mod tests {
     fn documents_by_media_type_or_shape() {
         let index = br#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(matches!(parse_document(index, ""), Ok(Document::Index(_))));
-        let manifest =
-            br#"{"schemaVersion":2,"config":{"digest":"sha256:x","size":1},"layers":[]}"#;
-        assert!(matches!(
-            parse_document(manifest, DOCKER_MANIFEST),
-            Ok(Document::Manifest(_))
-        ));
-        assert!(
-            parse_document(b"{}", DOCKER_SCHEMA1)
-                .unwrap_err()
-                .contains("schema 1")
-        );
+        let manifest = br#"{"schemaVersion":2,"config":{"digest":"sha256:x","size":1},"layers":[]}"#;
+        assert!(matches!(parse_document(manifest, DOCKER_MANIFEST), Ok(Document::Manifest(_))));
+        assert!(parse_document(b"{}", DOCKER_SCHEMA1).unwrap_err().contains("schema 1"));
     }
 }

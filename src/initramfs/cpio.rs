@@ -63,12 +63,7 @@ fn too_big(what: &str) -> io::Error {
 }
 
 /// Writes `tree` as a newc archive with `mtime` on every entry; `progress` gets data bytes.
-pub fn write_tree(
-    tree: &Tree,
-    out: &mut impl Write,
-    mtime: u32,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<Stats> {
+pub fn write_tree(tree: &Tree, out: &mut impl Write, mtime: u32, progress: &mut dyn FnMut(u64)) -> io::Result<Stats> {
     let mut stats = Stats::default();
     let links = link_counts(tree);
     let mut written_links: HashMap<(&Path, u32), u32> = HashMap::new();
@@ -78,60 +73,22 @@ pub fn write_tree(
         let name = if path.is_root() { "." } else { &full[1..] };
         match node {
             Node::Dir { mode } => {
-                write_header(
-                    out,
-                    &Header {
-                        ino,
-                        mode: S_IFDIR | mode,
-                        nlink: 2,
-                        mtime,
-                        size: 0,
-                        rdev: (0, 0),
-                        name,
-                    },
-                )?;
+                write_header(out, &Header { ino, mode: S_IFDIR | mode, nlink: 2, mtime, size: 0, rdev: (0, 0), name })?;
             }
             Node::CharDevice { mode, major, minor } => {
                 write_header(
                     out,
-                    &Header {
-                        ino,
-                        mode: S_IFCHR | mode,
-                        nlink: 1,
-                        mtime,
-                        size: 0,
-                        rdev: (*major, *minor),
-                        name,
-                    },
+                    &Header { ino, mode: S_IFCHR | mode, nlink: 1, mtime, size: 0, rdev: (*major, *minor), name },
                 )?;
             }
             Node::Symlink { target } => {
                 let size = u32::try_from(target.len()).map_err(|_| too_big(&full))?;
-                write_header(
-                    out,
-                    &Header {
-                        ino,
-                        mode: S_IFLNK | 0o777,
-                        nlink: 1,
-                        mtime,
-                        size,
-                        rdev: (0, 0),
-                        name,
-                    },
-                )?;
+                write_header(out, &Header { ino, mode: S_IFLNK | 0o777, nlink: 1, mtime, size, rdev: (0, 0), name })?;
                 out.write_all(target.as_bytes())?;
                 pad(out, target.len())?;
             }
             Node::File { mode, data } => {
-                let header = Header {
-                    ino,
-                    mode: S_IFREG | mode,
-                    nlink: 1,
-                    mtime,
-                    size: 0,
-                    rdev: (0, 0),
-                    name,
-                };
+                let header = Header { ino, mode: S_IFREG | mode, nlink: 1, mtime, size: 0, rdev: (0, 0), name };
                 let written = match data {
                     FileData::Bytes(bytes) => {
                         let size = u32::try_from(bytes.len()).map_err(|_| too_big(&full))?;
@@ -144,14 +101,7 @@ pub fn write_tree(
                         let nlink = links.get(&key).copied().unwrap_or(1);
                         match written_links.get(&key) {
                             Some(&first) => {
-                                write_header(
-                                    out,
-                                    &Header {
-                                        ino: first,
-                                        nlink,
-                                        ..header
-                                    },
-                                )?;
+                                write_header(out, &Header { ino: first, nlink, ..header })?;
                                 0
                             }
                             None => {
@@ -169,18 +119,7 @@ pub fn write_tree(
         }
         stats.entries += 1;
     }
-    write_header(
-        out,
-        &Header {
-            ino: 0,
-            mode: 0,
-            nlink: 1,
-            mtime: 0,
-            size: 0,
-            rdev: (0, 0),
-            name: "TRAILER!!!",
-        },
-    )?;
+    write_header(out, &Header { ino: 0, mode: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0), name: "TRAILER!!!" })?;
     Ok(stats)
 }
 
@@ -188,11 +127,7 @@ pub fn write_tree(
 fn link_counts(tree: &Tree) -> HashMap<(&Path, u32), u32> {
     let mut counts = HashMap::new();
     for (_, node) in tree.iter() {
-        if let Node::File {
-            mode,
-            data: FileData::Host(host),
-        } = node
-        {
+        if let Node::File { mode, data: FileData::Host(host) } = node {
             *counts.entry((host.as_path(), *mode)).or_insert(0) += 1;
         }
     }
@@ -213,19 +148,12 @@ fn write_host_file(
     write_header(out, &Header { size, ..header })?;
     let copied = copy_with_progress(&mut file.take(len), out, progress).map_err(context)?;
     if copied != len {
-        return Err(context(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "file shrank while it was being packed",
-        )));
+        return Err(context(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was being packed")));
     }
     Ok(len)
 }
 
-fn copy_with_progress(
-    reader: &mut impl Read,
-    out: &mut impl Write,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<u64> {
+fn copy_with_progress(reader: &mut impl Read, out: &mut impl Write, progress: &mut dyn FnMut(u64)) -> io::Result<u64> {
     let mut buf = vec![0u8; 256 << 10];
     let mut total = 0;
     loop {
@@ -253,10 +181,7 @@ mod tests {
         let mut tree = Tree::default();
         tree.insert(
             &ImagePath::parse("/a").unwrap(),
-            Node::File {
-                mode: 0o644,
-                data: FileData::Bytes(Arc::from(&b"hi"[..])),
-            },
+            Node::File { mode: 0o644, data: FileData::Bytes(Arc::from(&b"hi"[..])) },
         )
         .unwrap();
         let mut out = Vec::new();
@@ -266,11 +191,7 @@ mod tests {
         // Root entry: 110-byte header + ".\0" padded to 112.
         assert_eq!(&out[110..112], b".\0");
         let second = &out[112..];
-        assert_eq!(
-            &second[6..14],
-            b"00000002",
-            "inode numbers follow path order"
-        );
+        assert_eq!(&second[6..14], b"00000002", "inode numbers follow path order");
         assert_eq!(&second[14..22], b"000081A4", "regular file 0644");
         assert_eq!(&second[46..54], b"00000007", "fixed mtime");
         assert_eq!(&second[110..112], b"a\0");

@@ -34,12 +34,11 @@ pub const SKELETON: [&str; 13] = [
 /// a shell session commonly need. All are in the pinned BusyBox 1.35 and Debian's
 /// busybox-static; a missing one only fails when called.
 pub const APPLETS: [&str; 60] = [
-    "sh", "ash", "ls", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "ln", "chmod", "chown", "ps",
-    "kill", "mount", "umount", "grep", "sed", "awk", "find", "test", "echo", "printf", "true",
-    "false", "sleep", "pwd", "cd", "env", "which", "tar", "gzip", "gunzip", "wget", "vi", "head",
-    "tail", "wc", "sort", "uniq", "cut", "tr", "xargs", "ip", "ifconfig", "route", "hostname",
-    "dmesg", "poweroff", "reboot", "sync", "uname", "date", "df", "du", "free", "chroot", "mknod",
-    "id", "[",
+    "sh", "ash", "ls", "cat", "cp", "mv", "rm", "mkdir", "rmdir", "ln", "chmod", "chown", "ps", "kill", "mount",
+    "umount", "grep", "sed", "awk", "find", "test", "echo", "printf", "true", "false", "sleep", "pwd", "cd", "env",
+    "which", "tar", "gzip", "gunzip", "wget", "vi", "head", "tail", "wc", "sort", "uniq", "cut", "tr", "xargs", "ip",
+    "ifconfig", "route", "hostname", "dmesg", "poweroff", "reboot", "sync", "uname", "date", "df", "du", "free",
+    "chroot", "mknod", "id", "[",
 ];
 
 /// Where custom mode installs the user's init; `/.volant_init` names it for Fledge's init.
@@ -74,17 +73,11 @@ fn path(s: &str) -> ImagePath {
 }
 
 fn executable(host: &Path) -> Node {
-    Node::File {
-        mode: 0o755,
-        data: FileData::Host(host.to_path_buf()),
-    }
+    Node::File { mode: 0o755, data: FileData::Host(host.to_path_buf()) }
 }
 
 fn bytes(mode: u32, data: &[u8]) -> Node {
-    Node::File {
-        mode,
-        data: FileData::Bytes(Arc::from(data)),
-    }
+    Node::File { mode, data: FileData::Bytes(Arc::from(data)) }
 }
 
 /// Builds the image tree. Mappings go last, so they can replace anything, `/init` included.
@@ -94,22 +87,10 @@ pub fn assemble(parts: &Parts<'_>) -> Result<Tree, AssembleError> {
         tree.mkdir_all(&path(dir), 0o755)?;
     }
     // The kernel opens /dev/console for init before anything can mount devtmpfs.
-    tree.insert(
-        &path("/dev/console"),
-        Node::CharDevice {
-            mode: 0o600,
-            major: 5,
-            minor: 1,
-        },
-    )?;
+    tree.insert(&path("/dev/console"), Node::CharDevice { mode: 0o600, major: 5, minor: 1 })?;
     tree.insert(&path("/bin/busybox"), executable(parts.busybox))?;
     for applet in APPLETS {
-        tree.insert(
-            &path("/bin").join(applet),
-            Node::Symlink {
-                target: "busybox".into(),
-            },
-        )?;
+        tree.insert(&path("/bin").join(applet), Node::Symlink { target: "busybox".into() })?;
     }
     match parts.init {
         InitMode::Default => {
@@ -118,10 +99,7 @@ pub fn assemble(parts: &Parts<'_>) -> Result<Tree, AssembleError> {
         InitMode::Custom(host) => {
             tree.insert(&path("/init"), bytes(0o755, guest_init::BINARY))?;
             tree.insert(&path(CUSTOM_INIT_PATH), executable(host))?;
-            tree.insert(
-                &path(HANDOFF_FILE),
-                bytes(0o644, format!("{CUSTOM_INIT_PATH}\n").as_bytes()),
-            )?;
+            tree.insert(&path(HANDOFF_FILE), bytes(0o644, format!("{CUSTOM_INIT_PATH}\n").as_bytes()))?;
         }
         InitMode::None => {}
     }

@@ -92,27 +92,18 @@ fn cloud_init_user_data(t: &ManifestTemplate) -> Value {
     t.cloud_init
         .as_ref()
         .and_then(|c| c.user_data.as_ref())
-        .map_or(
-            Value::Null,
-            |u| json!({"inline": u.inline, "content": u.content}),
-        )
+        .map_or(Value::Null, |u| json!({"inline": u.inline, "content": u.content}))
 }
 
 /// The keys both shapes share: identity and resources.
 fn identity_and_resources(t: &ManifestTemplate) -> Map<String, Value> {
     let mut m = Map::new();
-    for (k, v) in [
-        ("schema_version", &t.schema_version),
-        ("name", &t.name),
-        ("version", &t.version),
-        ("runtime", &t.runtime),
-    ] {
+    for (k, v) in
+        [("schema_version", &t.schema_version), ("name", &t.name), ("version", &t.version), ("runtime", &t.runtime)]
+    {
         m.insert(k.into(), json!(v));
     }
-    m.insert(
-        "resources".into(),
-        json!({"cpu_cores": t.cpu_cores, "memory_mb": t.memory_mb}),
-    );
+    m.insert("resources".into(), json!({"cpu_cores": t.cpu_cores, "memory_mb": t.memory_mb}));
     m
 }
 
@@ -120,10 +111,7 @@ fn devices(t: &ManifestTemplate) -> Value {
     t.devices
         .as_ref()
         .filter(|d| !d.pci_passthrough.is_empty())
-        .map_or(
-            Value::Null,
-            |d| json!({"pci_passthrough": d.pci_passthrough}),
-        )
+        .map_or(Value::Null, |d| json!({"pci_passthrough": d.pci_passthrough}))
 }
 
 fn fledge_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
@@ -132,16 +120,10 @@ fn fledge_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
         BootMedia::Initramfs { format } => ("initramfs", format),
         BootMedia::Rootfs { format } => ("rootfs", format),
     };
-    m.insert(
-        key.into(),
-        json!({"url": a.url(), "format": format, "checksum": a.checksum.to_string()}),
-    );
+    m.insert(key.into(), json!({"url": a.url(), "format": format, "checksum": a.checksum.to_string()}));
     if let Some(w) = &t.workload {
         let mut wl = Map::new();
-        wl.insert(
-            "entrypoint".into(),
-            json!(w.entrypoint.clone().unwrap_or_default()),
-        );
+        wl.insert("entrypoint".into(), json!(w.entrypoint.clone().unwrap_or_default()));
         put(&mut wl, "args", json!(w.args));
         put(&mut wl, "workdir", json!(w.workdir));
         m.insert("workload".into(), Value::Object(wl));
@@ -166,11 +148,8 @@ fn fledge_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
         put(&mut net, "expose", Value::Array(expose));
         m.insert("network".into(), Value::Object(net));
     }
-    let actions: Map<String, Value> = t
-        .actions
-        .iter()
-        .map(|(k, a)| (k.clone(), json!({"path": a.path, "method": a.method})))
-        .collect();
+    let actions: Map<String, Value> =
+        t.actions.iter().map(|(k, a)| (k.clone(), json!({"path": a.path, "method": a.method}))).collect();
     put(&mut m, "actions", Value::Object(actions));
     if let Some(c) = &t.cloud_init {
         let mut ci = Map::new();
@@ -196,10 +175,7 @@ fn volant_v1_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
         m.insert("workload".into(), Value::Object(wl));
     }
     if let Some(h) = &t.health_check {
-        m.insert(
-            "health_check".into(),
-            json!({"endpoint": h.endpoint, "timeout_ms": h.timeout_ms}),
-        );
+        m.insert("health_check".into(), json!({"endpoint": h.endpoint, "timeout_ms": h.timeout_ms}));
     }
     let actions: Map<String, Value> = t
         .actions
@@ -219,18 +195,11 @@ fn volant_v1_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
     let media = match &a.media {
         // plugin-manifest-v1 allows only raw|qcow2 rootfs formats; Volant detects the rest
         // from the URL suffix, so other formats are left out rather than mislabelled.
-        BootMedia::Rootfs { format } if format == "raw" || format == "qcow2" => (
-            "rootfs",
-            json!({"url": a.url(), "checksum": a.checksum.to_string(), "format": format}),
-        ),
-        BootMedia::Rootfs { .. } => (
-            "rootfs",
-            json!({"url": a.url(), "checksum": a.checksum.to_string()}),
-        ),
-        BootMedia::Initramfs { .. } => (
-            "initramfs",
-            json!({"url": a.url(), "checksum": a.checksum.to_string()}),
-        ),
+        BootMedia::Rootfs { format } if format == "raw" || format == "qcow2" => {
+            ("rootfs", json!({"url": a.url(), "checksum": a.checksum.to_string(), "format": format}))
+        }
+        BootMedia::Rootfs { .. } => ("rootfs", json!({"url": a.url(), "checksum": a.checksum.to_string()})),
+        BootMedia::Initramfs { .. } => ("initramfs", json!({"url": a.url(), "checksum": a.checksum.to_string()})),
     };
     m.insert(media.0.into(), media.1);
     if let Some(c) = &t.cloud_init {
@@ -239,10 +208,7 @@ fn volant_v1_shape(t: &ManifestTemplate, a: &Artifact) -> Value {
         put(&mut ci, "user_data", cloud_init_user_data(t));
         if let Some(meta) = &c.meta_data {
             let content = serde_json::to_string(meta).expect("TOML tables serialize as JSON");
-            ci.insert(
-                "meta_data".into(),
-                json!({"inline": true, "content": content}),
-            );
+            ci.insert("meta_data".into(), json!({"inline": true, "content": content}));
         }
         put(&mut m, "cloud_init", Value::Object(ci));
     }
@@ -259,14 +225,8 @@ mod tests {
 
     #[test]
     fn file_urls_are_normalised_and_encoded() {
-        assert_eq!(
-            file_url(Path::new("/tmp/h/sub/../out/a b/../x.cpio.gz")),
-            "file:///tmp/h/out/x.cpio.gz"
-        );
-        assert_eq!(
-            file_url(Path::new("/srv/my app/100%.img")),
-            "file:///srv/my%20app/100%25.img"
-        );
+        assert_eq!(file_url(Path::new("/tmp/h/sub/../out/a b/../x.cpio.gz")), "file:///tmp/h/out/x.cpio.gz");
+        assert_eq!(file_url(Path::new("/srv/my app/100%.img")), "file:///srv/my%20app/100%25.img");
         assert_eq!(file_url(Path::new("/")), "file:///");
     }
 }

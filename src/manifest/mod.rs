@@ -33,9 +33,7 @@ impl FromStr for ManifestFormat {
         match s {
             "fledge" => Ok(Self::Fledge),
             "volant-v1" => Ok(Self::VolantV1),
-            other => Err(format!(
-                "invalid manifest format '{other}', must be 'fledge' or 'volant-v1'"
-            )),
+            other => Err(format!("invalid manifest format '{other}', must be 'fledge' or 'volant-v1'")),
         }
     }
 }

@@ -179,10 +179,7 @@ impl ManifestTemplate {
             memory_mb: 256,
             workload: None,
             env: BTreeMap::new(),
-            network: Some(Network {
-                mode: "bridged".into(),
-                expose: Vec::new(),
-            }),
+            network: Some(Network { mode: "bridged".into(), expose: Vec::new() }),
             actions: BTreeMap::new(),
             cloud_init: None,
             devices: None,
@@ -195,16 +192,9 @@ impl ManifestTemplate {
             LoadError::NotFound { path } => TemplateError::NotFound(path),
             other => TemplateError::Load(other),
         })?;
-        let mut v = Checker {
-            file: &file,
-            errors: Vec::new(),
-        };
+        let mut v = Checker { file: &file, errors: Vec::new() };
         let template = v.template(raw, format);
-        if v.errors.is_empty() {
-            Ok(template)
-        } else {
-            Err(TemplateError::Invalid(v.errors))
-        }
+        if v.errors.is_empty() { Ok(template) } else { Err(TemplateError::Invalid(v.errors)) }
     }
 }
 
@@ -222,30 +212,19 @@ impl Checker<'_> {
         match value.filter(|v| !v.get_ref().trim().is_empty()) {
             Some(v) => v.into_inner(),
             None => {
-                let d = Diagnostic::new(self.file, None, format!("{field} is required")).help(
-                    format!("add `{field} = \"...\"` at the top level of the file"),
-                );
+                let d = Diagnostic::new(self.file, None, format!("{field} is required"))
+                    .help(format!("add `{field} = \"...\"` at the top level of the file"));
                 self.errors.push(d);
                 String::new()
             }
         }
     }
 
-    fn ranged(
-        &mut self,
-        value: Option<S<i64>>,
-        field: &str,
-        min: i64,
-        max: i64,
-        default: i64,
-    ) -> i64 {
+    fn ranged(&mut self, value: Option<S<i64>>, field: &str, min: i64, max: i64, default: i64) -> i64 {
         let Some(v) = value else { return default };
         let n = *v.get_ref();
         if !(min..=max).contains(&n) {
-            self.error(
-                Some(v.span()),
-                format!("{field} must be between {min} and {max}, got {n}"),
-            );
+            self.error(Some(v.span()), format!("{field} must be between {min} and {max}, got {n}"));
         }
         n
     }
@@ -253,13 +232,7 @@ impl Checker<'_> {
     fn template(&mut self, raw: Raw, format: ManifestFormat) -> ManifestTemplate {
         let schema_version = match raw.schema_version {
             Some(v) if v.get_ref() != "v1" && !v.get_ref().is_empty() => {
-                self.error(
-                    Some(v.span()),
-                    format!(
-                        "unsupported schema_version \"{}\" (expected \"v1\")",
-                        v.get_ref()
-                    ),
-                );
+                self.error(Some(v.span()), format!("unsupported schema_version \"{}\" (expected \"v1\")", v.get_ref()));
                 String::new()
             }
             _ => "v1".into(),
@@ -270,28 +243,18 @@ impl Checker<'_> {
             (ManifestFormat::VolantV1, None) => name.clone(),
             (_, runtime) => self.required(runtime, "runtime"),
         };
-        let (cpu, mem) = raw
-            .resources
-            .map_or((None, None), |r| (r.cpu_cores, r.memory_mb));
+        let (cpu, mem) = raw.resources.map_or((None, None), |r| (r.cpu_cores, r.memory_mb));
         let cpu_cores = self.ranged(cpu, "resources.cpu_cores", 1, 1024, 1) as u32;
         let memory_mb = self.ranged(mem, "resources.memory_mb", 128, 16 << 20, 256) as u32;
         let workload = raw.workload.map(|w| self.workload(w, format));
         if format == ManifestFormat::VolantV1 && workload.is_none() {
-            let d = Diagnostic::new(
-                self.file,
-                None,
-                "the volant-v1 manifest format needs a [workload] table",
-            )
-            .help("add [workload] with type = \"http\", base_url and entrypoint");
+            let d = Diagnostic::new(self.file, None, "the volant-v1 manifest format needs a [workload] table")
+                .help("add [workload] with type = \"http\", base_url and entrypoint");
             self.errors.push(d);
         }
         let network = raw.network.map(|n| self.network(n));
         let health_check = raw.health_check.map(|h| self.health_check(h));
-        let actions = raw
-            .actions
-            .into_iter()
-            .map(|(k, v)| (k, v.into_inner()))
-            .collect();
+        let actions = raw.actions.into_iter().map(|(k, v)| (k, v.into_inner())).collect();
         ManifestTemplate {
             schema_version,
             name,
@@ -315,26 +278,24 @@ impl Checker<'_> {
         if let Some(kind) = &w.kind
             && kind.get_ref() != "http"
         {
-            self.error(
-                Some(kind.span()),
-                format!("invalid workload type '{}', must be 'http'", kind.get_ref()),
-            );
+            self.error(Some(kind.span()), format!("invalid workload type '{}', must be 'http'", kind.get_ref()));
         }
         if format == ManifestFormat::VolantV1 {
             let missing: Vec<&str> = [
                 ("type", w.kind.is_none()),
                 ("base_url", w.base_url.is_none()),
-                (
-                    "entrypoint",
-                    w.entrypoint.as_deref().is_none_or(str::is_empty),
-                ),
+                ("entrypoint", w.entrypoint.as_deref().is_none_or(str::is_empty)),
             ]
             .into_iter()
             .filter_map(|(k, missing)| missing.then_some(k))
             .collect();
             if !missing.is_empty() {
-                let d = Diagnostic::new(self.file, Some(span), format!("the volant-v1 manifest format needs workload.{}", missing.join(", workload.")))
-                    .help("e.g. type = \"http\", base_url = \"http://127.0.0.1:8080\", entrypoint = \"/usr/bin/app\"");
+                let d = Diagnostic::new(
+                    self.file,
+                    Some(span),
+                    format!("the volant-v1 manifest format needs workload.{}", missing.join(", workload.")),
+                )
+                .help("e.g. type = \"http\", base_url = \"http://127.0.0.1:8080\", entrypoint = \"/usr/bin/app\"");
                 self.errors.push(d);
             }
         }
@@ -352,10 +313,7 @@ impl Checker<'_> {
             Some(m) if !NETWORK_MODES.contains(&m.get_ref().as_str()) => {
                 self.error(
                     Some(m.span()),
-                    format!(
-                        "invalid network.mode '{}', must be one of: bridged, vsock, dhcp",
-                        m.get_ref()
-                    ),
+                    format!("invalid network.mode '{}', must be one of: bridged, vsock, dhcp", m.get_ref()),
                 );
                 String::new()
             }
@@ -368,28 +326,20 @@ impl Checker<'_> {
             .map(|e| {
                 let e = e.into_inner();
                 let port = self.ranged(Some(e.port), "network.expose.port", 1, 65535, 0) as u16;
-                let host_port = e
-                    .host_port
-                    .map(|h| self.ranged(Some(h), "network.expose.host_port", 1, 65535, 0) as u16);
+                let host_port =
+                    e.host_port.map(|h| self.ranged(Some(h), "network.expose.host_port", 1, 65535, 0) as u16);
                 let protocol = match e.protocol {
                     Some(p) if p.get_ref() != "tcp" && p.get_ref() != "udp" => {
                         self.error(
                             Some(p.span()),
-                            format!(
-                                "invalid network.expose.protocol '{}', must be 'tcp' or 'udp'",
-                                p.get_ref()
-                            ),
+                            format!("invalid network.expose.protocol '{}', must be 'tcp' or 'udp'", p.get_ref()),
                         );
                         String::new()
                     }
                     Some(p) => p.into_inner(),
                     None => "tcp".into(),
                 };
-                Expose {
-                    port,
-                    protocol,
-                    host_port,
-                }
+                Expose { port, protocol, host_port }
             })
             .collect();
         Network { mode, expose }
@@ -398,22 +348,10 @@ impl Checker<'_> {
     fn health_check(&mut self, h: S<RawHealthCheck>) -> HealthCheck {
         let span = h.span();
         let h = h.into_inner();
-        let timeout_ms = self.ranged(
-            h.timeout_ms.clone(),
-            "health_check.timeout_ms",
-            0,
-            i64::MAX,
-            0,
-        ) as u64;
+        let timeout_ms = self.ranged(h.timeout_ms.clone(), "health_check.timeout_ms", 0, i64::MAX, 0) as u64;
         if h.endpoint.is_none() || h.timeout_ms.is_none() {
-            self.error(
-                Some(span),
-                "[health_check] needs both endpoint and timeout_ms",
-            );
+            self.error(Some(span), "[health_check] needs both endpoint and timeout_ms");
         }
-        HealthCheck {
-            endpoint: h.endpoint.unwrap_or_default(),
-            timeout_ms,
-        }
+        HealthCheck { endpoint: h.endpoint.unwrap_or_default(), timeout_ms }
     }
 }

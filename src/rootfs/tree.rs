@@ -42,15 +42,8 @@ pub enum TreeError {
     SymlinkLoop { path: String },
     #[error("cannot replace the image root with a file")]
     RootNotDir,
-    #[error(
-        "cannot replace directory {path} with a {kind}: it holds {entries} entries (e.g. {example})"
-    )]
-    ReplacesDirectory {
-        path: String,
-        kind: &'static str,
-        entries: usize,
-        example: String,
-    },
+    #[error("cannot replace directory {path} with a {kind}: it holds {entries} entries (e.g. {example})")]
+    ReplacesDirectory { path: String, kind: &'static str, entries: usize, example: String },
 }
 
 /// Maximum symlinks followed while resolving one path, as Linux's `MAXSYMLINKS`.
@@ -99,21 +92,13 @@ impl Tree {
             match self.nodes.get(&dir) {
                 Some(Node::Dir { .. }) => {}
                 Some(_) => {
-                    return Err(TreeError::NotADirectory {
-                        path: path.to_string(),
-                        component: dir.to_string(),
-                    });
+                    return Err(TreeError::NotADirectory { path: path.to_string(), component: dir.to_string() });
                 }
                 None => {
                     if let Some(parent) = dir.parent().filter(|p| *p != current) {
                         self.mkdir_all(&parent, 0o755)?;
                     }
-                    self.nodes.insert(
-                        dir.clone(),
-                        Node::Dir {
-                            mode: if i + 1 == last { mode } else { 0o755 },
-                        },
-                    );
+                    self.nodes.insert(dir.clone(), Node::Dir { mode: if i + 1 == last { mode } else { 0o755 } });
                 }
             }
             current = dir;
@@ -164,12 +149,7 @@ impl Tree {
 
     /// Everything strictly below `dir`, in path order.
     fn descendants(&self, dir: &ImagePath) -> Vec<ImagePath> {
-        self.nodes
-            .range(dir.clone()..)
-            .map(|(p, _)| p.clone())
-            .take_while(|p| p.starts_with(dir))
-            .skip(1)
-            .collect()
+        self.nodes.range(dir.clone()..).map(|(p, _)| p.clone()).take_while(|p| p.starts_with(dir)).skip(1).collect()
     }
 
     /// Turning directory `dir` into a symlink to `link` (as a merged-/usr tree does with
@@ -178,24 +158,12 @@ impl Tree {
     fn merge_into_link_target(&mut self, dir: &ImagePath, link: &str) -> Result<(), TreeError> {
         let children = self.descendants(dir);
         let parent = dir.parent().expect("the root is never replaced by a link");
-        let spelled = if link.starts_with('/') {
-            link.to_string()
-        } else {
-            format!("{parent}/{link}")
-        };
-        let spelled = ImagePath::from_components(
-            spelled
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect(),
-        );
+        let spelled = if link.starts_with('/') { link.to_string() } else { format!("{parent}/{link}") };
+        let spelled =
+            ImagePath::from_components(spelled.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect());
         let dest = self.resolve(&spelled, true)?;
         if dest.starts_with(dir) {
-            let example = children
-                .first()
-                .map(ToString::to_string)
-                .unwrap_or_default();
+            let example = children.first().map(ToString::to_string).unwrap_or_default();
             return Err(TreeError::ReplacesDirectory {
                 path: dir.to_string(),
                 kind: "symlink into itself",
@@ -208,16 +176,12 @@ impl Tree {
             return Ok(());
         }
         let dest = self.mkdir_all(&dest, 0o755)?;
-        let moved: Vec<(ImagePath, Node)> = children
-            .iter()
-            .map(|p| (p.clone(), self.nodes.remove(p).expect("listed above")))
-            .collect();
+        let moved: Vec<(ImagePath, Node)> =
+            children.iter().map(|p| (p.clone(), self.nodes.remove(p).expect("listed above"))).collect();
         self.nodes.remove(dir);
         for (old, node) in moved {
             let relative = &old.components()[dir.components().len()..];
-            let new = ImagePath::from_components(
-                dest.components().iter().chain(relative).cloned().collect(),
-            );
+            let new = ImagePath::from_components(dest.components().iter().chain(relative).cloned().collect());
             self.nodes.entry(new).or_insert(node);
         }
         Ok(())
@@ -225,12 +189,8 @@ impl Tree {
 
     /// Removes `path` and everything below it.
     pub fn remove(&mut self, path: &ImagePath) {
-        let doomed: Vec<ImagePath> = self
-            .nodes
-            .range(path.clone()..)
-            .take_while(|(p, _)| p.starts_with(path))
-            .map(|(p, _)| p.clone())
-            .collect();
+        let doomed: Vec<ImagePath> =
+            self.nodes.range(path.clone()..).take_while(|(p, _)| p.starts_with(path)).map(|(p, _)| p.clone()).collect();
         for p in doomed {
             self.nodes.remove(&p);
         }
@@ -259,9 +219,7 @@ impl Tree {
                 Some(Node::Symlink { target }) if follow_last || !is_last => {
                     followed += 1;
                     if followed > MAX_SYMLINKS {
-                        return Err(TreeError::SymlinkLoop {
-                            path: path.to_string(),
-                        });
+                        return Err(TreeError::SymlinkLoop { path: path.to_string() });
                     }
                     current.pop();
                     if target.starts_with('/') {
@@ -270,10 +228,7 @@ impl Tree {
                     pending.extend(target.split('/').rev().map(str::to_string));
                 }
                 Some(Node::File { .. }) if !is_last => {
-                    return Err(TreeError::NotADirectory {
-                        path: path.to_string(),
-                        component: here.to_string(),
-                    });
+                    return Err(TreeError::NotADirectory { path: path.to_string(), component: here.to_string() });
                 }
                 _ => {}
             }
@@ -291,10 +246,7 @@ mod tests {
     }
 
     fn file() -> Node {
-        Node::File {
-            mode: 0o644,
-            data: FileData::Bytes(Arc::from(&b"x"[..])),
-        }
+        Node::File { mode: 0o644, data: FileData::Bytes(Arc::from(&b"x"[..])) }
     }
 
     #[test]
@@ -309,74 +261,29 @@ mod tests {
     fn symlinked_parent_directories_are_followed_inside_the_image() {
         let mut t = Tree::default();
         t.mkdir_all(&p("/usr/bin"), 0o755).unwrap();
-        t.insert(
-            &p("/bin"),
-            Node::Symlink {
-                target: "usr/bin".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            t.insert(&p("/bin/kestrel"), file()).unwrap(),
-            p("/usr/bin/kestrel")
-        );
-        t.insert(
-            &p("/sbin"),
-            Node::Symlink {
-                target: "/usr/bin".into(),
-            },
-        )
-        .unwrap();
+        t.insert(&p("/bin"), Node::Symlink { target: "usr/bin".into() }).unwrap();
+        assert_eq!(t.insert(&p("/bin/kestrel"), file()).unwrap(), p("/usr/bin/kestrel"));
+        t.insert(&p("/sbin"), Node::Symlink { target: "/usr/bin".into() }).unwrap();
         assert_eq!(t.resolve(&p("/sbin/x"), true).unwrap(), p("/usr/bin/x"));
     }
 
     #[test]
     fn dangling_links_get_their_target_created() {
         let mut t = Tree::default();
-        t.insert(
-            &p("/lib"),
-            Node::Symlink {
-                target: "usr/lib".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            t.mkdir_all(&p("/lib/modules"), 0o700).unwrap(),
-            p("/usr/lib/modules")
-        );
-        let dirs: Vec<String> = t
-            .iter()
-            .filter(|(_, n)| matches!(n, Node::Dir { .. }))
-            .map(|(p, _)| p.to_string())
-            .collect();
+        t.insert(&p("/lib"), Node::Symlink { target: "usr/lib".into() }).unwrap();
+        assert_eq!(t.mkdir_all(&p("/lib/modules"), 0o700).unwrap(), p("/usr/lib/modules"));
+        let dirs: Vec<String> =
+            t.iter().filter(|(_, n)| matches!(n, Node::Dir { .. })).map(|(p, _)| p.to_string()).collect();
         assert_eq!(dirs, ["/", "/usr", "/usr/lib", "/usr/lib/modules"]);
-        assert_eq!(
-            t.get(&p("/usr/lib/modules")),
-            Some(&Node::Dir { mode: 0o700 })
-        );
+        assert_eq!(t.get(&p("/usr/lib/modules")), Some(&Node::Dir { mode: 0o700 }));
     }
 
     #[test]
     fn links_cannot_escape_the_root() {
         let mut t = Tree::default();
-        t.insert(
-            &p("/evil"),
-            Node::Symlink {
-                target: "../../../../etc".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            t.insert(&p("/evil/passwd"), file()).unwrap(),
-            p("/etc/passwd")
-        );
-        t.insert(
-            &p("/abs"),
-            Node::Symlink {
-                target: "/tmp/../../root".into(),
-            },
-        )
-        .unwrap();
+        t.insert(&p("/evil"), Node::Symlink { target: "../../../../etc".into() }).unwrap();
+        assert_eq!(t.insert(&p("/evil/passwd"), file()).unwrap(), p("/etc/passwd"));
+        t.insert(&p("/abs"), Node::Symlink { target: "/tmp/../../root".into() }).unwrap();
         assert_eq!(t.resolve(&p("/abs/x"), true).unwrap(), p("/root/x"));
     }
 
@@ -384,13 +291,7 @@ mod tests {
     fn the_last_component_is_replaced_not_followed() {
         let mut t = Tree::default();
         t.insert(&p("/etc/target"), file()).unwrap();
-        t.insert(
-            &p("/link"),
-            Node::Symlink {
-                target: "/etc/target".into(),
-            },
-        )
-        .unwrap();
+        t.insert(&p("/link"), Node::Symlink { target: "/etc/target".into() }).unwrap();
         t.insert(&p("/link"), file()).unwrap();
         assert_eq!(t.get(&p("/etc/target")), Some(&file()));
         assert_eq!(t.get(&p("/link")), Some(&file()));
@@ -399,62 +300,26 @@ mod tests {
     #[test]
     fn loops_and_files_as_directories_are_errors() {
         let mut t = Tree::default();
-        t.insert(&p("/a"), Node::Symlink { target: "b".into() })
-            .unwrap();
-        t.insert(&p("/b"), Node::Symlink { target: "a".into() })
-            .unwrap();
-        assert!(matches!(
-            t.insert(&p("/a/x"), file()),
-            Err(TreeError::SymlinkLoop { .. })
-        ));
+        t.insert(&p("/a"), Node::Symlink { target: "b".into() }).unwrap();
+        t.insert(&p("/b"), Node::Symlink { target: "a".into() }).unwrap();
+        assert!(matches!(t.insert(&p("/a/x"), file()), Err(TreeError::SymlinkLoop { .. })));
         t.insert(&p("/f"), file()).unwrap();
-        assert!(matches!(
-            t.insert(&p("/f/x"), file()),
-            Err(TreeError::NotADirectory { .. })
-        ));
+        assert!(matches!(t.insert(&p("/f/x"), file()), Err(TreeError::NotADirectory { .. })));
     }
 
     #[test]
     fn a_link_over_a_directory_moves_its_contents_to_the_link_target() {
         let mut t = Tree::default();
         t.insert(&p("/bin/busybox"), file()).unwrap();
-        t.insert(
-            &p("/bin/sh"),
-            Node::Symlink {
-                target: "busybox".into(),
-            },
-        )
-        .unwrap();
-        t.insert(
-            &p("/usr/bin/sh"),
-            Node::Symlink {
-                target: "dash".into(),
-            },
-        )
-        .unwrap();
-        t.insert(
-            &p("/bin"),
-            Node::Symlink {
-                target: "usr/bin".into(),
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            t.get(&p("/bin")),
-            Some(&Node::Symlink {
-                target: "usr/bin".into()
-            })
-        );
+        t.insert(&p("/bin/sh"), Node::Symlink { target: "busybox".into() }).unwrap();
+        t.insert(&p("/usr/bin/sh"), Node::Symlink { target: "dash".into() }).unwrap();
+        t.insert(&p("/bin"), Node::Symlink { target: "usr/bin".into() }).unwrap();
+        assert_eq!(t.get(&p("/bin")), Some(&Node::Symlink { target: "usr/bin".into() }));
         assert_eq!(t.get(&p("/usr/bin/busybox")), Some(&file()));
-        assert_eq!(
-            t.resolve(&p("/bin/busybox"), true).unwrap(),
-            p("/usr/bin/busybox")
-        );
+        assert_eq!(t.resolve(&p("/bin/busybox"), true).unwrap(), p("/usr/bin/busybox"));
         assert_eq!(
             t.get(&p("/usr/bin/sh")),
-            Some(&Node::Symlink {
-                target: "dash".into()
-            }),
+            Some(&Node::Symlink { target: "dash".into() }),
             "entries already there win"
         );
     }
@@ -466,24 +331,11 @@ mod tests {
         let err = t.insert(&p("/d"), file()).unwrap_err();
         assert_eq!(
             err,
-            TreeError::ReplacesDirectory {
-                path: "/d".into(),
-                kind: "file",
-                entries: 1,
-                example: "/d/inner".into()
-            }
+            TreeError::ReplacesDirectory { path: "/d".into(), kind: "file", entries: 1, example: "/d/inner".into() }
         );
         assert!(matches!(
-            t.insert(
-                &p("/d"),
-                Node::Symlink {
-                    target: "d/sub".into()
-                }
-            ),
-            Err(TreeError::ReplacesDirectory {
-                kind: "symlink into itself",
-                ..
-            })
+            t.insert(&p("/d"), Node::Symlink { target: "d/sub".into() }),
+            Err(TreeError::ReplacesDirectory { kind: "symlink into itself", .. })
         ));
         assert_eq!(t.get(&p("/d/inner")), Some(&file()));
         t.mkdir_all(&p("/empty"), 0o755).unwrap();

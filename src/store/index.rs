@@ -22,21 +22,13 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     pub fn manifest_digest(&self) -> Result<Sha256Digest, StoreError> {
-        self.digest
-            .parse()
-            .map_err(|reason| StoreError::CorruptIndex {
-                path: self.name.clone(),
-                reason,
-            })
+        self.digest.parse().map_err(|reason| StoreError::CorruptIndex { path: self.name.clone(), reason })
     }
 }
 
 impl Store {
     fn index_path(&self, name: &str) -> PathBuf {
-        self.root.join("images").join(format!(
-            "{}.json",
-            Sha256Digest::of_bytes(name.as_bytes()).hex()
-        ))
+        self.root.join("images").join(format!("{}.json", Sha256Digest::of_bytes(name.as_bytes()).hex()))
     }
 
     /// Points `record.name` at `record.digest`, replacing an older entry.
@@ -44,8 +36,7 @@ impl Store {
         let path = self.index_path(&record.name);
         let dir = path.parent().expect("index files live in images/");
         let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;
-        serde_json::to_writer_pretty(tmp.as_file_mut(), record)
-            .map_err(|e| io_err(&path)(e.into()))?;
+        serde_json::to_writer_pretty(tmp.as_file_mut(), record).map_err(|e| io_err(&path)(e.into()))?;
         tmp.as_file().sync_all().map_err(io_err(&path))?;
         tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
         Ok(())
@@ -54,14 +45,9 @@ impl Store {
     pub fn lookup(&self, name: &str) -> Result<Option<ImageRecord>, StoreError> {
         let path = self.index_path(name);
         match fs::read(&path) {
-            Ok(data) => {
-                serde_json::from_slice(&data)
-                    .map(Some)
-                    .map_err(|e| StoreError::CorruptIndex {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })
-            }
+            Ok(data) => serde_json::from_slice(&data)
+                .map(Some)
+                .map_err(|e| StoreError::CorruptIndex { path: path.display().to_string(), reason: e.to_string() }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path)(e)),
         }
@@ -85,12 +71,10 @@ impl Store {
             let path = entry.map_err(io_err(&dir))?.path();
             if path.extension().is_some_and(|e| e == "json") {
                 let data = fs::read(&path).map_err(io_err(&path))?;
-                out.push(
-                    serde_json::from_slice(&data).map_err(|e| StoreError::CorruptIndex {
-                        path: path.display().to_string(),
-                        reason: e.to_string(),
-                    })?,
-                );
+                out.push(serde_json::from_slice(&data).map_err(|e| StoreError::CorruptIndex {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?);
             }
         }
         out.sort_by(|a: &ImageRecord, b| a.name.cmp(&b.name));
@@ -115,16 +99,8 @@ mod tests {
         };
         store.tag(&rec("docker.io/library/b:1")).unwrap();
         store.tag(&rec("docker.io/library/a:1")).unwrap();
-        assert_eq!(
-            store.lookup("docker.io/library/a:1").unwrap(),
-            Some(rec("docker.io/library/a:1"))
-        );
-        let names: Vec<String> = store
-            .images()
-            .unwrap()
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
+        assert_eq!(store.lookup("docker.io/library/a:1").unwrap(), Some(rec("docker.io/library/a:1")));
+        let names: Vec<String> = store.images().unwrap().into_iter().map(|r| r.name).collect();
         assert_eq!(names, ["docker.io/library/a:1", "docker.io/library/b:1"]);
         assert!(store.untag("docker.io/library/a:1").unwrap());
         assert!(!store.untag("docker.io/library/a:1").unwrap());

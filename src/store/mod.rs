@@ -27,17 +27,9 @@ pub use index::ImageRecord;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{what} has digest {actual}, expected {expected}; it was not stored")]
-    DigestMismatch {
-        what: String,
-        expected: Sha256Digest,
-        actual: Sha256Digest,
-    },
+    DigestMismatch { what: String, expected: Sha256Digest, actual: Sha256Digest },
     #[error("{what} is {actual} bytes, expected {expected}; it was not stored")]
-    SizeMismatch {
-        what: String,
-        expected: u64,
-        actual: u64,
-    },
+    SizeMismatch { what: String, expected: u64, actual: u64 },
     #[error("store {path}: {source}")]
     Io {
         path: String,
@@ -53,10 +45,7 @@ pub enum StoreError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        path: path.display().to_string(),
-        source,
-    }
+    move |source| StoreError::Io { path: path.display().to_string(), source }
 }
 
 /// What a blob must be, when the caller knows (from a manifest or descriptor).
@@ -89,18 +78,9 @@ impl Store {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
         let lock_path = root.join("lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err(&lock_path))?;
-        if exclusive {
-            lock.lock()
-        } else {
-            lock.lock_shared()
-        }
-        .map_err(io_err(&lock_path))?;
+        let lock =
+            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        if exclusive { lock.lock() } else { lock.lock_shared() }.map_err(io_err(&lock_path))?;
         Ok(Self { root, _lock: lock })
     }
 
@@ -120,20 +100,14 @@ impl Store {
     pub fn open_blob(&self, digest: &Sha256Digest) -> Result<File, StoreError> {
         let path = self.blob_path(digest);
         File::open(&path).map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                StoreError::MissingBlob(*digest)
-            } else {
-                io_err(&path)(e)
-            }
+            if e.kind() == io::ErrorKind::NotFound { StoreError::MissingBlob(*digest) } else { io_err(&path)(e) }
         })
     }
 
     /// Reads a whole (small) blob, e.g. a manifest or config.
     pub fn read_blob(&self, digest: &Sha256Digest) -> Result<Vec<u8>, StoreError> {
         let mut data = Vec::new();
-        self.open_blob(digest)?
-            .read_to_end(&mut data)
-            .map_err(io_err(&self.blob_path(digest)))?;
+        self.open_blob(digest)?.read_to_end(&mut data).map_err(io_err(&self.blob_path(digest)))?;
         Ok(data)
     }
 
@@ -151,42 +125,23 @@ impl Store {
             // Already present (and verified when it was written): drain nothing, reuse it.
             return Ok((
                 e.digest,
-                fs::metadata(self.blob_path(&e.digest))
-                    .map_err(io_err(&self.blob_path(&e.digest)))?
-                    .len(),
+                fs::metadata(self.blob_path(&e.digest)).map_err(io_err(&self.blob_path(&e.digest)))?.len(),
             ));
         }
         let tmp_dir = self.root.join("tmp");
-        let mut tmp = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&tmp_dir)
-            .map_err(io_err(&tmp_dir))?;
-        let mut writer =
-            HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
-        copy(reader, &mut writer).map_err(|source| StoreError::Io {
-            path: what.to_string(),
-            source,
-        })?;
+        let mut tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
+        copy(reader, &mut writer).map_err(|source| StoreError::Io { path: what.to_string(), source })?;
         let (actual, size, buffered) = writer.finish();
-        let file = buffered
-            .into_inner()
-            .map_err(|e| io_err(&tmp_dir)(e.into_error()))?;
+        let file = buffered.into_inner().map_err(|e| io_err(&tmp_dir)(e.into_error()))?;
         if let Some(e) = expected {
             if e.digest != actual {
-                return Err(StoreError::DigestMismatch {
-                    what: what.to_string(),
-                    expected: e.digest,
-                    actual,
-                });
+                return Err(StoreError::DigestMismatch { what: what.to_string(), expected: e.digest, actual });
             }
             if let Some(expected_size) = e.size
                 && expected_size != size
             {
-                return Err(StoreError::SizeMismatch {
-                    what: what.to_string(),
-                    expected: expected_size,
-                    actual: size,
-                });
+                return Err(StoreError::SizeMismatch { what: what.to_string(), expected: expected_size, actual: size });
             }
         }
         file.sync_all().map_err(io_err(&tmp_dir))?;
@@ -196,12 +151,7 @@ impl Store {
     }
 
     /// Stores bytes already in memory (manifests, configs).
-    pub fn write_bytes(
-        &self,
-        data: &[u8],
-        expected: Option<Expected>,
-        what: &str,
-    ) -> Result<Sha256Digest, StoreError> {
+    pub fn write_bytes(&self, data: &[u8], expected: Option<Expected>, what: &str) -> Result<Sha256Digest, StoreError> {
         Ok(self.write_blob(&mut &data[..], expected, what)?.0)
     }
 }
@@ -231,42 +181,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(Some(dir.path())).unwrap();
         let good = Sha256Digest::of_bytes(b"hello");
-        let d = store
-            .write_bytes(
-                b"hello",
-                Some(Expected {
-                    digest: good,
-                    size: Some(5),
-                }),
-                "greeting",
-            )
-            .unwrap();
+        let d = store.write_bytes(b"hello", Some(Expected { digest: good, size: Some(5) }), "greeting").unwrap();
         assert_eq!(d, good);
         assert_eq!(store.read_blob(&good).unwrap(), b"hello");
 
         let err = store
             .write_bytes(
                 b"tampered",
-                Some(Expected {
-                    digest: Sha256Digest::of_bytes(b"other"),
-                    size: None,
-                }),
+                Some(Expected { digest: Sha256Digest::of_bytes(b"other"), size: None }),
                 "layer x",
             )
             .unwrap_err();
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
         assert!(!store.has_blob(&Sha256Digest::of_bytes(b"tampered")));
-        assert_eq!(
-            fs::read_dir(store.root().join("tmp")).unwrap().count(),
-            0,
-            "no temporary file left"
-        );
-        assert_eq!(
-            fs::read_dir(store.root().join("blobs/sha256"))
-                .unwrap()
-                .count(),
-            1
-        );
+        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "no temporary file left");
+        assert_eq!(fs::read_dir(store.root().join("blobs/sha256")).unwrap().count(), 1);
     }
 
     #[test]
@@ -274,25 +203,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(Some(dir.path())).unwrap();
         let err = store
-            .write_bytes(
-                b"abc",
-                Some(Expected {
-                    digest: Sha256Digest::of_bytes(b"abc"),
-                    size: Some(4),
-                }),
-                "cfg",
-            )
+            .write_bytes(b"abc", Some(Expected { digest: Sha256Digest::of_bytes(b"abc"), size: Some(4) }), "cfg")
             .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                StoreError::SizeMismatch {
-                    expected: 4,
-                    actual: 3,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::SizeMismatch { expected: 4, actual: 3, .. }), "{err}");
     }
 }

@@ -35,13 +35,7 @@ impl Server {
                 }
             }
         });
-        Self {
-            base: format!("http://{addr}"),
-            stop,
-            hits,
-            addr,
-            thread: Some(thread),
-        }
+        Self { base: format!("http://{addr}"), stop, hits, addr, thread: Some(thread) }
     }
 
     pub fn hits(&self) -> usize {
@@ -63,17 +57,10 @@ fn serve(stream: TcpStream, routes: &HashMap<String, Vec<u8>>) -> std::io::Resul
     let mut stream = stream;
     match routes.get(path) {
         Some(body) => {
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )?;
+            write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())?;
             stream.write_all(body)
         }
-        None => write!(
-            stream,
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
+        None => write!(stream, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
     }
 }
 

@@ -17,10 +17,7 @@ pub const FLEDGE: &str = env!("CARGO_BIN_EXE_fledge");
 /// Debian's busybox-static; `make test` installs it.
 pub fn busybox() -> &'static str {
     let path = "/bin/busybox";
-    assert!(
-        Path::new(path).exists(),
-        "{path} is missing: install busybox-static (make test does this)"
-    );
+    assert!(Path::new(path).exists(), "{path} is missing: install busybox-static (make test does this)");
     path
 }
 
@@ -33,11 +30,7 @@ pub fn agent_binary() -> PathBuf {
             fs::create_dir_all(&dir).unwrap();
             let src = dir.join("agent.c");
             let out = dir.join(format!("agent-{}", std::process::id()));
-            fs::write(
-                &src,
-                "#include <stdio.h>\nint main(void){puts(\"test agent\");return 0;}\n",
-            )
-            .unwrap();
+            fs::write(&src, "#include <stdio.h>\nint main(void){puts(\"test agent\");return 0;}\n").unwrap();
             let status = Command::new("gcc")
                 .args(["-static", "-Os", "-s", "-o"])
                 .arg(&out)
@@ -57,10 +50,7 @@ pub struct Project {
 
 impl Project {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("fledge-test-")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("fledge-test-").tempdir().unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         Self { dir }
     }
@@ -112,8 +102,7 @@ impl Project {
 
 /// Runs a command and returns its output; panics with both streams if it fails to start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 pub fn stderr(out: &Output) -> String {
@@ -153,19 +142,12 @@ pub fn pipe_through(cmd: &mut Command, input: &[u8]) -> Output {
 pub fn cpio_listing(archive: &[u8]) -> Vec<String> {
     let out = pipe_through(Command::new("cpio").args(["-itv", "--quiet"]), archive);
     assert!(out.status.success(), "cpio failed: {}", stderr(&out));
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
 }
 
 /// The content of one archive member, extracted by GNU cpio.
 pub fn cpio_member(archive: &[u8], name: &str) -> Vec<u8> {
-    let out = pipe_through(
-        Command::new("cpio").args(["-i", "--quiet", "--to-stdout", name]),
-        archive,
-    );
+    let out = pipe_through(Command::new("cpio").args(["-i", "--quiet", "--to-stdout", name]), archive);
     assert!(out.status.success(), "cpio failed: {}", stderr(&out));
     out.stdout
 }
@@ -173,11 +155,8 @@ pub fn cpio_member(archive: &[u8], name: &str) -> Vec<u8> {
 /// Decompresses with the system tool for the format (`gzip`, `zstd`, `lz4`), checking that
 /// the tool itself accepts the stream.
 pub fn decompress(tool: &str, path: &Path) -> Vec<u8> {
-    let out = Command::new(tool)
-        .args(["-d", "-c"])
-        .arg(path)
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is needed: {e}"));
+    let out =
+        Command::new(tool).args(["-d", "-c"]).arg(path).output().unwrap_or_else(|e| panic!("{tool} is needed: {e}"));
     assert!(out.status.success(), "{tool} -d failed: {}", stderr(&out));
     out.stdout
 }

@@ -65,15 +65,8 @@ fn put_blob(layout: &Path, data: &[u8]) -> String {
 /// Writes one image (config + gzip layers) into `layout`; returns its manifest descriptor.
 pub fn add_image(layout: &Path, arch: &str, layers: &[Vec<u8>], run_config: Value) -> Value {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
-    std::fs::write(
-        layout.join("oci-layout"),
-        r#"{"imageLayoutVersion":"1.0.0"}"#,
-    )
-    .unwrap();
-    let diff_ids: Vec<String> = layers
-        .iter()
-        .map(|l| format!("sha256:{}", sha256(l)))
-        .collect();
+    std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256(l))).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": arch, "os": "linux", "config": run_config,
         "rootfs": {"type": "layers", "diff_ids": diff_ids},

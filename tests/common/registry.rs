@@ -17,20 +17,12 @@ pub struct Registry {
 
 /// `None` (after saying why) when the registry binary is not installed.
 pub fn start() -> Option<Registry> {
-    if Command::new("docker-registry")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
+    if Command::new("docker-registry").arg("--version").output().is_err() {
         eprintln!("skipping: docker-registry is not installed (apt install docker-registry)");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let storage = dir.path().join("data");
     let config = dir.path().join("config.yml");
     std::fs::write(
@@ -46,12 +38,7 @@ pub fn start() -> Option<Registry> {
         .spawn()
         .unwrap();
     let host = format!("127.0.0.1:{port}");
-    let registry = Registry {
-        host,
-        storage,
-        child,
-        _dir: dir,
-    };
+    let registry = Registry { host, storage, child, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !registry.ready() {
         assert!(Instant::now() < deadline, "docker-registry did not start");
@@ -78,24 +65,14 @@ impl Registry {
         if all {
             cmd.arg("--all");
         }
-        cmd.arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.host));
-        let out = cmd
-            .output()
-            .expect("skopeo is needed to push test images (apt install skopeo)");
-        assert!(
-            out.status.success(),
-            "skopeo copy failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cmd.arg(format!("oci:{}:{tag}", layout.display())).arg(format!("docker://{}/{repo}:{tag}", self.host));
+        let out = cmd.output().expect("skopeo is needed to push test images (apt install skopeo)");
+        assert!(out.status.success(), "skopeo copy failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
     /// The file holding blob `hex` in the registry's storage.
     pub fn blob_file(&self, hex: &str) -> PathBuf {
-        self.storage.join(format!(
-            "docker/registry/v2/blobs/sha256/{}/{hex}/data",
-            &hex[..2]
-        ))
+        self.storage.join(format!("docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
     }
 
     /// Stops the registry (to prove later steps need no network).

@@ -41,27 +41,13 @@ fn existing(path: PathBuf) -> Option<PathBuf> {
 fn in_dir(dir: &Path, origin: KernelOrigin) -> Option<Kernel> {
     let vmlinux = existing(dir.join("vmlinux"));
     let bzimage = existing(dir.join("bzImage"));
-    (vmlinux.is_some() || bzimage.is_some()).then_some(Kernel {
-        vmlinux,
-        bzimage,
-        origin,
-    })
+    (vmlinux.is_some() || bzimage.is_some()).then_some(Kernel { vmlinux, bzimage, origin })
 }
 
 /// Finds the kernel; `env` reads environment variables (injected for tests).
-pub fn discover(
-    state_dir: Option<&Path>,
-    env: impl Fn(&str) -> Option<String>,
-) -> Result<Kernel, KernelError> {
-    let mut from_env = Kernel {
-        vmlinux: None,
-        bzimage: None,
-        origin: KernelOrigin::Environment,
-    };
-    for (var, slot) in [
-        (VMLINUX_VAR, &mut from_env.vmlinux),
-        (BZIMAGE_VAR, &mut from_env.bzimage),
-    ] {
+pub fn discover(state_dir: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Kernel, KernelError> {
+    let mut from_env = Kernel { vmlinux: None, bzimage: None, origin: KernelOrigin::Environment };
+    for (var, slot) in [(VMLINUX_VAR, &mut from_env.vmlinux), (BZIMAGE_VAR, &mut from_env.bzimage)] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
             let path = PathBuf::from(&value);
             if !path.is_file() {
@@ -102,21 +88,9 @@ mod tests {
         std::fs::write(&vmlinux, b"elf").unwrap();
         let v = vmlinux.display().to_string();
         let k = discover(None, |var| (var == VMLINUX_VAR).then(|| v.clone())).unwrap();
-        assert_eq!(
-            (k.vmlinux.as_deref(), k.origin),
-            (Some(vmlinux.as_path()), KernelOrigin::Environment)
-        );
-        let err = discover(None, |var| {
-            (var == BZIMAGE_VAR).then(|| "/nope/bzImage".to_string())
-        })
-        .unwrap_err();
-        assert_eq!(
-            err,
-            KernelError::MissingOverride {
-                var: BZIMAGE_VAR,
-                path: "/nope/bzImage".into()
-            }
-        );
+        assert_eq!((k.vmlinux.as_deref(), k.origin), (Some(vmlinux.as_path()), KernelOrigin::Environment));
+        let err = discover(None, |var| (var == BZIMAGE_VAR).then(|| "/nope/bzImage".to_string())).unwrap_err();
+        assert_eq!(err, KernelError::MissingOverride { var: BZIMAGE_VAR, path: "/nope/bzImage".into() });
     }
 
     #[test]
@@ -137,12 +111,9 @@ mod tests {
             return;
         }
         let state = tempfile::tempdir().unwrap();
-        let err = discover(Some(state.path()), no_env)
-            .unwrap_err()
-            .to_string();
+        let err = discover(Some(state.path()), no_env).unwrap_err().to_string();
         assert!(
-            err.contains(&state.path().join("kernel").display().to_string())
-                && err.contains(SYSTEM_KERNEL_DIR),
+            err.contains(&state.path().join("kernel").display().to_string()) && err.contains(SYSTEM_KERNEL_DIR),
             "{err}"
         );
     }
