@@ -126,9 +126,8 @@ impl Fetcher {
             tempfile::Builder::new().prefix(".download-").tempfile_in(&blobs).map_err(|e| cache_err(&blobs, e))?;
         let mut writer = HashingWriter::new(tmp.as_file_mut());
         let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-        copy_interruptible(&mut reader, &mut writer).map_err(|e| match e.kind() {
-            io::ErrorKind::Interrupted => FetchError::Interrupted(e),
-            _ => net_err(e.to_string()),
+        copy_interruptible(&mut reader, &mut writer).map_err(|e| {
+            if crate::interrupt::is_interrupt(&e) { FetchError::Interrupted(e) } else { net_err(e.to_string()) }
         })?;
         let (actual, _, file) = writer.finish();
         file.sync_all().map_err(|e| cache_err(tmp.path(), e))?;

@@ -26,18 +26,34 @@ pub fn install() {
     });
 }
 
-/// An `Interrupted` error if the user asked us to stop.
+/// The error that stops work after a signal. It is deliberately not
+/// `io::ErrorKind::Interrupted`, which `io::copy` and friends silently retry.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// An [`Interrupted`] error if the user asked us to stop.
 pub fn check() -> io::Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
-        return Err(io::Error::new(io::ErrorKind::Interrupted, "interrupted"));
+        return Err(io::Error::other(Interrupted));
     }
     Ok(())
+}
+
+/// True if `err` is the error [`check`] returns.
+pub fn is_interrupt(err: &io::Error) -> bool {
+    err.get_ref().is_some_and(|inner| inner.is::<Interrupted>())
+}
+
+/// Prefixes `err` with `what` (e.g. the file it concerns), keeping interruptions recognisable.
+pub fn annotate(err: io::Error, what: impl std::fmt::Display) -> io::Error {
+    if is_interrupt(&err) { err } else { io::Error::new(err.kind(), format!("{what}: {err}")) }
 }
 
 /// True if `err` is (or was caused by) an interruption.
 pub fn caused(err: &anyhow::Error) -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
-        && err.chain().any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::Interrupted))
+        && err.chain().any(|c| c.is::<Interrupted>() || c.downcast_ref::<io::Error>().is_some_and(is_interrupt))
 }
 
 /// Remembers a temporary file to delete if a second signal forces an immediate exit.

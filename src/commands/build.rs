@@ -181,8 +181,9 @@ fn build_initramfs(
     let step = progress.step(format!("Packing {}", artifact_path.display()), Some(total));
     let mut pending = Pending::new(&artifact_path)?;
     let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, pending.file()));
-    let (stats, writer) = initramfs::pack(&tree, compression, writer, mtime, &mut |n| step.advance(n))
-        .with_context(|| format!("cannot write {}", artifact_path.display()))?;
+    let (stats, writer) =
+        initramfs::pack(&tree, &crate::rootfs::walk::NoLayers, compression, writer, mtime, &mut |n| step.advance(n))
+            .with_context(|| format!("cannot write {}", artifact_path.display()))?;
     let (checksum, size, mut buffered) = writer.finish();
     buffered.flush()?;
     drop(buffered);

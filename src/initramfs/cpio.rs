@@ -1,22 +1,22 @@
-//! A cpio "newc" writer for image trees: entries in path order, owner root, inode numbers
-//! counted from 1 in that order, one fixed mtime: the archive depends only on the tree.
-//!
-//! Files that come from the same host path with the same mode are hard links of one inode:
-//! the first in path order carries the data, the others have size 0 (the kernel links them
-//! to the first; GNU cpio reads it too).
+//! A cpio "newc" writer: a [`Sink`] for [`walk`], which fixes the entry order and hard links.
+//! Inode numbers count from 1 in writing order and every entry gets one fixed mtime, so the
+//! archive depends only on the tree. A hard-linked file's bytes go with its first name; the
+//! others have size 0 and the same inode (the kernel links them to the first; GNU cpio reads
+//! it too).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{self, Read, Write};
-use std::path::Path;
+use std::io::{self, Write};
 
-use crate::interrupt;
-use crate::rootfs::{FileData, Node, Tree};
+use crate::paths::ImagePath;
+use crate::rootfs::walk::{LayerSource, Payload, Sink, walk};
+use crate::rootfs::{Attrs, Node, SpecialKind, Tree};
 
 const S_IFDIR: u32 = 0o040_000;
 const S_IFREG: u32 = 0o100_000;
 const S_IFLNK: u32 = 0o120_000;
 const S_IFCHR: u32 = 0o020_000;
+const S_IFBLK: u32 = 0o060_000;
+const S_IFIFO: u32 = 0o010_000;
 
 /// Totals of a written archive.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,9 +25,12 @@ pub struct Stats {
     pub data_bytes: u64,
 }
 
+#[derive(Clone, Copy)]
 struct Header<'a> {
     ino: u32,
     mode: u32,
+    uid: u32,
+    gid: u32,
     nlink: u32,
     mtime: u32,
     size: u32,
@@ -42,7 +45,7 @@ fn write_header(out: &mut impl Write, h: &Header<'_>) -> io::Result<()> {
     write!(
         out,
         "070701{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}{:08X}",
-        h.ino, h.mode, 0, 0, h.nlink, h.mtime, h.size, 0, 0, h.rdev.0, h.rdev.1, namesize, 0
+        h.ino, h.mode, h.uid, h.gid, h.nlink, h.mtime, h.size, 0, 0, h.rdev.0, h.rdev.1, namesize, 0
     )?;
     out.write_all(h.name.as_bytes())?;
     out.write_all(&[0])?;
@@ -62,118 +65,98 @@ fn too_big(what: &str) -> io::Error {
     )
 }
 
-/// Writes `tree` as a newc archive with `mtime` on every entry; `progress` gets data bytes.
-pub fn write_tree(tree: &Tree, out: &mut impl Write, mtime: u32, progress: &mut dyn FnMut(u64)) -> io::Result<Stats> {
-    let mut stats = Stats::default();
-    let links = link_counts(tree);
-    let mut written_links: HashMap<(&Path, u32), u32> = HashMap::new();
-    for (ino, (path, node)) in (1u32..).zip(tree.iter()) {
-        interrupt::check()?;
+struct CpioSink<'w, W> {
+    out: &'w mut W,
+    mtime: u32,
+    next_ino: u32,
+    inodes: HashMap<ImagePath, u32>,
+    stats: Stats,
+}
+
+impl<W: Write> Sink for CpioSink<'_, W> {
+    fn entry(&mut self, path: &ImagePath, node: &Node, attrs: &Attrs, payload: Payload<'_>) -> io::Result<()> {
         let full = path.to_string();
         let name = if path.is_root() { "." } else { &full[1..] };
-        match node {
-            Node::Dir { mode } => {
-                write_header(out, &Header { ino, mode: S_IFDIR | mode, nlink: 2, mtime, size: 0, rdev: (0, 0), name })?;
-            }
-            Node::CharDevice { mode, major, minor } => {
-                write_header(
-                    out,
-                    &Header { ino, mode: S_IFCHR | mode, nlink: 1, mtime, size: 0, rdev: (*major, *minor), name },
-                )?;
-            }
-            Node::Symlink { target } => {
-                let size = u32::try_from(target.len()).map_err(|_| too_big(&full))?;
-                write_header(out, &Header { ino, mode: S_IFLNK | 0o777, nlink: 1, mtime, size, rdev: (0, 0), name })?;
-                out.write_all(target.as_bytes())?;
-                pad(out, target.len())?;
-            }
-            Node::File { mode, data } => {
-                let header = Header { ino, mode: S_IFREG | mode, nlink: 1, mtime, size: 0, rdev: (0, 0), name };
-                let written = match data {
-                    FileData::Bytes(bytes) => {
-                        let size = u32::try_from(bytes.len()).map_err(|_| too_big(&full))?;
-                        write_header(out, &Header { size, ..header })?;
-                        out.write_all(bytes)?;
-                        bytes.len() as u64
-                    }
-                    FileData::Host(host) => {
-                        let key = (host.as_path(), *mode);
-                        let nlink = links.get(&key).copied().unwrap_or(1);
-                        match written_links.get(&key) {
-                            Some(&first) => {
-                                write_header(out, &Header { ino: first, nlink, ..header })?;
-                                0
-                            }
-                            None => {
-                                if nlink > 1 {
-                                    written_links.insert(key, ino);
-                                }
-                                write_host_file(out, host, Header { nlink, ..header }, progress)?
-                            }
-                        }
-                    }
-                };
-                pad(out, written as usize)?;
-                stats.data_bytes += written;
-            }
-        }
-        stats.entries += 1;
-    }
-    write_header(out, &Header { ino: 0, mode: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0), name: "TRAILER!!!" })?;
-    Ok(stats)
-}
-
-/// How many entries share each (host path, mode): the hard-link groups.
-fn link_counts(tree: &Tree) -> HashMap<(&Path, u32), u32> {
-    let mut counts = HashMap::new();
-    for (_, node) in tree.iter() {
-        if let Node::File { mode, data: FileData::Host(host) } = node {
-            *counts.entry((host.as_path(), *mode)).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// Writes `header` (with the file's size) and streams the host file's bytes.
-fn write_host_file(
-    out: &mut impl Write,
-    host: &Path,
-    header: Header<'_>,
-    progress: &mut dyn FnMut(u64),
-) -> io::Result<u64> {
-    let context = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", host.display()));
-    let file = File::open(host).map_err(context)?;
-    let len = file.metadata().map_err(context)?.len();
-    let size = u32::try_from(len).map_err(|_| too_big(&host.display().to_string()))?;
-    write_header(out, &Header { size, ..header })?;
-    let copied = copy_with_progress(&mut file.take(len), out, progress).map_err(context)?;
-    if copied != len {
-        return Err(context(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while it was being packed")));
-    }
-    Ok(len)
-}
-
-fn copy_with_progress(reader: &mut impl Read, out: &mut impl Write, progress: &mut dyn FnMut(u64)) -> io::Result<u64> {
-    let mut buf = vec![0u8; 256 << 10];
-    let mut total = 0;
-    loop {
-        let n = match reader.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+        let ino = self.next_ino;
+        self.next_ino += 1;
+        let h = Header {
+            ino,
+            mode: 0,
+            uid: attrs.uid,
+            gid: attrs.gid,
+            nlink: 1,
+            mtime: self.mtime,
+            size: 0,
+            rdev: (0, 0),
+            name,
         };
-        out.write_all(&buf[..n])?;
-        total += n as u64;
-        progress(n as u64);
-        interrupt::check()?;
+        match (node, payload) {
+            (Node::Dir { mode }, _) => write_header(self.out, &Header { mode: S_IFDIR | mode, nlink: 2, ..h })?,
+            (Node::Special { kind, mode, major, minor }, _) => {
+                let kind_bits = match kind {
+                    SpecialKind::Char => S_IFCHR,
+                    SpecialKind::Block => S_IFBLK,
+                    SpecialKind::Fifo => S_IFIFO,
+                };
+                write_header(self.out, &Header { mode: kind_bits | mode, rdev: (*major, *minor), ..h })?;
+            }
+            (Node::Symlink { target }, _) => {
+                let size = u32::try_from(target.len()).map_err(|_| too_big(&full))?;
+                write_header(self.out, &Header { mode: S_IFLNK | 0o777, size, ..h })?;
+                self.out.write_all(target.as_bytes())?;
+                pad(self.out, target.len())?;
+            }
+            (Node::File { mode, .. }, Payload::Link { to, links }) => {
+                let first =
+                    *self.inodes.get(to).ok_or_else(|| io::Error::other(format!("{full}: link to unwritten {to}")))?;
+                write_header(self.out, &Header { ino: first, mode: S_IFREG | mode, nlink: links, ..h })?;
+            }
+            (Node::File { mode, .. }, Payload::Data { reader, size, links }) => {
+                let size32 = u32::try_from(size).map_err(|_| too_big(&full))?;
+                write_header(self.out, &Header { mode: S_IFREG | mode, nlink: links, size: size32, ..h })?;
+                let copied = io::copy(reader, self.out)?;
+                if copied != size {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{full}: expected {size} bytes, got {copied}"),
+                    ));
+                }
+                pad(self.out, size as usize)?;
+                if links > 1 {
+                    self.inodes.insert(path.clone(), ino);
+                }
+                self.stats.data_bytes += size;
+            }
+            (Node::File { .. }, Payload::None) => unreachable!("walk always sends files with data or a link"),
+        }
+        self.stats.entries += 1;
+        Ok(())
     }
+}
+
+/// Writes `tree` as a newc archive with `mtime` on every entry; `progress` gets data bytes.
+pub fn write_tree(
+    tree: &Tree,
+    layers: &dyn LayerSource,
+    out: &mut impl Write,
+    mtime: u32,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Stats> {
+    let mut sink = CpioSink { out, mtime, next_ino: 1, inodes: HashMap::new(), stats: Stats::default() };
+    walk(tree, layers, &mut sink, progress)?;
+    let stats = sink.stats;
+    write_header(
+        out,
+        &Header { ino: 0, mode: 0, uid: 0, gid: 0, nlink: 1, mtime: 0, size: 0, rdev: (0, 0), name: "TRAILER!!!" },
+    )?;
+    Ok(stats)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paths::ImagePath;
+    use crate::rootfs::FileData;
+    use crate::rootfs::walk::NoLayers;
     use std::sync::Arc;
 
     #[test]
@@ -185,7 +168,7 @@ mod tests {
         )
         .unwrap();
         let mut out = Vec::new();
-        let stats = write_tree(&tree, &mut out, 7, &mut |_| {}).unwrap();
+        let stats = write_tree(&tree, &NoLayers, &mut out, 7, &mut |_| {}).unwrap();
         assert_eq!(stats.entries, 2);
         assert_eq!(&out[..6], b"070701");
         // Root entry: 110-byte header + ".\0" padded to 112.

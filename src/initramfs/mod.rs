@@ -11,7 +11,8 @@ use crate::config::{Compression, InitMode, Mapping};
 use crate::guest_init;
 use crate::mappings::{self, LocatedMappingError};
 use crate::paths::ImagePath;
-use crate::rootfs::{FileData, Node, Tree, TreeError};
+use crate::rootfs::walk::LayerSource;
+use crate::rootfs::{FileData, Node, SpecialKind, Tree, TreeError};
 
 /// Directories every initramfs starts with (mode 0755).
 pub const SKELETON: [&str; 13] = [
@@ -87,7 +88,7 @@ pub fn assemble(parts: &Parts<'_>) -> Result<Tree, AssembleError> {
         tree.mkdir_all(&path(dir), 0o755)?;
     }
     // The kernel opens /dev/console for init before anything can mount devtmpfs.
-    tree.insert(&path("/dev/console"), Node::CharDevice { mode: 0o600, major: 5, minor: 1 })?;
+    tree.insert(&path("/dev/console"), Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 })?;
     tree.insert(&path("/bin/busybox"), executable(parts.busybox))?;
     for applet in APPLETS {
         tree.insert(&path("/bin").join(applet), Node::Symlink { target: "busybox".into() })?;
@@ -120,15 +121,17 @@ fn check_init(tree: &Tree) -> Result<(), AssembleError> {
     }
 }
 
-/// Packs `tree` as a cpio archive compressed with `compression` into `out`.
+/// Packs `tree` (whose layer-backed files come from `layers`) as a cpio archive compressed
+/// with `compression` into `out`.
 pub fn pack<W: Write>(
     tree: &Tree,
+    layers: &dyn LayerSource,
     compression: Compression,
     out: W,
     mtime: u32,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<(cpio::Stats, W)> {
     let mut encoder = crate::compress::Encoder::new(compression, out)?;
-    let stats = cpio::write_tree(tree, &mut encoder, mtime, progress)?;
+    let stats = cpio::write_tree(tree, layers, &mut encoder, mtime, progress)?;
     Ok((stats, encoder.finish()?))
 }

@@ -3,5 +3,6 @@
 //! ownership is always root and nothing depends on the host's users or umask.
 
 mod tree;
+pub mod walk;
 
-pub use tree::{FileData, Node, Tree, TreeError};
+pub use tree::{Attrs, FileData, Node, SpecialKind, Tree, TreeError};

@@ -1,16 +1,48 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::paths::ImagePath;
 
-/// Where a regular file's bytes come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where a regular file's bytes come from. Files with equal `Host` or `Layer` data (and
+/// mode) are hard links of one inode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum FileData {
     /// Read from the host when packing (streamed, never held in memory).
     Host(PathBuf),
     /// Small generated or embedded content.
     Bytes(Arc<[u8]>),
+    /// Entry number `index` of image layer `layer`'s tar stream, `size` bytes long; read
+    /// when packing, layer by layer.
+    Layer { layer: u32, index: u64, size: u64 },
+}
+
+impl FileData {
+    /// True for data that can be shared by several names (hard links).
+    pub fn linkable(&self) -> bool {
+        !matches!(self, Self::Bytes(_))
+    }
+}
+
+/// Device nodes and fifos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SpecialKind {
+    Char,
+    Block,
+    Fifo,
+}
+
+/// Owner and extended attributes; the default (root, none) is not stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Sorted by name.
+    pub xattrs: Vec<(String, Vec<u8>)>,
+}
+
+impl Attrs {
+    pub const ROOT: Attrs = Attrs { uid: 0, gid: 0, xattrs: Vec::new() };
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,9 +57,10 @@ pub enum Node {
     Symlink {
         target: String,
     },
-    /// A character device node, e.g. `/dev/console` (packers write it; nothing is created on
+    /// A device node or fifo, e.g. `/dev/console` (packers write it; nothing is created on
     /// the host, so no privilege is needed).
-    CharDevice {
+    Special {
+        kind: SpecialKind,
         mode: u32,
         major: u32,
         minor: u32,
@@ -53,19 +86,36 @@ const MAX_SYMLINKS: usize = 40;
 #[derive(Debug, Clone)]
 pub struct Tree {
     nodes: BTreeMap<ImagePath, Node>,
+    /// Entries not owned by root or carrying xattrs.
+    attrs: HashMap<ImagePath, Attrs>,
 }
 
 impl Default for Tree {
     fn default() -> Self {
         let mut nodes = BTreeMap::new();
         nodes.insert(ImagePath::root(), Node::Dir { mode: 0o755 });
-        Self { nodes }
+        Self { nodes, attrs: HashMap::new() }
     }
 }
 
 impl Tree {
     pub fn get(&self, path: &ImagePath) -> Option<&Node> {
         self.nodes.get(path)
+    }
+
+    /// Owner and xattrs of the entry at `path` (root and none unless set).
+    pub fn attrs(&self, path: &ImagePath) -> &Attrs {
+        static ROOT: Attrs = Attrs::ROOT;
+        self.attrs.get(path).unwrap_or(&ROOT)
+    }
+
+    /// Sets owner and xattrs of an existing entry.
+    pub fn set_attrs(&mut self, path: &ImagePath, attrs: Attrs) {
+        if attrs == Attrs::ROOT {
+            self.attrs.remove(path);
+        } else if self.nodes.contains_key(path) {
+            self.attrs.insert(path.clone(), attrs);
+        }
     }
 
     /// All entries in path order, the root first.
@@ -143,6 +193,7 @@ impl Tree {
             }
             _ => self.remove(&target),
         }
+        self.attrs.remove(&target);
         self.nodes.insert(target.clone(), node);
         Ok(target)
     }
@@ -172,17 +223,24 @@ impl Tree {
             });
         }
         if children.is_empty() {
-            self.nodes.remove(dir);
+            self.remove(dir);
             return Ok(());
         }
         let dest = self.mkdir_all(&dest, 0o755)?;
-        let moved: Vec<(ImagePath, Node)> =
-            children.iter().map(|p| (p.clone(), self.nodes.remove(p).expect("listed above"))).collect();
-        self.nodes.remove(dir);
-        for (old, node) in moved {
+        let moved: Vec<(ImagePath, Node, Option<Attrs>)> = children
+            .iter()
+            .map(|p| (p.clone(), self.nodes.remove(p).expect("listed above"), self.attrs.remove(p)))
+            .collect();
+        self.remove(dir);
+        for (old, node, attrs) in moved {
             let relative = &old.components()[dir.components().len()..];
             let new = ImagePath::from_components(dest.components().iter().chain(relative).cloned().collect());
-            self.nodes.entry(new).or_insert(node);
+            if !self.nodes.contains_key(&new) {
+                self.nodes.insert(new.clone(), node);
+                if let Some(attrs) = attrs {
+                    self.attrs.insert(new, attrs);
+                }
+            }
         }
         Ok(())
     }
@@ -193,6 +251,7 @@ impl Tree {
             self.nodes.range(path.clone()..).take_while(|(p, _)| p.starts_with(path)).map(|(p, _)| p.clone()).collect();
         for p in doomed {
             self.nodes.remove(&p);
+            self.attrs.remove(&p);
         }
     }
 
