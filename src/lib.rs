@@ -23,6 +23,7 @@ pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod rootfs;
+pub mod squashfs;
 pub mod store;
 pub mod tomlfile;
 

@@ -33,6 +33,29 @@ pub fn artifact_path(output: Option<&Path>, default_stem: &str, suffix: &str) ->
     }
 }
 
+/// The rootfs image path, with the original Fledge's rules: `-o` ending in `.<suffix>` is
+/// kept, a trailing `.img` becomes `.<suffix>`, anything else gets `.<suffix>` appended
+/// (`-o foo` → `foo.squashfs`); a directory gets `<default_stem>.<suffix>` inside it.
+pub fn rootfs_path(output: Option<&Path>, default_stem: &str, suffix: &str) -> PathBuf {
+    let with_suffix = format!(".{suffix}");
+    match output {
+        Some(dir) if dir.is_dir() || dir.as_os_str().to_string_lossy().ends_with('/') => {
+            dir.join(format!("{default_stem}{with_suffix}"))
+        }
+        Some(path) => {
+            let text = path.as_os_str().to_string_lossy();
+            if text.ends_with(&with_suffix) {
+                path.to_path_buf()
+            } else if let Some(stem) = text.strip_suffix(".img") {
+                PathBuf::from(format!("{stem}{with_suffix}"))
+            } else {
+                PathBuf::from(format!("{text}{with_suffix}"))
+            }
+        }
+        None => PathBuf::from(format!("{default_stem}{with_suffix}")),
+    }
+}
+
 /// `<stem>.manifest.json` beside the artifact: `hello.cpio.gz` → `hello.manifest.json`.
 pub fn manifest_path(artifact: &Path) -> PathBuf {
     let name = artifact.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -90,11 +113,17 @@ impl Pending {
         self.tmp.as_file_mut()
     }
 
+    /// The temporary path, for tools that write the file themselves.
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
     /// Flushes to disk, sets mode 0644 and renames into place.
     pub fn commit(self) -> io::Result<PathBuf> {
         let Self { tmp, dest, _tracked } = self;
-        tmp.as_file().sync_all()?;
-        tmp.as_file().set_permissions(fs::Permissions::from_mode(0o644))?;
+        // Through the path: a tool may have replaced the file we created.
+        fs::File::open(tmp.path())?.sync_all()?;
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o644))?;
         tmp.persist(&dest)
             .map_err(|e| io::Error::new(e.error.kind(), format!("cannot create {}: {}", dest.display(), e.error)))?;
         Ok(dest)
@@ -119,6 +148,10 @@ mod tests {
         assert_eq!(artifact_path(Some(Path::new("out/foo")), "x", "cpio.gz"), Path::new("out/foo.cpio.gz"));
         assert_eq!(artifact_path(Some(Path::new("foo.initrd")), "x", "cpio.gz"), Path::new("foo.initrd"));
         assert_eq!(artifact_path(Some(Path::new("out/")), "x", "cpio.gz"), Path::new("out/x.cpio.gz"));
+        assert_eq!(rootfs_path(Some(Path::new("foo")), "x", "squashfs"), Path::new("foo.squashfs"));
+        assert_eq!(rootfs_path(Some(Path::new("a/n.img")), "x", "squashfs"), Path::new("a/n.squashfs"));
+        assert_eq!(rootfs_path(Some(Path::new("n.squashfs")), "x", "squashfs"), Path::new("n.squashfs"));
+        assert_eq!(rootfs_path(None, "nginx", "squashfs"), Path::new("nginx.squashfs"));
         assert_eq!(sanitize("My App/x"), "my-app-x");
     }
 }

@@ -6,14 +6,20 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use crate::cli::BuildArgs;
-use crate::config::{BuildConfig, InitMode, Strategy};
-use crate::digest::HashingWriter;
+use crate::config::{BuildConfig, FsType, InitMode, Strategy};
+use crate::digest::{HashingWriter, Sha256Digest};
 use crate::fetch::Fetcher;
+use crate::image::flatten::{ImageLayers, flatten};
+use crate::image::spec::Platform;
+use crate::image::stored::StoredImage;
 use crate::initramfs::{self, Parts};
 use crate::manifest::{self, Artifact, BootMedia, ManifestTemplate};
 use crate::output::{self, Pending};
+use crate::paths::ImagePath;
 use crate::progress::Progress;
-use crate::{agent, busybox, compress, dirs};
+use crate::rootfs::{FileData, Node, Tree};
+use crate::store::Store;
+use crate::{agent, busybox, compress, dirs, mappings, squashfs};
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -86,10 +92,7 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     let template = load_template(args, &config, format)?;
 
     if config.strategy == Strategy::OciRootfs {
-        bail!(
-            "{}: the oci_rootfs strategy is not supported yet in this version of Fledge\n  = help: use strategy = \"initramfs\" for now",
-            config.file.display()
-        );
+        return build_rootfs(args, &config, template, format, progress);
     }
     if let Some(what) = config.source.image.as_ref().map(|_| "source.image").or(config
         .source
@@ -177,7 +180,7 @@ fn build_initramfs(
     let artifact_path = output::artifact_path(args.output.as_deref(), &stem, suffix);
     let manifest_path = output::manifest_path(&artifact_path);
 
-    let total: u64 = tree.iter().filter_map(|(_, n)| host_file_len(n)).sum();
+    let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
     let step = progress.step(format!("Packing {}", artifact_path.display()), Some(total));
     let mut pending = Pending::new(&artifact_path)?;
     let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, pending.file()));
@@ -191,23 +194,98 @@ fn build_initramfs(
 
     let absolute = std::path::absolute(&artifact_path)?;
     let artifact = Artifact { path: absolute, media: BootMedia::Initramfs { format: suffix.to_string() }, checksum };
-    let mut manifest_file = Pending::new(&manifest_path)?;
-    manifest_file.file().write_all(manifest::render(template, &artifact, format).as_bytes())?;
-
-    let artifact_path = pending.commit()?;
-    if let Err(e) = manifest_file.commit() {
-        let _ = std::fs::remove_file(&artifact_path);
-        return Err(e.into());
-    }
+    commit(pending, &manifest_path, &manifest::render(template, &artifact, format))?;
     progress.say(&format!("Built {} ({checksum}) and {}", artifact_path.display(), manifest_path.display()));
     Ok(())
 }
 
-fn host_file_len(node: &crate::rootfs::Node) -> Option<u64> {
+fn build_rootfs(
+    args: &BuildArgs,
+    config: &BuildConfig,
+    template: ManifestTemplate,
+    format: manifest::ManifestFormat,
+    progress: &Progress,
+) -> Result<()> {
+    let Some(image) = &config.source.image else {
+        bail!(
+            "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image = \"...\"",
+            config.file.display()
+        );
+    };
+    let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
+    if kind != FsType::Squashfs {
+        bail!(
+            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default)",
+            config.file.display(),
+            kind.name()
+        );
+    }
+    let compression = config.compression.expect("squashfs always has a compressor");
+    let mtime = source_date_epoch()?;
+    let store = Store::open(dirs::state_dir().as_deref())?;
+    let stored = StoredImage::get_or_pull(&store, image, &Platform::host(), progress)?;
+    let layers = ImageLayers::new(&store, &stored.manifest)?;
+
+    let step = progress.step(format!("Flattening {} layer(s) of {image}", layers.len()), None);
+    let mut tree = Tree::default();
+    flatten(&layers, &mut tree)?;
+    step.finish(&format!("{} entries", tree.len()));
+
+    if let Some(source) = &config.agent {
+        let step = progress.step("Fetching the kestrel agent", None);
+        let agent_path = agent::resolve(source, &Fetcher::new(dirs::cache_dir()))?;
+        step.finish(&agent_path.display().to_string());
+        let kestrel = ImagePath::parse(initramfs::AGENT_PATH).expect("constant path");
+        tree.replace(&kestrel, Node::File { mode: 0o755, data: FileData::Host(agent_path) })?;
+    }
+    mappings::apply(&mut tree, &config.mappings)?;
+
+    let stem = output::sanitize(image.short_name());
+    let artifact_path = output::rootfs_path(args.output.as_deref(), &stem, kind.name());
+    let manifest_path = output::manifest_path(&artifact_path);
+    let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
+    let step = progress.step(format!("Writing {}", artifact_path.display()), Some(total));
+    let pending = Pending::new(&artifact_path)?;
+    let packed = squashfs::write(&tree, &layers, pending.path(), compression, mtime, &mut |n| step.advance(n))
+        .with_context(|| format!("cannot write {}", artifact_path.display()))?;
+    let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
+    step.finish(&format!("{} entries, {} → {}", tree.len(), human(packed), human(size)));
+
+    let run = &stored.config.config;
+    let template = template.with_image_defaults(
+        run.entrypoint.as_deref().unwrap_or_default(),
+        run.cmd.as_deref().unwrap_or_default(),
+        run.env.as_deref().unwrap_or_default(),
+        run.working_dir.as_deref(),
+    );
+    let artifact = Artifact {
+        path: std::path::absolute(&artifact_path)?,
+        media: BootMedia::Rootfs { format: kind.name().to_string() },
+        checksum,
+    };
+    commit(pending, &manifest_path, &manifest::render(&template, &artifact, format))?;
+    progress.say(&format!("Built {} ({checksum}) and {}", artifact_path.display(), manifest_path.display()));
+    Ok(())
+}
+
+/// Renames the artifact into place, then writes its manifest; if the manifest cannot be
+/// written, the artifact is removed again so the pair never disagrees.
+fn commit(artifact: Pending, manifest_path: &Path, manifest_json: &str) -> Result<()> {
+    let mut manifest_file = Pending::new(manifest_path)?;
+    manifest_file.file().write_all(manifest_json.as_bytes())?;
+    let artifact_path = artifact.commit()?;
+    if let Err(e) = manifest_file.commit() {
+        let _ = std::fs::remove_file(&artifact_path);
+        return Err(e.into());
+    }
+    Ok(())
+}
+
+/// Bytes of a file entry, when known without reading it.
+fn file_len(node: &Node) -> Option<u64> {
     match node {
-        crate::rootfs::Node::File { data: crate::rootfs::FileData::Host(p), .. } => {
-            std::fs::metadata(p).ok().map(|m| m.len())
-        }
+        Node::File { data: FileData::Layer { size, .. }, .. } => Some(*size),
+        Node::File { data: FileData::Host(p), .. } => std::fs::metadata(p).ok().map(|m| m.len()),
         _ => None,
     }
 }

@@ -5,10 +5,10 @@ use fledge_llb::ImageRef;
 use serde_json::json;
 
 use crate::cli::ImageCommand;
-use crate::digest::Sha256Digest;
 use crate::dirs;
 use crate::image::pull::pull;
-use crate::image::spec::{ImageConfig, Manifest, Platform};
+use crate::image::spec::Platform;
+use crate::image::stored::StoredImage;
 use crate::progress::Progress;
 use crate::store::{ImageRecord, Store};
 
@@ -29,8 +29,9 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
             let images = store.images()?;
             println!("{:<60} {:<19} {:<16} {:>10}", "NAME", "DIGEST", "PLATFORM", "SIZE");
             for record in images {
-                let size =
-                    load(&store, &record).map(|(m, _)| m.layers.iter().map(|l| l.size).sum::<u64>()).unwrap_or(0);
+                let size = StoredImage::load(&store, record.clone())
+                    .map(|i| i.manifest.layers.iter().map(|l| l.size).sum::<u64>())
+                    .unwrap_or(0);
                 let short =
                     record.digest.strip_prefix("sha256:").map_or(record.digest.as_str(), |h| &h[..12.min(h.len())]);
                 println!(
@@ -44,7 +45,7 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
         }
         ImageCommand::Inspect { reference } => {
             let record = find(&store, reference)?;
-            let (manifest, config) = load(&store, &record)?;
+            let StoredImage { record, manifest, config } = StoredImage::load(&store, record)?;
             let out = json!({
                 "name": record.name,
                 "digest": record.digest,
@@ -80,14 +81,4 @@ fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
     store
         .lookup(&name)?
         .with_context(|| format!("{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`"))
-}
-
-/// The manifest and config of a stored image.
-fn load(store: &Store, record: &ImageRecord) -> Result<(Manifest, ImageConfig)> {
-    let manifest: Manifest = serde_json::from_slice(&store.read_blob(&record.manifest_digest()?)?)
-        .with_context(|| format!("stored manifest of {} is corrupt", record.name))?;
-    let config_digest: Sha256Digest = manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
-    let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_digest)?)
-        .with_context(|| format!("stored config of {} is corrupt", record.name))?;
-    Ok((manifest, config))
 }

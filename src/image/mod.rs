@@ -1,6 +1,8 @@
 //! Container images: the OCI format, the registry client, and pulling into the store.
 
 pub mod auth;
+pub mod flatten;
 pub mod pull;
 pub mod registry;
 pub mod spec;
+pub mod stored;

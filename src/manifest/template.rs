@@ -187,6 +187,49 @@ impl ManifestTemplate {
         }
     }
 
+    /// Fills what the template leaves empty from an image's config: the workload's
+    /// entrypoint and args (`Entrypoint` + `Cmd`, or `Cmd` alone), its working directory, and
+    /// the environment.
+    pub fn with_image_defaults(
+        mut self,
+        entrypoint: &[String],
+        cmd: &[String],
+        env: &[String],
+        workdir: Option<&str>,
+    ) -> Self {
+        let command: Vec<&String> = entrypoint.iter().chain(cmd).collect();
+        let workload = self.workload.get_or_insert_with(|| Workload {
+            entrypoint: None,
+            args: Vec::new(),
+            workdir: None,
+            kind: None,
+            base_url: None,
+        });
+        if workload.entrypoint.is_none()
+            && let Some((first, rest)) = command.split_first()
+        {
+            workload.entrypoint = Some((*first).clone());
+            if workload.args.is_empty() {
+                workload.args = rest.iter().map(|s| (*s).clone()).collect();
+            }
+        }
+        if workload.workdir.is_none() {
+            workload.workdir = workdir.filter(|w| !w.is_empty()).map(str::to_string);
+        }
+        if self
+            .workload
+            .as_ref()
+            .is_some_and(|w| w.entrypoint.is_none() && w.workdir.is_none() && w.args.is_empty() && w.kind.is_none())
+        {
+            self.workload = None;
+        }
+        if self.env.is_empty() {
+            self.env =
+                env.iter().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        }
+        self
+    }
+
     pub fn load(path: &Path, format: ManifestFormat) -> Result<Self, TemplateError> {
         let (raw, file) = tomlfile::load::<Raw>(path).map_err(|e| match e {
             LoadError::NotFound { path } => TemplateError::NotFound(path),

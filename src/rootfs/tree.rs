@@ -198,8 +198,24 @@ impl Tree {
         Ok(target)
     }
 
+    /// Puts `node` at `path` with image-layer semantics: whatever was there, a non-empty
+    /// directory included, is replaced (as an upper layer hides a lower one). Directories
+    /// keep their contents when the new node is a directory too. Parents resolve inside
+    /// the image.
+    pub fn replace(&mut self, path: &ImagePath, node: Node) -> Result<ImagePath, TreeError> {
+        if let (Some(name), Some(parent)) = (path.file_name(), path.parent()) {
+            let target = self.mkdir_all(&parent, 0o755)?.join(name);
+            let keep_children =
+                matches!(node, Node::Dir { .. }) && matches!(self.nodes.get(&target), Some(Node::Dir { .. }));
+            if !keep_children {
+                self.remove(&target);
+            }
+        }
+        self.insert(path, node)
+    }
+
     /// Everything strictly below `dir`, in path order.
-    fn descendants(&self, dir: &ImagePath) -> Vec<ImagePath> {
+    pub fn descendants(&self, dir: &ImagePath) -> Vec<ImagePath> {
         self.nodes.range(dir.clone()..).map(|(p, _)| p.clone()).take_while(|p| p.starts_with(dir)).skip(1).collect()
     }
 

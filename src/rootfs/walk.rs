@@ -47,6 +47,7 @@ impl LayerSource for NoLayers {
 }
 
 type Group<'t> = (&'t FileData, u32);
+type Names<'t> = Vec<(&'t ImagePath, &'t Node)>;
 
 /// Streams `tree` into `sink`; `progress` receives file bytes as they pass.
 pub fn walk(
@@ -64,7 +65,7 @@ pub fn walk(
         }
     }
     let mut first: HashMap<Group<'_>, &ImagePath> = HashMap::new();
-    let mut from_layers: BTreeMap<(u32, u64), Vec<(&ImagePath, &Node)>> = BTreeMap::new();
+    let mut from_layers: BTreeMap<(u32, u64), Names<'_>> = BTreeMap::new();
 
     for (path, node) in tree.iter() {
         interrupt::check()?;
@@ -107,7 +108,7 @@ pub fn walk(
         }
     }
 
-    let mut by_layer: BTreeMap<u32, Vec<(u64, Vec<(&ImagePath, &Node)>)>> = BTreeMap::new();
+    let mut by_layer: BTreeMap<u32, Vec<(u64, Names<'_>)>> = BTreeMap::new();
     for ((layer, index), names) in from_layers {
         by_layer.entry(layer).or_default().push((index, names));
     }

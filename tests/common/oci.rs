@@ -16,6 +16,33 @@ pub enum Entry<'a> {
     Dir(&'a str, u32),
     File(&'a str, u32, &'a [u8]),
     Symlink(&'a str, &'a str),
+    /// A hard link to an earlier entry.
+    HardLink(&'a str, &'a str),
+    /// A file with an owner and xattrs.
+    Owned {
+        path: &'a str,
+        mode: u32,
+        data: &'a [u8],
+        uid: u64,
+        gid: u64,
+        xattrs: &'a [(&'a str, &'a [u8])],
+    },
+}
+
+/// A tar layer whose single entry has a raw (possibly hostile) name, bypassing the tar
+/// crate's own path checks.
+pub fn raw_name_layer(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_mode(0o644);
+    h.set_size(data.len() as u64);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mtime(0);
+    h.set_cksum();
+    let mut out = h.as_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512 + 1024, 0);
+    out
 }
 
 /// An uncompressed tar layer.
@@ -44,6 +71,24 @@ pub fn tar_layer(entries: &[Entry<'_>]) -> Vec<u8> {
                 h.set_mode(0o777);
                 h.set_size(0);
                 builder.append_link(&mut h, path, target).unwrap();
+            }
+            Entry::HardLink(path, target) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o755);
+                h.set_size(0);
+                builder.append_link(&mut h, path, target).unwrap();
+            }
+            Entry::Owned { path, mode, data, uid, gid, xattrs } => {
+                let keys: Vec<String> = xattrs.iter().map(|(k, _)| format!("SCHILY.xattr.{k}")).collect();
+                builder
+                    .append_pax_extensions(keys.iter().map(String::as_str).zip(xattrs.iter().map(|(_, v)| *v)))
+                    .unwrap();
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*mode);
+                h.set_uid(*uid);
+                h.set_gid(*gid);
+                h.set_size(data.len() as u64);
+                builder.append_data(&mut h, path, *data).unwrap();
             }
         }
     }

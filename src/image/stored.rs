@@ -1,0 +1,36 @@
+//! An image in the store: its index record, manifest and config.
+
+use anyhow::{Context, Result};
+use fledge_llb::ImageRef;
+
+use super::pull::pull;
+use super::spec::{ImageConfig, Manifest, Platform};
+use crate::digest::Sha256Digest;
+use crate::progress::Progress;
+use crate::store::{ImageRecord, Store};
+
+pub struct StoredImage {
+    pub record: ImageRecord,
+    pub manifest: Manifest,
+    pub config: ImageConfig,
+}
+
+impl StoredImage {
+    pub fn load(store: &Store, record: ImageRecord) -> Result<Self> {
+        let manifest: Manifest = serde_json::from_slice(&store.read_blob(&record.manifest_digest()?)?)
+            .with_context(|| format!("stored manifest of {} is corrupt", record.name))?;
+        let config_digest: Sha256Digest = manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
+        let config: ImageConfig = serde_json::from_slice(&store.read_blob(&config_digest)?)
+            .with_context(|| format!("stored config of {} is corrupt", record.name))?;
+        Ok(Self { record, manifest, config })
+    }
+
+    /// The image from the store (no network needed), or pulled into it first.
+    pub fn get_or_pull(store: &Store, image: &ImageRef, platform: &Platform, progress: &Progress) -> Result<Self> {
+        let record = match store.lookup(&image.to_string())? {
+            Some(record) => record,
+            None => pull(image, platform, store, progress)?,
+        };
+        Self::load(store, record)
+    }
+}

@@ -1,0 +1,158 @@
+//! `strategy = "oci_rootfs"` end to end: an image built by the tests (whiteouts, an opaque
+//! directory, hard links, symlinks, owners, xattrs) pushed to a real registry, pulled,
+//! flattened and written as squashfs, checked with `unsquashfs`.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use common::oci::{Entry, add_image, finish_layout, raw_name_layer, tar_layer};
+use common::registry::Registry;
+use common::*;
+use serde_json::{Value, json};
+
+fn test_image(registry: &Registry, p: &Project, repo: &str) -> String {
+    let bb = fs::read(busybox()).unwrap();
+    let lower = tar_layer(&[
+        Entry::Dir("bin", 0o755),
+        Entry::File("bin/busybox", 0o755, &bb),
+        Entry::Symlink("bin/sh", "busybox"),
+        Entry::HardLink("bin/ls", "bin/busybox"),
+        Entry::Dir("etc", 0o755),
+        Entry::File("etc/hostname", 0o644, b"lower\n"),
+        Entry::Dir("data", 0o755),
+        Entry::File("data/a", 0o644, b"a"),
+        Entry::File("data/b", 0o644, b"b"),
+        Entry::Dir("home", 0o755),
+        Entry::Dir("home/user", 0o700),
+        Entry::Owned {
+            path: "home/user/notes",
+            mode: 0o600,
+            data: b"private\n",
+            uid: 1000,
+            gid: 1000,
+            xattrs: &[("user.fledge", b"yes")],
+        },
+    ]);
+    let upper = tar_layer(&[
+        Entry::File("etc/.wh.hostname", 0o644, b""),
+        Entry::File("data/.wh..wh..opq", 0o644, b""),
+        Entry::File("data/c", 0o644, b"c"),
+        Entry::File("etc/motd", 0o644, b"from the upper layer\n"),
+    ]);
+    let layout = p.path("layout");
+    let manifest = add_image(
+        &layout,
+        "amd64",
+        &[lower, upper],
+        json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "cat /etc/motd"], "Env": ["GREETING=hi"], "WorkingDir": "/home/user"}),
+    );
+    finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", repo, false);
+    format!("{}/{repo}:v1", registry.host)
+}
+
+fn project_for(image: &str) -> Project {
+    let p = Project::new();
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("extra.conf", "x=1\n");
+    p.write(
+        "fledge.toml",
+        &format!("version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"{image}\"\n[filesystem]\ncompression = \"zstd\"\n[mappings]\n\"extra.conf\" = \"/etc/extra.conf\"\n"),
+    );
+    p.write("manifest.toml", "name = \"web\"\nversion = \"1\"\nruntime = \"web\"\n");
+    p
+}
+
+/// `unsquashfs -lln` as (path, line) pairs, paths relative to the image root.
+fn listing(image: &std::path::Path) -> Vec<(String, String)> {
+    let out = run(Command::new("unsquashfs").arg("-lln").arg(image));
+    assert_success(&out);
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let at = l.find("squashfs-root")?;
+            let path = l[at + "squashfs-root".len()..].split(" -> ").next().unwrap().to_string();
+            Some((path, l.to_string()))
+        })
+        .collect()
+}
+
+fn line<'a>(list: &'a [(String, String)], path: &str) -> Option<&'a str> {
+    list.iter().find(|(p, _)| p == path).map(|(_, l)| l.as_str())
+}
+
+#[test]
+fn an_image_from_the_registry_becomes_a_squashfs_with_layers_applied() {
+    let Some(mut registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = test_image(&registry, &builder, "fledge/rootfs");
+    let p = project_for(&image);
+    assert_success(&run(p.fledge().args(["build", "-o", "out/web"])));
+    let artifact = p.path("out/web.squashfs");
+    let list = listing(&artifact);
+
+    for gone in ["/etc/hostname", "/data/a", "/data/b"] {
+        assert!(line(&list, gone).is_none(), "{gone} is whited out:\n{list:#?}");
+    }
+    assert!(line(&list, "/data/c").is_some() && line(&list, "/etc/motd").is_some());
+    assert!(line(&list, "/bin/sh").unwrap().starts_with("lrwxrwxrwx 0/0"), "{list:#?}");
+    assert!(line(&list, "/bin/sh").unwrap().ends_with("-> busybox"));
+    assert!(line(&list, "/bin/kestrel").unwrap().starts_with("-rwxr-xr-x 0/0"), "agent installed");
+    assert!(line(&list, "/etc/extra.conf").unwrap().starts_with("-rw-r--r-- 0/0"), "mapping applied");
+    assert!(line(&list, "/home/user/notes").unwrap().starts_with("-rw------- 1000/1000"), "owner kept: {list:#?}");
+    assert!(line(&list, "/home/user").unwrap().starts_with("drwx------"), "directory mode kept");
+    assert!(list.iter().all(|(_, l)| l.contains("2024-01-01 00:00")), "fixed timestamps");
+
+    // Hard links and xattrs survive: extract (as root) and look.
+    if nix::unistd::Uid::effective().is_root() {
+        let dir = p.path("x");
+        assert_success(&run(Command::new("unsquashfs").arg("-d").arg(&dir).arg(&artifact)));
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            fs::metadata(dir.join("bin/ls")).unwrap().ino(),
+            fs::metadata(dir.join("bin/busybox")).unwrap().ino()
+        );
+        let xattr = run(Command::new("python3")
+            .args(["-c", "import os,sys; print(os.getxattr(sys.argv[1], 'user.fledge').decode())"])
+            .arg(dir.join("home/user/notes")));
+        assert_success(&xattr);
+        assert_eq!(String::from_utf8_lossy(&xattr.stdout).trim(), "yes");
+    }
+
+    // The manifest takes the workload from the image config.
+    let m: Value = serde_json::from_slice(&fs::read(p.path("out/web.manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["rootfs"]["format"], "squashfs");
+    assert_eq!(m["workload"]["entrypoint"], "/bin/sh");
+    assert_eq!(m["workload"]["args"], json!(["-c", "cat /etc/motd"]));
+    assert_eq!(m["workload"]["workdir"], "/home/user");
+    assert_eq!(m["env"]["GREETING"], "hi");
+
+    // Offline: the registry is gone, the store has everything, and the result is identical.
+    let first = (fs::read(&artifact).unwrap(), fs::read(p.path("out/web.manifest.json")).unwrap());
+    registry.stop();
+    fs::remove_dir_all(p.path("out")).unwrap();
+    assert_success(&run(p.fledge().args(["build", "-o", "out/web"])));
+    assert_eq!(fs::read(&artifact).unwrap(), first.0, "byte-identical squashfs");
+    assert_eq!(fs::read(p.path("out/web.manifest.json")).unwrap(), first.1, "byte-identical manifest");
+}
+
+#[test]
+fn a_layer_with_parent_paths_is_refused_and_nothing_is_written() {
+    let Some(registry) = registry::start() else { return };
+    let p = Project::new();
+    let layout = p.path("layout");
+    let manifest = add_image(&layout, "amd64", &[raw_name_layer("../../escape", b"x")], json!({}));
+    finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", "fledge/hostile", false);
+    let q = project_for(&format!("{}/fledge/hostile:v1", registry.host));
+    let before = q.listing();
+    let out = run(q.fledge().args(["build"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("entry '../../escape' has a '..' component; the layer was refused"), "{err}");
+    let after: Vec<String> = q.listing().into_iter().filter(|n| n != "state" && n != "cache" && n != "home").collect();
+    assert_eq!(after, before, "no artifact or manifest");
+}
