@@ -156,3 +156,26 @@ fn a_layer_with_parent_paths_is_refused_and_nothing_is_written() {
     let after: Vec<String> = q.listing().into_iter().filter(|n| n != "state" && n != "cache" && n != "home").collect();
     assert_eq!(after, before, "no artifact or manifest");
 }
+
+#[test]
+fn a_non_root_user_pulls_and_builds_squashfs() {
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = test_image(&registry, &builder, "fledge/nonroot");
+    let p = project_for(&image);
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FLEDGE]);
+        c
+    } else {
+        Command::new(FLEDGE)
+    };
+    cmd.args(["build", "-o", "nr.squashfs"])
+        .current_dir(p.dir.path())
+        .env("HOME", p.path("home"))
+        .env("FLEDGE_STATE_DIR", p.path("state"))
+        .env("FLEDGE_CACHE_DIR", p.path("cache"));
+    assert_success(&run(&mut cmd));
+    let list = listing(&p.path("nr.squashfs"));
+    assert!(line(&list, "/home/user/notes").unwrap().starts_with("-rw------- 1000/1000"), "owners kept without root");
+}
