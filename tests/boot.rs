@@ -183,3 +183,25 @@ fn poweroff_inside_the_guest_powers_off() {
     assert!(!console.contains("STILL ALIVE"), "{console}");
     assert!(started.elapsed() < Duration::from_secs(30), "powered off without waiting for the script");
 }
+
+#[test]
+fn an_initramfs_made_from_a_registry_image_boots_with_its_files_and_owners() {
+    let kernel = require_boot_tools!();
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/bootable");
+    let p = Project::new();
+    p.write(
+        "fledge.toml",
+        &format!("version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"check.sh\"\n[source]\nimage = \"{image}\"\nbusybox_path = \"{}\"\n", busybox()),
+    );
+    p.write("manifest.toml", "name = \"img\"\nversion = \"1\"\nruntime = \"img\"\n");
+    p.write_mode("check.sh", b"#!/bin/sh\ncat /etc/motd\nstat -c 'owner %u:%g mode %a' /home/user/notes\ntest -e /etc/hostname || echo 'whiteout applied'\n", 0o755);
+    assert_success(&run(p.fledge().args(["build", "-o", "img.cpio.gz"])));
+    let (console, status) = boot(&kernel, &p.path("img.cpio.gz"));
+    assert_eq!(status, Some(0), "{console}");
+    assert!(console.contains("from the upper layer"), "{console}");
+    assert!(console.contains("owner 1000:1000 mode 600"), "{console}");
+    assert!(console.contains("whiteout applied"), "{console}");
+    assert!(console.contains("FLEDGE_EXIT_STATUS=0"), "{console}");
+}

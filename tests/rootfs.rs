@@ -7,51 +7,9 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use common::oci::{Entry, add_image, finish_layout, raw_name_layer, tar_layer};
-use common::registry::Registry;
+use common::oci::{add_image, finish_layout, raw_name_layer};
 use common::*;
 use serde_json::{Value, json};
-
-fn test_image(registry: &Registry, p: &Project, repo: &str) -> String {
-    let bb = fs::read(busybox()).unwrap();
-    let lower = tar_layer(&[
-        Entry::Dir("bin", 0o755),
-        Entry::File("bin/busybox", 0o755, &bb),
-        Entry::Symlink("bin/sh", "busybox"),
-        Entry::HardLink("bin/ls", "bin/busybox"),
-        Entry::Dir("etc", 0o755),
-        Entry::File("etc/hostname", 0o644, b"lower\n"),
-        Entry::Dir("data", 0o755),
-        Entry::File("data/a", 0o644, b"a"),
-        Entry::File("data/b", 0o644, b"b"),
-        Entry::Dir("home", 0o755),
-        Entry::Dir("home/user", 0o700),
-        Entry::Owned {
-            path: "home/user/notes",
-            mode: 0o600,
-            data: b"private\n",
-            uid: 1000,
-            gid: 1000,
-            xattrs: &[("user.fledge", b"yes")],
-        },
-    ]);
-    let upper = tar_layer(&[
-        Entry::File("etc/.wh.hostname", 0o644, b""),
-        Entry::File("data/.wh..wh..opq", 0o644, b""),
-        Entry::File("data/c", 0o644, b"c"),
-        Entry::File("etc/motd", 0o644, b"from the upper layer\n"),
-    ]);
-    let layout = p.path("layout");
-    let manifest = add_image(
-        &layout,
-        "amd64",
-        &[lower, upper],
-        json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "cat /etc/motd"], "Env": ["GREETING=hi"], "WorkingDir": "/home/user"}),
-    );
-    finish_layout(&layout, "v1", vec![manifest]);
-    registry.push(&layout, "v1", repo, false);
-    format!("{}/{repo}:v1", registry.host)
-}
 
 fn project_for(image: &str) -> Project {
     let p = Project::new();
@@ -88,7 +46,7 @@ fn line<'a>(list: &'a [(String, String)], path: &str) -> Option<&'a str> {
 fn an_image_from_the_registry_becomes_a_squashfs_with_layers_applied() {
     let Some(mut registry) = registry::start() else { return };
     let builder = Project::new();
-    let image = test_image(&registry, &builder, "fledge/rootfs");
+    let image = layered_test_image(&registry, &builder, "fledge/rootfs");
     let p = project_for(&image);
     assert_success(&run(p.fledge().args(["build", "-o", "out/web"])));
     let artifact = p.path("out/web.squashfs");
@@ -161,7 +119,7 @@ fn a_layer_with_parent_paths_is_refused_and_nothing_is_written() {
 fn a_non_root_user_pulls_and_builds_squashfs() {
     let Some(registry) = registry::start() else { return };
     let builder = Project::new();
-    let image = test_image(&registry, &builder, "fledge/nonroot");
+    let image = layered_test_image(&registry, &builder, "fledge/nonroot");
     let p = project_for(&image);
     let mut cmd = if nix::unistd::Uid::effective().is_root() {
         let mut c = Command::new("setpriv");
@@ -178,4 +136,33 @@ fn a_non_root_user_pulls_and_builds_squashfs() {
     assert_success(&run(&mut cmd));
     let list = listing(&p.path("nr.squashfs"));
     assert!(line(&list, "/home/user/notes").unwrap().starts_with("-rw------- 1000/1000"), "owners kept without root");
+}
+
+#[test]
+fn an_initramfs_overlays_the_image_under_busybox_init_and_agent() {
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/overlay");
+    let p = Project::new();
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write(
+        "fledge.toml",
+        &format!("version = \"1\"\nstrategy = \"initramfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"{image}\"\nbusybox_path = \"{}\"\n", busybox()),
+    );
+    p.write("manifest.toml", "name = \"ov\"\nversion = \"1\"\nruntime = \"ov\"\n");
+    assert_success(&run(p.fledge().args(["build", "-o", "ov.cpio.gz"])));
+    let l = cpio_listing(&decompress("gzip", &p.path("ov.cpio.gz")));
+    assert!(entry(&l, "etc/motd").is_some() && entry(&l, "etc/hostname").is_none() && entry(&l, "data/a").is_none());
+    let numeric = pipe_through(
+        Command::new("cpio").args(["-itv", "--quiet", "--numeric-uid-gid"]),
+        &decompress("gzip", &p.path("ov.cpio.gz")),
+    );
+    let numeric: Vec<String> = String::from_utf8_lossy(&numeric.stdout).lines().map(str::to_string).collect();
+    let notes = entry(&numeric, "home/user/notes").unwrap();
+    assert!(notes.starts_with("-rw-------") && notes.contains(" 1000     1000 "), "image owner kept: {notes}");
+    assert!(entry(&l, "init").unwrap().starts_with("-rwxr-xr-x"));
+    assert!(entry(&l, "bin/kestrel").unwrap().starts_with("-rwxr-xr-x"));
+    assert!(entry(&l, "bin/sh").unwrap().ends_with("-> busybox"), "the image's own /bin/sh is kept");
+    let m: Value = serde_json::from_slice(&fs::read(p.path("ov.manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["workload"]["entrypoint"], "/bin/sh", "workload from the image config");
 }

@@ -17,9 +17,11 @@ use crate::manifest::{self, Artifact, BootMedia, ManifestTemplate};
 use crate::output::{self, Pending};
 use crate::paths::ImagePath;
 use crate::progress::Progress;
+use crate::rootfs::walk::{LayerSource, NoLayers};
 use crate::rootfs::{FileData, Node, Tree};
 use crate::store::Store;
 use crate::{agent, busybox, compress, dirs, mappings, squashfs};
+use fledge_llb::ImageRef;
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -94,14 +96,9 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     if config.strategy == Strategy::OciRootfs {
         return build_rootfs(args, &config, template, format, progress);
     }
-    if let Some(what) = config.source.image.as_ref().map(|_| "source.image").or(config
-        .source
-        .dockerfile
-        .as_ref()
-        .map(|_| "source.dockerfile"))
-    {
+    if config.source.dockerfile.is_some() {
         bail!(
-            "{}: {what} is not supported yet for initramfs builds in this version of Fledge\n  = help: remove it and map your files with [mappings]",
+            "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image, or map your files with [mappings]",
             config.file.display()
         );
     }
@@ -172,8 +169,25 @@ fn build_initramfs(
         _ => None,
     };
 
+    let store = config.source.image.as_ref().map(|_| Store::open(dirs::state_dir().as_deref())).transpose()?;
+    let (image, base) = match (&config.source.image, &store) {
+        (Some(image), Some(store)) => {
+            let (stored, layers, tree) = flattened(store, image, progress)?;
+            (Some((stored, layers)), tree)
+        }
+        _ => (None, Tree::default()),
+    };
+    let layers: &dyn LayerSource = match &image {
+        Some((_, layers)) => layers,
+        None => &NoLayers,
+    };
+    let template = match &image {
+        Some((stored, _)) => with_image_defaults(template.clone(), stored),
+        None => template.clone(),
+    };
+    let template = &template;
     let tree =
-        initramfs::assemble(&Parts { busybox: &busybox, init: &config.init, agent, mappings: &config.mappings })?;
+        initramfs::assemble(&Parts { busybox: &busybox, init: &config.init, agent, mappings: &config.mappings }, base)?;
 
     let suffix = compress::initramfs_format(compression.compressor);
     let stem = Some(output::sanitize(&template.name)).filter(|n| !n.is_empty()).unwrap_or_else(|| "plugin".into());
@@ -184,9 +198,8 @@ fn build_initramfs(
     let step = progress.step(format!("Packing {}", artifact_path.display()), Some(total));
     let mut pending = Pending::new(&artifact_path)?;
     let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, pending.file()));
-    let (stats, writer) =
-        initramfs::pack(&tree, &crate::rootfs::walk::NoLayers, compression, writer, mtime, &mut |n| step.advance(n))
-            .with_context(|| format!("cannot write {}", artifact_path.display()))?;
+    let (stats, writer) = initramfs::pack(&tree, layers, compression, writer, mtime, &mut |n| step.advance(n))
+        .with_context(|| format!("cannot write {}", artifact_path.display()))?;
     let (checksum, size, mut buffered) = writer.finish();
     buffered.flush()?;
     drop(buffered);
@@ -223,13 +236,7 @@ fn build_rootfs(
     let compression = config.compression.expect("squashfs always has a compressor");
     let mtime = source_date_epoch()?;
     let store = Store::open(dirs::state_dir().as_deref())?;
-    let stored = StoredImage::get_or_pull(&store, image, &Platform::host(), progress)?;
-    let layers = ImageLayers::new(&store, &stored.manifest)?;
-
-    let step = progress.step(format!("Flattening {} layer(s) of {image}", layers.len()), None);
-    let mut tree = Tree::default();
-    flatten(&layers, &mut tree)?;
-    step.finish(&format!("{} entries", tree.len()));
+    let (stored, layers, mut tree) = flattened(&store, image, progress)?;
 
     if let Some(source) = &config.agent {
         let step = progress.step("Fetching the kestrel agent", None);
@@ -251,13 +258,7 @@ fn build_rootfs(
     let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
     step.finish(&format!("{} entries, {} → {}", tree.len(), human(packed), human(size)));
 
-    let run = &stored.config.config;
-    let template = template.with_image_defaults(
-        run.entrypoint.as_deref().unwrap_or_default(),
-        run.cmd.as_deref().unwrap_or_default(),
-        run.env.as_deref().unwrap_or_default(),
-        run.working_dir.as_deref(),
-    );
+    let template = with_image_defaults(template, &stored);
     let artifact = Artifact {
         path: std::path::absolute(&artifact_path)?,
         media: BootMedia::Rootfs { format: kind.name().to_string() },
@@ -266,6 +267,32 @@ fn build_rootfs(
     commit(pending, &manifest_path, &manifest::render(&template, &artifact, format))?;
     progress.say(&format!("Built {} ({checksum}) and {}", artifact_path.display(), manifest_path.display()));
     Ok(())
+}
+
+/// The image from the store (pulled if needed), its layers, and its flattened filesystem.
+fn flattened<'s>(
+    store: &'s Store,
+    image: &ImageRef,
+    progress: &Progress,
+) -> Result<(StoredImage, ImageLayers<'s>, Tree)> {
+    let stored = StoredImage::get_or_pull(store, image, &Platform::host(), progress)?;
+    let layers = ImageLayers::new(store, &stored.manifest)?;
+    let step = progress.step(format!("Flattening {} layer(s) of {image}", layers.len()), None);
+    let mut tree = Tree::default();
+    flatten(&layers, &mut tree)?;
+    step.finish(&format!("{} entries", tree.len()));
+    Ok((stored, layers, tree))
+}
+
+/// The template, completed from the image config where it is silent.
+fn with_image_defaults(template: ManifestTemplate, stored: &StoredImage) -> ManifestTemplate {
+    let run = &stored.config.config;
+    template.with_image_defaults(
+        run.entrypoint.as_deref().unwrap_or_default(),
+        run.cmd.as_deref().unwrap_or_default(),
+        run.env.as_deref().unwrap_or_default(),
+        run.working_dir.as_deref(),
+    )
 }
 
 /// Renames the artifact into place, then writes its manifest; if the manifest cannot be

@@ -81,31 +81,38 @@ fn bytes(mode: u32, data: &[u8]) -> Node {
     Node::File { mode, data: FileData::Bytes(Arc::from(data)) }
 }
 
-/// Builds the image tree. Mappings go last, so they can replace anything, `/init` included.
-pub fn assemble(parts: &Parts<'_>) -> Result<Tree, AssembleError> {
-    let mut tree = Tree::default();
+/// Builds the image tree on `base` (empty, or an image's flattened filesystem). BusyBox
+/// applet links are added only where the image has no such name; Fledge's init, agent and
+/// mappings replace what is there. Mappings go last, so they can replace anything, `/init`
+/// included.
+pub fn assemble(parts: &Parts<'_>, base: Tree) -> Result<Tree, AssembleError> {
+    let mut tree = base;
     for dir in SKELETON {
         tree.mkdir_all(&path(dir), 0o755)?;
     }
     // The kernel opens /dev/console for init before anything can mount devtmpfs.
-    tree.insert(&path("/dev/console"), Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 })?;
-    tree.insert(&path("/bin/busybox"), executable(parts.busybox))?;
+    tree.replace(&path("/dev/console"), Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 })?;
+    tree.replace(&path("/bin/busybox"), executable(parts.busybox))?;
     for applet in APPLETS {
-        tree.insert(&path("/bin").join(applet), Node::Symlink { target: "busybox".into() })?;
+        let link = path("/bin").join(applet);
+        let resolved = tree.resolve(&link, false)?;
+        if tree.get(&resolved).is_none() {
+            tree.insert(&link, Node::Symlink { target: "busybox".into() })?;
+        }
     }
     match parts.init {
         InitMode::Default => {
-            tree.insert(&path("/init"), bytes(0o755, guest_init::BINARY))?;
+            tree.replace(&path("/init"), bytes(0o755, guest_init::BINARY))?;
         }
         InitMode::Custom(host) => {
-            tree.insert(&path("/init"), bytes(0o755, guest_init::BINARY))?;
-            tree.insert(&path(CUSTOM_INIT_PATH), executable(host))?;
-            tree.insert(&path(HANDOFF_FILE), bytes(0o644, format!("{CUSTOM_INIT_PATH}\n").as_bytes()))?;
+            tree.replace(&path("/init"), bytes(0o755, guest_init::BINARY))?;
+            tree.replace(&path(CUSTOM_INIT_PATH), executable(host))?;
+            tree.replace(&path(HANDOFF_FILE), bytes(0o644, format!("{CUSTOM_INIT_PATH}\n").as_bytes()))?;
         }
         InitMode::None => {}
     }
     if let Some(agent) = &parts.agent {
-        tree.insert(&path(AGENT_PATH), executable(agent))?;
+        tree.replace(&path(AGENT_PATH), executable(agent))?;
     }
     mappings::apply(&mut tree, parts.mappings)?;
     check_init(&tree)?;

@@ -171,3 +171,46 @@ pub fn entry_name(line: &str) -> &str {
 pub fn entry<'a>(listing: &'a [String], name: &str) -> Option<&'a String> {
     listing.iter().find(|l| entry_name(l) == name)
 }
+
+/// A two-layer image exercising whiteouts, an opaque directory, a hard link, a symlink, an
+/// owner and an xattr, pushed to `registry` as `repo:v1`; returns its reference.
+pub fn layered_test_image(registry: &registry::Registry, p: &Project, repo: &str) -> String {
+    let bb = fs::read(busybox()).unwrap();
+    let lower = oci::tar_layer(&[
+        oci::Entry::Dir("bin", 0o755),
+        oci::Entry::File("bin/busybox", 0o755, &bb),
+        oci::Entry::Symlink("bin/sh", "busybox"),
+        oci::Entry::HardLink("bin/ls", "bin/busybox"),
+        oci::Entry::Dir("etc", 0o755),
+        oci::Entry::File("etc/hostname", 0o644, b"lower\n"),
+        oci::Entry::Dir("data", 0o755),
+        oci::Entry::File("data/a", 0o644, b"a"),
+        oci::Entry::File("data/b", 0o644, b"b"),
+        oci::Entry::Dir("home", 0o755),
+        oci::Entry::Dir("home/user", 0o700),
+        oci::Entry::Owned {
+            path: "home/user/notes",
+            mode: 0o600,
+            data: b"private\n",
+            uid: 1000,
+            gid: 1000,
+            xattrs: &[("user.fledge", b"yes")],
+        },
+    ]);
+    let upper = oci::tar_layer(&[
+        oci::Entry::File("etc/.wh.hostname", 0o644, b""),
+        oci::Entry::File("data/.wh..wh..opq", 0o644, b""),
+        oci::Entry::File("data/c", 0o644, b"c"),
+        oci::Entry::File("etc/motd", 0o644, b"from the upper layer\n"),
+    ]);
+    let layout = p.path("layout");
+    let manifest = oci::add_image(
+        &layout,
+        "amd64",
+        &[lower, upper],
+        serde_json::json!({"Entrypoint": ["/bin/sh"], "Cmd": ["-c", "cat /etc/motd"], "Env": ["GREETING=hi"], "WorkingDir": "/home/user"}),
+    );
+    oci::finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", repo, false);
+    format!("{}/{repo}:v1", registry.host)
+}
