@@ -41,6 +41,14 @@ pub enum ImageCommand {
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
     },
+    /// Import an image from an OCI layout (directory or tarball) or a docker save archive
+    Import {
+        /// oci-layout:PATH[:TAG|@DIGEST] or docker-archive:PATH
+        source: String,
+        /// Platform to pick from a multi-platform layout [default: this machine's]
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
     /// List images in the local store
     #[command(alias = "list")]
     Ls,

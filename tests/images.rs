@@ -154,3 +154,83 @@ fn unknown_tags_and_bad_references_are_clear_errors() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("invalid image reference 'Not/Valid'"), "{}", stderr(&bad));
 }
+
+fn layout_with_image(p: &Project) -> (std::path::PathBuf, String) {
+    let layout = p.path("layout");
+    let manifest = add_image(&layout, "amd64", &busybox_layers(), run_config());
+    let digest = finish_layout(&layout, "v1", vec![manifest]);
+    (layout, digest)
+}
+
+#[test]
+fn oci_layouts_and_docker_archives_import_without_a_registry() {
+    let p = Project::new();
+    let (layout, digest) = layout_with_image(&p);
+
+    // A layout directory.
+    let out = fledge_image(&p, &["import", "oci-layout:layout:v1"]);
+    assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+    let ls = String::from_utf8_lossy(&fledge_image(&p, &["ls"]).stdout).into_owned();
+    assert!(ls.contains(&format!("oci-layout:{}:v1", layout.display())), "{ls}");
+
+    // The same layout as a tarball.
+    assert_success(&run(std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .args(["-cf"])
+        .arg(p.path("image.tar"))
+        .arg(".")));
+    let out = fledge_image(&p, &["import", "oci-layout:image.tar:v1"]);
+    assert_success(&out);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), digest);
+
+    // A docker save archive, written by skopeo.
+    let archive = p.path("app.tar");
+    let made = run(std::process::Command::new("skopeo")
+        .args(["copy", "--quiet"])
+        .arg(format!("oci:{}:v1", layout.display()))
+        .arg(format!("docker-archive:{}:fledge/app:v1", archive.display())));
+    assert_success(&made);
+    assert_success(&fledge_image(&p, &["import", "docker-archive:app.tar"]));
+    let info: Value = serde_json::from_slice(&fledge_image(&p, &["inspect", "docker-archive:app.tar"]).stdout).unwrap();
+    assert_eq!(info["config"]["Entrypoint"], json!(["/bin/sh"]));
+    assert_eq!(info["layers"].as_array().unwrap().len(), 2);
+
+    // A registry reference is not a file.
+    let wrong = fledge_image(&p, &["import", "nginx:alpine"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr(&wrong).contains("use `fledge image pull"), "{}", stderr(&wrong));
+}
+
+#[test]
+fn a_tampered_layout_blob_is_refused() {
+    let p = Project::new();
+    let (layout, _) = layout_with_image(&p);
+    let blob = |digest: &str| layout.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let index: Value = serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap()).unwrap();
+    let layer = blob(manifest["layers"][0]["digest"].as_str().unwrap());
+    let mut data = fs::read(&layer).unwrap();
+    data[10] ^= 1;
+    fs::write(&layer, data).unwrap();
+    let out = fledge_image(&p, &["import", "oci-layout:layout:v1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("it was not stored"), "{}", stderr(&out));
+    assert_eq!(fs::read_dir(p.path("state/store/images")).unwrap().count(), 0);
+}
+
+#[test]
+fn a_rootfs_builds_from_an_oci_layout_with_no_registry_at_all() {
+    let p = Project::new();
+    layout_with_image(&p);
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n");
+    p.write("manifest.toml", "name = \"l\"\nversion = \"1\"\nruntime = \"l\"\n");
+    assert_success(&run(p.fledge().args(["build"])));
+    let out = run(std::process::Command::new("unsquashfs").arg("-lln").arg(p.path("v1.squashfs")));
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("squashfs-root/etc/motd") && text.contains("squashfs-root/bin/kestrel"), "{text}");
+}

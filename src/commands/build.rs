@@ -10,6 +10,7 @@ use crate::config::{BuildConfig, FsType, InitMode, Strategy};
 use crate::digest::{HashingWriter, Sha256Digest};
 use crate::fetch::Fetcher;
 use crate::image::flatten::{ImageLayers, flatten};
+use crate::image::source::ImageSource;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
 use crate::initramfs::{self, Parts};
@@ -21,7 +22,6 @@ use crate::rootfs::walk::{LayerSource, NoLayers};
 use crate::rootfs::{FileData, Node, Tree};
 use crate::store::Store;
 use crate::{agent, busybox, compress, dirs, mappings, squashfs};
-use fledge_llb::ImageRef;
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -247,7 +247,7 @@ fn build_rootfs(
     }
     mappings::apply(&mut tree, &config.mappings)?;
 
-    let stem = output::sanitize(image.short_name());
+    let stem = output::sanitize(&image.short_name());
     let artifact_path = output::rootfs_path(args.output.as_deref(), &stem, kind.name());
     let manifest_path = output::manifest_path(&artifact_path);
     let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
@@ -269,13 +269,13 @@ fn build_rootfs(
     Ok(())
 }
 
-/// The image from the store (pulled if needed), its layers, and its flattened filesystem.
+/// The image (from the store, pulled or imported as needed), its layers, and its flattened filesystem.
 fn flattened<'s>(
     store: &'s Store,
-    image: &ImageRef,
+    image: &ImageSource,
     progress: &Progress,
 ) -> Result<(StoredImage, ImageLayers<'s>, Tree)> {
-    let stored = StoredImage::get_or_pull(store, image, &Platform::host(), progress)?;
+    let stored = StoredImage::resolve(store, image, &Platform::host(), progress)?;
     let layers = ImageLayers::new(store, &stored.manifest)?;
     let step = progress.step(format!("Flattening {} layer(s) of {image}", layers.len()), None);
     let mut tree = Tree::default();

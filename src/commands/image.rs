@@ -6,7 +6,9 @@ use serde_json::json;
 
 use crate::cli::ImageCommand;
 use crate::dirs;
+use crate::image::import::import;
 use crate::image::pull::pull;
+use crate::image::source::ImageSource;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
 use crate::progress::Progress;
@@ -17,12 +19,19 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
     match command {
         ImageCommand::Pull { reference, platform } => {
             let image = ImageRef::parse(reference)?;
-            let platform = match platform {
-                Some(p) => Platform::parse(p).map_err(anyhow::Error::msg)?,
-                None => Platform::host(),
-            };
-            let record = pull(&image, &platform, &store, progress)?;
+            let record = pull(&image, &platform_or_host(platform.as_deref())?, &store, progress)?;
             progress.say(&format!("Pulled {} ({})", record.name, record.digest));
+            println!("{}", record.digest);
+        }
+        ImageCommand::Import { source, platform } => {
+            let source = ImageSource::parse(source, &std::env::current_dir()?).map_err(anyhow::Error::msg)?;
+            if let ImageSource::Registry(r) = &source {
+                bail!(
+                    "{r} is a registry reference\n  = help: use `fledge image pull {r}`, or name a file as oci-layout:PATH or docker-archive:PATH"
+                );
+            }
+            let record = import(&source, &store, &platform_or_host(platform.as_deref())?, progress)?;
+            progress.say(&format!("Imported {} ({})", record.name, record.digest));
             println!("{}", record.digest);
         }
         ImageCommand::Ls => {
@@ -65,7 +74,7 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
         }
         ImageCommand::Rm { references } => {
             for reference in references {
-                let name = ImageRef::parse(reference)?.to_string();
+                let name = store_name(reference)?;
                 if !store.untag(&name)? {
                     bail!("{name} is not in the store (see `fledge image ls`)");
                 }
@@ -76,9 +85,17 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
     Ok(())
 }
 
+fn platform_or_host(platform: Option<&str>) -> Result<Platform> {
+    platform.map_or_else(|| Ok(Platform::host()), |p| Platform::parse(p).map_err(anyhow::Error::msg))
+}
+
 fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
-    let name = ImageRef::parse(reference)?.to_string();
-    store
-        .lookup(&name)?
-        .with_context(|| format!("{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`"))
+    let name = store_name(reference)?;
+    store.lookup(&name)?.with_context(|| format!("{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`, or import a file with `fledge image import`"))
+}
+
+/// The name an image is recorded under: the normalised reference, or `oci-layout:`/
+/// `docker-archive:` with an absolute path.
+fn store_name(reference: &str) -> Result<String> {
+    Ok(ImageSource::parse(reference, &std::env::current_dir()?).map_err(anyhow::Error::msg)?.to_string())
 }

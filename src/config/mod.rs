@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use fledge_llb::ImageRef;
-
 use crate::diagnostic::{Diagnostic, SourceFile};
 use crate::digest::Sha256Digest;
+use crate::image::source::ImageSource;
 use crate::manifest::ManifestFormat;
 use crate::paths::{self, ImagePath};
 use crate::tomlfile;
@@ -85,7 +84,7 @@ impl FsType {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub image: Option<ImageRef>,
+    pub image: Option<ImageSource>,
     pub dockerfile: Option<PathBuf>,
     pub context: Option<PathBuf>,
     pub target: Option<String>,
@@ -395,13 +394,13 @@ impl Validator<'_> {
                 Some("the original Fledge silently ignored the image here; remove one of them"),
             );
         }
-        let image_ref = image.and_then(|i| match ImageRef::parse(i.get_ref()) {
+        let image_ref = image.and_then(|i| match ImageSource::parse(i.get_ref(), self.dir) {
             Ok(r) => Some(r),
             Err(e) => {
                 self.error(
                     span(i),
-                    e.to_string(),
-                    Some("e.g. \"nginx:alpine\", \"ghcr.io/org/app:1.2\" or \"localhost:5000/app@sha256:...\""),
+                    e,
+                    Some("e.g. \"nginx:alpine\", \"localhost:5000/app@sha256:...\", \"oci-layout:./image:v1\" or \"docker-archive:./app.tar\""),
                 );
                 None
             }

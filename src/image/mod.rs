@@ -2,7 +2,9 @@
 
 pub mod auth;
 pub mod flatten;
+pub mod import;
 pub mod pull;
 pub mod registry;
+pub mod source;
 pub mod spec;
 pub mod stored;

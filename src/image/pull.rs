@@ -116,7 +116,7 @@ pub fn pull(
 }
 
 /// The manifest for `wanted`, preferring an exact variant match.
-fn choose_platform<'a>(manifests: &'a [Descriptor], wanted: &Platform) -> Option<&'a Descriptor> {
+pub(crate) fn choose_platform<'a>(manifests: &'a [Descriptor], wanted: &Platform) -> Option<&'a Descriptor> {
     let candidates = || manifests.iter().filter(|d| d.platform.as_ref().is_some_and(|p| p.satisfies(wanted)));
     candidates()
         .find(|d| d.platform.as_ref().is_some_and(|p| p.variant == wanted.variant))

@@ -1,9 +1,10 @@
 //! An image in the store: its index record, manifest and config.
 
 use anyhow::{Context, Result};
-use fledge_llb::ImageRef;
 
+use super::import::import;
 use super::pull::pull;
+use super::source::ImageSource;
 use super::spec::{ImageConfig, Manifest, Platform};
 use crate::digest::Sha256Digest;
 use crate::progress::Progress;
@@ -25,11 +26,15 @@ impl StoredImage {
         Ok(Self { record, manifest, config })
     }
 
-    /// The image from the store (no network needed), or pulled into it first.
-    pub fn get_or_pull(store: &Store, image: &ImageRef, platform: &Platform, progress: &Progress) -> Result<Self> {
-        let record = match store.lookup(&image.to_string())? {
-            Some(record) => record,
-            None => pull(image, platform, store, progress)?,
+    /// The image for `source`: a registry image from the store (no network needed) or pulled
+    /// into it first; a local layout or archive imported (verified) into the store.
+    pub fn resolve(store: &Store, source: &ImageSource, platform: &Platform, progress: &Progress) -> Result<Self> {
+        let record = match source {
+            ImageSource::Registry(image) => match store.lookup(&image.to_string())? {
+                Some(record) => record,
+                None => pull(image, platform, store, progress)?,
+            },
+            local => import(local, store, platform, progress)?,
         };
         Self::load(store, record)
     }
