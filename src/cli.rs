@@ -27,6 +27,8 @@ pub enum Command {
     /// Manage images in the local store (pull, list, inspect, remove)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Delete store blobs that no image uses any more
+    Prune,
     /// Print version information
     Version,
 }
@@ -57,7 +59,15 @@ pub enum ImageCommand {
         /// Image reference
         reference: String,
     },
-    /// Remove an image's name from the store
+    /// Write an image as an OCI layout tarball (readable by skopeo, podman, buildah)
+    Export {
+        /// Image reference
+        reference: String,
+        /// Output file
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Remove an image's name from the store (its blobs go with `fledge prune`)
     Rm {
         /// Image references
         #[arg(required = true)]

@@ -69,3 +69,13 @@ pub fn untrack(path: &Path) {
         files.remove(path);
     }
 }
+
+/// A reader that stops with [`Interrupted`] once the user asked to stop.
+pub struct Checked<R>(pub R);
+
+impl<R: io::Read> io::Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        check()?;
+        self.0.read(buf)
+    }
+}

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Build(args) => commands::build::run(args, &progress),
         Command::Image(command) => commands::image::run(command, &progress),
+        Command::Prune => commands::image::prune(&progress),
         Command::Version => {
             commands::version::run();
             Ok(())

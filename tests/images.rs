@@ -234,3 +234,40 @@ fn a_rootfs_builds_from_an_oci_layout_with_no_registry_at_all() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("squashfs-root/etc/motd") && text.contains("squashfs-root/bin/kestrel"), "{text}");
 }
+
+#[test]
+fn export_round_trips_and_prune_collects_what_no_image_uses() {
+    let p = Project::new();
+    let (_, digest) = layout_with_image(&p);
+    assert_success(&fledge_image(&p, &["import", "oci-layout:layout:v1"]));
+    let exported = fledge_image(&p, &["export", "oci-layout:layout:v1", "-o", "out/exported.tar"]);
+    assert_success(&exported);
+    let again = fledge_image(&p, &["export", "oci-layout:layout:v1", "-o", "out/again.tar"]);
+    assert_success(&again);
+    assert_eq!(
+        fs::read(p.path("out/exported.tar")).unwrap(),
+        fs::read(p.path("out/again.tar")).unwrap(),
+        "exports are reproducible"
+    );
+
+    // skopeo reads it, and importing it gives the same image back.
+    let inspect = run(std::process::Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci-archive:{}", p.path("out/exported.tar").display())));
+    assert_success(&inspect);
+    let info: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(info["Digest"], digest.as_str());
+    let back = fledge_image(&p, &["import", "oci-layout:out/exported.tar"]);
+    assert_success(&back);
+    assert_eq!(String::from_utf8_lossy(&back.stdout).trim(), digest);
+
+    let blobs = || fs::read_dir(p.path("state/store/blobs/sha256")).unwrap().count();
+    let before = blobs();
+    assert_success(&run(p.fledge().arg("prune")));
+    assert_eq!(blobs(), before, "both names still use every blob");
+    assert_success(&fledge_image(&p, &["rm", "oci-layout:layout:v1", "oci-layout:out/exported.tar"]));
+    let pruned = run(p.fledge().arg("prune"));
+    assert_success(&pruned);
+    assert!(stderr(&pruned).contains("Removed"), "{}", stderr(&pruned));
+    assert_eq!(blobs(), 0, "nothing references any blob any more");
+}

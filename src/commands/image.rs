@@ -6,11 +6,13 @@ use serde_json::json;
 
 use crate::cli::ImageCommand;
 use crate::dirs;
+use crate::image::export::export;
 use crate::image::import::import;
 use crate::image::pull::pull;
 use crate::image::source::ImageSource;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
+use crate::output::Pending;
 use crate::progress::Progress;
 use crate::store::{ImageRecord, Store};
 
@@ -72,6 +74,14 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
+        ImageCommand::Export { reference, output } => {
+            let image = StoredImage::load(&store, find(&store, reference)?)?;
+            let mut pending = Pending::new(output)?;
+            export(&store, &image, std::io::BufWriter::new(pending.file()))
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            pending.commit()?;
+            progress.say(&format!("Exported {} to {}", image.record.name, output.display()));
+        }
         ImageCommand::Rm { references } => {
             for reference in references {
                 let name = store_name(reference)?;
@@ -98,4 +108,12 @@ fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
 /// `docker-archive:` with an absolute path.
 fn store_name(reference: &str) -> Result<String> {
     Ok(ImageSource::parse(reference, &std::env::current_dir()?).map_err(anyhow::Error::msg)?.to_string())
+}
+
+/// `fledge prune`.
+pub fn prune(progress: &Progress) -> Result<()> {
+    let store = Store::open_exclusive(dirs::state_dir().as_deref())?;
+    let pruned = store.prune()?;
+    progress.say(&format!("Removed {} unused blob(s), {}", pruned.blobs, indicatif::HumanBytes(pruned.bytes)));
+    Ok(())
 }

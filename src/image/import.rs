@@ -140,6 +140,7 @@ pub fn import(
                 store,
                 path,
                 |name| name.strip_prefix("blobs/sha256/").map(str::to_string),
+                false,
                 &["index.json"],
             )?;
             let importer = Importer { store, origin: path.display().to_string(), blobs: Blobs::Stored };
@@ -172,12 +173,14 @@ struct TarContents {
     kept: Vec<(String, Vec<u8>)>,
 }
 
-/// Streams every regular file of the tarball at `path` into the store. `expected` maps a
-/// member name to the hex digest its name promises (verified); `keep` lists members to return.
+/// Streams regular files of the tarball at `path` into the store. `expected` maps a member
+/// name to the hex digest its name promises (verified); other members are stored only if
+/// `store_others`. `keep` lists small members to return instead.
 fn stream_tar_into_store(
     store: &Store,
     path: &Path,
     expected: impl Fn(&str) -> Option<String>,
+    store_others: bool,
     keep: &[&str],
 ) -> Result<TarContents, ImportError> {
     let io_err = |source| ImportError::Io { path: path.display().to_string(), source };
@@ -205,7 +208,8 @@ fn stream_tar_into_store(
                 })?,
                 size: Some(size),
             }),
-            None => None,
+            None if store_others => None,
+            None => continue,
         };
         let (digest, size) = store.write_blob(&mut entry, want, &format!("{} member {name}", path.display()))?;
         contents.stored.push((name, digest, size));
@@ -229,6 +233,7 @@ fn docker_archive(store: &Store, path: &Path) -> Result<Sha256Digest, ImportErro
         store,
         path,
         |name| name.strip_prefix("blobs/sha256/").map(str::to_string),
+        true,
         &["manifest.json"],
     )?;
     let (_, manifest_json) =

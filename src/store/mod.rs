@@ -15,6 +15,7 @@
 //! `prune` takes the lock exclusively.
 
 mod index;
+mod prune;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::{HashingWriter, Sha256Digest};
 
 pub use index::ImageRecord;
+pub use prune::Pruned;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
