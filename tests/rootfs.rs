@@ -62,6 +62,8 @@ fn an_image_from_the_registry_becomes_a_squashfs_with_layers_applied() {
     assert!(line(&list, "/etc/extra.conf").unwrap().starts_with("-rw-r--r-- 0/0"), "mapping applied");
     assert!(line(&list, "/home/user/notes").unwrap().starts_with("-rw------- 1000/1000"), "owner kept: {list:#?}");
     assert!(line(&list, "/home/user").unwrap().starts_with("drwx------"), "directory mode kept");
+    assert!(line(&list, "/dev/null").unwrap().starts_with("crw-rw-rw- 0/0"), "device node: {list:#?}");
+    assert!(line(&list, "/dev/initctl").unwrap().starts_with("prw-rw-rw- 0/0"), "fifo: {list:#?}");
     assert!(list.iter().all(|(_, l)| l.contains("2024-01-01 00:00")), "fixed timestamps");
 
     // Hard links and xattrs survive: extract (as root) and look.
@@ -165,4 +167,60 @@ fn an_initramfs_overlays_the_image_under_busybox_init_and_agent() {
     assert!(entry(&l, "bin/sh").unwrap().ends_with("-> busybox"), "the image's own /bin/sh is kept");
     let m: Value = serde_json::from_slice(&fs::read(p.path("ov.manifest.json")).unwrap()).unwrap();
     assert_eq!(m["workload"]["entrypoint"], "/bin/sh", "workload from the image config");
+}
+
+fn debugfs(image: &std::path::Path, request: &str) -> String {
+    let out = run(Command::new("debugfs").arg("-R").arg(request).arg(image));
+    assert_success(&out);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/ext4");
+    let p = project_for(&image);
+    let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap().replace("compression = \"zstd\"", "type = \"ext4\"");
+    p.write("fledge.toml", &cfg);
+    let as_user = |out: &str| {
+        let mut cmd = if nix::unistd::Uid::effective().is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FLEDGE]);
+            c
+        } else {
+            Command::new(FLEDGE)
+        };
+        cmd.args(["build", "-o", out])
+            .current_dir(p.dir.path())
+            .env("HOME", p.path("home"))
+            .env("FLEDGE_STATE_DIR", p.path("state"))
+            .env("FLEDGE_CACHE_DIR", p.path("cache"));
+        assert_success(&run(&mut cmd));
+    };
+    as_user("a.img");
+    let img = p.path("a.img");
+    let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img));
+    assert_success(&fsck);
+
+    let home = debugfs(&img, "stat /home/user/notes");
+    assert!(home.contains("Mode:  0600") && home.contains("User:  1000   Group:  1000"), "{home}");
+    assert!(home.contains("mtime: 0x65920080"), "mtime is SOURCE_DATE_EPOCH's default: {home}");
+    let ls = debugfs(&img, "stat /bin/ls");
+    assert!(ls.contains("Links: 2"), "hard link kept: {ls}");
+    assert!(debugfs(&img, "ea_get /home/user/notes user.fledge").contains("yes"));
+    let etc = debugfs(&img, "ls -l /etc");
+    assert!(etc.contains("motd") && etc.contains("extra.conf") && !etc.contains("hostname"), "{etc}");
+    assert!(debugfs(&img, "stat /bin/kestrel").contains("Mode:  0755"));
+    let null = debugfs(&img, "stat /dev/null");
+    assert!(
+        null.contains("Type: character special") && null.contains("Device major/minor number: 01:03"),
+        "device node made without root: {null}"
+    );
+    assert!(debugfs(&img, "stat /dev/initctl").contains("Type: FIFO"));
+
+    as_user("b.img");
+    assert_eq!(fs::read(&img).unwrap(), fs::read(p.path("b.img")).unwrap(), "byte-identical ext4 images");
+    let m: Value = serde_json::from_slice(&fs::read(p.path("a.manifest.json")).unwrap()).unwrap();
+    assert_eq!(m["rootfs"]["format"], "ext4");
 }

@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::rootfs::walk::{LayerSource, NoLayers};
 use crate::rootfs::{FileData, Node, Tree};
 use crate::store::Store;
-use crate::{agent, busybox, compress, dirs, mappings, squashfs};
+use crate::{agent, busybox, compress, dirs, ext4, mappings, squashfs};
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -226,14 +226,14 @@ fn build_rootfs(
         );
     };
     let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
-    if kind != FsType::Squashfs {
+    if !matches!(kind, FsType::Squashfs | FsType::Ext4) {
         bail!(
-            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default)",
+            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default) or \"ext4\"",
             config.file.display(),
             kind.name()
         );
     }
-    let compression = config.compression.expect("squashfs always has a compressor");
+
     let mtime = source_date_epoch()?;
     let store = Store::open(dirs::state_dir().as_deref())?;
     let (stored, layers, mut tree) = flattened(&store, image, progress)?;
@@ -248,13 +248,23 @@ fn build_rootfs(
     mappings::apply(&mut tree, &config.mappings)?;
 
     let stem = output::sanitize(&image.short_name());
-    let artifact_path = output::rootfs_path(args.output.as_deref(), &stem, kind.name());
+    let artifact_path = match kind {
+        FsType::Squashfs => output::rootfs_path(args.output.as_deref(), &stem, kind.name()),
+        // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
+        _ => output::artifact_path(args.output.as_deref(), &stem, "img"),
+    };
     let manifest_path = output::manifest_path(&artifact_path);
     let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
     let step = progress.step(format!("Writing {}", artifact_path.display()), Some(total));
     let pending = Pending::new(&artifact_path)?;
-    let packed = squashfs::write(&tree, &layers, pending.path(), compression, mtime, &mut |n| step.advance(n))
-        .with_context(|| format!("cannot write {}", artifact_path.display()))?;
+    let mut advance = |n| step.advance(n);
+    let packed = match kind {
+        FsType::Squashfs => {
+            let compression = config.compression.expect("squashfs always has a compressor");
+            squashfs::write(&tree, &layers, pending.path(), compression, mtime, &mut advance)?
+        }
+        _ => ext4::write(&tree, &layers, pending.path(), &config.filesystem, mtime, &mut advance)?,
+    };
     let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
     step.finish(&format!("{} entries, {} → {}", tree.len(), human(packed), human(size)));
 

@@ -186,6 +186,9 @@ pub fn layered_test_image(registry: &registry::Registry, p: &Project, repo: &str
         oci::Entry::Dir("data", 0o755),
         oci::Entry::File("data/a", 0o644, b"a"),
         oci::Entry::File("data/b", 0o644, b"b"),
+        oci::Entry::Dir("dev", 0o755),
+        oci::Entry::Special("dev/null", tar::EntryType::Char, 1, 3),
+        oci::Entry::Special("dev/initctl", tar::EntryType::Fifo, 0, 0),
         oci::Entry::Dir("home", 0o755),
         oci::Entry::Dir("home/user", 0o700),
         oci::Entry::Owned {

@@ -16,6 +16,8 @@ pub enum Entry<'a> {
     Dir(&'a str, u32),
     File(&'a str, u32, &'a [u8]),
     Symlink(&'a str, &'a str),
+    /// A device node or fifo.
+    Special(&'a str, tar::EntryType, u32, u32),
     /// A hard link to an earlier entry.
     HardLink(&'a str, &'a str),
     /// A file with an owner and xattrs.
@@ -71,6 +73,14 @@ pub fn tar_layer(entries: &[Entry<'_>]) -> Vec<u8> {
                 h.set_mode(0o777);
                 h.set_size(0);
                 builder.append_link(&mut h, path, target).unwrap();
+            }
+            Entry::Special(path, kind, major, minor) => {
+                h.set_entry_type(*kind);
+                h.set_mode(0o666);
+                h.set_size(0);
+                h.set_device_major(*major).unwrap();
+                h.set_device_minor(*minor).unwrap();
+                builder.append_data(&mut h, path, &[][..]).unwrap();
             }
             Entry::HardLink(path, target) => {
                 h.set_entry_type(tar::EntryType::Link);

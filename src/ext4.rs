@@ -1,0 +1,231 @@
+//! ext4 rootfs images without root, loop devices or mounts. Debian's `mke2fs` 1.47.0 fills a
+//! filesystem only from a directory (`-d`), so the tree is staged with plain permissions next
+//! to the output, `mke2fs -d` copies it, and one `debugfs -w` script then gives every inode
+//! its real mode, owner, times and xattrs and creates the device nodes and fifos the staging
+//! directory could not hold. The UUID and directory hash seed come from the tree's contents
+//! and `E2FSPROGS_FAKE_TIME` pins the superblock times, so equal trees give equal images.
+
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Filesystem;
+use crate::paths::ImagePath;
+use crate::rootfs::walk::{LayerSource, Payload, Sink, walk};
+use crate::rootfs::{Attrs, Node, SpecialKind, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Ext4Error {
+    #[error("{tool} is not installed\n  = help: install e2fsprogs (Debian: apt install e2fsprogs)")]
+    Missing { tool: &'static str },
+    #[error("{tool} failed: {message}")]
+    Failed { tool: &'static str, message: String },
+    #[error("{0}: ext4 images cannot hold a path with a double quote or a newline (debugfs cannot name it)")]
+    Unnameable(String),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+const BLOCK: u64 = 4096;
+
+/// Inode facts the fix-up script applies.
+struct Fixup {
+    path: String,
+    type_bits: u32,
+    mode: u32,
+    attrs: Attrs,
+    special: Option<(SpecialKind, u32, u32)>,
+}
+
+struct StageSink<'a> {
+    root: &'a Path,
+    fixups: Vec<Fixup>,
+    content_bytes: u64,
+    data_bytes: u64,
+}
+
+fn staged(root: &Path, path: &ImagePath) -> PathBuf {
+    path.components().iter().fold(root.to_path_buf(), |p, c| p.join(c))
+}
+
+fn blocks(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK) * BLOCK
+}
+
+impl Sink for StageSink<'_> {
+    fn entry(&mut self, path: &ImagePath, node: &Node, attrs: &Attrs, payload: Payload<'_>) -> io::Result<()> {
+        let target = staged(self.root, path);
+        let (type_bits, mode, special) = match node {
+            Node::Dir { mode } => {
+                if !path.is_root() {
+                    fs::create_dir(&target)?;
+                }
+                self.content_bytes += BLOCK;
+                (0o040_000, *mode, None)
+            }
+            Node::File { mode, .. } => {
+                match payload {
+                    Payload::Data { reader, size, .. } => {
+                        let mut file = File::create(&target)?;
+                        io::copy(reader, &mut file)?;
+                        self.content_bytes += blocks(size);
+                        self.data_bytes += size;
+                    }
+                    Payload::Link { to, .. } => fs::hard_link(staged(self.root, to), &target)?,
+                    Payload::None => unreachable!("walk always sends files with data or a link"),
+                }
+                (0o100_000, *mode, None)
+            }
+            Node::Symlink { target: link } => {
+                std::os::unix::fs::symlink(link, &target)?;
+                self.content_bytes += if link.len() >= 60 { blocks(link.len() as u64) } else { 0 };
+                (0o120_000, 0o777, None)
+            }
+            Node::Special { kind, mode, major, minor } => {
+                let bits = match kind {
+                    SpecialKind::Char => 0o020_000,
+                    SpecialKind::Block => 0o060_000,
+                    SpecialKind::Fifo => 0o010_000,
+                };
+                (bits, *mode, Some((*kind, *major, *minor)))
+            }
+        };
+        self.fixups.push(Fixup { path: path.to_string(), type_bits, mode, attrs: attrs.clone(), special });
+        Ok(())
+    }
+}
+
+/// A stable 16-byte id from what the tree holds, for the UUID and the hash seed.
+fn tree_uuid(tree: &Tree) -> String {
+    let mut h = Sha256::new();
+    for (path, node) in tree.iter() {
+        h.update(path.to_string().as_bytes());
+        h.update(format!("{node:?}").as_bytes());
+    }
+    let d = h.finalize();
+    let hex = hex::encode(&d[..16]);
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
+
+/// Image size: the content in 4 KiB blocks, inode tables, journal and metadata headroom, plus
+/// the free space the original Fledge left (`size_buffer_mb`, or 25% clamped to 64–1024 MiB).
+fn image_size(content: u64, inodes: u64, fs_config: &Filesystem) -> u64 {
+    const MIB: u64 = 1 << 20;
+    let buffer = match fs_config.size_buffer_mb {
+        0 => (content / 4).clamp(64 * MIB, 1024 * MIB),
+        mb => mb * MIB,
+    };
+    let metadata = content / 20 + inodes * 256 + 32 * MIB;
+    (content + metadata + buffer).div_ceil(MIB) * MIB
+}
+
+fn quoted(path: &str) -> Result<String, Ext4Error> {
+    if path.contains('"') || path.contains('\n') {
+        return Err(Ext4Error::Unnameable(path.to_string()));
+    }
+    Ok(format!("\"{path}\""))
+}
+
+/// Writes the debugfs script that makes every inode exactly what the tree says.
+fn fixup_script(fixups: &[Fixup], mtime: u32, values_dir: &Path) -> Result<String, Ext4Error> {
+    let mut script = String::new();
+    for (i, f) in fixups.iter().enumerate() {
+        let p = quoted(&f.path)?;
+        if let Some((kind, major, minor)) = f.special {
+            // debugfs's mknod links the new inode into the current directory by name.
+            let (dir, name) = f.path.rsplit_once('/').expect("special files are never the root");
+            let dir = if dir.is_empty() { "/" } else { dir };
+            let spec = match kind {
+                SpecialKind::Fifo => "p".to_string(),
+                SpecialKind::Char => format!("c {major} {minor}"),
+                SpecialKind::Block => format!("b {major} {minor}"),
+            };
+            writeln!(script, "cd {}\nmknod {} {spec}\ncd /", quoted(dir)?, quoted(name)?).expect("string write");
+        }
+        writeln!(script, "sif {p} mode 0{:o}", f.type_bits | f.mode).expect("string write");
+        writeln!(script, "sif {p} uid {}\nsif {p} gid {}", f.attrs.uid, f.attrs.gid).expect("string write");
+        for field in ["atime", "mtime", "ctime", "crtime"] {
+            writeln!(script, "sif {p} {field} @{mtime}").expect("string write");
+        }
+        for (j, (name, value)) in f.attrs.xattrs.iter().enumerate() {
+            let file = values_dir.join(format!("{i}-{j}"));
+            fs::write(&file, value)?;
+            writeln!(script, "ea_set -f {} {p} {name}", quoted(&file.display().to_string())?).expect("string write");
+        }
+    }
+    Ok(script)
+}
+
+fn run(tool: &'static str, cmd: &mut Command) -> Result<String, Ext4Error> {
+    let out = cmd
+        .output()
+        .map_err(|e| if e.kind() == io::ErrorKind::NotFound { Ext4Error::Missing { tool } } else { e.into() })?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(Ext4Error::Failed { tool, message: stderr.trim().to_string() });
+    }
+    Ok(stderr)
+}
+
+/// Writes `tree` as an ext4 image at `dest` (overwritten); returns the file bytes packed.
+pub fn write(
+    tree: &Tree,
+    layers: &dyn LayerSource,
+    dest: &Path,
+    fs_config: &Filesystem,
+    mtime: u32,
+    progress: &mut dyn FnMut(u64),
+) -> Result<u64, Ext4Error> {
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new().prefix(".fledge-ext4-").tempdir_in(parent)?;
+    let root = work.path().join("root");
+    fs::create_dir(&root)?;
+    let mut sink = StageSink { root: &root, fixups: Vec::new(), content_bytes: 0, data_bytes: 0 };
+    walk(tree, layers, &mut sink, progress)?;
+
+    let inodes = sink.fixups.len() as u64 + 1024;
+    let size = image_size(sink.content_bytes, inodes, fs_config);
+    let file = File::create(dest)?;
+    file.set_len(size)?;
+    drop(file);
+    if fs_config.preallocate {
+        run("fallocate", Command::new("fallocate").arg("-l").arg(size.to_string()).arg(dest))?;
+    }
+    let uuid = tree_uuid(tree);
+    run(
+        "mke2fs",
+        Command::new("mke2fs")
+            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-N", &inodes.to_string(), "-U", &uuid, "-E"])
+            .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"))
+            .arg("-d")
+            .arg(&root)
+            .arg(dest)
+            .env("E2FSPROGS_FAKE_TIME", mtime.to_string()),
+    )?;
+
+    let values = work.path().join("xattr-values");
+    fs::create_dir(&values)?;
+    let script_path = work.path().join("fixups.debugfs");
+    let mut script = File::create(&script_path)?;
+    script.write_all(fixup_script(&sink.fixups, mtime, &values)?.as_bytes())?;
+    drop(script);
+    let stderr = run(
+        "debugfs",
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&script_path)
+            .arg(dest)
+            .env("E2FSPROGS_FAKE_TIME", mtime.to_string()),
+    )?;
+    // debugfs exits 0 even when a command fails; anything besides its banner is an error.
+    let problems: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty()).collect();
+    if !problems.is_empty() {
+        return Err(Ext4Error::Failed { tool: "debugfs", message: problems.join("\n") });
+    }
+    Ok(sink.data_bytes)
+}
