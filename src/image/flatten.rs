@@ -79,18 +79,11 @@ pub fn decompress<'a, R: BufRead + 'a>(mut reader: R) -> io::Result<Box<dyn Read
     })
 }
 
-/// The path components of a tar entry name, or why it is refused.
-fn entry_path(raw: &[u8]) -> Result<Vec<String>, &'static str> {
+/// A tar entry name as a path in the image (relative and absolute names alike), or why it is
+/// refused.
+fn entry_path(raw: &[u8]) -> Result<ImagePath, &'static str> {
     let text = std::str::from_utf8(raw).map_err(|_| "is not valid UTF-8")?;
-    let mut parts = Vec::new();
-    for part in text.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err("has a '..' component"),
-            name => parts.push(name.to_string()),
-        }
-    }
-    Ok(parts)
+    ImagePath::parse(&format!("/{text}")).map_err(|_| "has a '..' component")
 }
 
 const OPAQUE: &str = ".wh..wh..opq";
@@ -110,10 +103,9 @@ pub fn flatten(layers: &ImageLayers<'_>, tree: &mut Tree) -> Result<(), FlattenE
             let shown = String::from_utf8_lossy(&raw).into_owned();
             let hostile =
                 |problem| FlattenError::Hostile { layer, digest: digest.to_string(), path: shown.clone(), problem };
-            let parts = entry_path(&raw).map_err(hostile)?;
+            let path = entry_path(&raw).map_err(hostile)?;
             let tree_err =
                 |source| FlattenError::Tree { layer, digest: digest.to_string(), path: shown.clone(), source };
-            let path = ImagePath::from_components(parts);
             let name = path.file_name().unwrap_or("");
             let parent = || path.parent().unwrap_or_else(ImagePath::root);
 
@@ -151,9 +143,7 @@ pub fn flatten(layers: &ImageLayers<'_>, tree: &mut Tree) -> Result<(), FlattenE
                 }
                 tar::EntryType::Link => {
                     let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                    let target = ImagePath::from_components(
-                        entry_path(&target).map_err(|_| hostile("is a hard link that leaves the image"))?,
-                    );
+                    let target = entry_path(&target).map_err(|_| hostile("is a hard link that leaves the image"))?;
                     let resolved = tree.resolve(&target, false).map_err(tree_err)?;
                     match tree.get(&resolved) {
                         Some(node @ Node::File { .. }) => node.clone(),
@@ -218,8 +208,8 @@ mod tests {
 
     #[test]
     fn entry_paths_are_relative_and_never_climb() {
-        assert_eq!(entry_path(b"./usr/bin/").unwrap(), ["usr", "bin"]);
-        assert_eq!(entry_path(b"/etc/passwd").unwrap(), ["etc", "passwd"]);
+        assert_eq!(entry_path(b"./usr/bin/").unwrap().to_string(), "/usr/bin");
+        assert_eq!(entry_path(b"/etc/passwd").unwrap().to_string(), "/etc/passwd");
         assert!(entry_path(b"a/../../etc").is_err());
     }
 }
