@@ -271,3 +271,31 @@ fn export_round_trips_and_prune_collects_what_no_image_uses() {
     assert!(stderr(&pruned).contains("Removed"), "{}", stderr(&pruned));
     assert_eq!(blobs(), 0, "nothing references any blob any more");
 }
+
+#[test]
+fn credentials_from_docker_config_open_a_protected_registry() {
+    let Some(registry) = registry::start_with_auth(Some(("fledge", "s3cret"))) else { return };
+    let p = Project::new();
+    let (layout, digest) = layout_with_image(&p);
+    registry.push_as(&layout, "v1", "private/app", false, Some("fledge:s3cret"));
+    let reference = format!("{}/private/app:v1", registry.host);
+
+    let denied = fledge_image(&p, &["pull", &reference]);
+    assert_eq!(denied.status.code(), Some(1));
+    let err = stderr(&denied);
+    assert!(err.contains("refused access to private/app (401)") && err.contains("docker login"), "{err}");
+
+    let docker = p.path("docker");
+    fs::create_dir(&docker).unwrap();
+    let auth = base64_encode("fledge:s3cret");
+    fs::write(docker.join("config.json"), format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host))
+        .unwrap();
+    let allowed = run(p.fledge().args(["image", "pull", &reference]).env("DOCKER_CONFIG", &docker));
+    assert_success(&allowed);
+    assert_eq!(String::from_utf8_lossy(&allowed.stdout).trim(), digest);
+}
+
+fn base64_encode(text: &str) -> String {
+    let out = run(std::process::Command::new("sh").arg("-c").arg(format!("printf %s '{text}' | base64 -w0")));
+    String::from_utf8(out.stdout).unwrap()
+}

@@ -17,6 +17,12 @@ pub struct Registry {
 
 /// `None` (after saying why) when the registry binary is not installed.
 pub fn start() -> Option<Registry> {
+    start_with_auth(None)
+}
+
+/// A registry that demands Basic authentication with `user:password` (an htpasswd file made
+/// with `htpasswd -B`), when given.
+pub fn start_with_auth(auth: Option<(&str, &str)>) -> Option<Registry> {
     if Command::new("docker-registry").arg("--version").output().is_err() {
         eprintln!("skipping: docker-registry is not installed (apt install docker-registry)");
         return None;
@@ -25,11 +31,21 @@ pub fn start() -> Option<Registry> {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let storage = dir.path().join("data");
     let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!("version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n", storage.display()),
-    )
-    .unwrap();
+    let mut yaml = format!(
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        storage.display()
+    );
+    if let Some((user, password)) = auth {
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd is needed (apt install apache2-utils)");
+        assert!(out.status.success());
+        let htpasswd = dir.path().join("htpasswd");
+        std::fs::write(&htpasswd, &out.stdout).unwrap();
+        yaml.push_str(&format!("auth:\n  htpasswd:\n    realm: fledge-test\n    path: {}\n", htpasswd.display()));
+    }
+    std::fs::write(&config, yaml).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
         .arg(&config)
@@ -55,13 +71,21 @@ impl Registry {
         let _ = write!(s, "GET /v2/ HTTP/1.0\r\nHost: {}\r\n\r\n", self.host);
         let mut reply = String::new();
         let _ = s.read_to_string(&mut reply);
-        reply.starts_with("HTTP/1.0 200") || reply.starts_with("HTTP/1.1 200")
+        ["HTTP/1.0 200", "HTTP/1.1 200", "HTTP/1.0 401", "HTTP/1.1 401"].iter().any(|s| reply.starts_with(s))
     }
 
     /// Pushes an OCI layout (`dir`, tag `tag`) to `repo:tag`; `all` pushes every platform.
     pub fn push(&self, layout: &Path, tag: &str, repo: &str, all: bool) {
+        self.push_as(layout, tag, repo, all, None);
+    }
+
+    /// [`Registry::push`] with credentials.
+    pub fn push_as(&self, layout: &Path, tag: &str, repo: &str, all: bool, creds: Option<&str>) {
         let mut cmd = Command::new("skopeo");
         cmd.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some(creds) = creds {
+            cmd.arg(format!("--dest-creds={creds}"));
+        }
         if all {
             cmd.arg("--all");
         }
