@@ -8,15 +8,13 @@
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
-
 use crate::config::Filesystem;
-use crate::paths::ImagePath;
-use crate::rootfs::walk::{LayerSource, Payload, Sink, walk};
-use crate::rootfs::{Attrs, Node, SpecialKind, Tree};
+use crate::rootfs::walk::LayerSource;
+use crate::rootfs::{SpecialKind, Tree};
+use crate::stage::{StagedEntry, stage, tree_uuid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Ext4Error {
@@ -28,87 +26,6 @@ pub enum Ext4Error {
     Unnameable(String),
     #[error(transparent)]
     Io(#[from] io::Error),
-}
-
-const BLOCK: u64 = 4096;
-
-/// Inode facts the fix-up script applies.
-struct Fixup {
-    path: String,
-    type_bits: u32,
-    mode: u32,
-    attrs: Attrs,
-    special: Option<(SpecialKind, u32, u32)>,
-}
-
-struct StageSink<'a> {
-    root: &'a Path,
-    fixups: Vec<Fixup>,
-    content_bytes: u64,
-    data_bytes: u64,
-}
-
-fn staged(root: &Path, path: &ImagePath) -> PathBuf {
-    path.components().iter().fold(root.to_path_buf(), |p, c| p.join(c))
-}
-
-fn blocks(bytes: u64) -> u64 {
-    bytes.div_ceil(BLOCK) * BLOCK
-}
-
-impl Sink for StageSink<'_> {
-    fn entry(&mut self, path: &ImagePath, node: &Node, attrs: &Attrs, payload: Payload<'_>) -> io::Result<()> {
-        let target = staged(self.root, path);
-        let (type_bits, mode, special) = match node {
-            Node::Dir { mode } => {
-                if !path.is_root() {
-                    fs::create_dir(&target)?;
-                }
-                self.content_bytes += BLOCK;
-                (0o040_000, *mode, None)
-            }
-            Node::File { mode, .. } => {
-                match payload {
-                    Payload::Data { reader, size, .. } => {
-                        let mut file = File::create(&target)?;
-                        io::copy(reader, &mut file)?;
-                        self.content_bytes += blocks(size);
-                        self.data_bytes += size;
-                    }
-                    Payload::Link { to, .. } => fs::hard_link(staged(self.root, to), &target)?,
-                    Payload::None => unreachable!("walk always sends files with data or a link"),
-                }
-                (0o100_000, *mode, None)
-            }
-            Node::Symlink { target: link } => {
-                std::os::unix::fs::symlink(link, &target)?;
-                self.content_bytes += if link.len() >= 60 { blocks(link.len() as u64) } else { 0 };
-                (0o120_000, 0o777, None)
-            }
-            Node::Special { kind, mode, major, minor } => {
-                let bits = match kind {
-                    SpecialKind::Char => 0o020_000,
-                    SpecialKind::Block => 0o060_000,
-                    SpecialKind::Fifo => 0o010_000,
-                };
-                (bits, *mode, Some((*kind, *major, *minor)))
-            }
-        };
-        self.fixups.push(Fixup { path: path.to_string(), type_bits, mode, attrs: attrs.clone(), special });
-        Ok(())
-    }
-}
-
-/// A stable 16-byte id from what the tree holds, for the UUID and the hash seed.
-fn tree_uuid(tree: &Tree) -> String {
-    let mut h = Sha256::new();
-    for (path, node) in tree.iter() {
-        h.update(path.to_string().as_bytes());
-        h.update(format!("{node:?}").as_bytes());
-    }
-    let d = h.finalize();
-    let hex = hex::encode(&d[..16]);
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }
 
 /// Image size: the content in 4 KiB blocks, inode tables, journal and metadata headroom, plus
@@ -131,13 +48,14 @@ fn quoted(path: &str) -> Result<String, Ext4Error> {
 }
 
 /// Writes the debugfs script that makes every inode exactly what the tree says.
-fn fixup_script(fixups: &[Fixup], mtime: u32, values_dir: &Path) -> Result<String, Ext4Error> {
+fn fixup_script(fixups: &[StagedEntry], mtime: u32, values_dir: &Path) -> Result<String, Ext4Error> {
     let mut script = String::new();
     for (i, f) in fixups.iter().enumerate() {
-        let p = quoted(&f.path)?;
+        let path = f.path.to_string();
+        let p = quoted(&path)?;
         if let Some((kind, major, minor)) = f.special {
             // debugfs's mknod links the new inode into the current directory by name.
-            let (dir, name) = f.path.rsplit_once('/').expect("special files are never the root");
+            let (dir, name) = path.rsplit_once('/').expect("special files are never the root");
             let dir = if dir.is_empty() { "/" } else { dir };
             let spec = match kind {
                 SpecialKind::Fifo => "p".to_string(),
@@ -180,15 +98,9 @@ pub fn write(
     mtime: u32,
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Ext4Error> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let work = tempfile::Builder::new().prefix(".fledge-ext4-").tempdir_in(parent)?;
-    let root = work.path().join("root");
-    fs::create_dir(&root)?;
-    let mut sink = StageSink { root: &root, fixups: Vec::new(), content_bytes: 0, data_bytes: 0 };
-    walk(tree, layers, &mut sink, progress)?;
-
-    let inodes = sink.fixups.len() as u64 + 1024;
-    let size = image_size(sink.content_bytes, inodes, fs_config);
+    let staged = stage(tree, layers, dest, progress)?;
+    let inodes = staged.entries.len() as u64 + 1024;
+    let size = image_size(staged.content_bytes, inodes, fs_config);
     let file = File::create(dest)?;
     file.set_len(size)?;
     drop(file);
@@ -202,16 +114,16 @@ pub fn write(
             .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-N", &inodes.to_string(), "-U", &uuid, "-E"])
             .arg(format!("hash_seed={uuid},root_owner=0:0,lazy_itable_init=0,lazy_journal_init=0"))
             .arg("-d")
-            .arg(&root)
+            .arg(&staged.root)
             .arg(dest)
             .env("E2FSPROGS_FAKE_TIME", mtime.to_string()),
     )?;
 
-    let values = work.path().join("xattr-values");
+    let values = staged.work.path().join("xattr-values");
     fs::create_dir(&values)?;
-    let script_path = work.path().join("fixups.debugfs");
+    let script_path = staged.work.path().join("fixups.debugfs");
     let mut script = File::create(&script_path)?;
-    script.write_all(fixup_script(&sink.fixups, mtime, &values)?.as_bytes())?;
+    script.write_all(fixup_script(&staged.entries, mtime, &values)?.as_bytes())?;
     drop(script);
     let stderr = run(
         "debugfs",
@@ -227,5 +139,5 @@ pub fn write(
     if !problems.is_empty() {
         return Err(Ext4Error::Failed { tool: "debugfs", message: problems.join("\n") });
     }
-    Ok(sink.data_bytes)
+    Ok(staged.data_bytes)
 }

@@ -25,6 +25,7 @@ pub mod paths;
 pub mod progress;
 pub mod rootfs;
 pub mod squashfs;
+pub mod stage;
 pub mod store;
 pub mod tomlfile;
 

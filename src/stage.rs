@@ -1,0 +1,118 @@
+//! Staging a tree as a real directory, for the filesystem tools that only read directories
+//! (`mke2fs -d`, `mkfs.erofs`). The stage lives next to the output, is written with ordinary
+//! permissions (so no privilege is needed and every file stays readable), and is removed when
+//! dropped. What a plain directory cannot hold (exact modes, owners, device nodes, xattrs) is
+//! returned per entry so the writer can apply it its own way.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::paths::ImagePath;
+use crate::rootfs::walk::{LayerSource, Payload, Sink, walk};
+use crate::rootfs::{Attrs, Node, SpecialKind, Tree};
+
+const BLOCK: u64 = 4096;
+
+/// One staged entry and the metadata the stage does not carry.
+pub struct StagedEntry {
+    pub path: ImagePath,
+    /// Where it is in the stage (specials are not created there).
+    pub host: PathBuf,
+    /// File type bits (`S_IFREG`, …).
+    pub type_bits: u32,
+    pub mode: u32,
+    pub attrs: Attrs,
+    pub special: Option<(SpecialKind, u32, u32)>,
+}
+
+/// A staged tree; the directory is deleted on drop.
+pub struct Stage {
+    pub work: tempfile::TempDir,
+    pub root: PathBuf,
+    /// In writing order: parents before children.
+    pub entries: Vec<StagedEntry>,
+    /// Content rounded to 4 KiB blocks, for sizing images.
+    pub content_bytes: u64,
+    pub data_bytes: u64,
+}
+
+fn staged(root: &Path, path: &ImagePath) -> PathBuf {
+    path.components().iter().fold(root.to_path_buf(), |p, c| p.join(c))
+}
+
+fn blocks(bytes: u64) -> u64 {
+    bytes.div_ceil(BLOCK) * BLOCK
+}
+
+struct StageSink<'a> {
+    stage: &'a mut Stage,
+}
+
+impl Sink for StageSink<'_> {
+    fn entry(&mut self, path: &ImagePath, node: &Node, attrs: &Attrs, payload: Payload<'_>) -> io::Result<()> {
+        let stage = &mut *self.stage;
+        let host = staged(&stage.root, path);
+        let (type_bits, mode, special) = match node {
+            Node::Dir { mode } => {
+                if !path.is_root() {
+                    fs::create_dir(&host)?;
+                }
+                stage.content_bytes += BLOCK;
+                (0o040_000, *mode, None)
+            }
+            Node::File { mode, .. } => {
+                match payload {
+                    Payload::Data { reader, size, .. } => {
+                        io::copy(reader, &mut File::create(&host)?)?;
+                        stage.content_bytes += blocks(size);
+                        stage.data_bytes += size;
+                    }
+                    Payload::Link { to, .. } => fs::hard_link(staged(&stage.root, to), &host)?,
+                    Payload::None => unreachable!("walk always sends files with data or a link"),
+                }
+                (0o100_000, *mode, None)
+            }
+            Node::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &host)?;
+                stage.content_bytes += if target.len() >= 60 { blocks(target.len() as u64) } else { 0 };
+                (0o120_000, 0o777, None)
+            }
+            Node::Special { kind, mode, major, minor } => {
+                let bits = match kind {
+                    SpecialKind::Char => 0o020_000,
+                    SpecialKind::Block => 0o060_000,
+                    SpecialKind::Fifo => 0o010_000,
+                };
+                (bits, *mode, Some((*kind, *major, *minor)))
+            }
+        };
+        stage.entries.push(StagedEntry { path: path.clone(), host, type_bits, mode, attrs: attrs.clone(), special });
+        Ok(())
+    }
+}
+
+/// Stages `tree` in a new directory beside `dest`.
+pub fn stage(tree: &Tree, layers: &dyn LayerSource, dest: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<Stage> {
+    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let work = tempfile::Builder::new().prefix(".fledge-stage-").tempdir_in(parent)?;
+    let root = work.path().join("root");
+    fs::create_dir(&root)?;
+    let mut stage = Stage { work, root, entries: Vec::new(), content_bytes: 0, data_bytes: 0 };
+    walk(tree, layers, &mut StageSink { stage: &mut stage }, progress)?;
+    Ok(stage)
+}
+
+/// A stable id (UUID text) from what the tree holds, for filesystem UUIDs and hash seeds.
+pub fn tree_uuid(tree: &Tree) -> String {
+    let mut h = Sha256::new();
+    for (path, node) in tree.iter() {
+        h.update(path.to_string().as_bytes());
+        h.update(format!("{node:?}").as_bytes());
+    }
+    let d = h.finalize();
+    let hex = hex::encode(&d[..16]);
+    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+}
