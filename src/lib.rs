@@ -11,6 +11,7 @@ pub mod config;
 pub mod diagnostic;
 pub mod digest;
 pub mod dirs;
+pub mod erofs;
 pub mod ext4;
 pub mod fetch;
 pub mod guest_init;

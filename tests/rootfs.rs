@@ -224,3 +224,87 @@ fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
     let m: Value = serde_json::from_slice(&fs::read(p.path("a.manifest.json")).unwrap()).unwrap();
     assert_eq!(m["rootfs"]["format"], "ext4");
 }
+
+fn dump_erofs(image: &std::path::Path, args: &[&str]) -> String {
+    let out = run(Command::new("dump.erofs").args(args).arg(image));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn build_as(p: &Project, unprivileged: bool, out: &str) -> std::process::Output {
+    let mut cmd = if unprivileged && nix::unistd::Uid::effective().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FLEDGE]);
+        c
+    } else {
+        Command::new(FLEDGE)
+    };
+    // Each user gets a store of their own (another user's store is, rightly, not writable).
+    let state = if unprivileged { "state-user" } else { "state" };
+    cmd.args(["build", "-o", out])
+        .current_dir(p.dir.path())
+        .env("HOME", p.path("home"))
+        .env("FLEDGE_STATE_DIR", p.path(state))
+        .env("FLEDGE_CACHE_DIR", p.path("cache"));
+    run(&mut cmd)
+}
+
+#[test]
+fn erofs_images_have_full_fidelity_as_root_and_say_why_not_otherwise() {
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/erofs");
+    let p = project_for(&image);
+    let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap().replace("compression = \"zstd\"", "type = \"erofs\"");
+    p.write("fledge.toml", &cfg);
+
+    if nix::unistd::Uid::effective().is_root() {
+        assert_success(&build_as(&p, false, "a.erofs"));
+        let img = p.path("a.erofs");
+        assert_success(&run(Command::new("fsck.erofs").arg(&img)));
+        let notes = dump_erofs(&img, &["--path=/home/user/notes"]);
+        assert!(notes.contains("Uid: 1000   Gid: 1000") && notes.contains("Access: 0600"), "{notes}");
+        let stats = dump_erofs(&img, &["-S"]);
+        assert!(stats.contains("char dev count:\t\t1") && stats.contains("FIFO file count:\t\t1"), "{stats}");
+        assert!(dump_erofs(&img, &["--path=/bin/ls"]).contains("Links: 2"), "hard link kept");
+        assert!(!dump_erofs(&img, &["--path=/etc/hostname"]).contains("File :"), "whiteout applied");
+        // fsck.erofs 1.5 does not extract xattrs: check that the inode carries one, by name.
+        assert!(!notes.contains("Xattr size: 0"), "{notes}");
+        assert!(fs::read(&img).unwrap().windows(6).any(|w| w == b"fledge"), "the user.fledge xattr is stored");
+        assert_success(&build_as(&p, false, "b.erofs"));
+        assert_eq!(fs::read(&img).unwrap(), fs::read(p.path("b.erofs")).unwrap(), "byte-identical erofs images");
+    }
+
+    // Without root the device node and the foreign owner cannot be kept: a clear refusal.
+    let refused = build_as(&p, true, "n.erofs");
+    if nix::unistd::Uid::effective().is_root() {
+        assert_eq!(refused.status.code(), Some(1));
+        let err = stderr(&refused);
+        assert!(
+            err.contains("an erofs image of this tree needs root: /dev/null is a device node")
+                && err.contains("squashfs"),
+            "{err}"
+        );
+        assert!(!p.path("n.erofs").exists());
+    }
+}
+
+#[test]
+fn erofs_builds_without_root_when_the_image_needs_no_privilege() {
+    let p = Project::new();
+    let layout = p.path("layout");
+    let bb = fs::read(busybox()).unwrap();
+    let layer = common::oci::tar_layer(&[
+        common::oci::Entry::Dir("bin", 0o755),
+        common::oci::Entry::File("bin/busybox", 0o755, &bb),
+        common::oci::Entry::Symlink("bin/sh", "busybox"),
+    ]);
+    let manifest = add_image(&layout, "amd64", &[layer], json!({}));
+    finish_layout(&layout, "v1", vec![manifest]);
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n[filesystem]\ntype = \"erofs\"\ncompression = \"lz4hc\"\n");
+    p.write("manifest.toml", "name = \"e\"\nversion = \"1\"\nruntime = \"e\"\n");
+    assert_success(&build_as(&p, true, "plain.erofs"));
+    let img = p.path("plain.erofs");
+    assert_success(&run(Command::new("fsck.erofs").arg(&img)));
+    assert!(dump_erofs(&img, &["--path=/bin/kestrel"]).contains("Uid: 0   Gid: 0"), "root-owned via --all-root");
+}

@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::rootfs::walk::{LayerSource, NoLayers};
 use crate::rootfs::{FileData, Node, Tree};
 use crate::store::Store;
-use crate::{agent, busybox, compress, dirs, ext4, mappings, squashfs};
+use crate::{agent, busybox, compress, dirs, erofs, ext4, mappings, squashfs};
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -226,9 +226,9 @@ fn build_rootfs(
         );
     };
     let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
-    if !matches!(kind, FsType::Squashfs | FsType::Ext4) {
+    if !matches!(kind, FsType::Squashfs | FsType::Ext4 | FsType::Erofs) {
         bail!(
-            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default) or \"ext4\"",
+            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default), \"ext4\" or \"erofs\"",
             config.file.display(),
             kind.name()
         );
@@ -249,7 +249,7 @@ fn build_rootfs(
 
     let stem = output::sanitize(&image.short_name());
     let artifact_path = match kind {
-        FsType::Squashfs => output::rootfs_path(args.output.as_deref(), &stem, kind.name()),
+        FsType::Squashfs | FsType::Erofs => output::rootfs_path(args.output.as_deref(), &stem, kind.name()),
         // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
         _ => output::artifact_path(args.output.as_deref(), &stem, "img"),
     };
@@ -263,6 +263,7 @@ fn build_rootfs(
             let compression = config.compression.expect("squashfs always has a compressor");
             squashfs::write(&tree, &layers, pending.path(), compression, mtime, &mut advance)?
         }
+        FsType::Erofs => erofs::write(&tree, &layers, pending.path(), config.compression, mtime, &mut advance)?,
         _ => ext4::write(&tree, &layers, pending.path(), &config.filesystem, mtime, &mut advance)?,
     };
     let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
