@@ -5,9 +5,12 @@
 //! directory could not hold. The UUID and directory hash seed come from the tree's contents
 //! and `E2FSPROGS_FAKE_TIME` pins the superblock times, so equal trees give equal images.
 
+use std::ffi::CString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -47,10 +50,27 @@ fn quoted(path: &str) -> Result<String, Ext4Error> {
     Ok(format!("\"{path}\""))
 }
 
-/// Writes the debugfs script that makes every inode exactly what the tree says.
-fn fixup_script(fixups: &[StagedEntry], mtime: u32, values_dir: &Path) -> Result<String, Ext4Error> {
+/// Sets a staged entry's atime and mtime (without following a symlink), so `mke2fs -d`
+/// copies the right ones.
+fn set_times(host: &Path, mtime: u32) -> io::Result<()> {
+    let path = CString::new(host.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let ts = libc::timespec { tv_sec: mtime.into(), tv_nsec: 0 };
+    // SAFETY: a valid NUL-terminated path and a two-element timespec array.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), [ts, ts].as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Writes the debugfs script that makes every inode exactly what the tree says, given what
+/// `mke2fs -d` copied from the stage (`staged` holds each entry's mode and owner there). The
+/// ctime of every inode is the staging time and must be set; the rest only where it differs.
+fn fixup_script(
+    entries: &[StagedEntry],
+    staged: &[Option<(u32, u32, u32)>],
+    mtime: u32,
+    values_dir: &Path,
+) -> Result<String, Ext4Error> {
     let mut script = String::new();
-    for (i, f) in fixups.iter().enumerate() {
+    for (i, (f, on_disk)) in entries.iter().zip(staged).enumerate() {
         let path = f.path.to_string();
         let p = quoted(&path)?;
         if let Some((kind, major, minor)) = f.special {
@@ -63,12 +83,20 @@ fn fixup_script(fixups: &[StagedEntry], mtime: u32, values_dir: &Path) -> Result
                 SpecialKind::Block => format!("b {major} {minor}"),
             };
             writeln!(script, "cd {}\nmknod {} {spec}\ncd /", quoted(dir)?, quoted(name)?).expect("string write");
+            writeln!(script, "sif {p} atime @{mtime}\nsif {p} mtime @{mtime}\nsif {p} crtime @{mtime}")
+                .expect("string write");
         }
-        writeln!(script, "sif {p} mode 0{:o}", f.type_bits | f.mode).expect("string write");
-        writeln!(script, "sif {p} uid {}\nsif {p} gid {}", f.attrs.uid, f.attrs.gid).expect("string write");
-        for field in ["atime", "mtime", "ctime", "crtime"] {
-            writeln!(script, "sif {p} {field} @{mtime}").expect("string write");
+        let (mode, uid, gid) = on_disk.unwrap_or((u32::MAX, u32::MAX, u32::MAX));
+        if f.type_bits != 0o120_000 && mode != f.mode {
+            writeln!(script, "sif {p} mode 0{:o}", f.type_bits | f.mode).expect("string write");
         }
+        if uid != f.attrs.uid {
+            writeln!(script, "sif {p} uid {}", f.attrs.uid).expect("string write");
+        }
+        if gid != f.attrs.gid {
+            writeln!(script, "sif {p} gid {}", f.attrs.gid).expect("string write");
+        }
+        writeln!(script, "sif {p} ctime @{mtime}").expect("string write");
         for (j, (name, value)) in f.attrs.xattrs.iter().enumerate() {
             let file = values_dir.join(format!("{i}-{j}"));
             fs::write(&file, value)?;
@@ -99,6 +127,17 @@ pub fn write(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, Ext4Error> {
     let staged = stage(tree, layers, dest, progress)?;
+    // What mke2fs will copy: fix the times on the stage, note modes and owners there.
+    let mut on_disk = Vec::with_capacity(staged.entries.len());
+    for entry in &staged.entries {
+        if entry.special.is_some() {
+            on_disk.push(None);
+            continue;
+        }
+        set_times(&entry.host, mtime)?;
+        let meta = fs::symlink_metadata(&entry.host)?;
+        on_disk.push(Some((meta.mode() & 0o7777, meta.uid(), meta.gid())));
+    }
     let inodes = staged.entries.len() as u64 + 1024;
     let size = image_size(staged.content_bytes, inodes, fs_config);
     let file = File::create(dest)?;
@@ -123,7 +162,7 @@ pub fn write(
     fs::create_dir(&values)?;
     let script_path = staged.work.path().join("fixups.debugfs");
     let mut script = File::create(&script_path)?;
-    script.write_all(fixup_script(&staged.entries, mtime, &values)?.as_bytes())?;
+    script.write_all(fixup_script(&staged.entries, &on_disk, mtime, &values)?.as_bytes())?;
     drop(script);
     let stderr = run(
         "debugfs",
