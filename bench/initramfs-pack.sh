@@ -48,6 +48,10 @@ ln -s usr/bin/busybox "$stage/init"
 } >"$work/fledge.toml"
 printf 'name = "bench"\nversion = "1"\nruntime = "bench"\n' >"$work/manifest.toml"
 
+# Every run starts from the same page-cache state (this machine's file-creation speed swings
+# with cache pressure); as root only.
+drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # time_it NAME OUTPUT COMMAND...: runs COMMAND $runs times, records median seconds and size.
@@ -57,6 +61,7 @@ time_it() {
     local times=()
     for _ in $(seq "$runs"); do
         local start end
+        drop_caches
         start=$(date +%s.%N)
         "$@"
         end=$(date +%s.%N)

@@ -32,6 +32,10 @@ umoci insert --image "$work/layout:1" "$tree" / >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
 echo "image: $image ($(du -sm "$tree" | cut -f1) MB tree), $(nproc) cores, $runs run(s) each"
 
+# Every run starts from the same page-cache state (this machine's file-creation speed swings
+# with cache pressure); as root only.
+drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 declare -A secs
 time_it() {
@@ -39,6 +43,7 @@ time_it() {
     local times=()
     for _ in $(seq "$runs"); do
         local start end
+        drop_caches
         start=$(date +%s.%N); "$@"; end=$(date +%s.%N)
         times+=("$(echo "$end - $start" | bc)")
     done
