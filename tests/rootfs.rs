@@ -308,3 +308,44 @@ fn erofs_builds_without_root_when_the_image_needs_no_privilege() {
     assert_success(&run(Command::new("fsck.erofs").arg(&img)));
     assert!(dump_erofs(&img, &["--path=/bin/kestrel"]).contains("Uid: 0   Gid: 0"), "root-owned via --all-root");
 }
+
+#[test]
+fn long_names_escaping_links_and_a_merged_usr_bin_stay_inside_the_image() {
+    let p = Project::new();
+    let layout = p.path("layout");
+    let long = format!("opt/{}/{}", "d".repeat(90), "f".repeat(80));
+    let victim = tempfile::tempdir().unwrap();
+    let escape_target = format!("../../../../../../..{}", victim.path().display());
+    let lower = common::oci::tar_layer(&[
+        common::oci::Entry::Dir("usr", 0o755),
+        common::oci::Entry::Dir("usr/bin", 0o755),
+        common::oci::Entry::Symlink("bin", "usr/bin"),
+        common::oci::Entry::File(&long, 0o644, b"long"),
+        common::oci::Entry::Symlink("escape", &escape_target),
+    ]);
+    let upper = common::oci::tar_layer(&[common::oci::Entry::File("escape/pwned", 0o644, b"gotcha")]);
+    let manifest = add_image(&layout, "amd64", &[lower, upper], json!({}));
+    finish_layout(&layout, "v1", vec![manifest]);
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("manifest.toml", "name = \"x\"\nversion = \"1\"\nruntime = \"x\"\n");
+    for (kind, out) in [("squashfs", "x.squashfs"), ("ext4", "x.img")] {
+        p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n[filesystem]\ntype = \"{kind}\"\n"));
+        assert_success(&run(p.fledge().args(["build", "-o", out])));
+        assert_eq!(fs::read_dir(victim.path()).unwrap().count(), 0, "{kind}: nothing written outside the image");
+    }
+    let list = listing(&p.path("x.squashfs"));
+    assert!(line(&list, &format!("/{long}")).is_some(), "long name kept: {list:#?}");
+    let confined = format!("{}/pwned", victim.path().display());
+    assert!(line(&list, &confined).is_some(), "the escaping link resolved inside the image: {list:#?}");
+    assert!(line(&list, "/bin").unwrap().contains("-> usr/bin"), "/bin stays a symlink");
+    assert!(line(&list, "/usr/bin/kestrel").unwrap().starts_with("-rwxr-xr-x"), "agent placed through /bin -> usr/bin");
+    let ext4_long = debugfs(&p.path("x.img"), &format!("stat /{long}"));
+    assert!(ext4_long.contains("Size: 4"), "{ext4_long}");
+    assert!(debugfs(&p.path("x.img"), &format!("stat {confined}")).contains("Size: 6"));
+
+    // SOURCE_DATE_EPOCH sets every timestamp of a rootfs image too.
+    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n");
+    assert_success(&run(p.fledge().args(["build", "-o", "epoch.squashfs"]).env("SOURCE_DATE_EPOCH", "86400")));
+    let list = listing(&p.path("epoch.squashfs"));
+    assert!(list.iter().all(|(_, l)| l.contains("1970-01-02 00:00")), "{list:#?}");
+}
