@@ -74,6 +74,8 @@ pub fn write(
             "-root-gid",
             &root_attrs.gid.to_string(),
         ])
+        // mksquashfs refuses SOURCE_DATE_EPOCH next to the explicit times passed above.
+        .env_remove("SOURCE_DATE_EPOCH")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
