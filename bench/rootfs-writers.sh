@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Fledge's rootfs writers against the Debian tools on the same tree, side by side:
+#   squashfs: `fledge build` (image already in the store) vs `mksquashfs DIR -comp zstd`
+#   ext4:     `fledge build` (image already in the store) vs `mke2fs -t ext4 -d DIR`
+# The tree is the Debian minbase of initramfs-pack.sh, as a one-layer OCI layout (made once
+# with `umoci insert` and cached) for Fledge and as a plain directory for the tools. Fledge's
+# times include flattening the layer and, for ext4, staging; the tools start from the
+# unpacked directory, which Fledge never has. Needs root (debootstrap, drop_caches).
+#
+# usage: bench/rootfs-writers.sh [RUNS]    (default 3, median reported)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+bench_dir=${FLEDGE_BENCH_DIR:-/var/cache/fledge-bench}
+tree=${FLEDGE_BENCH_TREE:-$bench_dir/minbase}
+fledge=$(realpath "${FLEDGE:-target/release/fledge}")
+[ -d "$tree" ] || { echo "no tree at $tree (run bench/initramfs-pack.sh once as root)" >&2; exit 1; }
+[ -x "$fledge" ] || cargo build --release --quiet
+layout=$bench_dir/minbase-layout
+if [ ! -f "$layout/index.json" ]; then
+    rm -rf "$layout.tmp"
+    umoci init --layout "$layout.tmp" && umoci new --image "$layout.tmp:1"
+    umoci insert --image "$layout.tmp:1" "$tree" / >/dev/null
+    mv "$layout.tmp" "$layout"
+fi
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+dir=$work/dir
+mkdir "$dir"
+(cd "$tree" && tar --exclude=./dev --exclude=./proc --exclude=./sys -cf - .) | tar -C "$dir" -xf -
+export FLEDGE_STATE_DIR=$work/state
+fledge_cfg() {
+    printf 'version = "1"\nstrategy = "oci_rootfs"\n[agent]\nsource_strategy = "local"\npath = "%s"\n[source]\nimage = "oci-layout:%s:1"\n[filesystem]\n%s\n' \
+        "$(command -v busybox)" "$layout" "$1" >"$work/fledge.toml"
+    printf 'name = "bench"\nversion = "1"\nruntime = "bench"\n' >"$work/manifest.toml"
+}
+fledge_cfg 'type = "ext4"'
+"$fledge" build -q -c "$work/fledge.toml" -o "$work/warmup.img" # imports the layout into the store
+rm -f "$work/warmup.img"
+
+drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+declare -A secs
+time_it() {
+    local name=$1; shift
+    local times=()
+    for _ in $(seq "$runs"); do
+        drop_caches
+        local start end
+        start=$(date +%s.%N); "$@"; end=$(date +%s.%N)
+        times+=("$(echo "$end - $start" | bc)")
+    done
+    secs[$name]=$(printf '%s\n' "${times[@]}" | median)
+}
+
+size=$(( $(du -sm "$dir" | cut -f1) * 2 ))M
+time_it "mksquashfs zstd" mksquashfs "$dir" "$work/peer.squashfs" -comp zstd -noappend -no-progress -quiet
+time_it "mke2fs -d" sh -c "rm -f '$work/peer.img' && truncate -s $size '$work/peer.img' && mke2fs -q -t ext4 -F -d '$dir' '$work/peer.img'"
+fledge_cfg 'compression = "zstd"'
+time_it "fledge squashfs zstd" "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.squashfs"
+fledge_cfg 'type = "ext4"'
+time_it "fledge ext4" "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.img"
+
+echo "tree: $(du -sm "$dir" | cut -f1) MB, $(find "$dir" | wc -l) entries, $(nproc) cores, median of $runs"
+printf '\n%-24s %10s %12s\n' writer seconds "vs tool"
+printf '%-24s %10.2f %12s\n' "mksquashfs zstd" "${secs[mksquashfs zstd]}" 1.00
+printf '%-24s %10.2f %12.2f\n' "fledge squashfs zstd" "${secs[fledge squashfs zstd]}" "$(echo "${secs[fledge squashfs zstd]} / ${secs[mksquashfs zstd]}" | bc -l)"
+printf '%-24s %10.2f %12s\n' "mke2fs -d" "${secs[mke2fs -d]}" 1.00
+printf '%-24s %10.2f %12.2f\n' "fledge ext4" "${secs[fledge ext4]}" "$(echo "${secs[fledge ext4]} / ${secs[mke2fs -d]}" | bc -l)"
