@@ -48,26 +48,13 @@ ln -s usr/bin/busybox "$stage/init"
 } >"$work/fledge.toml"
 printf 'name = "bench"\nversion = "1"\nruntime = "bench"\n' >"$work/manifest.toml"
 
-# Every run starts from the same page-cache state (this machine's file-creation speed swings
-# with cache pressure); as root only.
-drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
+source "$(dirname "$0")/lib.sh"
 
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-
-# time_it NAME OUTPUT COMMAND...: runs COMMAND $runs times, records median seconds and size.
-declare -A secs size
-time_it() {
+# time_and_size NAME OUTPUT COMMAND...: time_it, and record OUTPUT's size.
+declare -A size
+time_and_size() {
     local name=$1 out=$2; shift 2
-    local times=()
-    for _ in $(seq "$runs"); do
-        local start end
-        drop_caches
-        start=$(date +%s.%N)
-        "$@"
-        end=$(date +%s.%N)
-        times+=("$(echo "$end - $start" | bc)")
-    done
-    secs[$name]=$(printf '%s\n' "${times[@]}" | median)
+    time_it "$name" "$@"
     size[$name]=$(stat -c %s "$out")
 }
 
@@ -76,9 +63,9 @@ pipe_pigz() { (cd "$stage" && find . -print0 | cpio --null -o -H newc --quiet | 
 run_fledge() { "$fledge" build -q -c "$work/fledge.toml" -o "$work/fledge.cpio.gz"; }
 
 echo "tree: $tree staged without dev/proc/sys ($(du -sm "$stage" | cut -f1) MB, $(find "$stage" | wc -l) entries), $(nproc) cores, $runs runs each (median)"
-time_it "find|cpio|gzip -9" "$work/pipe.cpio.gz" pipe_gzip
-if command -v pigz >/dev/null; then time_it "find|cpio|pigz -9" "$work/pigz.cpio.gz" pipe_pigz; fi
-time_it "fledge (gzip 9)" "$work/fledge.cpio.gz" run_fledge
+time_and_size "find|cpio|gzip -9" "$work/pipe.cpio.gz" pipe_gzip
+if command -v pigz >/dev/null; then time_and_size "find|cpio|pigz -9" "$work/pigz.cpio.gz" pipe_pigz; fi
+time_and_size "fledge (gzip 9)" "$work/fledge.cpio.gz" run_fledge
 
 base="find|cpio|gzip -9"
 printf '\n%-20s %10s %14s %12s %12s\n' tool seconds bytes "time ratio" "size ratio"

@@ -32,23 +32,7 @@ umoci insert --image "$work/layout:1" "$tree" / >/dev/null
 skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
 echo "image: $image ($(du -sm "$tree" | cut -f1) MB tree), $(nproc) cores, $runs run(s) each"
 
-# Every run starts from the same page-cache state (this machine's file-creation speed swings
-# with cache pressure); as root only.
-drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
-
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A secs
-time_it() {
-    local name=$1; shift
-    local times=()
-    for _ in $(seq "$runs"); do
-        local start end
-        drop_caches
-        start=$(date +%s.%N); "$@"; end=$(date +%s.%N)
-        times+=("$(echo "$end - $start" | bc)")
-    done
-    secs[$name]=$(printf '%s\n' "${times[@]}" | median)
-}
+source "$(dirname "$0")/lib.sh"
 
 peer() { # $1 = compressor
     rm -rf "$work/peer" && mkdir "$work/peer"

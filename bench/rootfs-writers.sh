@@ -39,20 +39,7 @@ fledge_cfg 'type = "ext4"'
 "$fledge" build -q -c "$work/fledge.toml" -o "$work/warmup.img" # imports the layout into the store
 rm -f "$work/warmup.img"
 
-drop_caches() { if [ "$(id -u)" = 0 ]; then sync; echo 3 >/proc/sys/vm/drop_caches; fi; }
-median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-declare -A secs
-time_it() {
-    local name=$1; shift
-    local times=()
-    for _ in $(seq "$runs"); do
-        drop_caches
-        local start end
-        start=$(date +%s.%N); "$@"; end=$(date +%s.%N)
-        times+=("$(echo "$end - $start" | bc)")
-    done
-    secs[$name]=$(printf '%s\n' "${times[@]}" | median)
-}
+source "$(dirname "$0")/lib.sh"
 
 size=$(( $(du -sm "$dir" | cut -f1) * 2 ))M
 time_it "mksquashfs zstd" mksquashfs "$dir" "$work/peer.squashfs" -comp zstd -noappend -no-progress -quiet

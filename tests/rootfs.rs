@@ -183,21 +183,7 @@ fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
     let p = project_for(&image);
     let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap().replace("compression = \"zstd\"", "type = \"ext4\"");
     p.write("fledge.toml", &cfg);
-    let as_user = |out: &str| {
-        let mut cmd = if nix::unistd::Uid::effective().is_root() {
-            let mut c = Command::new("setpriv");
-            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", FLEDGE]);
-            c
-        } else {
-            Command::new(FLEDGE)
-        };
-        cmd.args(["build", "-o", out])
-            .current_dir(p.dir.path())
-            .env("HOME", p.path("home"))
-            .env("FLEDGE_STATE_DIR", p.path("state"))
-            .env("FLEDGE_CACHE_DIR", p.path("cache"));
-        assert_success(&run(&mut cmd));
-    };
+    let as_user = |out: &str| assert_success(&build_as(&p, true, out));
     as_user("a.img");
     let img = p.path("a.img");
     let fsck = run(Command::new("e2fsck").args(["-fn"]).arg(&img));
