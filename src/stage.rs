@@ -105,14 +105,18 @@ pub fn stage(tree: &Tree, layers: &dyn LayerSource, dest: &Path, progress: &mut 
     Ok(stage)
 }
 
-/// A stable id (UUID text) from what the tree holds, for filesystem UUIDs and hash seeds.
-pub fn tree_uuid(tree: &Tree) -> String {
+/// A stable id from what the tree holds, for filesystem UUIDs and hash seeds.
+pub fn tree_id(tree: &Tree) -> [u8; 32] {
     let mut h = Sha256::new();
     for (path, node) in tree.iter() {
         h.update(path.to_string().as_bytes());
         h.update(format!("{node:?}").as_bytes());
     }
-    let d = h.finalize();
-    let hex = hex::encode(&d[..16]);
+    h.finalize().into()
+}
+
+/// [`tree_id`] as UUID text.
+pub fn tree_uuid(tree: &Tree) -> String {
+    let hex = hex::encode(&tree_id(tree)[..16]);
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
 }

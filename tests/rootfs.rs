@@ -207,8 +207,53 @@ fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
 
     as_user("b.img");
     assert_eq!(fs::read(&img).unwrap(), fs::read(p.path("b.img")).unwrap(), "byte-identical ext4 images");
+    kernel_reads_ext4(&img, &p.path("mnt"));
     let m: Value = serde_json::from_slice(&fs::read(p.path("a.manifest.json")).unwrap()).unwrap();
     assert_eq!(m["rootfs"]["format"], "ext4");
+}
+
+/// Fledge writes ext4 itself, so the kernel must agree with e2fsck: mount the image read-only
+/// through a loop device (the test's own privilege; Fledge never mounts) and read it back.
+fn kernel_reads_ext4(img: &std::path::Path, mnt: &std::path::Path) {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping the kernel mount check: needs root for a loop device");
+        return;
+    }
+    fs::create_dir_all(mnt).unwrap();
+    let mount = run(Command::new("mount").args(["-t", "ext4", "-o", "loop,ro"]).arg(img).arg(mnt));
+    if !mount.status.success() {
+        eprintln!("skipping the kernel mount check: {}", String::from_utf8_lossy(&mount.stderr).trim());
+        return;
+    }
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = |p: &str| fs::symlink_metadata(mnt.join(p));
+    let checks = std::panic::catch_unwind(|| {
+        let notes = meta("home/user/notes").unwrap();
+        assert_eq!((notes.mode() & 0o7777, notes.uid(), notes.gid()), (0o600, 1000, 1000));
+        assert_eq!(lgetxattr(&mnt.join("home/user/notes"), "user.fledge"), b"yes");
+        assert_eq!(meta("bin/ls").unwrap().nlink(), 2);
+        let null = meta("dev/null").unwrap();
+        assert!(null.file_type().is_char_device() && null.rdev() == nix::sys::stat::makedev(1, 3));
+        let etc: Vec<String> =
+            fs::read_dir(mnt.join("etc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(etc.contains(&"motd".to_string()) && !etc.contains(&"hostname".to_string()), "{etc:?}");
+    });
+    assert_success(&run(Command::new("umount").arg(mnt)));
+    if let Err(panic) = checks {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn lgetxattr(path: &std::path::Path, name: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(name).unwrap();
+    let mut value = vec![0u8; 256];
+    // SAFETY: NUL-terminated strings and a buffer of the length passed.
+    let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), value.as_mut_ptr().cast(), value.len()) };
+    assert!(n >= 0, "lgetxattr: {}", std::io::Error::last_os_error());
+    value.truncate(n as usize);
+    value
 }
 
 fn dump_erofs(image: &std::path::Path, args: &[&str]) -> String {

@@ -1,8 +1,10 @@
-//! Flattening an image's layers into one [`Tree`] in a streaming pass over each layer's tar:
+//! Flattening an image's layers into one [`Tree`] from a streaming pass over each layer's tar:
 //! whiteouts (`.wh.NAME`) and opaque directories (`.wh..wh..opq`), hard links, symlinks,
 //! devices, fifos, modes, owners, xattrs (PAX `SCHILY.xattr.*`) and long names. File bytes
 //! stay in the layer blobs: the tree records where each file's data is, and writers read the
-//! layers again, in order, when packing. Nothing is unpacked onto the host.
+//! layers again, in order, when packing. Nothing is unpacked onto the host. The pass over a
+//! layer is recorded in the store (its entry list, keyed by the layer digest), so the next
+//! build of an image reads each layer once, not twice.
 //!
 //! Hostile entries are refused: a path with a `..` component or a hard link to one. Absolute
 //! paths are taken relative to the image root, and symlinks are only data: resolution inside
@@ -10,6 +12,8 @@
 
 use std::collections::HashSet;
 use std::io::{self, BufRead, BufReader, Read};
+
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
 use crate::image::spec::Manifest;
@@ -88,99 +92,189 @@ fn entry_path(raw: &[u8]) -> Result<ImagePath, &'static str> {
 
 const OPAQUE: &str = ".wh..wh..opq";
 const WHITEOUT: &str = ".wh.";
+/// The derived-record kind holding a layer's entries (bump the version when the format changes).
+const ENTRIES_RECORD: &str = "layer-entries-v1";
+
+/// What a tar entry is, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum Kind {
+    File { size: u64 },
+    Dir,
+    Symlink { target: String },
+    HardLink { target: String },
+    Char { major: u32, minor: u32 },
+    Block { major: u32, minor: u32 },
+    Fifo,
+}
+
+/// One entry of a layer's tar: everything flattening needs. A layer's entries are scanned
+/// once and kept in the store, so later builds skip that decompression pass.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    /// Position in the tar stream, where writers find a file's bytes.
+    index: u64,
+    /// The name as the tar has it, for messages.
+    name: String,
+    kind: Kind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    xattrs: Vec<(String, Vec<u8>)>,
+}
+
+/// Identifies the layer in errors.
+struct LayerId<'a> {
+    layer: u32,
+    digest: &'a Sha256Digest,
+}
+
+impl LayerId<'_> {
+    fn read(&self, source: io::Error) -> FlattenError {
+        FlattenError::Read { layer: self.layer, digest: self.digest.to_string(), source }
+    }
+
+    fn hostile(&self, path: &str, problem: &'static str) -> FlattenError {
+        FlattenError::Hostile { layer: self.layer, digest: self.digest.to_string(), path: path.to_string(), problem }
+    }
+
+    fn tree(&self, path: &str, source: TreeError) -> FlattenError {
+        FlattenError::Tree { layer: self.layer, digest: self.digest.to_string(), path: path.to_string(), source }
+    }
+}
+
+/// Reads a layer's tar stream into its entries, refusing hostile and unsupported ones.
+fn scan(reader: impl Read, id: &LayerId<'_>) -> Result<Vec<Entry>, FlattenError> {
+    let mut archive = tar::Archive::new(reader);
+    let mut entries = Vec::new();
+    for (index, entry) in archive.entries().map_err(|e| id.read(e))?.enumerate() {
+        crate::interrupt::check().map_err(|e| id.read(e))?;
+        let mut entry = entry.map_err(|e| id.read(e))?;
+        let raw = entry.path_bytes().into_owned();
+        let name = String::from_utf8_lossy(&raw).into_owned();
+        entry_path(&raw).map_err(|problem| id.hostile(&name, problem))?;
+        let header = entry.header();
+        let mode = header.mode().map_err(|e| id.read(e))? & 0o7777;
+        let (uid, gid) = (header.uid().map_err(|e| id.read(e))? as u32, header.gid().map_err(|e| id.read(e))? as u32);
+        let device = || -> io::Result<(u32, u32)> {
+            Ok((header.device_major()?.unwrap_or(0), header.device_minor()?.unwrap_or(0)))
+        };
+        let kind = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File { size: entry.size() },
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned());
+                Kind::Symlink { target: target.unwrap_or_default() }
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                entry_path(&target).map_err(|_| id.hostile(&name, "is a hard link that leaves the image"))?;
+                Kind::HardLink { target: String::from_utf8_lossy(&target).into_owned() }
+            }
+            tar::EntryType::Char => {
+                let (major, minor) = device().map_err(|e| id.read(e))?;
+                Kind::Char { major, minor }
+            }
+            tar::EntryType::Block => {
+                let (major, minor) = device().map_err(|e| id.read(e))?;
+                Kind::Block { major, minor }
+            }
+            tar::EntryType::Fifo => Kind::Fifo,
+            other => {
+                return Err(FlattenError::Unsupported {
+                    layer: id.layer,
+                    digest: id.digest.to_string(),
+                    path: name,
+                    kind: other,
+                });
+            }
+        };
+        let xattrs = xattrs(&mut entry).map_err(|e| id.read(e))?;
+        entries.push(Entry { index: index as u64, name, kind, mode, uid, gid, xattrs });
+    }
+    Ok(entries)
+}
+
+/// The entries of layer `i`: from the store's record, or scanned now (and recorded).
+fn layer_entries(layers: &ImageLayers<'_>, i: usize, id: &LayerId<'_>) -> Result<Vec<Entry>, FlattenError> {
+    let digest = &layers.digests[i];
+    if let Some(entries) =
+        layers.store.read_derived(ENTRIES_RECORD, digest).and_then(|r| serde_json::from_slice(&r).ok())
+    {
+        return Ok(entries);
+    }
+    let entries = scan(layers.open(i as u32).map_err(|e| id.read(e))?, id)?;
+    let record = serde_json::to_vec(&entries).map_err(|e| id.read(e.into()))?;
+    layers.store.write_derived(ENTRIES_RECORD, digest, &record)?;
+    Ok(entries)
+}
+
+/// Applies one layer's entries to `tree`: whiteouts and opaque markers remove what lower
+/// layers put there; everything else replaces what was at its path.
+fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_>) -> Result<(), FlattenError> {
+    let mut added: HashSet<ImagePath> = HashSet::new();
+    for entry in entries {
+        let path = entry_path(entry.name.as_bytes()).map_err(|problem| id.hostile(&entry.name, problem))?;
+        let tree_err = |source| id.tree(&entry.name, source);
+        let name = path.file_name().unwrap_or("");
+        let parent = || path.parent().unwrap_or_else(ImagePath::root);
+
+        if name == OPAQUE {
+            let dir = tree.resolve(&parent(), true).map_err(tree_err)?;
+            for below in tree.descendants(&dir) {
+                if !added.iter().any(|a| a.starts_with(&below) || below.starts_with(a)) {
+                    tree.remove(&below);
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            let dir = tree.resolve(&parent(), true).map_err(tree_err)?;
+            tree.remove(&dir.join(hidden));
+            continue;
+        }
+
+        let mode = entry.mode;
+        let node = match entry.kind {
+            Kind::File { size } => {
+                Node::File { mode, data: FileData::Layer { layer: layer_index, index: entry.index, size } }
+            }
+            Kind::Dir => Node::Dir { mode },
+            Kind::Symlink { target } => Node::Symlink { target },
+            Kind::HardLink { target } => {
+                let target = entry_path(target.as_bytes())
+                    .map_err(|_| id.hostile(&entry.name, "is a hard link that leaves the image"))?;
+                let resolved = tree.resolve(&target, false).map_err(tree_err)?;
+                match tree.get(&resolved) {
+                    Some(node @ Node::File { .. }) => node.clone(),
+                    _ => return Err(id.hostile(&entry.name, "is a hard link to a file that is not in the image")),
+                }
+            }
+            Kind::Char { major, minor } => Node::Special { kind: SpecialKind::Char, mode, major, minor },
+            Kind::Block { major, minor } => Node::Special { kind: SpecialKind::Block, mode, major, minor },
+            Kind::Fifo => Node::Special { kind: SpecialKind::Fifo, mode, major: 0, minor: 0 },
+        };
+        let attrs = Attrs { uid: entry.uid, gid: entry.gid, xattrs: entry.xattrs };
+        if path.is_root() {
+            if let Node::Dir { .. } = node {
+                tree.insert(&path, node).map_err(tree_err)?;
+                tree.set_attrs(&path, attrs);
+            }
+            continue;
+        }
+        let placed = tree.replace(&path, node).map_err(tree_err)?;
+        tree.set_attrs(&placed, attrs);
+        added.insert(placed);
+    }
+    Ok(())
+}
 
 /// Applies every layer of `layers`, bottom first, to `tree`.
 pub fn flatten(layers: &ImageLayers<'_>, tree: &mut Tree) -> Result<(), FlattenError> {
     for (i, digest) in layers.digests.iter().enumerate() {
-        let layer = i as u32 + 1;
-        let read_err = |source| FlattenError::Read { layer, digest: digest.to_string(), source };
-        let mut archive = tar::Archive::new(layers.open(i as u32).map_err(read_err)?);
-        let mut added: HashSet<ImagePath> = HashSet::new();
-        for (index, entry) in archive.entries().map_err(read_err)?.enumerate() {
-            crate::interrupt::check().map_err(read_err)?;
-            let mut entry = entry.map_err(read_err)?;
-            let raw = entry.path_bytes().into_owned();
-            let shown = String::from_utf8_lossy(&raw).into_owned();
-            let hostile =
-                |problem| FlattenError::Hostile { layer, digest: digest.to_string(), path: shown.clone(), problem };
-            let path = entry_path(&raw).map_err(hostile)?;
-            let tree_err =
-                |source| FlattenError::Tree { layer, digest: digest.to_string(), path: shown.clone(), source };
-            let name = path.file_name().unwrap_or("");
-            let parent = || path.parent().unwrap_or_else(ImagePath::root);
-
-            if name == OPAQUE {
-                let dir = tree.resolve(&parent(), true).map_err(tree_err)?;
-                for below in tree.descendants(&dir) {
-                    if !added.iter().any(|a| a.starts_with(&below) || below.starts_with(a)) {
-                        tree.remove(&below);
-                    }
-                }
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-                let dir = tree.resolve(&parent(), true).map_err(tree_err)?;
-                tree.remove(&dir.join(hidden));
-                continue;
-            }
-
-            let header = entry.header();
-            let mode = header.mode().map_err(read_err)? & 0o7777;
-            let kind = header.entry_type();
-            let device = || -> io::Result<(u32, u32)> {
-                Ok((header.device_major()?.unwrap_or(0), header.device_minor()?.unwrap_or(0)))
-            };
-            let node = match kind {
-                tar::EntryType::Regular | tar::EntryType::Continuous => Node::File {
-                    mode,
-                    data: FileData::Layer { layer: i as u32, index: index as u64, size: entry.size() },
-                },
-                tar::EntryType::Directory => Node::Dir { mode },
-                tar::EntryType::Symlink => {
-                    let target =
-                        entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
-                    Node::Symlink { target }
-                }
-                tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
-                    let target = entry_path(&target).map_err(|_| hostile("is a hard link that leaves the image"))?;
-                    let resolved = tree.resolve(&target, false).map_err(tree_err)?;
-                    match tree.get(&resolved) {
-                        Some(node @ Node::File { .. }) => node.clone(),
-                        _ => return Err(hostile("is a hard link to a file that is not in the image")),
-                    }
-                }
-                tar::EntryType::Char | tar::EntryType::Block => {
-                    let (major, minor) = device().map_err(read_err)?;
-                    let kind = if kind == tar::EntryType::Char { SpecialKind::Char } else { SpecialKind::Block };
-                    Node::Special { kind, mode, major, minor }
-                }
-                tar::EntryType::Fifo => Node::Special { kind: SpecialKind::Fifo, mode, major: 0, minor: 0 },
-                other => {
-                    return Err(FlattenError::Unsupported {
-                        layer,
-                        digest: digest.to_string(),
-                        path: shown,
-                        kind: other,
-                    });
-                }
-            };
-            let attrs = Attrs {
-                uid: header.uid().map_err(read_err)? as u32,
-                gid: header.gid().map_err(read_err)? as u32,
-                xattrs: xattrs(&mut entry).map_err(read_err)?,
-            };
-            if path.is_root() {
-                if let Node::Dir { .. } = node {
-                    tree.insert(&path, node).map_err(tree_err)?;
-                    tree.set_attrs(&path, attrs);
-                }
-                continue;
-            }
-            let placed = tree.replace(&path, node).map_err(tree_err)?;
-            tree.set_attrs(&placed, attrs);
-            added.insert(placed);
-        }
+        let id = LayerId { layer: i as u32 + 1, digest };
+        let entries = layer_entries(layers, i, &id)?;
+        apply(entries, i as u32, tree, &id)?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //!   lock                 flock: shared for readers and writers of blobs, exclusive for prune
 //!   blobs/sha256/<hex>   immutable content, verified before it is renamed into place
 //!   images/<hex>.json    image index: one file per name (hex = sha256 of the name)
+//!   derived/<kind>/<hex> caches computed from blob <hex> (e.g. a layer's entry list)
 //!   tmp/                 blobs being written (removed on failure; cleared by prune)
 //! ```
 //!
@@ -14,6 +15,7 @@
 //! store: blob writes are idempotent, index entries are replaced atomically, and only
 //! `prune` takes the lock exclusively.
 
+mod derived;
 mod index;
 mod prune;
 

@@ -59,6 +59,7 @@ impl Store {
                 pruned.blobs += 1;
             }
         }
+        self.prune_derived()?;
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();
