@@ -48,9 +48,12 @@ fledge_build() { # $1 = compressor
     FLEDGE_STATE_DIR="$work/fl/state" "$fledge" build -q -c "$work/fl/fledge.toml" -o "$work/fl/out.squashfs"
 }
 
+peer_zstd() { peer zstd; }
+fledge_zstd() { fledge_build zstd; }
+peer_xz() { peer xz; }
+fledge_xz() { fledge_build xz; }
 for comp in zstd xz; do
-    time_it "peer $comp" peer "$comp"
-    time_it "fledge $comp" fledge_build "$comp"
+    time_pair "peer $comp" "peer_$comp" "fledge $comp" "fledge_$comp"
 done
 printf '\n%-28s %10s %12s\n' pipeline seconds "vs peer"
 for comp in zstd xz; do

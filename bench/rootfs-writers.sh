@@ -2,10 +2,11 @@
 # Fledge's rootfs writers against the Debian tools on the same tree, side by side:
 #   squashfs: `fledge build` (image already in the store) vs `mksquashfs DIR -comp zstd`
 #   ext4:     `fledge build` (image already in the store) vs `mke2fs -t ext4 -d DIR`
-# The tree is the Debian minbase of initramfs-pack.sh, as a one-layer OCI layout (made once
-# with `umoci insert` and cached) for Fledge and as a plain directory for the tools. Fledge's
-# times include flattening the layer and, for ext4, staging; the tools start from the
-# unpacked directory, which Fledge never has. Needs root (debootstrap, drop_caches).
+# The tree is the Debian minbase of initramfs-pack.sh, unpacked in a directory for the tools
+# and, for Fledge, the same directory as the one uncompressed layer of an OCI layout (in
+# Fledge's store after a warm-up build): both sides read the same bytes, and neither has a
+# layer to decompress (bench/oci-rootfs.sh measures that path). Needs root (debootstrap,
+# drop_caches).
 #
 # usage: bench/rootfs-writers.sh [RUNS]    (default 3, median reported)
 set -euo pipefail
@@ -16,19 +17,15 @@ tree=${FLEDGE_BENCH_TREE:-$bench_dir/minbase}
 fledge=$(realpath "${FLEDGE:-target/release/fledge}")
 [ -d "$tree" ] || { echo "no tree at $tree (run bench/initramfs-pack.sh once as root)" >&2; exit 1; }
 [ -x "$fledge" ] || cargo build --release --quiet
-layout=$bench_dir/minbase-layout
-if [ ! -f "$layout/index.json" ]; then
-    rm -rf "$layout.tmp"
-    umoci init --layout "$layout.tmp" && umoci new --image "$layout.tmp:1"
-    umoci insert --image "$layout.tmp:1" "$tree" / >/dev/null
-    mv "$layout.tmp" "$layout"
-fi
+source "$(dirname "$0")/lib.sh"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 dir=$work/dir
 mkdir "$dir"
 (cd "$tree" && tar --exclude=./dev --exclude=./proc --exclude=./sys -cf - .) | tar -C "$dir" -xf -
+layout=$work/layout
+plain_layout "$dir" "$layout"
 export FLEDGE_STATE_DIR=$work/state
 fledge_cfg() {
     printf 'version = "1"\nstrategy = "oci_rootfs"\n[agent]\nsource_strategy = "local"\npath = "%s"\n[source]\nimage = "oci-layout:%s:1"\n[filesystem]\n%s\n' \
@@ -39,15 +36,13 @@ fledge_cfg 'type = "ext4"'
 "$fledge" build -q -c "$work/fledge.toml" -o "$work/warmup.img" # imports the layout into the store
 rm -f "$work/warmup.img"
 
-source "$(dirname "$0")/lib.sh"
-
 size=$(( $(du -sm "$dir" | cut -f1) * 2 ))M
-time_it "mksquashfs zstd" mksquashfs "$dir" "$work/peer.squashfs" -comp zstd -noappend -no-progress -quiet
-time_it "mke2fs -d" sh -c "rm -f '$work/peer.img' && truncate -s $size '$work/peer.img' && mke2fs -q -t ext4 -F -d '$dir' '$work/peer.img'"
-fledge_cfg 'compression = "zstd"'
-time_it "fledge squashfs zstd" "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.squashfs"
-fledge_cfg 'type = "ext4"'
-time_it "fledge ext4" "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.img"
+peer_squashfs() { mksquashfs "$dir" "$work/peer.squashfs" -comp zstd -noappend -no-progress -quiet; }
+peer_ext4() { rm -f "$work/peer.img" && truncate -s "$size" "$work/peer.img" && mke2fs -q -t ext4 -F -d "$dir" "$work/peer.img"; }
+fledge_squashfs() { fledge_cfg 'compression = "zstd"' && "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.squashfs"; }
+fledge_ext4() { fledge_cfg 'type = "ext4"' && "$fledge" build -q -c "$work/fledge.toml" -o "$work/f.img"; }
+time_pair "mksquashfs zstd" peer_squashfs "fledge squashfs zstd" fledge_squashfs
+time_pair "mke2fs -d" peer_ext4 "fledge ext4" fledge_ext4
 
 echo "tree: $(du -sm "$dir" | cut -f1) MB, $(find "$dir" | wc -l) entries, $(nproc) cores, median of $runs"
 printf '\n%-24s %10s %12s\n' writer seconds "vs tool"

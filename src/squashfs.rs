@@ -88,6 +88,9 @@ pub fn write(
         text
     });
     let stdin = child.stdin.take().expect("piped");
+    // A 1 MiB pipe (the default is 64 KiB) lets both sides move big chunks with fewer switches.
+    // SAFETY: fcntl on a pipe descriptor we own; failure only leaves the default size.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdin), libc::F_SETPIPE_SZ, 1 << 20) };
     let written =
         crate::rootfs::tar::write_tree(tree, layers, BufWriter::with_capacity(1 << 20, stdin), mtime.into(), progress);
     let status = child.wait()?;

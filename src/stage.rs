@@ -1,5 +1,5 @@
 //! Staging a tree as a real directory, for the filesystem tools that only read directories
-//! (`mke2fs -d`, `mkfs.erofs`). The stage lives next to the output, is written with ordinary
+//! (`mkfs.erofs`). The stage lives next to the output, is written with ordinary
 //! permissions (so no privilege is needed and every file stays readable), and is removed when
 //! dropped. What a plain directory cannot hold (exact modes, owners, device nodes, xattrs) is
 //! returned per entry so the writer can apply it its own way.

@@ -380,3 +380,22 @@ fn long_names_escaping_links_and_a_merged_usr_bin_stay_inside_the_image() {
     let list = listing(&p.path("epoch.squashfs"));
     assert!(list.iter().all(|(_, l)| l.contains("1970-01-02 00:00")), "{list:#?}");
 }
+
+#[test]
+fn ext4_refuses_a_name_it_cannot_hold_and_writes_nothing() {
+    let p = Project::new();
+    let layout = p.path("layout");
+    let name = "n".repeat(300);
+    let layer = common::oci::tar_layer(&[common::oci::Entry::File(&format!("opt/{name}"), 0o644, b"x")]);
+    let manifest = add_image(&layout, "amd64", &[layer], json!({}));
+    finish_layout(&layout, "v1", vec![manifest]);
+    fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("manifest.toml", "name = \"x\"\nversion = \"1\"\nruntime = \"x\"\n");
+    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n[filesystem]\ntype = \"ext4\"\n");
+    let out = run(p.fledge().args(["build", "-o", "x.img"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("/opt/{name}")) && stderr.contains("at most 255 bytes"), "{stderr}");
+    let left: Vec<_> = fs::read_dir(p.path(".")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("x.")), "no output left: {left:?}");
+}
