@@ -12,6 +12,7 @@ packages=(
     qemu-system-x86             # boots built artifacts in the boot tests (TCG)
     docker-registry skopeo      # a real local registry, and pushing test images into it
     squashfs-tools e2fsprogs erofs-utils umoci  # rootfs writers and the peers benchmarks compare against
+    btrfs-progs                 # the legacy btrfs writer
     apache2-utils               # htpasswd, for the authenticated-registry test
     bc debootstrap              # benchmarks
 )

@@ -3,6 +3,7 @@
 //! root. See `docs/architecture.md` for how the pieces fit.
 
 pub mod agent;
+pub mod btrfs;
 pub mod busybox;
 pub mod cli;
 pub mod commands;

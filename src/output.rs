@@ -155,3 +155,11 @@ mod tests {
         assert_eq!(sanitize("My App/x"), "my-app-x");
     }
 }
+
+/// Reserves `len` bytes of disk for `file` up front (`[filesystem] preallocate`).
+pub fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; fallocate only reserves space.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}

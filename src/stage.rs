@@ -1,11 +1,15 @@
 //! Staging a tree as a real directory, for the filesystem tools that only read directories
 //! (`mkfs.erofs`). The stage lives next to the output, is written with ordinary
 //! permissions (so no privilege is needed and every file stays readable), and is removed when
-//! dropped. What a plain directory cannot hold (exact modes, owners, device nodes, xattrs) is
-//! returned per entry so the writer can apply it its own way.
+//! dropped. What a plain directory cannot hold without privilege (exact modes, owners, device
+//! nodes, xattrs) is kept per entry; [`Stage::apply_metadata`] applies it as far as the user
+//! may, and [`Stage::needs_root`] says what only root could.
 
+use std::ffi::CString;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -90,6 +94,76 @@ impl Sink for StageSink<'_> {
             }
         };
         stage.entries.push(StagedEntry { path: path.clone(), host, type_bits, mode, attrs: attrs.clone(), special });
+        Ok(())
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn cpath(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)
+}
+
+/// Why a non-root user cannot reproduce `entry` faithfully, if they cannot.
+fn needs_root(entry: &StagedEntry) -> Option<String> {
+    if entry.attrs.uid != 0 || entry.attrs.gid != 0 {
+        return Some(format!("is owned by {}:{}", entry.attrs.uid, entry.attrs.gid));
+    }
+    if matches!(entry.special, Some((SpecialKind::Char | SpecialKind::Block, _, _))) {
+        return Some("is a device node".into());
+    }
+    entry
+        .attrs
+        .xattrs
+        .iter()
+        .find(|(name, _)| !name.starts_with("user."))
+        .map(|(name, _)| format!("has the xattr {name}"))
+}
+
+/// Gives a staged entry its exact metadata (owners only as root).
+fn apply(entry: &StagedEntry, root: bool) -> io::Result<()> {
+    let host = &entry.host;
+    let c = cpath(host)?;
+    if let Some((_, major, minor)) = entry.special {
+        // SAFETY: `c` is a valid NUL-terminated path; mknod has no other preconditions.
+        let rc = unsafe { libc::mknod(c.as_ptr(), entry.type_bits | entry.mode, libc::makedev(major, minor)) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for (name, value) in &entry.attrs.xattrs {
+        let n = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: valid path and name strings, and a value buffer of the given length.
+        let rc = unsafe { libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if root {
+        std::os::unix::fs::lchown(host, Some(entry.attrs.uid), Some(entry.attrs.gid))?;
+    }
+    if entry.type_bits != 0o120_000 {
+        fs::set_permissions(host, fs::Permissions::from_mode(entry.mode))?;
+    }
+    Ok(())
+}
+
+impl Stage {
+    /// The first entry only root could stage faithfully, and why.
+    pub fn needs_root(&self) -> Option<(&StagedEntry, String)> {
+        self.entries.iter().find_map(|e| needs_root(e).map(|why| (e, why)))
+    }
+
+    /// Gives every staged entry its exact mode, xattrs and device node, and as `root` its
+    /// owner; on failure, names the host path.
+    pub fn apply_metadata(&self, root: bool) -> Result<(), (PathBuf, io::Error)> {
+        // Children before parents, so a read-only directory is made read-only last.
+        for entry in self.entries.iter().rev() {
+            apply(entry, root).map_err(|e| (entry.host.clone(), e))?;
+        }
         Ok(())
     }
 }

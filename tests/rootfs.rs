@@ -207,20 +207,21 @@ fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
 
     as_user("b.img");
     assert_eq!(fs::read(&img).unwrap(), fs::read(p.path("b.img")).unwrap(), "byte-identical ext4 images");
-    kernel_reads_ext4(&img, &p.path("mnt"));
+    kernel_reads("ext4", &img, &p.path("mnt"), true);
     let m: Value = serde_json::from_slice(&fs::read(p.path("a.manifest.json")).unwrap()).unwrap();
     assert_eq!(m["rootfs"]["format"], "ext4");
 }
 
-/// Fledge writes ext4 itself, so the kernel must agree with e2fsck: mount the image read-only
-/// through a loop device (the test's own privilege; Fledge never mounts) and read it back.
-fn kernel_reads_ext4(img: &std::path::Path, mnt: &std::path::Path) {
+/// The kernel must read what the checkers accept: mount the image read-only through a loop
+/// device (the test's own privilege; Fledge never mounts) and check the layered test image's
+/// owners, xattrs, hard links, devices and whiteouts.
+fn kernel_reads(fstype: &str, img: &std::path::Path, mnt: &std::path::Path, devices: bool) {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipping the kernel mount check: needs root for a loop device");
         return;
     }
     fs::create_dir_all(mnt).unwrap();
-    let mount = run(Command::new("mount").args(["-t", "ext4", "-o", "loop,ro"]).arg(img).arg(mnt));
+    let mount = run(Command::new("mount").args(["-t", fstype, "-o", "loop,ro"]).arg(img).arg(mnt));
     if !mount.status.success() {
         eprintln!("skipping the kernel mount check: {}", String::from_utf8_lossy(&mount.stderr).trim());
         return;
@@ -232,8 +233,11 @@ fn kernel_reads_ext4(img: &std::path::Path, mnt: &std::path::Path) {
         assert_eq!((notes.mode() & 0o7777, notes.uid(), notes.gid()), (0o600, 1000, 1000));
         assert_eq!(lgetxattr(&mnt.join("home/user/notes"), "user.fledge"), b"yes");
         assert_eq!(meta("bin/ls").unwrap().nlink(), 2);
-        let null = meta("dev/null").unwrap();
-        assert!(null.file_type().is_char_device() && null.rdev() == nix::sys::stat::makedev(1, 3));
+        if devices {
+            let null = meta("dev/null").unwrap();
+            assert!(null.file_type().is_char_device() && null.rdev() == nix::sys::stat::makedev(1, 3));
+        }
+        assert!(meta("dev/initctl").unwrap().file_type().is_fifo());
         let etc: Vec<String> =
             fs::read_dir(mnt.join("etc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(etc.contains(&"motd".to_string()) && !etc.contains(&"hostname".to_string()), "{etc:?}");
@@ -398,4 +402,60 @@ fn ext4_refuses_a_name_it_cannot_hold_and_writes_nothing() {
     assert!(stderr.contains(&format!("/opt/{name}")) && stderr.contains("at most 255 bytes"), "{stderr}");
     let left: Vec<_> = fs::read_dir(p.path(".")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("x.")), "no output left: {left:?}");
+}
+
+#[test]
+fn btrfs_needs_root_and_xfs_says_why_it_is_not_available() {
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/legacy");
+    let p = project_for(&image);
+    let cfg = fs::read_to_string(p.path("fledge.toml")).unwrap();
+    p.write("fledge.toml", &cfg.replace("compression = \"zstd\"", "type = \"xfs\""));
+    let out = run(p.fledge().args(["build", "-o", "x.img"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("type = \"xfs\" is not available: Debian's mkfs.xfs"));
+
+    p.write("fledge.toml", &cfg.replace("compression = \"zstd\"", "type = \"btrfs\""));
+    let out = build_as(&p, true, "user.img");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("btrfs images need root"), "{out:?}");
+    assert!(!p.path("user.img").exists() && !p.path("user.manifest.json").exists());
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping the btrfs build: needs root");
+        return;
+    }
+    let out = build_as(&p, false, "dev.img");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/null is a device node"), "{out:?}");
+
+    // The same tree without the device node builds, and the kernel reads it back.
+    let bb = fs::read(busybox()).unwrap();
+    let layer = common::oci::tar_layer(&[
+        common::oci::Entry::Dir("bin", 0o755),
+        common::oci::Entry::File("bin/busybox", 0o755, &bb),
+        common::oci::Entry::HardLink("bin/ls", "bin/busybox"),
+        common::oci::Entry::Dir("etc", 0o755),
+        common::oci::Entry::File("etc/motd", 0o644, b"motd\n"),
+        common::oci::Entry::Dir("dev", 0o755),
+        common::oci::Entry::Special("dev/initctl", tar::EntryType::Fifo, 0, 0),
+        common::oci::Entry::Dir("home", 0o755),
+        common::oci::Entry::Dir("home/user", 0o700),
+        common::oci::Entry::Owned {
+            path: "home/user/notes",
+            mode: 0o600,
+            data: b"private\n",
+            uid: 1000,
+            gid: 1000,
+            xattrs: &[("user.fledge", b"yes")],
+        },
+    ]);
+    let manifest = add_image(&p.path("layout"), "amd64", &[layer], json!({}));
+    finish_layout(&p.path("layout"), "v1", vec![manifest]);
+    p.write(
+        "fledge.toml",
+        &cfg.replace("compression = \"zstd\"", "type = \"btrfs\"").replace(&image, "oci-layout:layout:v1"),
+    );
+    assert_success(&build_as(&p, false, "root.img"));
+    assert_success(&run(Command::new("btrfs").args(["check", "--readonly"]).arg(p.path("root.img"))));
+    kernel_reads("btrfs", &p.path("root.img"), &p.path("mnt"), false);
 }

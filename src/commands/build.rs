@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::rootfs::walk::{LayerSource, NoLayers};
 use crate::rootfs::{FileData, Node, Tree};
 use crate::store::Store;
-use crate::{agent, busybox, compress, dirs, erofs, ext4, mappings, squashfs};
+use crate::{agent, btrfs, busybox, compress, dirs, erofs, ext4, mappings, squashfs};
 
 /// Timestamp for every archive entry when `SOURCE_DATE_EPOCH` is unset: 2024-01-01T00:00:00Z,
 /// the original Fledge's fixed epoch.
@@ -226,11 +226,10 @@ fn build_rootfs(
         );
     };
     let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
-    if !matches!(kind, FsType::Squashfs | FsType::Ext4 | FsType::Erofs) {
+    if kind == FsType::Xfs {
         bail!(
-            "{}: [filesystem] type = \"{}\" is not supported yet in this version of Fledge\n  = help: use type = \"squashfs\" (the default), \"ext4\" or \"erofs\"",
-            config.file.display(),
-            kind.name()
+            "{}: [filesystem] type = \"xfs\" is not available: Debian's mkfs.xfs 6.1 fills a filesystem only from a protofile, which cannot hold sticky bits, hard links, xattrs or names with spaces, and Fledge never mounts an image to copy files in\n  = help: use type = \"ext4\" for a writable rootfs (or \"squashfs\", the default, or \"erofs\")",
+            config.file.display()
         );
     }
 
@@ -264,6 +263,7 @@ fn build_rootfs(
             squashfs::write(&tree, &layers, pending.path(), compression, mtime, &mut advance)?
         }
         FsType::Erofs => erofs::write(&tree, &layers, pending.path(), config.compression, mtime, &mut advance)?,
+        FsType::Btrfs => btrfs::write(&tree, &layers, pending.path(), &config.filesystem, &mut advance)?,
         _ => ext4::write(&tree, &layers, pending.path(), &config.filesystem, mtime, &mut advance)?,
     };
     let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;

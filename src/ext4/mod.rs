@@ -436,7 +436,7 @@ pub fn write(
     let file = File::create(dest)?;
     file.set_len(geo.blocks * BLOCK)?;
     if fs_config.preallocate {
-        preallocate(&file, geo.blocks * BLOCK)?;
+        crate::output::preallocate(&file, geo.blocks * BLOCK)?;
     }
     let id = tree_id(tree);
     let uuid: [u8; 16] = id[..16].try_into().expect("16 bytes");
@@ -458,11 +458,4 @@ pub fn write(
     walk(tree, layers, &mut writer, progress)?;
     let identity = Identity { uuid, hash_seed, time: mtime, journal_block, journal_size };
     Ok(writer.finish(&identity)?)
-}
-
-fn preallocate(file: &File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor; fallocate only reserves space.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
