@@ -130,6 +130,14 @@ impl Pending {
     }
 }
 
+/// Reserves `len` bytes of disk for `file` up front (`[filesystem] preallocate`).
+pub fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid open descriptor; fallocate only reserves space.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,12 +162,4 @@ mod tests {
         assert_eq!(rootfs_path(None, "nginx", "squashfs"), Path::new("nginx.squashfs"));
         assert_eq!(sanitize("My App/x"), "my-app-x");
     }
-}
-
-/// Reserves `len` bytes of disk for `file` up front (`[filesystem] preallocate`).
-pub fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid open descriptor; fallocate only reserves space.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
