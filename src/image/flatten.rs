@@ -93,7 +93,7 @@ fn entry_path(raw: &[u8]) -> Result<ImagePath, &'static str> {
 const OPAQUE: &str = ".wh..wh..opq";
 const WHITEOUT: &str = ".wh.";
 /// The derived-record kind holding a layer's entries (bump the version when the format changes).
-const ENTRIES_RECORD: &str = "layer-entries-v1";
+pub(super) const ENTRIES_RECORD: &str = "layer-entries-v1";
 
 /// What a tar entry is, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,7 +110,7 @@ enum Kind {
 /// One entry of a layer's tar: everything flattening needs. A layer's entries are scanned
 /// once and kept in the store, so later builds skip that decompression pass.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry {
+pub(super) struct Entry {
     /// Position in the tar stream, where writers find a file's bytes.
     index: u64,
     /// The name as the tar has it, for messages.
@@ -124,9 +124,9 @@ struct Entry {
 }
 
 /// Identifies the layer in errors.
-struct LayerId<'a> {
-    layer: u32,
-    digest: &'a Sha256Digest,
+pub(super) struct LayerId<'a> {
+    pub layer: u32,
+    pub digest: &'a Sha256Digest,
 }
 
 impl LayerId<'_> {
@@ -144,7 +144,7 @@ impl LayerId<'_> {
 }
 
 /// Reads a layer's tar stream into its entries, refusing hostile and unsupported ones.
-fn scan(reader: impl Read, id: &LayerId<'_>) -> Result<Vec<Entry>, FlattenError> {
+pub(super) fn scan(reader: impl Read, id: &LayerId<'_>) -> Result<Vec<Entry>, FlattenError> {
     let mut archive = tar::Archive::new(reader);
     let mut entries = Vec::new();
     for (index, entry) in archive.entries().map_err(|e| id.read(e))?.enumerate() {

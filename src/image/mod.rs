@@ -4,6 +4,7 @@ pub mod auth;
 pub mod export;
 pub mod flatten;
 pub mod import;
+mod prescan;
 pub mod pull;
 pub mod registry;
 pub mod source;

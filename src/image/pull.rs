@@ -152,11 +152,9 @@ fn fetch_blob(
     let step = progress.step(format!("Pulling {what} {}", &digest.hex()[..12]), Some(d.size));
     let mut reader = session.blob(&digest)?;
     let mut counting = CountingReader { inner: &mut reader, step: &step };
-    store.write_blob(
-        &mut counting,
-        Some(Expected { digest, size: Some(d.size) }),
-        &format!("{image} {what} {digest}"),
-    )?;
+    super::prescan::store_and_scan(store, &digest, &mut counting, |reader| {
+        store.write_blob(reader, Some(Expected { digest, size: Some(d.size) }), &format!("{image} {what} {digest}"))
+    })?;
     step.finish(&indicatif::HumanBytes(d.size).to_string());
     Ok(())
 }
