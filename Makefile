@@ -47,6 +47,9 @@ test: deps
 
 bench: build
 	bench/initramfs-pack.sh
+	bench/oci-rootfs.sh 3
+	bench/rootfs-writers.sh 5
+	bench/memory.sh
 
 lint:
 	$(CARGO) fmt --all --check
