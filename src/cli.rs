@@ -27,6 +27,8 @@ pub enum Command {
     /// Manage images in the local store (pull, list, inspect, remove)
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Boot an artifact in a microVM and exit with its workload's status
+    Run(RunArgs),
     /// Delete store blobs that no image uses any more
     Prune,
     /// Print version information
@@ -107,4 +109,43 @@ pub struct BuildArgs {
     /// Dockerfile mode: produce an initramfs (.cpio.gz) instead of a rootfs image
     #[arg(long)]
     pub output_initramfs: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VmmChoice {
+    Qemu,
+    CloudHypervisor,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AccelChoice {
+    /// Hardware virtualisation (needs a working /dev/kvm)
+    Kvm,
+    /// Software emulation (slow, works everywhere)
+    Tcg,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The artifact to boot: an initramfs (.cpio.gz, .cpio.lz4, .cpio.zst)
+    #[arg(value_name = "ARTIFACT")]
+    pub artifact: PathBuf,
+    /// Stop the guest after this many seconds and exit 124 (0: never)
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub timeout: u64,
+    /// Virtual CPUs
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
+    /// Guest memory, e.g. 512M or 2G
+    #[arg(long, default_value = "512M")]
+    pub memory: String,
+    /// Virtual machine monitor
+    #[arg(long, value_enum, env = "FLEDGE_VMM", default_value = "qemu")]
+    pub vmm: VmmChoice,
+    /// How the guest's code runs
+    #[arg(long, value_enum, env = "FLEDGE_ACCEL", default_value = "tcg")]
+    pub accel: AccelChoice,
+    /// Run this command instead of the image's workload (after --)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }

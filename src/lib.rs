@@ -16,6 +16,7 @@ pub mod erofs;
 pub mod ext4;
 pub mod fetch;
 pub mod guest_init;
+pub mod guest_report;
 pub mod image;
 pub mod initramfs;
 pub mod interrupt;

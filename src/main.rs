@@ -10,17 +10,19 @@ fn main() -> ExitCode {
     logging::init(cli.quiet, cli.verbose);
     interrupt::install();
     let progress = Progress::new(cli.quiet);
+    let done = |r: anyhow::Result<()>| r.map(|()| 0);
     let result = match &cli.command {
-        Command::Build(args) => commands::build::run(args, &progress),
-        Command::Image(command) => commands::image::run(command, &progress),
-        Command::Prune => commands::image::prune(&progress),
+        Command::Build(args) => done(commands::build::run(args, &progress)),
+        Command::Image(command) => done(commands::image::run(command, &progress)),
+        Command::Run(args) => commands::run::run(args, cli.verbose, &progress),
+        Command::Prune => done(commands::image::prune(&progress)),
         Command::Version => {
             commands::version::run();
-            Ok(())
+            Ok(0)
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(err) if interrupt::caused(&err) => {
             eprintln!("error: interrupted; nothing was written");
             ExitCode::from(130)

@@ -2,7 +2,7 @@
 //!
 //! It mounts the runtime filesystems, attaches the console, starts the workload (the agent at
 //! `/bin/kestrel`, or the program named by `/.volant_init` or `fledge.init=` on the kernel
-//! command line), reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP/SIGPWR to it, and when
+//! command line, or a command passed after ` -- ` on it), reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP/SIGPWR to it, and when
 //! the workload exits reports its status on the console and powers the machine off. `halt`
 //! and `poweroff` inside the guest (SIGUSR1/SIGUSR2 to PID 1) stop everything and power off. PID 1 never exits, so the
 //! kernel never panics with "attempted to kill init".
@@ -23,8 +23,10 @@ fn main() {
     mounts::mount_runtime();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
-    let program = target::choose(&cmdline, handoff.as_deref());
-    match supervise::run(&program) {
+    let init_args: Vec<String> = std::env::args().skip(1).collect();
+    let argv = target::choose(&init_args, &cmdline, handoff.as_deref());
+    let program = &argv[0];
+    match supervise::run(&argv) {
         supervise::Outcome::Exited(status) => {
             println!("fledge-init: {program} exited with status {status}");
             println!("{}{status}", target::EXIT_STATUS_PREFIX);

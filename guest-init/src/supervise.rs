@@ -31,8 +31,8 @@ pub enum Outcome {
     PowerOffRequested,
 }
 
-/// Starts `program` and supervises it until it exits or a power-off is requested.
-pub fn run(program: &str) -> Outcome {
+/// Starts `argv` and supervises it until it exits or a power-off is requested.
+pub fn run(argv: &[String]) -> Outcome {
     let signals = handled_signals();
     if let Err(e) = signals.thread_block() {
         crate::warn(format_args!("cannot block signals: {e}"));
@@ -41,7 +41,7 @@ pub fn run(program: &str) -> Outcome {
     let _ = set_cad_enabled(false);
     // SAFETY: single-threaded here; the child only calls async-signal-safe functions until exec.
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec_workload(program, &signals),
+        Ok(ForkResult::Child) => exec_workload(argv, &signals),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             crate::warn(format_args!("fork: {e}"));
@@ -64,29 +64,43 @@ pub fn run(program: &str) -> Outcome {
     }
 }
 
-fn exec_workload(program: &str, signals: &SigSet) -> ! {
+/// `program` as a path: as given when it has a slash, else found on the default `PATH`.
+fn resolve(program: &str) -> String {
+    if program.contains('/') {
+        return program.to_string();
+    }
+    DEFAULT_PATH
+        .split(':')
+        .map(|dir| format!("{dir}/{program}"))
+        .find(|candidate| std::path::Path::new(candidate).is_file())
+        .unwrap_or_else(|| program.to_string())
+}
+
+fn exec_workload(argv: &[String], signals: &SigSet) -> ! {
     let _ = signals.thread_unblock();
     let _ = setsid();
     // SAFETY: makes the console (fd 0) our controlling terminal; no memory is touched.
     unsafe { libc::ioctl(0, libc::TIOCSCTTY, 1) };
     let env = environment();
-    match CString::new(program) {
-        Ok(path) => {
-            let err = execve(&path, std::slice::from_ref(&path), &env).unwrap_err();
+    let program = resolve(&argv[0]);
+    let args: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_str())).collect();
+    match (CString::new(program.as_str()), args) {
+        (Ok(path), Ok(args)) => {
+            let err = execve(&path, &args, &env).unwrap_err();
             crate::warn(format_args!("cannot start {program}: {err}"));
         }
-        Err(_) => crate::warn(format_args!("program path contains a NUL byte")),
+        _ => crate::warn(format_args!("the workload's command contains a NUL byte")),
     }
     // SAFETY: leaving the forked child without running the parent's destructors.
     unsafe { libc::_exit(127) }
 }
 
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// The kernel-provided environment with a usable `PATH` and `HOME` added when missing.
 fn environment() -> Vec<CString> {
     let mut vars: Vec<(String, String)> = std::env::vars().collect();
-    for (key, value) in
-        [("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"), ("HOME", "/root"), ("TERM", "linux")]
-    {
+    for (key, value) in [("PATH", DEFAULT_PATH), ("HOME", "/root"), ("TERM", "linux")] {
         if !vars.iter().any(|(k, _)| k == key) {
             vars.push((key.into(), value.into()));
         }

@@ -1,0 +1,227 @@
+//! `fledge run ARTIFACT`: boots an initramfs in a microVM with the configured kernel, streams
+//! the guest's console, and exits with the workload's status (what guest-init reports, or the
+//! status in the kernel's panic when the image's own init exits). A guest that outlives
+//! `--timeout` is stopped and `fledge run` exits 124; Ctrl-C stops it and exits 130. No VMM
+//! process, socket or temporary file is left behind either way.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use fledge_vmm::qemu::{Accel, Qemu};
+use fledge_vmm::{Backend, Vm, VmSpec};
+
+use crate::cli::{AccelChoice, RunArgs, VmmChoice};
+use crate::guest_report::Lines;
+use crate::progress::Progress;
+use crate::{dirs, interrupt};
+
+/// Exit status when the guest outlived `--timeout` (as timeout(1)).
+const TIMED_OUT: u8 = 124;
+/// The kernel's command-line limit on x86.
+const MAX_CMDLINE: usize = 2048;
+
+/// What an artifact is, from its first bytes.
+#[derive(Debug, PartialEq, Eq)]
+enum ArtifactKind {
+    Initramfs,
+    Rootfs(&'static str),
+}
+
+fn kind_of(path: &Path) -> Result<ArtifactKind> {
+    let mut head = vec![0u8; 1088];
+    let mut file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let n = file.read(&mut head).with_context(|| format!("cannot read {}", path.display()))?;
+    head.truncate(n);
+    let at = |offset: usize, magic: &[u8]| head.get(offset..offset + magic.len()) == Some(magic);
+    Ok(
+        if at(0, &[0x1f, 0x8b])
+            || at(0, &[0x28, 0xb5, 0x2f, 0xfd])
+            || at(0, &[0x02, 0x21, 0x4c, 0x18])
+            || at(0, b"070701")
+        {
+            ArtifactKind::Initramfs
+        } else if at(0, b"hsqs") {
+            ArtifactKind::Rootfs("squashfs")
+        } else if at(1080, &[0x53, 0xef]) {
+            ArtifactKind::Rootfs("ext4")
+        } else if at(1024, &[0xe2, 0xe1, 0xf5, 0xe0]) {
+            ArtifactKind::Rootfs("erofs")
+        } else {
+            bail!(
+                "{}: not an artifact Fledge can boot (expected an initramfs .cpio.gz/.lz4/.zst or a squashfs, ext4 or erofs image)",
+                path.display()
+            )
+        },
+    )
+}
+
+/// The kernel command line, with `command` (if any) passed to init after ` -- `.
+fn cmdline(accel: Accel, verbose: bool, command: &[String]) -> Result<String> {
+    let mut line = String::from("console=ttyS0 reboot=t panic=-1");
+    if !verbose {
+        line.push_str(" quiet");
+    }
+    // Under TCG the kernel can hang calibrating the TSC on a loaded host; telling it the rate
+    // avoids that.
+    if accel == Accel::Tcg
+        && let Some(khz) = host_tsc_khz()
+    {
+        line.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    if !command.is_empty() {
+        line.push_str(" --");
+        for arg in command {
+            if arg.contains(['"', '\n']) || arg.is_empty() {
+                bail!(
+                    "the command argument {arg:?} cannot be passed on a kernel command line (no empty arguments, double quotes or newlines)"
+                );
+            }
+            if arg.contains(char::is_whitespace) {
+                line.push_str(&format!(" \"{arg}\""));
+            } else {
+                line.push(' ');
+                line.push_str(arg);
+            }
+        }
+    }
+    if line.len() >= MAX_CMDLINE {
+        bail!("the command is too long for the kernel command line ({} of {MAX_CMDLINE} bytes)", line.len());
+    }
+    Ok(line)
+}
+
+fn host_tsc_khz() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = info.lines().find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse().ok())?;
+    Some((mhz * 1000.0) as u64)
+}
+
+fn kernel_path() -> Result<PathBuf> {
+    let kernel = fledge_vmm::kernel::discover(dirs::state_dir().as_deref(), |v| std::env::var(v).ok())?;
+    Ok(kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image"))
+}
+
+fn accel(choice: AccelChoice) -> Accel {
+    match choice {
+        AccelChoice::Kvm => Accel::Kvm,
+        AccelChoice::Tcg => Accel::Tcg,
+    }
+}
+
+/// Copies the console to stdout on a thread; returns the first status it reports.
+fn watch_console(mut console: Box<dyn Read + Send>) -> std::thread::JoinHandle<Option<u8>> {
+    std::thread::spawn(move || {
+        let mut lines = Lines::default();
+        let mut status = None;
+        let mut buf = [0u8; 8192];
+        let stdout = std::io::stdout();
+        loop {
+            match console.read(&mut buf) {
+                Ok(0) | Err(_) => return status,
+                Ok(n) => {
+                    let mut out = stdout.lock();
+                    let _ = out.write_all(&buf[..n]);
+                    let _ = out.flush();
+                    status = status.or(lines.feed(&buf[..n]));
+                }
+            }
+        }
+    })
+}
+
+pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
+    match kind_of(&args.artifact)? {
+        ArtifactKind::Initramfs => {}
+        ArtifactKind::Rootfs(format) => bail!(
+            "{}: booting a {format} rootfs image is not supported yet in this version of Fledge\n  = help: build an initramfs (strategy = \"initramfs\") to boot it with fledge run",
+            args.artifact.display()
+        ),
+    }
+    if args.vmm == VmmChoice::CloudHypervisor {
+        bail!(
+            "--vmm cloud-hypervisor is not supported yet in this version of Fledge\n  = help: use --vmm qemu (the default)"
+        );
+    }
+    let memory_mib = crate::paths::parse_size(&args.memory)
+        .map(|b| b >> 20)
+        .filter(|&mib| mib >= 64)
+        .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
+    let accel = accel(args.accel);
+    let spec = VmSpec {
+        kernel: kernel_path()?,
+        initrd: Some(args.artifact.clone()),
+        disks: Vec::new(),
+        cmdline: cmdline(accel, verbose, &args.command)?,
+        cpus: args.cpus,
+        memory_mib: memory_mib as u32,
+    };
+    let qemu = Qemu::new(accel);
+    progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), qemu.name(), accel));
+    let mut vm = qemu.launch(&spec)?;
+    let console = watch_console(vm.take_console().expect("a new VM has its console"));
+    let outcome = wait(vm.as_mut(), args.timeout);
+    vm.stop()?;
+    let status = console.join().unwrap_or(None);
+    match outcome? {
+        Waited::Exited => status.context(
+            "the guest stopped without reporting an exit status (see its console output above)\n  = help: rerun with --verbose to see the kernel's messages",
+        ),
+        Waited::TimedOut => {
+            eprintln!("error: the guest did not finish within {} s; it was stopped", args.timeout);
+            Ok(TIMED_OUT)
+        }
+    }
+}
+
+enum Waited {
+    Exited,
+    TimedOut,
+}
+
+/// Waits for the VMM to exit, the timeout (0: none) or Ctrl-C.
+fn wait(vm: &mut dyn Vm, timeout_secs: u64) -> Result<Waited> {
+    let deadline = (timeout_secs > 0).then(|| Instant::now() + Duration::from_secs(timeout_secs));
+    loop {
+        interrupt::check()?;
+        let slice = Instant::now() + Duration::from_millis(100);
+        let until = deadline.map_or(slice, |d| d.min(slice));
+        if vm.wait_until(until)?.is_some() {
+            return Ok(Waited::Exited);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(Waited::TimedOut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifacts_are_recognised_by_their_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        assert_eq!(kind_of(&write("a", &[0x1f, 0x8b, 8, 0])).unwrap(), ArtifactKind::Initramfs);
+        assert_eq!(kind_of(&write("b", b"hsqs....")).unwrap(), ArtifactKind::Rootfs("squashfs"));
+        let mut ext4 = vec![0u8; 2048];
+        ext4[1080..1082].copy_from_slice(&[0x53, 0xef]);
+        assert_eq!(kind_of(&write("c", &ext4)).unwrap(), ArtifactKind::Rootfs("ext4"));
+        assert!(kind_of(&write("d", b"hello")).unwrap_err().to_string().contains("not an artifact Fledge can boot"));
+    }
+
+    #[test]
+    fn a_command_goes_to_init_after_dashes_quoted_where_needed() {
+        let line = cmdline(Accel::Kvm, false, &["sh".into(), "-c".into(), "echo hi".into()]).unwrap();
+        assert_eq!(line, "console=ttyS0 reboot=t panic=-1 quiet -- sh -c \"echo hi\"");
+        assert!(cmdline(Accel::Kvm, false, &["say \"x\"".into()]).is_err());
+        assert!(cmdline(Accel::Kvm, false, &["x".repeat(3000)]).is_err());
+        assert!(!cmdline(Accel::Kvm, true, &[]).unwrap().contains("quiet"));
+    }
+}
