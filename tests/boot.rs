@@ -1,6 +1,6 @@
-//! Real boots of built initramfs artifacts under QEMU (TCG): Fledge's init runs as PID 1,
-//! mounts the runtime filesystems, supervises the workload, reports its exit status on the
-//! console and powers the machine off.
+//! Real boots of built initramfs artifacts with `fledge run` under QEMU (TCG): Fledge's init
+//! runs as PID 1, mounts the runtime filesystems, supervises the workload, reports its exit
+//! status, which becomes `fledge run`'s, and powers the machine off.
 //!
 //! Needs `qemu-system-x86_64` and a kernel: `FLEDGE_TEST_KERNEL`, else the cached one from
 //! `scripts/fetch-test-kernel.sh` (`make test` sets this up). Skips, saying why, without them.
@@ -8,8 +8,7 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,39 +29,21 @@ fn qemu_available() -> bool {
     Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-/// Boots `initramfs`; returns the console output and QEMU's exit status.
-fn boot(kernel: &PathBuf, initramfs: &PathBuf) -> (String, Option<i32>) {
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-M", "pc", "-accel", "tcg", "-cpu", "max", "-m", "256M", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
+/// Boots `initramfs` with `fledge run` (extra `args` after it); returns the console output
+/// and fledge's exit code, which is the workload's status.
+fn boot_with(p: &Project, kernel: &Path, initramfs: &Path, args: &[&str]) -> (String, Option<i32>) {
+    let out = run(p
+        .fledge()
+        .args(["run", "-q", "--timeout", "120"])
         .arg(initramfs)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu");
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (reader.join().unwrap(), status)
+        .args(args)
+        .env("FLEDGE_KERNEL_BZIMAGE", kernel)
+        .env("TMPDIR", p.path(".")));
+    (format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)), out.status.code())
+}
+
+fn boot(p: &Project, kernel: &Path, initramfs: &Path) -> (String, Option<i32>) {
+    boot_with(p, kernel, initramfs, &[])
 }
 
 fn c_program(p: &Project, name: &str, source: &str) -> PathBuf {
@@ -118,8 +99,8 @@ int main(void) {
 }"#,
     );
     assert_success(&run(p.fledge().args(["build", "-o", "boot.cpio.gz"])));
-    let (console, status) = boot(&kernel, &p.path("boot.cpio.gz"));
-    assert_eq!(status, Some(0), "QEMU exits by itself when the guest powers off:\n{console}");
+    let (console, status) = boot(&p, &kernel, &p.path("boot.cpio.gz"));
+    assert_eq!(status, Some(3), "fledge run exits with the agent's status:\n{console}");
     assert!(
         console.contains("agent ppid=1 proc=1 tmp-mode=1777"),
         "agent runs as init's child with /proc and a tmpfs /tmp:\n{console}"
@@ -135,8 +116,8 @@ fn custom_init_mode_runs_the_users_script_under_fledge_init() {
     let p = project("[init]\npath = \"my-init.sh\"\n");
     p.write_mode("my-init.sh", b"#!/bin/sh\necho \"custom init, parent $PPID, $(ls /dev/console)\"\nexit 7\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "custom.cpio.gz"])));
-    let (console, status) = boot(&kernel, &p.path("custom.cpio.gz"));
-    assert_eq!(status, Some(0), "{console}");
+    let (console, status) = boot(&p, &kernel, &p.path("custom.cpio.gz"));
+    assert_eq!(status, Some(7), "{console}");
     assert!(console.contains("custom init, parent 1, /dev/console"), "{console}");
     assert!(console.contains("FLEDGE_EXIT_STATUS=7"), "{console}");
 }
@@ -163,8 +144,8 @@ int main(void) {
 }"#,
     );
     assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));
-    let (console, status) = boot(&kernel, &p.path("k.cpio.gz"));
-    assert_eq!(status, Some(0), "{console}");
+    let (console, status) = boot(&p, &kernel, &p.path("k.cpio.gz"));
+    assert_eq!(status, Some(137), "{console}");
     assert!(console.contains("agent: killing myself"), "{console}");
     assert!(console.contains("FLEDGE_EXIT_STATUS=137"), "{console}");
     let _ = fs::remove_file(p.path("k.cpio.gz"));
@@ -177,8 +158,8 @@ fn poweroff_inside_the_guest_powers_off() {
     p.write_mode("my-init.sh", b"#!/bin/sh\necho asking for power-off\npoweroff\nsleep 30\necho STILL ALIVE\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "off.cpio.gz"])));
     let started = Instant::now();
-    let (console, status) = boot(&kernel, &p.path("off.cpio.gz"));
-    assert_eq!(status, Some(0), "{console}");
+    let (console, status) = boot(&p, &kernel, &p.path("off.cpio.gz"));
+    assert_eq!(status, Some(0), "a power-off from inside counts as success: {console}");
     assert!(console.contains("fledge-init: power-off requested"), "{console}");
     assert!(!console.contains("STILL ALIVE"), "{console}");
     assert!(started.elapsed() < Duration::from_secs(30), "powered off without waiting for the script");
@@ -198,10 +179,61 @@ fn an_initramfs_made_from_a_registry_image_boots_with_its_files_and_owners() {
     p.write("manifest.toml", "name = \"img\"\nversion = \"1\"\nruntime = \"img\"\n");
     p.write_mode("check.sh", b"#!/bin/sh\ncat /etc/motd\nstat -c 'owner %u:%g mode %a' /home/user/notes\ntest -e /etc/hostname || echo 'whiteout applied'\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "img.cpio.gz"])));
-    let (console, status) = boot(&kernel, &p.path("img.cpio.gz"));
+    let (console, status) = boot(&p, &kernel, &p.path("img.cpio.gz"));
     assert_eq!(status, Some(0), "{console}");
     assert!(console.contains("from the upper layer"), "{console}");
     assert!(console.contains("owner 1000:1000 mode 600"), "{console}");
     assert!(console.contains("whiteout applied"), "{console}");
     assert!(console.contains("FLEDGE_EXIT_STATUS=0"), "{console}");
+}
+
+#[test]
+fn a_command_after_dashes_replaces_the_workload_and_its_status_is_returned() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(&p, "agent", "int main(void) { return 0; }");
+    assert_success(&run(p.fledge().args(["build", "-o", "cmd.cpio.gz"])));
+    let (console, status) = boot_with(
+        &p,
+        &kernel,
+        &p.path("cmd.cpio.gz"),
+        &["--", "sh", "-c", "echo 'to stdout'; echo to-stderr >&2; exit 42"],
+    );
+    assert_eq!(status, Some(42), "{console}");
+    assert!(console.contains("to stdout") && console.contains("to-stderr"), "{console}");
+}
+
+#[test]
+fn a_hanging_guest_is_stopped_at_the_timeout_and_leaves_nothing_behind() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(&p, "agent", "#include <unistd.h>\nint main(void) { for (;;) pause(); }");
+    assert_success(&run(p.fledge().args(["build", "-o", "hang.cpio.gz"])));
+    let tmp = p.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let started = Instant::now();
+    let out = run(p
+        .fledge()
+        .args(["run", "-q", "--timeout", "5"])
+        .arg(p.path("hang.cpio.gz"))
+        .env("FLEDGE_KERNEL_BZIMAGE", &kernel)
+        .env("TMPDIR", &tmp));
+    assert_eq!(out.status.code(), Some(124), "{}", stderr(&out));
+    assert!(stderr(&out).contains("did not finish within 5 s"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no socket or temporary directory left");
+    let qemus = run(Command::new("pgrep").args(["-f", &p.path("hang.cpio.gz").display().to_string()]));
+    assert!(qemus.stdout.is_empty(), "no QEMU left running: {}", String::from_utf8_lossy(&qemus.stdout));
+}
+
+#[test]
+fn run_refuses_what_it_cannot_boot_with_a_clear_error() {
+    let p = Project::new();
+    p.write("notes.txt", "hello");
+    let out = run(p.fledge().args(["run", "notes.txt"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("notes.txt: not an artifact Fledge can boot"), "{}", stderr(&out));
+    let out = run(p.fledge().args(["run", "missing.cpio.gz"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot open missing.cpio.gz"), "{}", stderr(&out));
 }

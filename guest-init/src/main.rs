@@ -32,7 +32,9 @@ fn main() {
             println!("{}{status}", target::EXIT_STATUS_PREFIX);
         }
         supervise::Outcome::PowerOffRequested => {
-            println!("fledge-init: power-off requested; stopping {program}")
+            // A power-off from inside the guest is a clean end: report success.
+            println!("fledge-init: power-off requested; stopping {program}");
+            println!("{}0", target::EXIT_STATUS_PREFIX);
         }
     }
     supervise::shutdown();
