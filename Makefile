@@ -36,6 +36,9 @@ demo: build $(DEMO)/build/hello $(DEMO)/build/stub-agent
 	@echo
 	@echo "== $(OUT)/hello.manifest.json"
 	@cat $(OUT)/hello.manifest.json
+	@echo
+	@echo "== fledge run $(OUT)/hello.cpio.gz (QEMU, TCG; Debian's cloud kernel, fetched once)"
+	FLEDGE_KERNEL_BZIMAGE=$$(scripts/fetch-test-kernel.sh) $(FLEDGE) run $(OUT)/hello.cpio.gz
 
 # The boot tests need a kernel: Debian's cloud kernel, downloaded once and cached.
 # The last line totals every test binary's results.
