@@ -119,6 +119,8 @@ pub enum VmmChoice {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AccelChoice {
+    /// KVM if a probe boot shows it runs guests on this host (remembered), else TCG
+    Auto,
     /// Hardware virtualisation (needs a working /dev/kvm)
     Kvm,
     /// Software emulation (slow, works everywhere)
@@ -143,7 +145,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, env = "FLEDGE_VMM", default_value = "qemu")]
     pub vmm: VmmChoice,
     /// How the guest's code runs
-    #[arg(long, value_enum, env = "FLEDGE_ACCEL", default_value = "tcg")]
+    #[arg(long, value_enum, env = "FLEDGE_ACCEL", default_value = "auto")]
     pub accel: AccelChoice,
     /// Run this command instead of the image's workload (after --)
     #[arg(last = true, value_name = "CMD")]

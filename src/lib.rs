@@ -2,6 +2,7 @@
 //! manifests from a configuration, an OCI image or a Dockerfile, with no Docker daemon and no
 //! root. See `docs/architecture.md` for how the pieces fit.
 
+pub mod accel;
 pub mod agent;
 pub mod btrfs;
 pub mod busybox;

@@ -34,7 +34,7 @@ fn qemu_available() -> bool {
 fn boot_with(p: &Project, kernel: &Path, initramfs: &Path, args: &[&str]) -> (String, Option<i32>) {
     let out = run(p
         .fledge()
-        .args(["run", "-q", "--timeout", "120"])
+        .args(["run", "-q", "--timeout", "120", "--accel", "tcg"])
         .arg(initramfs)
         .args(args)
         .env("FLEDGE_KERNEL_BZIMAGE", kernel)
@@ -214,7 +214,7 @@ fn a_hanging_guest_is_stopped_at_the_timeout_and_leaves_nothing_behind() {
     let started = Instant::now();
     let out = run(p
         .fledge()
-        .args(["run", "-q", "--timeout", "5"])
+        .args(["run", "-q", "--timeout", "5", "--accel", "tcg"])
         .arg(p.path("hang.cpio.gz"))
         .env("FLEDGE_KERNEL_BZIMAGE", &kernel)
         .env("TMPDIR", &tmp));
@@ -236,4 +236,34 @@ fn run_refuses_what_it_cannot_boot_with_a_clear_error() {
     let out = run(p.fledge().args(["run", "missing.cpio.gz"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot open missing.cpio.gz"), "{}", stderr(&out));
+}
+
+#[test]
+fn auto_acceleration_probes_kvm_once_and_remembers_the_answer() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(&p, "agent", "int main(void) { return 5; }");
+    assert_success(&run(p.fledge().args(["build", "-o", "auto.cpio.gz"])));
+    let state = p.path("state");
+    let boot = || {
+        run(p
+            .fledge()
+            .args(["run", "-q", "--accel", "auto"])
+            .arg(p.path("auto.cpio.gz"))
+            .env("FLEDGE_KERNEL_BZIMAGE", &kernel)
+            .env("FLEDGE_STATE_DIR", &state))
+    };
+    let first = boot();
+    assert_eq!(first.status.code(), Some(5), "{}", stderr(&first));
+    let records: Vec<_> = fs::read_dir(state.join("vmm")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let answer = fs::read_to_string(&records[0]).unwrap();
+    assert!(answer == "kvm\n" || answer == "tcg\n", "{answer:?}");
+    eprintln!("KVM probe on this host: {}", answer.trim());
+    let started = Instant::now();
+    let second = boot();
+    assert_eq!(second.status.code(), Some(5), "{}", stderr(&second));
+    assert!(started.elapsed() < Duration::from_secs(60));
+    let qemus = run(Command::new("pgrep").args(["-f", "fledge-kvm-probe"]));
+    assert!(qemus.stdout.is_empty(), "the probe VM is gone");
 }

@@ -103,8 +103,9 @@ fn kernel_path() -> Result<PathBuf> {
     Ok(kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image"))
 }
 
-fn accel(choice: AccelChoice) -> Accel {
+fn accel(choice: AccelChoice, kernel: &Path) -> Accel {
     match choice {
+        AccelChoice::Auto => crate::accel::auto(kernel, dirs::state_dir().as_deref()),
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Tcg => Accel::Tcg,
     }
@@ -148,9 +149,10 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         .map(|b| b >> 20)
         .filter(|&mib| mib >= 64)
         .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
-    let accel = accel(args.accel);
+    let kernel = kernel_path()?;
+    let accel = accel(args.accel, &kernel);
     let spec = VmSpec {
-        kernel: kernel_path()?,
+        kernel,
         initrd: Some(args.artifact.clone()),
         disks: Vec::new(),
         cmdline: cmdline(accel, verbose, &args.command)?,
