@@ -53,6 +53,7 @@ bench: build
 	bench/oci-rootfs.sh 3
 	bench/rootfs-writers.sh 5
 	bench/memory.sh
+	bench/boot.sh 10
 
 lint:
 	$(CARGO) fmt --all --check

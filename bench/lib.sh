@@ -16,7 +16,7 @@ timed() {
     drop_caches
     local start end
     start=$(date +%s.%N)
-    "$@" >/dev/null
+    "$@" >/dev/null || { echo "benchmark command failed: $*" >&2; return 1; }
     end=$(date +%s.%N)
     echo "$end - $start" | bc
 }
