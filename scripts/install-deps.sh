@@ -10,6 +10,7 @@ packages=(
     busybox-static              # a local static BusyBox for tests and the demo
     binutils util-linux         # readelf, setpriv (non-root test)
     qemu-system-x86             # boots built artifacts in the boot tests (TCG)
+    linux-source flex bison libelf-dev  # fledge kernel build: the source and its build tools
     docker-registry skopeo      # a real local registry, and pushing test images into it
     squashfs-tools e2fsprogs erofs-utils umoci  # rootfs writers and the peers benchmarks compare against
     btrfs-progs                 # the legacy btrfs writer

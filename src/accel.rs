@@ -22,7 +22,7 @@ use crate::rootfs::{FileData, Node, SpecialKind, Tree};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// KVM if `/dev/kvm` is usable and a probe boot of `kernel` under it succeeds, else TCG.
-pub fn auto(kernel: &Path, state_dir: Option<&Path>) -> Accel {
+pub fn auto(kernel: &Path, acpi: bool, state_dir: Option<&Path>) -> Accel {
     if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
         tracing::debug!("/dev/kvm is not usable; guests run under TCG");
         return Accel::Tcg;
@@ -31,7 +31,7 @@ pub fn auto(kernel: &Path, state_dir: Option<&Path>) -> Accel {
     if let Some(answer) = record.as_ref().and_then(|r| std::fs::read_to_string(r).ok()) {
         return if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg };
     }
-    let works = probe(kernel).unwrap_or_else(|e| {
+    let works = probe(kernel, acpi).unwrap_or_else(|e| {
         tracing::debug!("KVM probe could not run: {e:#}");
         false
     });
@@ -76,7 +76,7 @@ fn probe_initramfs(dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn probe(kernel: &Path) -> anyhow::Result<bool> {
+fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new().prefix("fledge-kvm-probe-").tempdir()?;
     let spec = VmSpec {
         kernel: kernel.to_path_buf(),
@@ -85,6 +85,7 @@ fn probe(kernel: &Path) -> anyhow::Result<bool> {
         cmdline: "console=ttyS0 reboot=t panic=-1 quiet".into(),
         cpus: 1,
         memory_mib: 256,
+        acpi,
     };
     let mut vm = Qemu::new(Accel::Kvm).launch(&spec)?;
     let mut console = vm.take_console().expect("a new VM has its console");

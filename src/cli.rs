@@ -29,10 +29,32 @@ pub enum Command {
     Image(ImageCommand),
     /// Boot an artifact in a microVM and exit with its workload's status
     Run(RunArgs),
+    /// Build and install the guest kernel
+    #[command(subcommand)]
+    Kernel(KernelCommand),
     /// Delete store blobs that no image uses any more
     Prune,
     /// Print version information
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Build Fledge's guest kernel (vmlinux and bzImage) from a kernel source tarball; cached
+    Build {
+        /// Kernel source tarball [default: Debian's /usr/src/linux-source-*.tar.xz]
+        #[arg(long, value_name = "TARBALL")]
+        source: Option<PathBuf>,
+        /// Add ACPI (for Cloud Hypervisor)
+        #[arg(long)]
+        acpi: bool,
+        /// Parallel compile jobs [default: the number of CPUs]
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Also install to /var/lib/volant/kernel for every user (needs write access there)
+        #[arg(long)]
+        install_system: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

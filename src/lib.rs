@@ -21,6 +21,7 @@ pub mod guest_report;
 pub mod image;
 pub mod initramfs;
 pub mod interrupt;
+pub mod kernel_build;
 pub mod logging;
 pub mod manifest;
 pub mod mappings;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Build(args) => done(commands::build::run(args, &progress)),
         Command::Image(command) => done(commands::image::run(command, &progress)),
         Command::Run(args) => commands::run::run(args, cli.verbose, &progress),
+        Command::Kernel(command) => done(commands::kernel::run(command, &progress)),
         Command::Prune => done(commands::image::prune(&progress)),
         Command::Version => {
             commands::version::run();

@@ -134,7 +134,15 @@ pub fn shutdown() -> ! {
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     sync();
-    let err = reboot(RebootMode::RB_POWER_OFF).unwrap_err();
+    // Without ACPI (Fledge's minimal kernel on a microVM) there is no power-off device and the
+    // kernel would only halt; a reset is how such VMs end (QEMU runs with -no-reboot, as
+    // Firecracker does on reset).
+    let mode = if std::path::Path::new("/sys/firmware/acpi").exists() {
+        RebootMode::RB_POWER_OFF
+    } else {
+        RebootMode::RB_AUTOBOOT
+    };
+    let err = reboot(mode).unwrap_err();
     crate::warn(format_args!("power off failed: {err}"));
     loop {
         std::thread::sleep(Duration::from_secs(3600));

@@ -2,5 +2,6 @@
 
 pub mod build;
 pub mod image;
+pub mod kernel;
 pub mod run;
 pub mod version;

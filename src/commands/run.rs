@@ -98,14 +98,21 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-fn kernel_path() -> Result<PathBuf> {
+/// The kernel image to boot, and whether it wants ACPI: Fledge's own kernels say so in the
+/// `config` beside them; others (distro kernels) are assumed to need it.
+fn kernel() -> Result<(PathBuf, bool)> {
     let kernel = fledge_vmm::kernel::discover(dirs::state_dir().as_deref(), |v| std::env::var(v).ok())?;
-    Ok(kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image"))
+    let image = kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image");
+    let acpi = match kernel.origin {
+        fledge_vmm::KernelOrigin::Environment => true,
+        _ => image.parent().and_then(crate::kernel_build::has_acpi).unwrap_or(true),
+    };
+    Ok((image, acpi))
 }
 
-fn accel(choice: AccelChoice, kernel: &Path) -> Accel {
+fn accel(choice: AccelChoice, kernel: &Path, acpi: bool) -> Accel {
     match choice {
-        AccelChoice::Auto => crate::accel::auto(kernel, dirs::state_dir().as_deref()),
+        AccelChoice::Auto => crate::accel::auto(kernel, acpi, dirs::state_dir().as_deref()),
         AccelChoice::Kvm => Accel::Kvm,
         AccelChoice::Tcg => Accel::Tcg,
     }
@@ -149,8 +156,8 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         .map(|b| b >> 20)
         .filter(|&mib| mib >= 64)
         .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
-    let kernel = kernel_path()?;
-    let accel = accel(args.accel, &kernel);
+    let (kernel, acpi) = kernel()?;
+    let accel = accel(args.accel, &kernel, acpi);
     let spec = VmSpec {
         kernel,
         initrd: Some(args.artifact.clone()),
@@ -158,6 +165,7 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         cmdline: cmdline(accel, verbose, &args.command)?,
         cpus: args.cpus,
         memory_mib: memory_mib as u32,
+        acpi,
     };
     let qemu = Qemu::new(accel);
     progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), qemu.name(), accel));

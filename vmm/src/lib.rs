@@ -34,6 +34,9 @@ pub struct VmSpec {
     pub cmdline: String,
     pub cpus: u32,
     pub memory_mib: u32,
+    /// Describe the machine with ACPI tables (distro kernels need them; Fledge's minimal
+    /// kernel has no ACPI and finds virtio-mmio devices on its command line instead).
+    pub acpi: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -41,10 +41,9 @@ impl Qemu {
     pub fn args(&self, spec: &VmSpec, qmp: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |a: &str| args.push(a.into());
-        // ACPI on: distro kernels find their devices and power off through it; kernels
-        // without ACPI ignore the tables.
+        // Without ACPI, QEMU lists the virtio-mmio devices on the kernel command line.
         push("-M");
-        push("microvm,acpi=on");
+        push(if spec.acpi { "microvm,acpi=on" } else { "microvm,acpi=off" });
         match self.accel {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host,-arch-capabilities"].iter().for_each(|a| push(a)),
             Accel::Tcg => ["-accel", "tcg", "-cpu", "max"].iter().for_each(|a| push(a)),
@@ -55,7 +54,7 @@ impl Qemu {
         for a in ["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"] {
             push(a);
         }
-        if !spec.disks.is_empty() {
+        if spec.acpi && !spec.disks.is_empty() {
             push("-global");
             push("virtio-mmio.force-legacy=false");
         }
@@ -222,6 +221,7 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             cpus: 2,
             memory_mib: 256,
+            acpi: true,
         }
     }
 

@@ -1,0 +1,74 @@
+//! `fledge kernel build`: the kernel `make test` built (once, cached under the test cache)
+//! is found again without rebuilding, and it boots a Fledge initramfs with `fledge run`,
+//! found through the state directory like any user's.
+//!
+//! Needs `FLEDGE_TEST_KERNEL_STATE` (the state directory `make test` built the kernel in) and
+//! QEMU; skips, saying why, without them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn kernel_state() -> Option<PathBuf> {
+    let state = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from);
+    if state.is_none() {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
+    }
+    state
+}
+
+fn fledge_with_state(p: &Project, state: &std::path::Path) -> Command {
+    let mut cmd = p.fledge();
+    cmd.env("FLEDGE_STATE_DIR", state).env_remove("FLEDGE_KERNEL_VMLINUX").env_remove("FLEDGE_KERNEL_BZIMAGE");
+    cmd
+}
+
+#[test]
+fn a_built_kernel_is_reused_and_boots_an_initramfs() {
+    let Some(state) = kernel_state() else { return };
+    let p = Project::new();
+    let started = Instant::now();
+    let out = run(fledge_with_state(&p, &state).args(["kernel", "build"]));
+    assert_success(&out);
+    assert!(stderr(&out).contains("is built already"), "the cached build is reused: {}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(120), "no rebuild");
+    let config = std::fs::read_to_string(state.join("kernel/config")).unwrap();
+    for option in [
+        "CONFIG_VIRTIO_BLK=y",
+        "CONFIG_SQUASHFS_ZSTD=y",
+        "CONFIG_EROFS_FS=y",
+        "CONFIG_EXT4_FS=y",
+        "CONFIG_OVERLAY_FS=y",
+        "CONFIG_VIRTIO_VSOCKETS=y",
+    ] {
+        assert!(config.lines().any(|l| l == option), "{option} built in");
+    }
+
+    p.write(
+        "fledge.toml",
+        &format!(
+            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"check.sh\"\n[source]\nbusybox_path = \"{}\"\n",
+            busybox()
+        ),
+    );
+    p.write("manifest.toml", "name = \"k\"\nversion = \"1\"\nruntime = \"k\"\n");
+    p.write_mode("check.sh", b"#!/bin/sh\necho \"kernel $(uname -r) up\"\nexit 9\n", 0o755);
+    assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));
+    let out = run(fledge_with_state(&p, &state).args(["run", "-q", "--accel", "tcg", "--timeout", "120", "k.cpio.gz"]));
+    let console = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(9), "{console}{}", stderr(&out));
+    assert!(console.contains("kernel 6.1") && console.contains(" up"), "{console}");
+}
+
+#[test]
+fn a_missing_source_tarball_is_a_clear_error() {
+    let p = Project::new();
+    let out = run(p.fledge().args(["kernel", "build", "--source", "no-such-linux.tar.xz"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot open the kernel source no-such-linux.tar.xz"), "{}", stderr(&out));
+    assert!(!p.path("state/kernel/vmlinux").exists());
+}
