@@ -1,22 +1,19 @@
 //! How guests run: KVM only where a probe boot shows this host's KVM runs a stock guest. On
 //! some hosts `/dev/kvm` opens and `KVM_CREATE_VM` succeeds, yet guests die of emulation
 //! failures (nested, shadow-paging KVM), so only booting tells. The probe boots the kernel
-//! with a tiny initramfs holding just guest-init, waits up to [`PROBE_TIMEOUT`] for its exit
+//! with an initramfs holding just guest-init (which finds no workload and reports 127), waits up to [`PROBE_TIMEOUT`] for its exit
 //! report, and the answer is remembered per host kernel and guest kernel under
 //! `$FLEDGE_STATE_DIR/vmm/`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fledge_vmm::qemu::{Accel, Qemu};
 use fledge_vmm::{Backend, VmSpec};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Compression, Compressor};
 use crate::guest_report::Lines;
-use crate::paths::ImagePath;
-use crate::rootfs::{FileData, Node, SpecialKind, Tree};
 
 /// A working KVM boots guest-init in well under a second.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,27 +57,13 @@ fn probe_key(kernel: &Path) -> String {
     hex::encode(&h.finalize()[..8])
 }
 
-/// An initramfs with only guest-init: it finds no workload, reports 127 and powers off.
-fn probe_initramfs(dir: &Path) -> anyhow::Result<PathBuf> {
-    let mut tree = Tree::default();
-    let path = |p: &str| ImagePath::parse(p).expect("constant path");
-    tree.insert(&path("/dev"), Node::Dir { mode: 0o755 })?;
-    let console = Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 };
-    tree.insert(&path("/dev/console"), console)?;
-    let init = FileData::Bytes(crate::guest_init::BINARY.into());
-    tree.insert(&path("/init"), Node::File { mode: 0o755, data: init })?;
-    let out = dir.join("probe.cpio.gz");
-    let file = std::fs::File::create(&out)?;
-    let compression = Compression { compressor: Compressor::Gzip, level: Some(1) };
-    crate::initramfs::pack(&tree, &crate::rootfs::walk::NoLayers, compression, file, 0, &mut |_| {})?;
-    Ok(out)
-}
-
 fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new().prefix("fledge-kvm-probe-").tempdir()?;
+    let initrd = dir.path().join("probe.cpio.gz");
+    crate::initramfs::init_only(&initrd)?;
     let spec = VmSpec {
         kernel: kernel.to_path_buf(),
-        initrd: Some(probe_initramfs(dir.path())?),
+        initrd: Some(initrd),
         disks: Vec::new(),
         cmdline: "console=ttyS0 reboot=t panic=-1 quiet".into(),
         cpus: 1,

@@ -151,9 +151,13 @@ pub enum AccelChoice {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The artifact to boot: an initramfs (.cpio.gz, .cpio.lz4, .cpio.zst)
+    /// The artifact to boot: an initramfs (.cpio.gz, .cpio.lz4, .cpio.zst) or a squashfs, ext4
+    /// or erofs rootfs image (booted read-only under a tmpfs overlay)
     #[arg(value_name = "ARTIFACT")]
     pub artifact: PathBuf,
+    /// Size of the writable tmpfs layer over a rootfs image [default: half the guest's memory]
+    #[arg(long, value_name = "SIZE")]
+    pub overlay_size: Option<String>,
     /// Stop the guest after this many seconds and exit 124 (0: never)
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub timeout: u64,

@@ -197,7 +197,7 @@ fn a_command_after_dashes_replaces_the_workload_and_its_status_is_returned() {
         &p,
         &kernel,
         &p.path("cmd.cpio.gz"),
-        &["--", "sh", "-c", "echo 'to stdout'; echo to-stderr >&2; exit 42"],
+        &["--", "sh", "-c", "echo \"to stdout\"; echo to-stderr >&2; exit 42"],
     );
     assert_eq!(status, Some(42), "{console}");
     assert!(console.contains("to stdout") && console.contains("to-stderr"), "{console}");

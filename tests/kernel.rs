@@ -72,3 +72,34 @@ fn a_missing_source_tarball_is_a_clear_error() {
     assert!(stderr(&out).contains("cannot open the kernel source no-such-linux.tar.xz"), "{}", stderr(&out));
     assert!(!p.path("state/kernel/vmlinux").exists());
 }
+
+#[test]
+fn rootfs_images_boot_read_only_under_a_writable_overlay() {
+    let Some(state) = kernel_state() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/runnable");
+    let p = Project::new();
+    std::fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("manifest.toml", "name = \"r\"\nversion = \"1\"\nruntime = \"r\"\n");
+    let mut kinds = vec![("squashfs", "r.squashfs"), ("ext4", "r.img")];
+    if nix::unistd::Uid::effective().is_root() {
+        kinds.push(("erofs", "r.erofs")); // this image has owners only root can stage for mkfs.erofs
+    }
+    let check = "cat /etc/motd; stat -c 'owner %u:%g mode %a' /home/user/notes; \
+                 test -e /etc/hostname || echo 'whiteout applied'; \
+                 echo x > /etc/written && echo \"overlay \"writable; exit 6";
+    for (kind, out) in kinds {
+        p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"{image}\"\n[filesystem]\ntype = \"{kind}\"\n"));
+        assert_success(&run(p.fledge().args(["build", "-o", out])));
+        let before = std::fs::read(p.path(out)).unwrap();
+        let result = run(fledge_with_state(&p, &state)
+            .args(["run", "-q", "--accel", "tcg", "--timeout", "120", "--overlay-size", "16M", out, "--", "sh", "-c", check]));
+        let console = String::from_utf8_lossy(&result.stdout);
+        assert_eq!(result.status.code(), Some(6), "{kind}: {console}{}", stderr(&result));
+        for expected in ["from the upper layer", "owner 1000:1000 mode 600", "whiteout applied", "overlay writable"] {
+            assert!(console.contains(expected), "{kind}: {expected:?} in {console}");
+        }
+        assert!(std::fs::read(p.path(out)).unwrap() == before, "{kind}: the image is never written");
+    }
+}

@@ -8,6 +8,7 @@
 //! kernel never panics with "attempted to kill init".
 
 mod mounts;
+mod rootfs;
 mod supervise;
 mod target;
 
@@ -22,6 +23,15 @@ fn main() {
     }
     mounts::mount_runtime();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(root) = rootfs::requested(&cmdline) {
+        if let Err(e) = rootfs::switch(&root) {
+            println!("fledge-init: cannot boot the root filesystem: {e}");
+            println!("{}{}", target::EXIT_STATUS_PREFIX, target::INIT_FAILED);
+            supervise::shutdown();
+        }
+        // The new root needs its own /dev, /proc, /sys, /tmp and /run.
+        mounts::mount_runtime();
+    }
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
     let init_args: Vec<String> = std::env::args().skip(1).collect();
     let argv = target::choose(&init_args, &cmdline, handoff.as_deref());

@@ -1,4 +1,4 @@
-//! `fledge run ARTIFACT`: boots an initramfs in a microVM with the configured kernel, streams
+//! `fledge run ARTIFACT`: boots an initramfs or a rootfs image in a microVM with the configured kernel, streams
 //! the guest's console, and exits with the workload's status (what guest-init reports, or the
 //! status in the kernel's panic when the image's own init exits). A guest that outlives
 //! `--timeout` is stopped and `fledge run` exits 124; Ctrl-C stops it and exits 130. No VMM
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use fledge_vmm::qemu::{Accel, Qemu};
-use fledge_vmm::{Backend, Vm, VmSpec};
+use fledge_vmm::{Backend, Disk, Vm, VmSpec};
 
 use crate::cli::{AccelChoice, RunArgs, VmmChoice};
 use crate::guest_report::Lines;
@@ -57,9 +57,13 @@ fn kind_of(path: &Path) -> Result<ArtifactKind> {
     )
 }
 
-/// The kernel command line, with `command` (if any) passed to init after ` -- `.
-fn cmdline(accel: Accel, verbose: bool, command: &[String]) -> Result<String> {
+/// The kernel command line; `command` (if any) goes to guest-init as `fledge.cmd=`: its
+/// arguments NUL-terminated, in base64, so quotes, spaces and newlines survive (QEMU appends
+/// device parameters at the end, so ` -- ARGS` cannot be used).
+fn cmdline(accel: Accel, verbose: bool, root_params: &str, command: &[String]) -> Result<String> {
+    use base64::Engine;
     let mut line = String::from("console=ttyS0 reboot=t panic=-1");
+    line.push_str(root_params);
     if !verbose {
         line.push_str(" quiet");
     }
@@ -71,23 +75,17 @@ fn cmdline(accel: Accel, verbose: bool, command: &[String]) -> Result<String> {
         line.push_str(&format!(" tsc_early_khz={khz}"));
     }
     if !command.is_empty() {
-        line.push_str(" --");
-        for arg in command {
-            if arg.contains(['"', '\n']) || arg.is_empty() {
-                bail!(
-                    "the command argument {arg:?} cannot be passed on a kernel command line (no empty arguments, double quotes or newlines)"
-                );
-            }
-            if arg.contains(char::is_whitespace) {
-                line.push_str(&format!(" \"{arg}\""));
-            } else {
-                line.push(' ');
-                line.push_str(arg);
-            }
-        }
+        let argv: Vec<u8> = command.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        line.push_str(" fledge.cmd=");
+        line.push_str(&base64::engine::general_purpose::STANDARD.encode(argv));
     }
-    if line.len() >= MAX_CMDLINE {
-        bail!("the command is too long for the kernel command line ({} of {MAX_CMDLINE} bytes)", line.len());
+    // QEMU adds about 40 bytes per virtio-mmio device.
+    if line.len() + 200 >= MAX_CMDLINE {
+        bail!(
+            "the command is too long for the kernel command line ({} of about {} bytes)",
+            line.len(),
+            MAX_CMDLINE - 200
+        );
     }
     Ok(line)
 }
@@ -139,14 +137,30 @@ fn watch_console(mut console: Box<dyn Read + Send>) -> std::thread::JoinHandle<O
     })
 }
 
+/// The initramfs and disks that boot `artifact`, and what the command line must add. A
+/// rootfs image boots from a read-only disk under an initramfs holding only Fledge's init,
+/// which mounts it below a tmpfs overlay (see guest-init's `rootfs`), so the image is never
+/// changed.
+fn boot_media(args: &RunArgs, work: &Path) -> Result<(PathBuf, Vec<Disk>, String)> {
+    Ok(match kind_of(&args.artifact)? {
+        ArtifactKind::Initramfs => (args.artifact.clone(), Vec::new(), String::new()),
+        ArtifactKind::Rootfs(format) => {
+            let wrapper = work.join("init.cpio.gz");
+            crate::initramfs::init_only(&wrapper)?;
+            let mut params = format!(" fledge.root=/dev/vda fledge.rootfstype={format}");
+            if let Some(size) = &args.overlay_size {
+                let bytes = crate::paths::parse_size(size)
+                    .with_context(|| format!("--overlay-size {size}: expected a size, e.g. 256M or 1G"))?;
+                params.push_str(&format!(" fledge.overlay_size={}k", bytes.div_ceil(1024)));
+            }
+            (wrapper, vec![Disk { path: args.artifact.clone(), read_only: true }], params)
+        }
+    })
+}
+
 pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
-    match kind_of(&args.artifact)? {
-        ArtifactKind::Initramfs => {}
-        ArtifactKind::Rootfs(format) => bail!(
-            "{}: booting a {format} rootfs image is not supported yet in this version of Fledge\n  = help: build an initramfs (strategy = \"initramfs\") to boot it with fledge run",
-            args.artifact.display()
-        ),
-    }
+    let work = tempfile::Builder::new().prefix("fledge-run-").tempdir()?;
+    let (initrd, disks, root_params) = boot_media(args, work.path())?;
     if args.vmm == VmmChoice::CloudHypervisor {
         bail!(
             "--vmm cloud-hypervisor is not supported yet in this version of Fledge\n  = help: use --vmm qemu (the default)"
@@ -160,9 +174,9 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
     let accel = accel(args.accel, &kernel, acpi);
     let spec = VmSpec {
         kernel,
-        initrd: Some(args.artifact.clone()),
-        disks: Vec::new(),
-        cmdline: cmdline(accel, verbose, &args.command)?,
+        initrd: Some(initrd),
+        disks,
+        cmdline: cmdline(accel, verbose, &root_params, &args.command)?,
         cpus: args.cpus,
         memory_mib: memory_mib as u32,
         acpi,
@@ -227,11 +241,12 @@ mod tests {
     }
 
     #[test]
-    fn a_command_goes_to_init_after_dashes_quoted_where_needed() {
-        let line = cmdline(Accel::Kvm, false, &["sh".into(), "-c".into(), "echo hi".into()]).unwrap();
-        assert_eq!(line, "console=ttyS0 reboot=t panic=-1 quiet -- sh -c \"echo hi\"");
-        assert!(cmdline(Accel::Kvm, false, &["say \"x\"".into()]).is_err());
-        assert!(cmdline(Accel::Kvm, false, &["x".repeat(3000)]).is_err());
-        assert!(!cmdline(Accel::Kvm, true, &[]).unwrap().contains("quiet"));
+    fn a_command_goes_to_init_encoded_whole() {
+        let line = cmdline(Accel::Kvm, false, "", &["sh".into(), "-c".into(), "echo \"hi\"\n".into()]).unwrap();
+        assert_eq!(line, "console=ttyS0 reboot=t panic=-1 quiet fledge.cmd=c2gALWMAZWNobyAiaGkiCgA=");
+        assert!(cmdline(Accel::Kvm, false, "", &["x".repeat(3000)]).is_err());
+        assert!(!cmdline(Accel::Kvm, true, "", &[]).unwrap().contains("quiet"));
+        let root = cmdline(Accel::Kvm, false, " fledge.root=/dev/vda", &[]).unwrap();
+        assert!(root.starts_with("console=ttyS0 reboot=t panic=-1 fledge.root=/dev/vda"));
     }
 }

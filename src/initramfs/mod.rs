@@ -142,3 +142,17 @@ pub fn pack<W: Write>(
     let stats = cpio::write_tree(tree, layers, &mut encoder, mtime, progress)?;
     Ok((stats, encoder.finish()?))
 }
+
+/// Writes to `dest` an initramfs holding only Fledge's init (and `/dev/console`): the wrapper
+/// that boots rootfs images from a disk, and the KVM probe's guest.
+pub fn init_only(dest: &Path) -> std::io::Result<()> {
+    let mut tree = Tree::default();
+    let console = Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 };
+    let init = Node::File { mode: 0o755, data: FileData::Bytes(guest_init::BINARY.into()) };
+    for (p, node) in [("/dev", Node::Dir { mode: 0o755 }), ("/dev/console", console), ("/init", init)] {
+        tree.insert(&path(p), node).map_err(std::io::Error::other)?;
+    }
+    let file = std::fs::File::create(dest)?;
+    let compression = Compression { compressor: crate::config::Compressor::Gzip, level: Some(1) };
+    pack(&tree, &crate::rootfs::walk::NoLayers, compression, file, 0, &mut |_| {})?.1.sync_all()
+}
