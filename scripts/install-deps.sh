@@ -2,6 +2,7 @@
 # Installs the Debian packages Fledge's build, demo, tests and benchmarks use, when missing.
 # As root it runs apt-get; otherwise it names what to install and fails.
 # Rust itself (cargo >= the workspace's rust-version) must already be installed (rustup).
+# vhost-device-vsock is installed with cargo when missing.
 set -euo pipefail
 
 packages=(
@@ -43,4 +44,10 @@ have=$(cargo --version | awk '{print $2}')
 if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -n1)" != "$need" ]; then
     echo "cargo $have is older than the required $need: run 'rustup update'" >&2
     exit 1
+fi
+
+# QEMU's vsock goes through the vhost-user daemon from crates.io (about 40 s to build, once).
+if ! command -v vhost-device-vsock >/dev/null; then
+    echo "installing vhost-device-vsock (cargo install)"
+    cargo install --locked --quiet vhost-device-vsock
 fi

@@ -8,6 +8,7 @@
 //! kernel never panics with "attempted to kill init".
 
 mod mounts;
+mod ready;
 mod rootfs;
 mod supervise;
 mod target;
@@ -31,6 +32,10 @@ fn main() {
         }
         // The new root needs its own /dev, /proc, /sys, /tmp and /run.
         mounts::mount_runtime();
+    }
+    supervise::block_signals();
+    if let Some(port) = ready::requested(&cmdline) {
+        ready::start(port);
     }
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
     let init_args: Vec<String> = std::env::args().skip(1).collect();

@@ -31,12 +31,18 @@ pub enum Outcome {
     PowerOffRequested,
 }
 
+/// Blocks the signals PID 1 handles, so they wait for [`run`]'s `sigwait` (threads started
+/// afterwards inherit the mask and never take them).
+pub fn block_signals() {
+    if let Err(e) = handled_signals().thread_block() {
+        crate::warn(format_args!("cannot block signals: {e}"));
+    }
+}
+
 /// Starts `argv` and supervises it until it exits or a power-off is requested.
 pub fn run(argv: &[String]) -> Outcome {
     let signals = handled_signals();
-    if let Err(e) = signals.thread_block() {
-        crate::warn(format_args!("cannot block signals: {e}"));
-    }
+    block_signals();
     // Ctrl-Alt-Del becomes SIGINT to us, which is forwarded, instead of an instant reboot.
     let _ = set_cad_enabled(false);
     // SAFETY: single-threaded here; the child only calls async-signal-safe functions until exec.

@@ -180,6 +180,7 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         cpus: args.cpus,
         memory_mib: memory_mib as u32,
         acpi,
+        vsock_cid: None,
     };
     let qemu = Qemu::new(accel);
     progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), qemu.name(), accel));

@@ -15,6 +15,7 @@
 pub mod kernel;
 pub mod qemu;
 mod qmp;
+pub mod vsock;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -37,6 +38,9 @@ pub struct VmSpec {
     /// Describe the machine with ACPI tables (distro kernels need them; Fledge's minimal
     /// kernel has no ACPI and finds virtio-mmio devices on its command line instead).
     pub acpi: bool,
+    /// Give the guest a vsock device with this context id (3 or more), reachable from the
+    /// host through [`Vm::vsock_socket`].
+    pub vsock_cid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,4 +84,6 @@ pub trait Vm: Send {
     fn wait_until(&mut self, deadline: Instant) -> Result<Option<ExitStatus>, VmmError>;
     /// Ends the guest: a polite request first, then by force; idempotent.
     fn stop(&mut self) -> Result<(), VmmError>;
+    /// The hybrid vsock socket for [`vsock::connect`], when the spec asked for vsock.
+    fn vsock_socket(&self) -> Option<&std::path::Path>;
 }

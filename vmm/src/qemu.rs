@@ -37,13 +37,20 @@ impl Qemu {
         Self { binary: PathBuf::from("qemu-system-x86_64"), accel }
     }
 
-    /// QEMU's arguments for `spec`, with QMP at `qmp`.
-    pub fn args(&self, spec: &VmSpec, qmp: &Path) -> Vec<OsString> {
+    /// QEMU's arguments for `spec`, with QMP at `qmp` and, if `spec` wants vsock, the
+    /// vhost-user socket of `vhost-device-vsock` at `vhost_user`.
+    pub fn args(&self, spec: &VmSpec, qmp: &Path, vhost_user: &Path) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |a: &str| args.push(a.into());
         // Without ACPI, QEMU lists the virtio-mmio devices on the kernel command line.
+        // vhost-user devices need guest memory the daemon can map: a shared memfd.
+        let machine = format!(
+            "microvm,acpi={}{}",
+            if spec.acpi { "on" } else { "off" },
+            if spec.vsock_cid.is_some() { ",memory-backend=mem" } else { "" }
+        );
         push("-M");
-        push(if spec.acpi { "microvm,acpi=on" } else { "microvm,acpi=off" });
+        push(&machine);
         match self.accel {
             Accel::Kvm => ["-accel", "kvm", "-cpu", "host,-arch-capabilities"].iter().for_each(|a| push(a)),
             Accel::Tcg => ["-accel", "tcg", "-cpu", "max"].iter().for_each(|a| push(a)),
@@ -54,9 +61,17 @@ impl Qemu {
         for a in ["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"] {
             push(a);
         }
-        if spec.acpi && !spec.disks.is_empty() {
+        if spec.acpi && (!spec.disks.is_empty() || spec.vsock_cid.is_some()) {
             push("-global");
             push("virtio-mmio.force-legacy=false");
+        }
+        if spec.vsock_cid.is_some() {
+            push("-object");
+            push(&format!("memory-backend-memfd,id=mem,size={}M,share=on", spec.memory_mib));
+            args.push("-chardev".into());
+            args.push(join(&["socket,id=vsock0,path=".as_ref(), &option_value(vhost_user)]));
+            args.push("-device".into());
+            args.push("vhost-user-vsock-device,chardev=vsock0".into());
         }
         args.push("-qmp".into());
         args.push(join(&["unix:".as_ref(), &option_value(qmp), ",server=on,wait=off".as_ref()]));
@@ -110,8 +125,14 @@ impl Backend for Qemu {
     fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
         let dir = tempfile::Builder::new().prefix("fledge-vm-").tempdir().map_err(VmmError::io("a VM directory"))?;
         let qmp_path = dir.path().join("qmp.sock");
+        let vhost_user = dir.path().join("vhost-user.sock");
+        let vsock_uds = dir.path().join("vsock.uds");
+        let daemon = match spec.vsock_cid {
+            Some(cid) => Some(vsock_daemon(cid, &vhost_user, &vsock_uds)?),
+            None => None,
+        };
         let mut child = Command::new(&self.binary)
-            .args(self.args(spec, &qmp_path))
+            .args(self.args(spec, &qmp_path, &vhost_user))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -126,7 +147,8 @@ impl Backend for Qemu {
                 _ => VmmError::io(format!("starting {}", self.binary.display()))(e),
             })?;
         let stderr = collect(child.stderr.take().expect("piped"));
-        let mut vm = QemuVm { child, qmp: None, stderr, _dir: dir, stopped: false };
+        let vsock = daemon.is_some().then_some(vsock_uds);
+        let mut vm = QemuVm { child, qmp: None, stderr, daemon, vsock, _dir: dir, stopped: false };
         match Qmp::connect(&qmp_path, STARTUP) {
             Ok(qmp) => vm.qmp = Some(qmp),
             Err(e) => {
@@ -137,6 +159,42 @@ impl Backend for Qemu {
         }
         Ok(Box::new(vm))
     }
+}
+
+/// Starts `vhost-device-vsock` for guest `cid` and waits for its vhost-user socket.
+fn vsock_daemon(cid: u32, vhost_user: &Path, uds: &Path) -> Result<Child, VmmError> {
+    let mut daemon = Command::new("vhost-device-vsock")
+        .arg("--guest-cid")
+        .arg(cid.to_string())
+        .arg("--socket")
+        .arg(vhost_user)
+        .arg("--uds-path")
+        .arg(uds)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmmError::Missing {
+                program: "vhost-device-vsock".into(),
+                help: "install it with `cargo install vhost-device-vsock` (QEMU's vsock goes through it)",
+            },
+            _ => VmmError::io("starting vhost-device-vsock")(e),
+        })?;
+    let deadline = Instant::now() + STARTUP;
+    while !vhost_user.exists() {
+        if let Some(status) = daemon.try_wait().map_err(VmmError::io("vhost-device-vsock"))? {
+            return Err(VmmError::Protocol(format!("vhost-device-vsock exited at start ({status})")));
+        }
+        if Instant::now() >= deadline {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            return Err(VmmError::Protocol("vhost-device-vsock did not create its socket".into()));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(daemon)
 }
 
 /// Collects a pipe into a shared string on a thread.
@@ -155,6 +213,9 @@ struct QemuVm {
     child: Child,
     qmp: Option<Qmp>,
     stderr: Arc<Mutex<String>>,
+    /// `vhost-device-vsock`, when the guest has vsock; stopped with the VM.
+    daemon: Option<Child>,
+    vsock: Option<PathBuf>,
     /// Holds the QMP socket; removed on drop.
     _dir: tempfile::TempDir,
     stopped: bool,
@@ -199,7 +260,15 @@ impl Vm for QemuVm {
             }
         }
         self.child.wait().map_err(VmmError::io("waiting for QEMU"))?;
+        if let Some(daemon) = self.daemon.as_mut() {
+            let _ = daemon.kill();
+            daemon.wait().map_err(VmmError::io("waiting for vhost-device-vsock"))?;
+        }
         Ok(())
+    }
+
+    fn vsock_socket(&self) -> Option<&Path> {
+        self.vsock.as_deref()
     }
 }
 
@@ -222,6 +291,7 @@ mod tests {
             cpus: 2,
             memory_mib: 256,
             acpi: true,
+            vsock_cid: None,
         }
     }
 
@@ -231,7 +301,7 @@ mod tests {
 
     #[test]
     fn tcg_microvm_with_console_qmp_and_disks() {
-        let args = text(&Qemu::new(Accel::Tcg).args(&spec(), Path::new("/run/q.sock")));
+        let args = text(&Qemu::new(Accel::Tcg).args(&spec(), Path::new("/run/q.sock"), Path::new("/run/v.sock")));
         let at = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
         assert_eq!(at("-M"), "microvm,acpi=on");
         assert_eq!(at("-accel"), "tcg");
@@ -248,9 +318,19 @@ mod tests {
 
     #[test]
     fn kvm_uses_the_host_cpu_without_arch_capabilities() {
-        let args = text(&Qemu::new(Accel::Kvm).args(&spec(), Path::new("/q")));
+        let args = text(&Qemu::new(Accel::Kvm).args(&spec(), Path::new("/q"), Path::new("/v")));
         assert!(args.windows(2).any(|w| w == ["-cpu", "host,-arch-capabilities"]));
         assert!(args.windows(2).any(|w| w == ["-accel", "kvm"]));
+    }
+
+    #[test]
+    fn vsock_adds_shared_memory_and_the_vhost_user_device() {
+        let spec = VmSpec { vsock_cid: Some(3), acpi: false, disks: Vec::new(), ..spec() };
+        let args = text(&Qemu::new(Accel::Tcg).args(&spec, Path::new("/q"), Path::new("/d/vhu.sock")));
+        assert!(args.windows(2).any(|w| w == ["-M", "microvm,acpi=off,memory-backend=mem"]), "{args:?}");
+        assert!(args.windows(2).any(|w| w == ["-object", "memory-backend-memfd,id=mem,size=256M,share=on"]));
+        assert!(args.windows(2).any(|w| w == ["-chardev", "socket,id=vsock0,path=/d/vhu.sock"]));
+        assert!(args.windows(2).any(|w| w == ["-device", "vhost-user-vsock-device,chardev=vsock0"]));
     }
 
     #[test]
