@@ -59,5 +59,9 @@ fn main() {
         vm.stop().expect("stop");
     }
     println!("vsock ready (cold boot, median of {runs}): {:.3} s", median(ready).as_secs_f64());
-    println!("vsock round trip (median of {}): {:.2} ms", round_trips.len(), median(round_trips).as_secs_f64() * 1000.0);
+    println!(
+        "vsock round trip (median of {}): {:.2} ms",
+        round_trips.len(),
+        median(round_trips).as_secs_f64() * 1000.0
+    );
 }

@@ -267,3 +267,42 @@ fn auto_acceleration_probes_kvm_once_and_remembers_the_answer() {
     let qemus = run(Command::new("pgrep").args(["-f", "fledge-kvm-probe"]));
     assert!(qemus.stdout.is_empty(), "the probe VM is gone");
 }
+
+#[test]
+fn ctrl_c_stops_the_guest_and_exits_130_leaving_nothing_behind() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(
+        &p,
+        "agent",
+        "#include <stdio.h>\n#include <unistd.h>\nint main(void) { puts(\"agent up\"); fflush(stdout); for (;;) pause(); }",
+    );
+    assert_success(&run(p.fledge().args(["build", "-o", "int.cpio.gz"])));
+    let tmp = p.path("tmp");
+    fs::create_dir(&tmp).unwrap();
+    let mut child = p
+        .fledge()
+        .args(["run", "-q", "--accel", "tcg", "--timeout", "120"])
+        .arg(p.path("int.cpio.gz"))
+        .env("FLEDGE_KERNEL_BZIMAGE", &kernel)
+        .env("TMPDIR", &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the guest is up, then press Ctrl-C (SIGINT to fledge, as a terminal does).
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("agent up") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "the guest ended early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no socket or temporary directory left");
+    let qemus = run(Command::new("pgrep").args(["-f", &p.path("int.cpio.gz").display().to_string()]));
+    assert!(qemus.stdout.is_empty(), "no QEMU left running");
+}
