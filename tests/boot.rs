@@ -306,3 +306,14 @@ fn ctrl_c_stops_the_guest_and_exits_130_leaving_nothing_behind() {
     let qemus = run(Command::new("pgrep").args(["-f", &p.path("int.cpio.gz").display().to_string()]));
     assert!(qemus.stdout.is_empty(), "no QEMU left running");
 }
+
+#[test]
+fn with_init_none_the_status_comes_from_the_kernels_panic() {
+    let kernel = require_boot_tools!();
+    let p = project("[init]\nnone = true\n[mappings]\n\"my-init\" = \"/init\"\n");
+    p.write_mode("my-init", b"#!/bin/sh\necho \"own init, pid $$\"\nexit 3\n", 0o755);
+    assert_success(&run(p.fledge().args(["build", "-o", "none.cpio.gz"])));
+    let (console, status) = boot(&p, &kernel, &p.path("none.cpio.gz"));
+    assert!(console.contains("own init, pid 1"), "{console}");
+    assert_eq!(status, Some(3), "the status in \"Attempted to kill init! exitcode=0x300\": {console}");
+}
