@@ -55,6 +55,13 @@ pub enum KernelCommand {
         #[arg(long)]
         install_system: bool,
     },
+    /// Use a distro kernel: a Debian linux-image .deb (kernel, config and the modules guests
+    /// need) or a bare bzImage/vmlinuz
+    Import {
+        /// The .deb or kernel image
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,7 @@ pub mod image;
 pub mod initramfs;
 pub mod interrupt;
 pub mod kernel_build;
+pub mod kernel_import;
 pub mod logging;
 pub mod manifest;
 pub mod mappings;

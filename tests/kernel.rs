@@ -168,3 +168,60 @@ fn the_host_reaches_the_guest_over_vsock_when_it_is_ready() {
     drop(vm);
     assert!(!socket.exists(), "the VM's sockets are gone");
 }
+
+#[test]
+fn a_debian_kernel_package_is_imported_with_the_modules_guests_need() {
+    let Some(kernel) = std::env::var_os("FLEDGE_TEST_KERNEL").map(PathBuf::from) else {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL is not set (make test fetches Debian's cloud kernel)");
+        return;
+    };
+    let deb = kernel.parent().unwrap().join("package.deb");
+    if !deb.is_file() {
+        eprintln!("skipping: {} is missing (scripts/fetch-test-kernel.sh keeps it)", deb.display());
+        return;
+    }
+    let Some(registry) = registry::start() else { return };
+    let p = Project::new();
+    let state = p.path("imported");
+    let out = run(fledge_with_state(&p, &state).arg("kernel").arg("import").arg(&deb));
+    assert_success(&out);
+    for module in ["virtio_blk", "squashfs", "overlay", "vmw_vsock_virtio_transport"] {
+        assert!(stderr(&out).contains(module), "{module} packed: {}", stderr(&out));
+    }
+    let vmlinux = std::fs::read(state.join("kernel/vmlinux")).unwrap();
+    assert_eq!(&vmlinux[..4], b"\x7fELF", "the ELF inside the bzImage");
+
+    // A squashfs rootfs boots on it: the modules load before the disk is mounted.
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/distro-kernel");
+    std::fs::copy(agent_binary(), p.path("agent")).unwrap();
+    p.write("manifest.toml", "name = \"d\"\nversion = \"1\"\nruntime = \"d\"\n");
+    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"{image}\"\n"));
+    assert_success(&run(p.fledge().args(["build", "-o", "d.squashfs"])));
+    let result = run(fledge_with_state(&p, &state).args([
+        "run",
+        "-q",
+        "--accel",
+        "tcg",
+        "--timeout",
+        "120",
+        "d.squashfs",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/motd; exit 8",
+    ]));
+    let console = String::from_utf8_lossy(&result.stdout);
+    assert_eq!(result.status.code(), Some(8), "{console}{}", stderr(&result));
+    assert!(console.contains("from the upper layer") && !console.contains("cannot load module"), "{console}");
+}
+
+#[test]
+fn importing_something_that_is_not_a_kernel_is_a_clear_error() {
+    let p = Project::new();
+    p.write("notes.txt", "not a kernel");
+    let out = run(p.fledge().args(["kernel", "import", "notes.txt"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("notes.txt: not a bzImage kernel"), "{}", stderr(&out));
+    assert!(!p.path("state/kernel/bzImage").exists(), "nothing installed");
+}

@@ -7,6 +7,7 @@
 //! and `poweroff` inside the guest (SIGUSR1/SIGUSR2 to PID 1) stop everything and power off. PID 1 never exits, so the
 //! kernel never panics with "attempted to kill init".
 
+mod modules;
 mod mounts;
 mod ready;
 mod rootfs;
@@ -23,6 +24,7 @@ fn main() {
         std::process::exit(2);
     }
     mounts::mount_runtime();
+    modules::load_shipped();
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     if let Some(root) = rootfs::requested(&cmdline) {
         if let Err(e) = rootfs::switch(&root) {

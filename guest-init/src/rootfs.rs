@@ -42,6 +42,11 @@ pub fn switch(spec: &RootSpec<'_>) -> Result<(), String> {
     for dir in [LOWER, LAYERS, NEW_ROOT] {
         fs::create_dir_all(dir).map_err(|e| format!("mkdir {dir}: {e}"))?;
     }
+    // A driver loaded as a module may still be probing the disk.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !std::path::Path::new(spec.device).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     step(
         &format!("mount {} ({}) read-only", spec.device, spec.fstype),
         mount(Some(spec.device), LOWER, Some(spec.fstype), MsFlags::MS_RDONLY, None::<&str>),

@@ -16,5 +16,10 @@ pub fn run(command: &KernelCommand, progress: &Progress) -> Result<()> {
             progress.say(&format!("Installed {0}/vmlinux and {0}/bzImage", dir.display()));
             Ok(())
         }
+        KernelCommand::Import { path } => {
+            let state = crate::dirs::state_dir().context("no state directory: set FLEDGE_STATE_DIR (or HOME)")?;
+            crate::kernel_import::import(path, &state, progress)?;
+            Ok(())
+        }
     }
 }

@@ -96,16 +96,39 @@ fn host_tsc_khz() -> Option<u64> {
     Some((mhz * 1000.0) as u64)
 }
 
-/// The kernel image to boot, and whether it wants ACPI: Fledge's own kernels say so in the
-/// `config` beside them; others (distro kernels) are assumed to need it.
-fn kernel() -> Result<(PathBuf, bool)> {
+/// The kernel to boot.
+struct GuestKernel {
+    image: PathBuf,
+    /// Fledge's own kernels say in the `config` beside them; others (distro kernels) are
+    /// assumed to need ACPI.
+    acpi: bool,
+    /// An imported distro kernel's modules (`fledge kernel import`), appended to the initramfs.
+    modules: Option<PathBuf>,
+}
+
+fn kernel() -> Result<GuestKernel> {
     let kernel = fledge_vmm::kernel::discover(dirs::state_dir().as_deref(), |v| std::env::var(v).ok())?;
     let image = kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image");
-    let acpi = match kernel.origin {
-        fledge_vmm::KernelOrigin::Environment => true,
-        _ => image.parent().and_then(crate::kernel_build::has_acpi).unwrap_or(true),
+    let dir = match kernel.origin {
+        fledge_vmm::KernelOrigin::Environment => None,
+        _ => image.parent().map(Path::to_path_buf),
     };
-    Ok((image, acpi))
+    let acpi = dir.as_deref().and_then(crate::kernel_build::has_acpi).unwrap_or(true);
+    let modules = dir.map(|d| d.join("modules.cpio")).filter(|m| m.is_file());
+    Ok(GuestKernel { image, acpi, modules })
+}
+
+/// `initrd` with `modules` appended (the kernel unpacks concatenated archives in turn).
+fn with_modules(initrd: &Path, modules: &Path, work: &Path) -> Result<PathBuf> {
+    let joined = work.join("initrd-with-modules");
+    let mut out = std::fs::File::create(&joined)?;
+    for part in [initrd, modules] {
+        std::io::copy(
+            &mut std::fs::File::open(part).with_context(|| format!("cannot read {}", part.display()))?,
+            &mut out,
+        )?;
+    }
+    Ok(joined)
 }
 
 fn accel(choice: AccelChoice, kernel: &Path, acpi: bool) -> Accel {
@@ -170,10 +193,15 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         .map(|b| b >> 20)
         .filter(|&mib| mib >= 64)
         .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
-    let (kernel, acpi) = kernel()?;
-    let accel = accel(args.accel, &kernel, acpi);
+    let kernel = kernel()?;
+    let accel = accel(args.accel, &kernel.image, kernel.acpi);
+    let initrd = match &kernel.modules {
+        Some(modules) => with_modules(&initrd, modules, work.path())?,
+        None => initrd,
+    };
+    let acpi = kernel.acpi;
     let spec = VmSpec {
-        kernel,
+        kernel: kernel.image,
         initrd: Some(initrd),
         disks,
         cmdline: cmdline(accel, verbose, &root_params, &args.command)?,

@@ -6,7 +6,7 @@
 //! cores: parallel work is split into fixed-size blocks.
 
 mod gzip;
-mod lz4_legacy;
+pub(crate) mod lz4_legacy;
 mod parallel;
 
 use std::io::{self, Write};
