@@ -19,12 +19,6 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn tsc_khz() -> String {
-    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let mhz = info.lines().find_map(|l| l.strip_prefix("cpu MHz")?.split(':').nth(1)?.trim().parse::<f64>().ok());
-    mhz.map(|m| format!("tsc_early_khz={}", (m * 1000.0) as u64)).unwrap_or_default()
-}
-
 fn main() {
     let var = |name: &str| std::env::var_os(name).map(PathBuf::from).unwrap_or_else(|| panic!("set {name}"));
     let (kernel, initrd) = (var("FLEDGE_BENCH_KERNEL"), var("FLEDGE_BENCH_INITRD"));
@@ -34,8 +28,8 @@ fn main() {
         kernel,
         initrd: Some(initrd),
         disks: Vec::new(),
-        // As `fledge run` boots under TCG: the host's TSC rate spares the guest calibrating it.
-        cmdline: format!("console=ttyS0 reboot=t panic=-1 quiet fledge.ready_port=1024 {}", tsc_khz()),
+        // What `fledge run` gives a guest, plus the ready listener.
+        cmdline: format!("{} quiet fledge.ready_port=1024", fledge::commands::run::guest_cmdline(accel, 1, false)),
         cpus: 1,
         memory_mib: 256,
         acpi: false,

@@ -56,7 +56,7 @@ fn a_built_kernel_is_reused_and_boots_an_initramfs() {
         ),
     );
     p.write("manifest.toml", "name = \"k\"\nversion = \"1\"\nruntime = \"k\"\n");
-    p.write_mode("check.sh", b"#!/bin/sh\necho \"kernel $(uname -r) up\"\nexit 9\n", 0o755);
+    p.write_mode("check.sh", b"#!/bin/sh\nsleep 1\necho \"kernel $(uname -r) up\"\nexit 9\n", 0o755); // sleep: timers work
     assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));
     let out = run(fledge_with_state(&p, &state).args(["run", "-q", "--accel", "tcg", "--timeout", "120", "k.cpio.gz"]));
     let console = String::from_utf8_lossy(&out.stdout);
