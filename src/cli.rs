@@ -174,7 +174,7 @@ pub struct RunArgs {
     /// Guest memory, e.g. 512M or 2G
     #[arg(long, default_value = "512M")]
     pub memory: String,
-    /// Virtual machine monitor
+    /// Virtual machine monitor (Cloud Hypervisor needs a KVM that runs guests)
     #[arg(long, value_enum, env = "FLEDGE_VMM", default_value = "qemu")]
     pub vmm: VmmChoice,
     /// How the guest's code runs

@@ -317,3 +317,18 @@ fn with_init_none_the_status_comes_from_the_kernels_panic() {
     assert!(console.contains("own init, pid 1"), "{console}");
     assert_eq!(status, Some(3), "the status in \"Attempted to kill init! exitcode=0x300\": {console}");
 }
+
+#[test]
+fn cloud_hypervisor_missing_is_a_clear_error() {
+    let kernel = require_boot_tools!();
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(&p, "agent", "int main(void) { return 0; }");
+    assert_success(&run(p.fledge().args(["build", "-o", "ch.cpio.gz"])));
+    let out = run(p
+        .fledge()
+        .args(["run", "--vmm", "cloud-hypervisor", "ch.cpio.gz"])
+        .env("FLEDGE_KERNEL_BZIMAGE", &kernel)
+        .env("CLOUDHYPERVISOR", "/nonexistent/cloud-hypervisor"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("set CLOUDHYPERVISOR to its binary"), "{}", stderr(&out));
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use fledge_vmm::cloud_hypervisor::CloudHypervisor;
 use fledge_vmm::qemu::{Accel, Qemu};
 use fledge_vmm::{Backend, Disk, Vm, VmSpec};
 
@@ -203,17 +204,16 @@ fn boot_media(args: &RunArgs, work: &Path) -> Result<(PathBuf, Vec<Disk>, String
 pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
     let work = tempfile::Builder::new().prefix("fledge-run-").tempdir()?;
     let (initrd, disks, root_params) = boot_media(args, work.path())?;
-    if args.vmm == VmmChoice::CloudHypervisor {
-        bail!(
-            "--vmm cloud-hypervisor is not supported yet in this version of Fledge\n  = help: use --vmm qemu (the default)"
-        );
-    }
     let memory_mib = crate::paths::parse_size(&args.memory)
         .map(|b| b >> 20)
         .filter(|&mib| mib >= 64)
         .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
     let kernel = kernel()?;
-    let accel = accel(args.accel, &kernel.image, kernel.acpi);
+    // Cloud Hypervisor always runs guests under KVM.
+    let accel = match args.vmm {
+        VmmChoice::Qemu => accel(args.accel, &kernel.image, kernel.acpi),
+        VmmChoice::CloudHypervisor => Accel::Kvm,
+    };
     let initrd = match &kernel.modules {
         Some(modules) => with_modules(&initrd, modules, work.path())?,
         None => initrd,
@@ -229,9 +229,12 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         acpi,
         vsock_cid: None,
     };
-    let qemu = Qemu::new(accel);
-    progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), qemu.name(), accel));
-    let mut vm = qemu.launch(&spec)?;
+    let backend: Box<dyn Backend> = match args.vmm {
+        VmmChoice::Qemu => Box::new(Qemu::new(accel)),
+        VmmChoice::CloudHypervisor => Box::new(CloudHypervisor::from_env()),
+    };
+    progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), backend.name(), accel));
+    let mut vm = backend.launch(&spec)?;
     let console = watch_console(vm.take_console().expect("a new VM has its console"));
     let outcome = wait(vm.as_mut(), args.timeout);
     vm.stop()?;

@@ -9,9 +9,10 @@
 //!   guest's result (Cloud Hypervisor exits 0 after a vCPU failure), callers read the
 //!   guest's own report from the console or vsock.
 //!
-//! Backends: [`qemu`] (`-M microvm`, QMP; KVM or TCG). Cloud Hypervisor joins with its REST
-//! client.
+//! Backends: [`qemu`] (`-M microvm`, QMP; KVM or TCG) and [`cloud_hypervisor`] (its REST
+//! API over a Unix socket; needs a working KVM to boot).
 
+pub mod cloud_hypervisor;
 pub mod kernel;
 pub mod qemu;
 mod qmp;
