@@ -28,10 +28,14 @@ pub fn auto(kernel: &Path, acpi: bool, state_dir: Option<&Path>) -> Accel {
     if let Some(answer) = record.as_ref().and_then(|r| std::fs::read_to_string(r).ok()) {
         return if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg };
     }
-    let works = probe(kernel, acpi).unwrap_or_else(|e| {
-        tracing::debug!("KVM probe could not run: {e:#}");
-        false
-    });
+    let works = match probe(kernel, acpi) {
+        Ok(works) => works,
+        Err(e) => {
+            // No answer (QEMU missing, a launch failure): use TCG now, probe again next time.
+            tracing::debug!("KVM probe could not run: {e:#}");
+            return Accel::Tcg;
+        }
+    };
     tracing::info!(
         "KVM probe: {}",
         if works { "guests boot under KVM" } else { "KVM cannot boot guests here; using TCG" }

@@ -29,14 +29,14 @@ pub struct Lines {
 }
 
 impl Lines {
-    /// Feeds `bytes`; returns the first status reported in the lines they complete.
+    /// Feeds `bytes`; returns the last status reported in the lines they complete.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<u8> {
         let mut status = None;
         for &b in bytes {
             if b == b'\n' {
                 let line = String::from_utf8_lossy(&self.partial).into_owned();
                 self.partial.clear();
-                status = status.or_else(|| exit_status(&line));
+                status = exit_status(&line).or(status);
             } else if self.partial.len() < 4096 {
                 self.partial.push(b);
             }
@@ -71,5 +71,6 @@ mod tests {
         assert_eq!(lines.feed(b"hello\nFLEDGE_EXIT_"), None);
         assert_eq!(lines.feed(b"STATUS=4"), None);
         assert_eq!(lines.feed(b"2\r\nmore\n"), Some(42));
+        assert_eq!(lines.feed(b"FLEDGE_EXIT_STATUS=0\nFLEDGE_EXIT_STATUS=5\n"), Some(5), "the last report wins");
     }
 }

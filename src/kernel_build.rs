@@ -186,9 +186,14 @@ fn compile(source: &Path, fragment: &str, jobs: usize, builds: &Path, dest: &Pat
     Ok(())
 }
 
-/// Copies the kernel files from `from` into `dir`, each replaced atomically.
+/// Copies the kernel files from `from` into `dir`, each replaced atomically; an imported
+/// kernel's modules go (Fledge's kernel has its drivers built in).
 fn install(from: &Path, dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    match fs::remove_file(dir.join("modules.cpio")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
     for name in ["vmlinux", "bzImage", "config"] {
         let tmp = dir.join(format!(".{name}.partial"));
         fs::copy(from.join(name), &tmp).with_context(|| format!("cannot write {}", tmp.display()))?;

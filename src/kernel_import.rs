@@ -105,14 +105,16 @@ fn vmlinux_of(bzimage: &[u8]) -> Option<Vec<u8>> {
             flate2::read::GzDecoder::new(payload).read_to_end(&mut out).ok()?;
             out
         }
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => zstd::decode_all(payload).ok()?,
+        // x86 appends the uncompressed size after the zstd frame.
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => zstd::decode_all(&payload[..payload.len().saturating_sub(4)]).ok()?,
         _ => return None,
     };
     (elf.get(..4)? == b"\x7fELF").then_some(elf)
 }
 
 /// Blocks of the legacy LZ4 frame (after its magic): a size, then a block of at most 8 MiB
-/// of output. The kernel appends the uncompressed size, which ends the walk.
+/// of output, up to the uncompressed size the kernel appends. Anything else (a truncated or
+/// corrupt block) is `None`, never a partial kernel.
 fn lz4_legacy_decode(mut data: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::new();
     while data.len() > 4 {
@@ -121,13 +123,10 @@ fn lz4_legacy_decode(mut data: &[u8]) -> Option<Vec<u8>> {
             data = &data[4..];
             continue;
         }
-        if size > data.len() - 4 {
-            break;
-        }
-        out.extend(lz4::block::decompress(&data[4..4 + size], Some(8 << 20)).ok()?);
+        out.extend(lz4::block::decompress(data.get(4..4 + size)?, Some(8 << 20)).ok()?);
         data = &data[4 + size..];
     }
-    (!out.is_empty()).then_some(out)
+    (data.len() == 4 && u32::from_le_bytes(data.try_into().ok()?) as usize == out.len()).then_some(out)
 }
 
 /// The files of a Debian package: the kernel, its config and its modules.

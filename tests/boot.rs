@@ -197,10 +197,14 @@ fn a_command_after_dashes_replaces_the_workload_and_its_status_is_returned() {
         &p,
         &kernel,
         &p.path("cmd.cpio.gz"),
-        &["--", "sh", "-c", "echo \"to stdout\"; echo to-stderr >&2; exit 42"],
+        &["--", "sh", "-c", "echo \"to stdout\"; echo to-stderr >&2; grep SigIgn /proc/self/status; exit 42"],
     );
     assert_eq!(status, Some(42), "{console}");
     assert!(console.contains("to stdout") && console.contains("to-stderr"), "{console}");
+    assert!(
+        console.contains("SigIgn:\t0000000000000000"),
+        "the workload ignores no signal (SIGPIPE is reset): {console}"
+    );
 }
 
 #[test]

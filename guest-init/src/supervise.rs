@@ -45,9 +45,18 @@ pub fn run(argv: &[String]) -> Outcome {
     block_signals();
     // Ctrl-Alt-Del becomes SIGINT to us, which is forwarded, instead of an instant reboot.
     let _ = set_cad_enabled(false);
-    // SAFETY: single-threaded here; the child only calls async-signal-safe functions until exec.
+    // Everything the child needs is built now: other threads (the vsock listener) may hold
+    // the allocator's lock at fork, so the child must not allocate before exec.
+    let program = resolve(&argv[0]);
+    let command = Command {
+        path: CString::new(program.as_str()).ok(),
+        args: argv.iter().map(|a| CString::new(a.as_str())).collect::<Result<Vec<_>, _>>().ok(),
+        env: environment(),
+        shown: program,
+    };
+    // SAFETY: the child only calls async-signal-safe functions until exec (see above).
     let child = match unsafe { fork() } {
-        Ok(ForkResult::Child) => exec_workload(argv, &signals),
+        Ok(ForkResult::Child) => exec_workload(&command, &signals),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => {
             crate::warn(format_args!("fork: {e}"));
@@ -82,18 +91,28 @@ fn resolve(program: &str) -> String {
         .unwrap_or_else(|| program.to_string())
 }
 
-fn exec_workload(argv: &[String], signals: &SigSet) -> ! {
+/// The workload's exec arguments, prepared before fork.
+struct Command {
+    path: Option<CString>,
+    args: Option<Vec<CString>>,
+    env: Vec<CString>,
+    shown: String,
+}
+
+fn exec_workload(command: &Command, signals: &SigSet) -> ! {
     let _ = signals.thread_unblock();
     let _ = setsid();
-    // SAFETY: makes the console (fd 0) our controlling terminal; no memory is touched.
-    unsafe { libc::ioctl(0, libc::TIOCSCTTY, 1) };
-    let env = environment();
-    let program = resolve(&argv[0]);
-    let args: Result<Vec<CString>, _> = argv.iter().map(|a| CString::new(a.as_str())).collect();
-    match (CString::new(program.as_str()), args) {
-        (Ok(path), Ok(args)) => {
-            let err = execve(&path, &args, &env).unwrap_err();
-            crate::warn(format_args!("cannot start {program}: {err}"));
+    // SAFETY: async-signal-safe calls: the console (fd 0) becomes our controlling terminal,
+    // and SIGPIPE gets its default action back (Rust ignores it in this process, and an
+    // ignored signal would stay ignored across exec, breaking `yes | head` in the workload).
+    unsafe {
+        libc::ioctl(0, libc::TIOCSCTTY, 1);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    match (&command.path, &command.args) {
+        (Some(path), Some(args)) => {
+            let err = execve(path, args, &command.env).unwrap_err();
+            crate::warn(format_args!("cannot start {}: {err}", command.shown));
         }
         _ => crate::warn(format_args!("the workload's command contains a NUL byte")),
     }

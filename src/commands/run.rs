@@ -173,7 +173,8 @@ fn watch_console(mut console: Box<dyn Read + Send>) -> std::thread::JoinHandle<O
                     let mut out = stdout.lock();
                     let _ = out.write_all(&buf[..n]);
                     let _ = out.flush();
-                    status = status.or(lines.feed(&buf[..n]));
+                    // The last report wins: guest-init's own comes after anything the workload printed.
+                    status = lines.feed(&buf[..n]).or(status);
                 }
             }
         }

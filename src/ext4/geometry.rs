@@ -35,11 +35,11 @@ pub struct Geometry {
     pub journal_blocks: u64,
 }
 
-/// mke2fs's default journal size for a filesystem of `blocks` 4 KiB blocks.
+/// mke2fs's default journal size for a filesystem of `blocks` 4 KiB blocks (and, where mke2fs
+/// would make none, its smallest: every image gets a journal).
 fn journal_blocks(blocks: u64) -> u64 {
     match blocks {
-        0..2048 => 0,
-        2048..32768 => 1024,
+        0..32768 => 1024,
         32768..262_144 => 4096,
         262_144..524_288 => 8192,
         524_288..4_194_304 => 16384,
@@ -237,6 +237,13 @@ mod tests {
         assert_eq!(extents[1].logical as u64, in_group_0);
         assert_eq!(geo.used_blocks(0, alloc.next()), BLOCKS_PER_GROUP);
         assert_eq!(geo.used_blocks(2, alloc.next()), geo.data_start(2) - geo.group_start(2));
+    }
+
+    #[test]
+    fn even_a_tiny_image_gets_a_journal() {
+        let geo = Geometry::fit(10, 10, 256).unwrap();
+        assert_eq!(geo.journal_blocks, 1024, "{geo:?}");
+        assert!(geo.blocks >= 1024 + 266);
     }
 
     #[test]

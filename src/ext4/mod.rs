@@ -360,7 +360,7 @@ impl Writer<'_> {
             (inode.size, inode.block, inode.blocks) = (bytes.len() as u64, root, n + leaves);
             inode.flags = inode::EXTENTS_FL;
             // With dir_nlink, a count that would overflow is 1 ("many").
-            inode.links = u16::try_from(2 + subdirs).ok().filter(|&n| n < 65000).unwrap_or(1);
+            inode.links = u16::try_from(2 + subdirs).ok().filter(|&n| n <= 65000).unwrap_or(1);
             per_group[((d.inode - 1) / self.geo.inodes_per_group) as usize] += 1;
         }
 

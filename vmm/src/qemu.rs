@@ -131,7 +131,7 @@ impl Backend for Qemu {
             Some(cid) => Some(vsock_daemon(cid, &vhost_user, &vsock_uds)?),
             None => None,
         };
-        let mut child = Command::new(&self.binary)
+        let spawned = Command::new(&self.binary)
             .args(self.args(spec, &qmp_path, &vhost_user))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -145,7 +145,17 @@ impl Backend for Qemu {
                     help: "install QEMU (Debian: apt install qemu-system-x86)",
                 },
                 _ => VmmError::io(format!("starting {}", self.binary.display()))(e),
-            })?;
+            });
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                if let Some(mut daemon) = daemon {
+                    let _ = daemon.kill();
+                    let _ = daemon.wait();
+                }
+                return Err(e);
+            }
+        };
         let stderr = collect(child.stderr.take().expect("piped"));
         let vsock = daemon.is_some().then_some(vsock_uds);
         let mut vm = QemuVm { child, qmp: None, stderr, daemon, vsock, _dir: dir, stopped: false };
