@@ -336,3 +336,23 @@ fn cloud_hypervisor_missing_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("set CLOUDHYPERVISOR to its binary"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_kernel_qemu_cannot_load_fails_fast_with_qemus_reason() {
+    if !qemu_available() {
+        eprintln!("skipping: qemu-system-x86_64 is not installed");
+        return;
+    }
+    let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
+    c_program(&p, "agent", "int main(void) { return 0; }");
+    assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));
+    p.write("not-a-kernel", "hello");
+    let started = Instant::now();
+    let out = run(p
+        .fledge()
+        .args(["run", "--accel", "tcg", "k.cpio.gz"])
+        .env("FLEDGE_KERNEL_BZIMAGE", p.path("not-a-kernel")));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("QEMU failed"), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(8), "no wait for a QMP socket that never comes");
+}

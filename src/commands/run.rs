@@ -241,9 +241,13 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
     vm.stop()?;
     let status = console.join().unwrap_or(None);
     match outcome? {
-        Waited::Exited => status.context(
-            "the guest stopped without reporting an exit status (see its console output above)\n  = help: rerun with --verbose to see the kernel's messages",
-        ),
+        Waited::Exited => status.with_context(|| {
+            let said = vm.diagnostics();
+            let vmm = if said.is_empty() { String::new() } else { format!("; {} said: {said}", backend.name()) };
+            format!(
+                "the guest stopped without reporting an exit status (see its console output above{vmm})\n  = help: rerun with --verbose to see the kernel's messages"
+            )
+        }),
         Waited::TimedOut => {
             eprintln!("error: the guest did not finish within {} s; it was stopped", args.timeout);
             Ok(TIMED_OUT)

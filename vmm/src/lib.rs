@@ -87,4 +87,8 @@ pub trait Vm: Send {
     fn stop(&mut self) -> Result<(), VmmError>;
     /// The hybrid vsock socket for [`vsock::connect`], when the spec asked for vsock.
     fn vsock_socket(&self) -> Option<&std::path::Path>;
+    /// What the VMM itself said (its error output), for reports when a guest ends badly.
+    fn diagnostics(&self) -> String {
+        String::new()
+    }
 }

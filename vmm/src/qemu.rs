@@ -138,6 +138,7 @@ impl Backend for Qemu {
             .stderr(Stdio::piped())
             // Its own process group: Ctrl-C reaches Fledge, which stops the guest in order.
             .process_group(0)
+            .pre_exec_kill_with_parent()
             .spawn()
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => VmmError::Missing {
@@ -159,7 +160,8 @@ impl Backend for Qemu {
         let stderr = collect(child.stderr.take().expect("piped"));
         let vsock = daemon.is_some().then_some(vsock_uds);
         let mut vm = QemuVm { child, qmp: None, stderr, daemon, vsock, _dir: dir, stopped: false };
-        match Qmp::connect(&qmp_path, STARTUP) {
+        let child = &mut vm.child;
+        match Qmp::connect(&qmp_path, STARTUP, || matches!(child.try_wait(), Ok(None))) {
             Ok(qmp) => vm.qmp = Some(qmp),
             Err(e) => {
                 vm.stop()?;
@@ -168,6 +170,23 @@ impl Backend for Qemu {
             }
         }
         Ok(Box::new(vm))
+    }
+}
+
+/// Processes that must not outlive Fledge, even when it is killed or exits on a second Ctrl-C.
+trait KillWithParent {
+    fn pre_exec_kill_with_parent(&mut self) -> &mut Self;
+}
+
+impl KillWithParent for Command {
+    fn pre_exec_kill_with_parent(&mut self) -> &mut Self {
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            self.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            })
+        }
     }
 }
 
@@ -184,6 +203,7 @@ fn vsock_daemon(cid: u32, vhost_user: &Path, uds: &Path) -> Result<Child, VmmErr
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0)
+        .pre_exec_kill_with_parent()
         .spawn()
         .map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::Missing {
@@ -279,6 +299,10 @@ impl Vm for QemuVm {
 
     fn vsock_socket(&self) -> Option<&Path> {
         self.vsock.as_deref()
+    }
+
+    fn diagnostics(&self) -> String {
+        self.stderr_text()
     }
 }
 

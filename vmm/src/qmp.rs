@@ -16,13 +16,14 @@ pub struct Qmp {
 }
 
 impl Qmp {
-    /// Connects to the QMP socket at `path`, waiting up to `timeout` for QEMU to create it.
-    pub fn connect(path: &Path, timeout: Duration) -> Result<Self, VmmError> {
+    /// Connects to the QMP socket at `path`, waiting up to `timeout` for QEMU to create it,
+    /// and no longer once `alive` says QEMU has exited.
+    pub fn connect(path: &Path, timeout: Duration, mut alive: impl FnMut() -> bool) -> Result<Self, VmmError> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(path) {
                 Ok(stream) => break stream,
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Err(_) if Instant::now() < deadline && alive() => std::thread::sleep(Duration::from_millis(10)),
                 Err(e) => return Err(VmmError::io(format!("QMP socket {}", path.display()))(e)),
             }
         };
