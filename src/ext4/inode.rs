@@ -99,6 +99,9 @@ fn put_extent(b: &mut [u8], e: &Extent) {
     put32(b, 8, e.start as u32);
 }
 
+/// The most leaf blocks a one-level tree indexes from the inode: 4 × 340 extents.
+pub const MAX_LEAVES: usize = ROOT_ENTRIES;
+
 /// How many tree blocks a file of `extents` extents needs besides its inode.
 pub fn leaf_blocks(extents: usize) -> usize {
     if extents <= ROOT_ENTRIES { 0 } else { extents.div_ceil(LEAF_ENTRIES) }
@@ -115,7 +118,7 @@ pub fn extent_root(extents: &[Extent], leaves: &[u64]) -> ([u8; 60], Vec<Vec<u8>
         }
         return (root, Vec::new());
     }
-    assert!(leaves.len() <= ROOT_ENTRIES, "extent trees deeper than one level are not needed below 170 GB");
+    assert!(leaves.len() <= MAX_LEAVES, "plan() refuses files whose tree would be deeper");
     header(&mut root, leaves.len(), ROOT_ENTRIES, 1);
     let mut blocks = Vec::new();
     for (i, (chunk, &at)) in extents.chunks(LEAF_ENTRIES).zip(leaves).enumerate() {

@@ -51,6 +51,8 @@ pub enum Ext4Error {
     Xattr { path: String, source: XattrError },
     #[error("the image would need more than 16 TiB; ext4 images written by Fledge stop there")]
     TooLarge,
+    #[error("{path}: {bytes} bytes is more than one file in Fledge's ext4 images can hold (about 170 GB)")]
+    FileTooLarge { path: String, bytes: u64 },
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -102,7 +104,13 @@ fn plan(tree: &Tree) -> Result<Plan, Ext4Error> {
                     FileData::Layer { size, .. } => *size,
                 };
                 let n = blocks(size);
-                n + inode::leaf_blocks((n / geometry::MAX_EXTENT + n / geometry::BLOCKS_PER_GROUP + 2) as usize) as u64
+                // Extents end at group boundaries: about one per group the file spans.
+                let leaves =
+                    inode::leaf_blocks((n / geometry::MAX_EXTENT + n / geometry::BLOCKS_PER_GROUP + 2) as usize);
+                if leaves > inode::MAX_LEAVES {
+                    return Err(Ext4Error::FileTooLarge { path: path.to_string(), bytes: size });
+                }
+                n + leaves as u64
             }
             Node::Symlink { target } if target.len() >= BLOCK as usize => {
                 return Err(Ext4Error::TargetTooLong { path: path.to_string(), len: target.len() });
