@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod agent;
 pub mod btrfs;
+pub mod build_vm;
 pub mod busybox;
 pub mod cli;
 pub mod commands;
@@ -26,6 +27,7 @@ pub mod kernel_import;
 pub mod logging;
 pub mod manifest;
 pub mod mappings;
+pub mod microvm;
 pub mod output;
 pub mod paths;
 pub mod progress;

@@ -1,15 +1,17 @@
-//! `fledge-init`: PID 1 of Fledge initramfs artifacts (and, later, of build VMs).
+//! `fledge-init`: PID 1 of Fledge initramfs artifacts and of build VMs.
 //!
-//! It mounts the runtime filesystems, attaches the console, starts the workload (the agent at
+//! In a build VM (`fledge.agent_port=PORT`) it serves the host's agent calls over vsock (see
+//! [`agent`]). Otherwise
+//! it mounts the runtime filesystems, attaches the console, starts the workload (the agent at
 //! `/bin/kestrel`, or the program named by `/.volant_init` or `fledge.init=` on the kernel
 //! command line, or a command passed after ` -- ` on it), reaps every orphan, forwards SIGTERM/SIGINT/SIGHUP/SIGPWR to it, and when
 //! the workload exits reports its status on the console and powers the machine off. `halt`
 //! and `poweroff` inside the guest (SIGUSR1/SIGUSR2 to PID 1) stop everything and power off. PID 1 never exits, so the
 //! kernel never panics with "attempted to kill init".
 
+mod agent;
 mod modules;
 mod mounts;
-mod ready;
 mod rootfs;
 mod supervise;
 mod target;
@@ -36,8 +38,8 @@ fn main() {
         mounts::mount_runtime();
     }
     supervise::block_signals();
-    if let Some(port) = ready::requested(&cmdline) {
-        ready::start(port);
+    if let Some(port) = agent::requested(&cmdline) {
+        agent::run(port);
     }
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
     let init_args: Vec<String> = std::env::args().skip(1).collect();

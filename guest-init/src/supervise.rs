@@ -14,7 +14,7 @@ const FORWARDED: [Signal; 4] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP,
 /// What BusyBox's `halt` and `poweroff` send to PID 1: stop everything and power off.
 const POWER_OFF: [Signal; 2] = [Signal::SIGUSR1, Signal::SIGUSR2];
 
-fn handled_signals() -> SigSet {
+pub fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     for s in FORWARDED.iter().chain(&POWER_OFF) {

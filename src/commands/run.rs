@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fledge_vmm::cloud_hypervisor::CloudHypervisor;
-use fledge_vmm::qemu::{Accel, Qemu};
-use fledge_vmm::{Backend, Disk, Vm, VmSpec};
+use fledge_vmm::qemu::Accel;
+use fledge_vmm::{Disk, Vm};
 
-use crate::cli::{AccelChoice, RunArgs, VmmChoice};
+use crate::cli::RunArgs;
 use crate::guest_report::Lines;
+use crate::interrupt;
+use crate::microvm::{self, Machine};
 use crate::progress::Progress;
-use crate::{dirs, interrupt};
 
 /// Exit status when the guest outlived `--timeout` (as timeout(1)).
 const TIMED_OUT: u8 = 124;
@@ -70,7 +70,7 @@ fn cmdline(
     command: &[String],
 ) -> Result<String> {
     use base64::Engine;
-    let mut line = guest_cmdline(accel, cpus, acpi);
+    let mut line = microvm::guest_cmdline(accel, cpus, acpi);
     line.push_str(root_params);
     if !verbose {
         line.push_str(" quiet");
@@ -89,87 +89,6 @@ fn cmdline(
         );
     }
     Ok(line)
-}
-
-/// The kernel parameters every `fledge run` guest gets: the serial console, and no reboot
-/// after a panic (the VMM exits instead). Under TCG two calibrations are skipped that the
-/// emulated CPU makes slow: the TSC's (its rate is the host's; on a loaded host the kernel
-/// could even hang measuring it) and, with one vCPU on a machine without ACPI, the local APIC
-/// timer's (QEMU's PIT serves instead; with ACPI tables a distro kernel finds no such timer
-/// and would sleep forever), which saves about 0.25 s of every boot.
-pub fn guest_cmdline(accel: Accel, cpus: u32, acpi: bool) -> String {
-    let mut line = String::from("console=ttyS0 reboot=t panic=-1");
-    if accel == Accel::Tcg {
-        if let Some(khz) = host_tsc_khz() {
-            line.push_str(&format!(" tsc_early_khz={khz}"));
-        }
-        if cpus == 1 && !acpi {
-            line.push_str(" noapictimer");
-        }
-    }
-    line
-}
-
-/// The host's TSC rate, measured (20 ms): a TCG guest's TSC ticks at it. `/proc/cpuinfo`'s
-/// "cpu MHz" is the current core clock, which frequency scaling moves away from the TSC's.
-#[cfg(target_arch = "x86_64")]
-fn host_tsc_khz() -> Option<u64> {
-    // SAFETY: rdtsc has no preconditions on x86_64.
-    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
-    let (start, ticks) = (Instant::now(), tsc());
-    std::thread::sleep(Duration::from_millis(20));
-    let (elapsed, ticks) = (start.elapsed(), tsc().wrapping_sub(ticks));
-    let khz = ticks as f64 / elapsed.as_secs_f64() / 1000.0;
-    // A rate no x86 machine has means the measurement was disturbed: let the guest calibrate.
-    (100_000.0..20_000_000.0).contains(&khz).then_some(khz.round() as u64)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn host_tsc_khz() -> Option<u64> {
-    None
-}
-
-/// The kernel to boot.
-struct GuestKernel {
-    image: PathBuf,
-    /// Fledge's own kernels say in the `config` beside them; others (distro kernels) are
-    /// assumed to need ACPI.
-    acpi: bool,
-    /// An imported distro kernel's modules (`fledge kernel import`), appended to the initramfs.
-    modules: Option<PathBuf>,
-}
-
-fn kernel() -> Result<GuestKernel> {
-    let kernel = fledge_vmm::kernel::discover(dirs::state_dir().as_deref(), |v| std::env::var(v).ok())?;
-    let image = kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image");
-    let dir = match kernel.origin {
-        fledge_vmm::KernelOrigin::Environment => None,
-        _ => image.parent().map(Path::to_path_buf),
-    };
-    let acpi = dir.as_deref().and_then(crate::kernel_build::has_acpi).unwrap_or(true);
-    let modules = dir.map(|d| d.join("modules.cpio")).filter(|m| m.is_file());
-    Ok(GuestKernel { image, acpi, modules })
-}
-
-/// `initrd` with `modules` appended (the kernel unpacks concatenated archives in turn).
-fn with_modules(initrd: &Path, modules: &Path, work: &Path) -> Result<PathBuf> {
-    let joined = work.join("initrd-with-modules");
-    let mut out = std::fs::File::create(&joined)?;
-    for part in [initrd, modules] {
-        std::io::copy(
-            &mut std::fs::File::open(part).with_context(|| format!("cannot read {}", part.display()))?,
-            &mut out,
-        )?;
-    }
-    Ok(joined)
-}
-
-fn accel(choice: AccelChoice, kernel: &Path, acpi: bool) -> Accel {
-    match choice {
-        AccelChoice::Auto => crate::accel::auto(kernel, acpi, dirs::state_dir().as_deref()),
-        AccelChoice::Kvm => Accel::Kvm,
-        AccelChoice::Tcg => Accel::Tcg,
-    }
 }
 
 /// Copies the console to stdout on a thread; returns the first status it reports.
@@ -222,32 +141,16 @@ pub fn run(args: &RunArgs, verbose: bool, progress: &Progress) -> Result<u8> {
         .map(|b| b >> 20)
         .filter(|&mib| mib >= 64)
         .with_context(|| format!("--memory {}: expected a size of at least 64M, e.g. 512M or 2G", args.memory))?;
-    let kernel = kernel()?;
-    // Cloud Hypervisor always runs guests under KVM.
-    let accel = match args.vmm {
-        VmmChoice::Qemu => accel(args.accel, &kernel.image, kernel.acpi),
-        VmmChoice::CloudHypervisor => Accel::Kvm,
-    };
-    let initrd = match &kernel.modules {
-        Some(modules) => with_modules(&initrd, modules, work.path())?,
-        None => initrd,
-    };
-    let acpi = kernel.acpi;
-    let spec = VmSpec {
-        kernel: kernel.image,
-        initrd: Some(initrd),
+    let machine = Machine::choose(args.vmm, args.accel)?;
+    let spec = machine.spec(
+        &initrd,
         disks,
-        cmdline: cmdline(accel, args.cpus, acpi, verbose, &root_params, &args.command)?,
-        cpus: args.cpus,
-        memory_mib: memory_mib as u32,
-        acpi,
-        vsock_cid: None,
-    };
-    let backend: Box<dyn Backend> = match args.vmm {
-        VmmChoice::Qemu => Box::new(Qemu::new(accel)),
-        VmmChoice::CloudHypervisor => Box::new(CloudHypervisor::from_env()),
-    };
-    progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), backend.name(), accel));
+        cmdline(machine.accel, args.cpus, machine.kernel.acpi, verbose, &root_params, &args.command)?,
+        (args.cpus, memory_mib as u32),
+        work.path(),
+    )?;
+    let backend = machine.backend();
+    progress.say(&format!("Booting {} ({}, {:?})", args.artifact.display(), backend.name(), machine.accel));
     let mut vm = backend.launch(&spec)?;
     let console = watch_console(vm.take_console().expect("a new VM has its console"));
     let outcome = wait(vm.as_mut(), args.timeout);
@@ -318,19 +221,5 @@ mod tests {
         assert!(!cmdline(Accel::Kvm, 1, true, true, "", &[]).unwrap().contains("quiet"));
         let root = cmdline(Accel::Kvm, 1, true, false, " fledge.root=/dev/vda", &[]).unwrap();
         assert!(root.starts_with("console=ttyS0 reboot=t panic=-1 fledge.root=/dev/vda"));
-    }
-
-    #[test]
-    fn the_measured_tsc_rate_is_plausible() {
-        let khz = host_tsc_khz().expect("an x86_64 host has a TSC");
-        assert!((100_000..20_000_000).contains(&khz), "{khz} kHz");
-    }
-
-    #[test]
-    fn tcg_skips_the_apic_timer_calibration_only_with_one_cpu_and_no_acpi() {
-        assert!(guest_cmdline(Accel::Tcg, 1, false).contains(" noapictimer"));
-        assert!(!guest_cmdline(Accel::Tcg, 2, false).contains("noapictimer"));
-        assert!(!guest_cmdline(Accel::Tcg, 1, true).contains("noapictimer"), "distro kernels keep the APIC timer");
-        assert!(!guest_cmdline(Accel::Kvm, 1, false).contains("noapictimer"));
     }
 }
