@@ -5,8 +5,8 @@
 #     against QEMU started by hand with the same machine, kernel and initramfs (what a user
 #     would otherwise type), with the initramfs compressed with gzip, lz4 and zstd, on Debian's
 #     cloud kernel and on Fledge's own (`fledge kernel build`);
-#  2. cold boot until guest-init answers on vsock, and the vsock round trip on a running guest
-#     (benches/vsock_ready.rs), on Fledge's kernel.
+#  2. a build VM: cold boot until guest-init's agent answers gRPC over vsock, and the exec
+#     and info round trips on the running guest (benches/agent.rs), on Fledge's kernel.
 # Accel: tcg unless FLEDGE_ACCEL says otherwise (this project's machines cannot run KVM guests).
 #
 # usage: bench/boot.sh [RUNS]    (default 10)
@@ -63,11 +63,5 @@ for k in debian fledge; do
     done
 done
 
-# A guest that stays up (its init waits), for the vsock numbers.
-printf 'version = "1"\nstrategy = "initramfs"\n[init]\npath = "wait.sh"\n[source]\nbusybox_path = "/bin/busybox"\n[filesystem]\ncompression = "lz4"\n' >"$work/fledge.toml"
-printf 'name = "w"\nversion = "1"\nruntime = "w"\n' >"$work/manifest.toml"
-printf '#!/bin/sh\nsleep 60\n' >"$work/wait.sh" && chmod +x "$work/wait.sh"
-"$fledge" build -q -c "$work/fledge.toml" -o "$work/wait.cpio.lz4"
 echo
-RUNS=$runs FLEDGE_BENCH_KERNEL=$fledge_kernel FLEDGE_BENCH_INITRD=$work/wait.cpio.lz4 \
-    cargo bench --quiet --bench vsock_ready 2>/dev/null
+RUNS=$runs FLEDGE_BENCH_KERNEL=$fledge_kernel cargo bench --quiet --bench agent 2>/dev/null

@@ -60,7 +60,7 @@ impl BuildVm {
     /// ...) and waits for its agent.
     pub async fn boot(machine: &Machine, disks: Vec<Disk>, (cpus, memory_mib): (u32, u32)) -> Result<BuildVm> {
         let work = tempfile::Builder::new().prefix("fledge-vm-").tempdir()?;
-        let initrd = work.path().join("init.cpio.gz");
+        let initrd = work.path().join("init.cpio.lz4");
         crate::initramfs::init_only(&initrd).context("cannot write the build VM's initramfs")?;
         let cmdline = format!(
             "{} quiet fledge.agent_port={DEFAULT_PORT}",
@@ -83,7 +83,10 @@ impl BuildVm {
                 let _ = vm.stop();
                 let said = vm.diagnostics();
                 let vmm = if said.is_empty() { String::new() } else { format!("\n{} said: {said}", backend.name()) };
-                Err(anyhow::anyhow!("the build VM's agent did not come up: {e}{vmm}\nits console ended with:\n{}", console.text()))
+                Err(anyhow::anyhow!(
+                    "the build VM's agent did not come up: {e}{vmm}\nits console ended with:\n{}",
+                    console.text()
+                ))
             }
         }
     }

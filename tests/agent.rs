@@ -106,9 +106,15 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         let data: Vec<u8> = (0..1u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         let written = agent.write_file("/rootfs/data.bin", (0o640, 1000, 1000), std::io::Cursor::new(data.clone()));
         assert_eq!(written.await.unwrap(), 1 << 20);
-        let (status, out, err) = exec(agent, in_root(&["sh", "-c", "cat /data.bin; cat /data.bin >&2; exit 7"]), None).await;
+        let (status, out, err) =
+            exec(agent, in_root(&["sh", "-c", "cat /data.bin; cat /data.bin >&2; exit 7"]), None).await;
         assert_eq!(status, ExitStatus::Exited(7));
-        assert!(out == data, "stdout is the file exactly ({} bytes; stderr {:?})", out.len(), String::from_utf8_lossy(&err[..err.len().min(300)]));
+        assert!(
+            out == data,
+            "stdout is the file exactly ({} bytes; stderr {:?})",
+            out.len(),
+            String::from_utf8_lossy(&err[..err.len().min(300)])
+        );
         assert!(err == data, "stderr is the file exactly ({} bytes)", err.len());
         let (_, out, _) = exec(agent, in_root(&["stat", "-c", "%a %u:%g %s", "/data.bin"]), None).await;
         assert_eq!(String::from_utf8_lossy(&out), "640 1000:1000 1048576\n");
@@ -165,7 +171,12 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         tar.append_link(&mut link, "link", "sub/file").unwrap();
         let tar = tar.into_inner().unwrap();
         assert_eq!(agent.put_tar("/rootfs/unpacked", std::io::Cursor::new(tar)).await.unwrap(), 2);
-        let (_, out, _) = exec(agent, in_root(&["sh", "-c", "cd /unpacked; stat -c '%n %a %u:%g' sub/file; readlink link; cat link"]), None).await;
+        let (_, out, _) = exec(
+            agent,
+            in_root(&["sh", "-c", "cd /unpacked; stat -c '%n %a %u:%g' sub/file; readlink link; cat link"]),
+            None,
+        )
+        .await;
         assert_eq!(String::from_utf8_lossy(&out), "sub/file 751 123:456\nsub/file\nhello");
         let mut packed = Vec::new();
         agent.get_tar("/rootfs/unpacked", &mut packed, 1 << 20).await.unwrap();
@@ -176,13 +187,27 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
             .map(|e| {
                 let e = e.unwrap();
                 let h = e.header();
-                format!("{} {:o} {}:{}", e.path().unwrap().display(), h.mode().unwrap(), h.uid().unwrap(), h.gid().unwrap())
+                format!(
+                    "{} {:o} {}:{}",
+                    e.path().unwrap().display(),
+                    h.mode().unwrap(),
+                    h.uid().unwrap(),
+                    h.gid().unwrap()
+                )
             })
             .collect();
         assert_eq!(entries, ["link 777 0:0", "sub 755 0:0", "sub/file 751 123:456"]);
 
         // Writes went to the upper; the read-only layer is untouched.
-        let (_, out, _) = exec(agent, Process { args: vec!["/rootfs/bin/busybox".into(), "ls".into(), "/scratch/upper".into()], ..Process::default() }, None).await;
+        let (_, out, _) = exec(
+            agent,
+            Process {
+                args: vec!["/rootfs/bin/busybox".into(), "ls".into(), "/scratch/upper".into()],
+                ..Process::default()
+            },
+            None,
+        )
+        .await;
         assert_eq!(String::from_utf8_lossy(&out), "bin\ndata.bin\nunpacked\nwork\n");
         agent.unmount("/rootfs").await.unwrap();
         vm.shutdown().await.unwrap();

@@ -117,58 +117,6 @@ fn rootfs_images_boot_read_only_under_a_writable_overlay() {
     }
 }
 
-/// An initramfs whose custom init just waits, so the guest stays up for the host.
-fn waiting_initramfs(p: &Project) -> PathBuf {
-    p.write(
-        "fledge.toml",
-        &format!(
-            "version = \"1\"\nstrategy = \"initramfs\"\n[init]\npath = \"wait.sh\"\n[source]\nbusybox_path = \"{}\"\n",
-            busybox()
-        ),
-    );
-    p.write("manifest.toml", "name = \"w\"\nversion = \"1\"\nruntime = \"w\"\n");
-    p.write_mode("wait.sh", b"#!/bin/sh\nsleep 60\n", 0o755);
-    assert_success(&run(p.fledge().args(["build", "-o", "wait.cpio.gz"])));
-    p.path("wait.cpio.gz")
-}
-
-#[test]
-fn the_host_reaches_the_guest_over_vsock_when_it_is_ready() {
-    use fledge_vmm::qemu::{Accel, Qemu};
-    use fledge_vmm::{Backend, VmSpec};
-    use std::io::Read;
-    let Some(state) = kernel_state() else { return };
-    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
-        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
-        return;
-    }
-    let p = Project::new();
-    let spec = VmSpec {
-        kernel: state.join("kernel/vmlinux"),
-        initrd: Some(waiting_initramfs(&p)),
-        disks: Vec::new(),
-        cmdline: "console=ttyS0 reboot=t panic=-1 quiet fledge.ready_port=1024".into(),
-        cpus: 1,
-        memory_mib: 256,
-        acpi: false,
-        vsock_cid: Some(3),
-    };
-    let started = Instant::now();
-    let mut vm = Qemu::new(Accel::Tcg).launch(&spec).unwrap();
-    let socket = vm.vsock_socket().expect("asked for vsock").to_path_buf();
-    let mut stream = fledge_vmm::vsock::connect(&socket, 1024, Duration::from_secs(60)).unwrap();
-    let ready = started.elapsed();
-    let mut greeting = String::new();
-    stream.read_to_string(&mut greeting).unwrap();
-    assert_eq!(greeting, "FLEDGE_READY\n");
-    eprintln!("guest ready on vsock after {ready:?}");
-    // A second connection works too, and stopping the VM removes its sockets.
-    assert!(fledge_vmm::vsock::connect(&socket, 1024, Duration::from_secs(10)).is_ok());
-    vm.stop().unwrap();
-    drop(vm);
-    assert!(!socket.exists(), "the VM's sockets are gone");
-}
-
 #[test]
 fn a_debian_kernel_package_is_imported_with_the_modules_guests_need() {
     let Some(kernel) = std::env::var_os("FLEDGE_TEST_KERNEL").map(PathBuf::from) else {

@@ -55,7 +55,9 @@ impl ExitStatus {
         match (exit.code, exit.signal) {
             (code @ 0..=255, 0) => Ok(ExitStatus::Exited(code as u8)),
             (0, signal @ 1..=64) => Ok(ExitStatus::Signaled(signal as u8)),
-            (code, signal) => Err(AgentError::Protocol(format!("impossible exit status: code {code}, signal {signal}"))),
+            (code, signal) => {
+                Err(AgentError::Protocol(format!("impossible exit status: code {code}, signal {signal}")))
+            }
         }
     }
 }
@@ -126,7 +128,8 @@ impl AgentClient {
         tx.send(exec_input(pb::exec_input::Input::Start(start))).await.expect("the receiver is alive here");
         let feeder = tokio::spawn(feed_exec(tx, stdin, signals));
         let outcome = async {
-            let mut outputs = self.rpc.exec(ReceiverStream::new(rx)).await.map_err(remote("refused exec"))?.into_inner();
+            let mut outputs =
+                self.rpc.exec(ReceiverStream::new(rx)).await.map_err(remote("refused exec"))?.into_inner();
             read_exec_outputs(&mut outputs, stdout, stderr).await
         }
         .await;
@@ -143,13 +146,19 @@ impl AgentClient {
     ) -> Result<u64> {
         use pb::write_file_input::Input;
         let header = Input::Header(pb::FileHeader { path: path.into(), mode, uid, gid });
-        let (inputs, reader) = with_header(header, body, Input::Data, |input| pb::WriteFileInput { input: Some(input) });
+        let (inputs, reader) =
+            with_header(header, body, Input::Data, |input| pb::WriteFileInput { input: Some(input) });
         let reply = self.rpc.write_file(inputs).await;
         Ok(finish_upload(reply, reader, format!("could not write {path}")).await?.size)
     }
 
     /// Copies the guest file `path` into `out`, refusing more than `limit` bytes.
-    pub async fn read_file(&mut self, path: &str, out: &mut (dyn AsyncWrite + Send + Unpin), limit: u64) -> Result<u64> {
+    pub async fn read_file(
+        &mut self,
+        path: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+        limit: u64,
+    ) -> Result<u64> {
         let request = pb::ReadFileRequest { path: path.into() };
         let chunks = self.rpc.read_file(request).await.map_err(remote(format!("could not read {path}")))?;
         copy_chunks(chunks.into_inner(), out, limit, &format!("read {path}")).await
@@ -166,7 +175,12 @@ impl AgentClient {
 
     /// Packs `directory` in the guest as a tar stream into `out`, refusing more than `limit`
     /// bytes. The tar comes from the guest: whoever unpacks it must validate its entries.
-    pub async fn get_tar(&mut self, directory: &str, out: &mut (dyn AsyncWrite + Send + Unpin), limit: u64) -> Result<u64> {
+    pub async fn get_tar(
+        &mut self,
+        directory: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+        limit: u64,
+    ) -> Result<u64> {
         let request = pb::GetTarRequest { directory: directory.into() };
         let chunks = self.rpc.get_tar(request).await.map_err(remote(format!("could not pack {directory}")))?;
         copy_chunks(chunks.into_inner(), out, limit, &format!("tar of {directory}")).await

@@ -121,7 +121,7 @@ fn boot_media(args: &RunArgs, work: &Path) -> Result<(PathBuf, Vec<Disk>, String
     Ok(match kind_of(&args.artifact)? {
         ArtifactKind::Initramfs => (args.artifact.clone(), Vec::new(), String::new()),
         ArtifactKind::Rootfs(format) => {
-            let wrapper = work.join("init.cpio.gz");
+            let wrapper = work.join("init.cpio.lz4");
             crate::initramfs::init_only(&wrapper)?;
             let mut params = format!(" fledge.root=/dev/vda fledge.rootfstype={format}");
             if let Some(size) = &args.overlay_size {

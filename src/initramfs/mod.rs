@@ -144,7 +144,7 @@ pub fn pack<W: Write>(
 }
 
 /// Writes to `dest` an initramfs holding only Fledge's init (and `/dev/console`): the wrapper
-/// that boots rootfs images from a disk, and the KVM probe's guest.
+/// that boots rootfs images from a disk, the build VMs' init, and the KVM probe's guest.
 pub fn init_only(dest: &Path) -> std::io::Result<()> {
     let mut tree = Tree::default();
     let console = Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 };
@@ -153,6 +153,7 @@ pub fn init_only(dest: &Path) -> std::io::Result<()> {
         tree.insert(&path(p), node).map_err(std::io::Error::other)?;
     }
     let file = std::fs::File::create(dest)?;
-    let compression = Compression { compressor: crate::config::Compressor::Gzip, level: Some(1) };
+    // LZ4: the fastest to write and to unpack in the guest (every kernel Fledge boots has it).
+    let compression = Compression { compressor: crate::config::Compressor::Lz4, level: None };
     pack(&tree, &crate::rootfs::walk::NoLayers, compression, file, 0, &mut |_| {})?.1.sync_all()
 }

@@ -22,9 +22,7 @@ fn registry() -> MutexGuard<'static, BTreeMap<i32, oneshot::Sender<Ended>>> {
 }
 
 /// Spawns with the registry locked and registers the new process's pid.
-pub fn spawn(
-    command: &mut std::process::Command,
-) -> std::io::Result<(std::process::Child, oneshot::Receiver<Ended>)> {
+pub fn spawn(command: &mut std::process::Command) -> std::io::Result<(std::process::Child, oneshot::Receiver<Ended>)> {
     let mut waiting = registry();
     let child = command.spawn()?;
     let (tx, rx) = oneshot::channel();

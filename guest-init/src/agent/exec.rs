@@ -108,8 +108,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     unsafe {
         command.pre_exec(move || confine(&confinement));
     }
-    let (mut child, ended) = children::spawn(&mut command)
-        .map_err(|e| Status::failed_precondition(format!("cannot run {program}: {e}")))?;
+    let (mut child, ended) =
+        children::spawn(&mut command).map_err(|e| Status::failed_precondition(format!("cannot run {program}: {e}")))?;
     let pipe_of = |fd: Option<OwnedFd>| fd.map(pipe::Receiver::from_owned_fd).transpose();
     let stdout = pipe_of(child.stdout.take().map(OwnedFd::from));
     let stderr = pipe_of(child.stderr.take().map(OwnedFd::from));
@@ -153,9 +153,8 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
 async fn drive(running: Running, inputs: Streaming<pb::ExecInput>, tx: mpsc::Sender<Result<pb::ExecOutput, Status>>) {
     let Running { pid, stdin, stdout, stderr, ended } = running;
     let control = tokio::spawn(control(pid, stdin, inputs));
-    let pumps = async {
-        tokio::join!(pump(stdout, tx.clone(), Output::Stdout), pump(stderr, tx.clone(), Output::Stderr))
-    };
+    let pumps =
+        async { tokio::join!(pump(stdout, tx.clone(), Output::Stdout), pump(stderr, tx.clone(), Output::Stderr)) };
     let host_left = tokio::select! {
         (out, err) = pumps => out.is_err() || err.is_err(),
         () = tx.closed() => true,

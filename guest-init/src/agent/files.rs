@@ -23,7 +23,11 @@ pub fn io_error(what: &str, path: &str) -> impl FnOnce(std::io::Error) -> Status
 }
 
 fn absolute(path: &str) -> Result<&str, Status> {
-    if path.starts_with('/') { Ok(path) } else { Err(Status::invalid_argument(format!("{path} is not an absolute path"))) }
+    if path.starts_with('/') {
+        Ok(path)
+    } else {
+        Err(Status::invalid_argument(format!("{path} is not an absolute path")))
+    }
 }
 
 /// Creates (or truncates) the file, writes the data, then sets its owner and mode (in that

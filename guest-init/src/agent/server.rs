@@ -20,9 +20,8 @@ pub fn serve(port: u32) {
             Ok(listener) => listener,
             Err(e) => return crate::warn(format_args!("cannot listen on vsock port {port}: {e}")),
         };
-        let service = AgentServer::new(Service)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let service =
+            AgentServer::new(Service).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let service = TowerToHyperService::new(service.clone());

@@ -18,9 +18,8 @@ type Stream<T> = ReceiverStream<Result<T, Status>>;
 #[tonic::async_trait]
 impl Agent for Service {
     async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        let kernel_release = nix::sys::utsname::uname()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let kernel_release =
+            nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
         Ok(Response::new(pb::InfoResponse { agent_version: env!("CARGO_PKG_VERSION").into(), kernel_release }))
     }
 
@@ -43,7 +42,10 @@ impl Agent for Service {
         Ok(Response::new(ReceiverStream::new(files::read(request.into_inner()).await?)))
     }
 
-    async fn put_tar(&self, request: Request<Streaming<pb::PutTarInput>>) -> Result<Response<pb::PutTarResponse>, Status> {
+    async fn put_tar(
+        &self,
+        request: Request<Streaming<pb::PutTarInput>>,
+    ) -> Result<Response<pb::PutTarResponse>, Status> {
         Ok(Response::new(tarball::put(request.into_inner()).await?))
     }
 

@@ -43,7 +43,8 @@ pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarRes
     let shown = directory.display().to_string();
     std::fs::create_dir_all(&directory).map_err(io_error("cannot create", &shown))?;
     let (tx, rx) = mpsc::channel(4);
-    let unpack = tokio::task::spawn_blocking(move || unpack(ChannelReader { rx, chunk: Vec::new(), at: 0 }, &directory));
+    let unpack =
+        tokio::task::spawn_blocking(move || unpack(ChannelReader { rx, chunk: Vec::new(), at: 0 }, &directory));
     while let Some(message) = inputs.message().await? {
         let Some(Input::Data(data)) = message.input else {
             return Err(Status::invalid_argument("only tar data may follow the directory"));
@@ -53,7 +54,8 @@ pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarRes
         }
     }
     drop(tx);
-    let entries = unpack.await.map_err(|e| Status::internal(e.to_string()))?.map_err(io_error("cannot unpack into", &shown))?;
+    let entries =
+        unpack.await.map_err(|e| Status::internal(e.to_string()))?.map_err(io_error("cannot unpack into", &shown))?;
     Ok(pb::PutTarResponse { entries })
 }
 
@@ -105,7 +107,10 @@ impl Write for ChannelWriter {
 pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
     let directory = PathBuf::from(&request.directory);
     if !directory.is_absolute() || !directory.is_dir() {
-        return Err(Status::failed_precondition(format!("{} is not an absolute path to a directory", request.directory)));
+        return Err(Status::failed_precondition(format!(
+            "{} is not an absolute path to a directory",
+            request.directory
+        )));
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {

@@ -127,9 +127,15 @@ mod tests {
         let dir = root();
         let r = |spec| resolve(dir.path(), spec);
         assert_eq!(r("").unwrap(), Identity { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
-        assert_eq!(r("alice").unwrap(), Identity { uid: 1000, gid: 1000, groups: vec![10], home: "/home/alice".into() });
+        assert_eq!(
+            r("alice").unwrap(),
+            Identity { uid: 1000, gid: 1000, groups: vec![10], home: "/home/alice".into() }
+        );
         assert_eq!(r("1000").unwrap().groups, vec![10]);
-        assert_eq!(r("alice:wheel").unwrap(), Identity { uid: 1000, gid: 10, groups: vec![], home: "/home/alice".into() });
+        assert_eq!(
+            r("alice:wheel").unwrap(),
+            Identity { uid: 1000, gid: 10, groups: vec![], home: "/home/alice".into() }
+        );
         assert_eq!(r("4242:77").unwrap(), Identity { uid: 4242, gid: 77, groups: vec![], home: "/".into() });
         assert_eq!(r("4242").unwrap().gid, 0);
         assert!(r("nobody").unwrap_err().contains("unable to find user nobody"));
