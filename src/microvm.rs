@@ -126,15 +126,21 @@ fn kernel() -> Result<GuestKernel> {
     Ok(GuestKernel { image, acpi, modules })
 }
 
-/// `initrd` with `modules` appended (the kernel unpacks concatenated archives in turn).
+/// `modules` (an uncompressed cpio) followed by `initrd`: the kernel unpacks concatenated
+/// archives in turn. The modules go first because a legacy LZ4 initramfs has no end marker,
+/// so nothing may follow it; each archive starts on a 4-byte boundary.
 fn with_modules(initrd: &Path, modules: &Path, work: &Path) -> Result<PathBuf> {
     let joined = work.join("initrd-with-modules");
     let mut out = std::fs::File::create(&joined)?;
-    for part in [initrd, modules] {
-        std::io::copy(
+    let mut written = 0;
+    for part in [modules, initrd] {
+        let padding = &[0; 3][..(4 - written % 4) % 4];
+        std::io::Write::write_all(&mut out, padding)?;
+        written += padding.len();
+        written += std::io::copy(
             &mut std::fs::File::open(part).with_context(|| format!("cannot read {}", part.display()))?,
             &mut out,
-        )?;
+        )? as usize;
     }
     Ok(joined)
 }
