@@ -1,4 +1,5 @@
-//! Builds `guest-init` as a static executable and places it in `OUT_DIR` for
+//! Builds `guest-init` as a static executable, with and without the build VMs' agent, and
+//! places both in `OUT_DIR` for
 //! `src/guest_init.rs` to embed. It runs a nested `cargo build` with its own target directory
 //! (so it never waits on the outer build's lock) and with `+crt-static`, which glibc
 //! supports for the calls guest-init makes (no NSS lookups).
@@ -27,31 +28,25 @@ fn main() {
     let rustflags =
         ["-Ctarget-feature=+crt-static", "-Cstrip=symbols", "-Copt-level=s", remap.as_str(), remap_cargo.as_str()]
             .join("\x1f");
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(&manifest_dir)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            "fledge-guest-init",
-            "--bin",
-            "fledge-init",
-            "--target",
-            &target,
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    for var in
-        ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
-    {
-        cmd.env_remove(var);
+    // Two variants: artifacts get the init without the agent, build VMs the one with it.
+    for (features, name) in [(None, "fledge-init"), (Some("agent"), "fledge-init-agent")] {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(&manifest_dir)
+            .args(["build", "--release", "--package", "fledge-guest-init", "--bin", "fledge-init"])
+            .args(["--no-default-features", "--features", features.unwrap_or_default()])
+            .args(["--target", &target, "--target-dir"])
+            .arg(&target_dir)
+            .env("CARGO_ENCODED_RUSTFLAGS", &rustflags);
+        for var in
+            ["RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTC_WORKSPACE_WRAPPER"]
+        {
+            cmd.env_remove(var);
+        }
+        let status = cmd.status().expect("cannot run cargo to build guest-init");
+        assert!(status.success(), "building guest-init (static, {name}) failed; see the output above");
+        let built = target_dir.join(&target).join("release").join("fledge-init");
+        std::fs::copy(&built, out_dir.join(name)).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
     }
-    let status = cmd.status().expect("cannot run cargo to build guest-init");
-    assert!(status.success(), "building guest-init (static) failed; see the output above");
-
-    let built = target_dir.join(&target).join("release").join("fledge-init");
-    std::fs::copy(&built, out_dir.join("fledge-init")).unwrap_or_else(|e| panic!("copy {}: {e}", built.display()));
 }
 
 /// `<target>/` from `<target>/<profile>/build/<pkg>-<hash>/out`, so all profiles share one

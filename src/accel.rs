@@ -64,7 +64,7 @@ fn probe_key(kernel: &Path) -> String {
 fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
     let dir = tempfile::Builder::new().prefix("fledge-kvm-probe-").tempdir()?;
     let initrd = dir.path().join("probe.cpio.gz");
-    crate::initramfs::init_only(&initrd)?;
+    crate::initramfs::init_only(&initrd, crate::guest_init::BINARY)?;
     let spec = VmSpec {
         kernel: kernel.to_path_buf(),
         initrd: Some(initrd),

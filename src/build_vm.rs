@@ -61,7 +61,8 @@ impl BuildVm {
     pub async fn boot(machine: &Machine, disks: Vec<Disk>, (cpus, memory_mib): (u32, u32)) -> Result<BuildVm> {
         let work = tempfile::Builder::new().prefix("fledge-vm-").tempdir()?;
         let initrd = work.path().join("init.cpio.lz4");
-        crate::initramfs::init_only(&initrd).context("cannot write the build VM's initramfs")?;
+        crate::initramfs::init_only(&initrd, crate::guest_init::WITH_AGENT)
+            .context("cannot write the build VM's initramfs")?;
         let cmdline = format!(
             "{} quiet fledge.agent_port={DEFAULT_PORT}",
             microvm::guest_cmdline(machine.accel, cpus, machine.kernel.acpi)

@@ -9,6 +9,7 @@
 //! and `poweroff` inside the guest (SIGUSR1/SIGUSR2 to PID 1) stop everything and power off. PID 1 never exits, so the
 //! kernel never panics with "attempted to kill init".
 
+#[cfg(feature = "agent")]
 mod agent;
 mod modules;
 mod mounts;
@@ -38,6 +39,7 @@ fn main() {
         mounts::mount_runtime();
     }
     supervise::block_signals();
+    #[cfg(feature = "agent")]
     if let Some(port) = agent::requested(&cmdline) {
         agent::run(port);
     }

@@ -122,7 +122,7 @@ fn boot_media(args: &RunArgs, work: &Path) -> Result<(PathBuf, Vec<Disk>, String
         ArtifactKind::Initramfs => (args.artifact.clone(), Vec::new(), String::new()),
         ArtifactKind::Rootfs(format) => {
             let wrapper = work.join("init.cpio.lz4");
-            crate::initramfs::init_only(&wrapper)?;
+            crate::initramfs::init_only(&wrapper, crate::guest_init::BINARY)?;
             let mut params = format!(" fledge.root=/dev/vda fledge.rootfstype={format}");
             if let Some(size) = &args.overlay_size {
                 let bytes = crate::paths::parse_size(size)

@@ -143,12 +143,13 @@ pub fn pack<W: Write>(
     Ok((stats, encoder.finish()?))
 }
 
-/// Writes to `dest` an initramfs holding only Fledge's init (and `/dev/console`): the wrapper
-/// that boots rootfs images from a disk, the build VMs' init, and the KVM probe's guest.
-pub fn init_only(dest: &Path) -> std::io::Result<()> {
+/// Writes to `dest` an initramfs holding only `init` (one of [`guest_init`]'s binaries) and
+/// `/dev/console`: the wrapper that boots rootfs images from a disk, the KVM probe's guest,
+/// and (with the agent) a build VM.
+pub fn init_only(dest: &Path, init: &'static [u8]) -> std::io::Result<()> {
     let mut tree = Tree::default();
     let console = Node::Special { kind: SpecialKind::Char, mode: 0o600, major: 5, minor: 1 };
-    let init = Node::File { mode: 0o755, data: FileData::Bytes(guest_init::BINARY.into()) };
+    let init = Node::File { mode: 0o755, data: FileData::Bytes(init.into()) };
     for (p, node) in [("/dev", Node::Dir { mode: 0o755 }), ("/dev/console", console), ("/init", init)] {
         tree.insert(&path(p), node).map_err(std::io::Error::other)?;
     }
