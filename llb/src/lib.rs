@@ -3,6 +3,7 @@
 //! `docker-image://` source identifiers carry); the `pb` protobuf types, digests and the
 //! Dockerfile frontend join it as the frontend lands.
 
+pub mod dockerfile;
 pub mod reference;
 
 pub use reference::{ImageRef, ReferenceError};
