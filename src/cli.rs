@@ -34,8 +34,20 @@ pub enum Command {
     Kernel(KernelCommand),
     /// Delete store blobs that no image uses any more
     Prune,
+    /// Look inside the Dockerfile frontend (for people and tests)
+    #[command(subcommand)]
+    Debug(DebugCommand),
     /// Print version information
     Version,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Print a Dockerfile's syntax tree in the line format of BuildKit's parser tests
+    Parse {
+        /// The Dockerfile
+        dockerfile: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,6 +13,7 @@ pub mod compress;
 pub mod config;
 pub mod diagnostic;
 pub mod digest;
+pub mod dockerfile;
 pub mod dirs;
 pub mod erofs;
 pub mod ext4;

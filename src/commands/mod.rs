@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod debug;
 pub mod image;
 pub mod kernel;
 pub mod run;
