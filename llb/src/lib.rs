@@ -4,6 +4,8 @@
 //! Dockerfile frontend join it as the frontend lands.
 
 pub mod dockerfile;
+pub mod graph;
+pub mod pb;
 pub mod reference;
 
 pub use reference::{ImageRef, ReferenceError};

@@ -1,0 +1,642 @@
+//! Lowering a parsed Dockerfile to LLB the way BuildKit's `dockerfile2llb` does: stages,
+//! the target and the stages it needs, variables in scope (global ARGs, stage ARGs, ENV,
+//! the platform ARGs), and one op per filesystem-changing instruction, with the image
+//! configuration built alongside.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::image::{ImageResolver, Platform};
+use super::instructions::{self, Flags};
+use super::parser::{Ast, Instruction};
+use super::shell::{Env, Lexer};
+use super::{copy, exec};
+use crate::graph::{OpInfo, Output};
+use crate::pb;
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What to build and how.
+pub struct Options<'a> {
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub platform: Platform,
+    pub build_platform: Platform,
+    /// The client session the build context is read through (BuildKit's `local.session`).
+    pub session_id: String,
+    /// `.dockerignore` patterns for the build context.
+    pub excludes: Vec<String>,
+    pub resolver: &'a dyn ImageResolver,
+}
+
+/// The lowered build: the result and the image configuration.
+pub struct Converted {
+    /// `None` when the target is an empty `FROM scratch` stage.
+    pub result: Option<Output>,
+    pub image: Value,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct ConvertError {
+    pub line: usize,
+    pub message: String,
+}
+
+fn fail<T>(instruction: &Instruction, message: impl Into<String>) -> Result<T, ConvertError> {
+    Err(ConvertError { line: instruction.start_line, message: message.into() })
+}
+
+/// A stage as written.
+struct Stage {
+    name: Option<String>,
+    from: Instruction,
+    body: Vec<Instruction>,
+}
+
+/// Variables in scope, in the order LLB lists them: a redefined name moves to the end.
+#[derive(Debug, Clone, Default)]
+pub struct Vars(Vec<(String, String)>);
+
+impl Vars {
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.0.retain(|(k, _)| k != key);
+        self.0.push((key.to_string(), value.to_string()));
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn list(&self) -> Vec<String> {
+        self.0.iter().map(|(k, v)| format!("{k}={v}")).collect()
+    }
+}
+
+impl Env for Vars {
+    fn get(&self, name: &str) -> Option<String> {
+        Vars::get(self, name).map(str::to_string)
+    }
+}
+
+/// The state of a stage while its instructions are lowered.
+pub struct StageState {
+    pub output: Option<Output>,
+    /// The environment LLB ops see: the image's, ENV and declared ARGs.
+    pub env: Vars,
+    /// Declared ARGs with their values (for RUN's history line).
+    pub args: Vec<(String, String)>,
+    pub dir: String,
+    pub user: String,
+    pub shell: Vec<String>,
+    pub platform: Platform,
+    pub image: Value,
+    prefix: String,
+    step: usize,
+    steps: usize,
+}
+
+impl StageState {
+    /// `[stage n/total] ` for progress names.
+    pub fn step_name(&mut self, text: &str) -> String {
+        self.step += 1;
+        let width = self.steps.to_string().len();
+        format!("[{}{:>width$}/{}] {text}", self.prefix, self.step, self.steps)
+    }
+
+    pub fn history(&mut self, created_by: String, empty_layer: bool) {
+        let mut entry = json!({"created_by": created_by, "comment": "buildkit.dockerfile.v0"});
+        if empty_layer {
+            entry["empty_layer"] = json!(true);
+        }
+        self.image["history"].as_array_mut().expect("history is an array").push(entry);
+    }
+
+    pub fn config(&mut self) -> &mut serde_json::Map<String, Value> {
+        self.image["config"].as_object_mut().expect("config is an object")
+    }
+
+    pub fn pb_platform(&self) -> pb::Platform {
+        pb::Platform {
+            architecture: self.platform.architecture.clone(),
+            os: self.platform.os.clone(),
+            variant: self.platform.variant.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Expands one word against the stage's variables.
+    pub fn expand(&self, lexer: &Lexer, word: &str, at: &Instruction) -> Result<String, ConvertError> {
+        lexer.process_word(word, &self.env).map_err(|e| ConvertError { line: at.start_line, message: e.to_string() })
+    }
+
+    /// `path` against the working directory, keeping a trailing `/`.
+    pub fn resolve_path(&self, path: &str) -> String {
+        let joined = if path.starts_with('/') { clean(path) } else { clean(&format!("{}/{path}", self.dir)) };
+        if (path.ends_with('/') || path.ends_with("/.") || path == ".") && joined != "/" { joined + "/" } else { joined }
+    }
+}
+
+/// Go's `path.Clean` for absolute paths.
+pub fn clean(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Shared by every stage: the build context source, built once.
+pub struct Context<'a> {
+    pub options: &'a Options<'a>,
+    pub lexer: Lexer,
+    pub context_paths: Vec<String>,
+    context: Option<Output>,
+    stages: Vec<Stage>,
+    done: BTreeMap<usize, StageState>,
+    global: Vars,
+}
+
+impl Context<'_> {
+    /// The `local://context` source (paths the build copies from it are listed, so only
+    /// those are sent).
+    pub fn build_context(&mut self) -> Output {
+        if let Some(context) = &self.context {
+            return context.clone();
+        }
+        let mut attrs = BTreeMap::new();
+        let json_list = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
+        if !self.options.excludes.is_empty() {
+            attrs.insert("local.excludepatterns".to_string(), json_list(&self.options.excludes));
+        }
+        let mut paths = self.context_paths.clone();
+        paths.sort();
+        paths.dedup();
+        if !paths.is_empty() {
+            attrs.insert("local.followpaths".to_string(), json_list(&paths));
+        }
+        attrs.insert("local.session".to_string(), self.options.session_id.clone());
+        attrs.insert("local.sharedkeyhint".to_string(), "context".to_string());
+        let op = pb::Op {
+            op: Some(pb::op::Op::Source(pb::SourceOp { identifier: "local://context".into(), attrs })),
+            constraints: Some(Default::default()),
+            ..Default::default()
+        };
+        let mut info = OpInfo::named("[internal] load build context");
+        info.caps = vec!["source.local", "source.local.followpaths", "source.local.sessionid", "source.local.sharedkeyhint"];
+        if !self.options.excludes.is_empty() {
+            info.caps.insert(0, "source.local.excludepatterns");
+        }
+        let output = Output::new(op, Vec::new(), info, 0);
+        self.context = Some(output.clone());
+        output
+    }
+
+    /// The stage `name_or_index` refers to, if it is one.
+    pub fn stage_index(&self, name_or_index: &str) -> Option<usize> {
+        let lower = name_or_index.to_ascii_lowercase();
+        if let Some(i) = self.stages.iter().position(|s| s.name.as_deref() == Some(lower.as_str())) {
+            return Some(i);
+        }
+        lower.parse::<usize>().ok().filter(|&i| i < self.stages.len())
+    }
+
+    /// The final state of stage `index`, lowering it first if needed.
+    pub fn stage_output(&mut self, index: usize) -> Result<Option<Output>, ConvertError> {
+        self.lower(index)?;
+        Ok(self.done[&index].output.clone())
+    }
+
+    /// An image as a source op (for FROM and COPY --from=image), its config and the pinned
+    /// reference.
+    pub fn image_source(&self, reference: &str, platform: &Platform, at: &Instruction) -> Result<(pb::Op, Value, String), ConvertError> {
+        let resolved = self.options.resolver.resolve(reference, platform).map_err(|e| ConvertError { line: at.start_line, message: e })?;
+        let pinned = if resolved.reference.contains('@') {
+            resolved.reference.clone()
+        } else {
+            format!("{}@{}", resolved.reference, resolved.digest)
+        };
+        let op = pb::Op {
+            op: Some(pb::op::Op::Source(pb::SourceOp { identifier: format!("docker-image://{pinned}"), attrs: BTreeMap::new() })),
+            platform: Some(pb::Platform {
+                architecture: platform.architecture.clone(),
+                os: platform.os.clone(),
+                variant: platform.variant.clone(),
+                ..Default::default()
+            }),
+            constraints: Some(Default::default()),
+            ..Default::default()
+        };
+        Ok((op, resolved.config, pinned))
+    }
+
+    fn lower(&mut self, index: usize) -> Result<(), ConvertError> {
+        if self.done.contains_key(&index) {
+            return Ok(());
+        }
+        let from = self.stages[index].from.clone();
+        let body = self.stages[index].body.clone();
+        let name = self.stages[index].name.clone();
+        let mut state = self.start_stage(index, &from)?;
+        state.prefix = match (&name, self.stages.len()) {
+            (_, 1) => String::new(),
+            (Some(n), _) => format!("{n} "),
+            (None, _) => format!("stage-{index} "),
+        };
+        for instruction in &body {
+            self.dispatch(&mut state, instruction)?;
+        }
+        self.done.insert(index, state);
+        Ok(())
+    }
+
+    /// FROM: a stage, `scratch` or an image.
+    fn start_stage(&mut self, index: usize, from: &Instruction) -> Result<StageState, ConvertError> {
+        let flags = instructions::flags(from).or_else(|e| fail(from, e))?;
+        let words = instructions::words(from);
+        let base = self.lexer.process_word(&words[0], &self.global).map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+        let platform = match flags.get("platform") {
+            Some(p) => {
+                let p = self.lexer.process_word(p, &self.global).map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+                Platform::parse(&p).or_else(|e| fail(from, e))?
+            }
+            None => self.options.platform.clone(),
+        };
+        let steps = self.stages[index].body.iter().filter(|i| matches!(i.keyword().as_str(), "run" | "copy" | "add" | "workdir")).count();
+        let mut state = StageState {
+            output: None,
+            env: Vars::default(),
+            args: Vec::new(),
+            dir: "/".into(),
+            user: String::new(),
+            shell: vec!["/bin/sh".into(), "-c".into()],
+            platform: platform.clone(),
+            image: json!({
+                "architecture": platform.architecture,
+                "os": platform.os,
+                "rootfs": {"type": "layers", "diff_ids": []},
+                "history": [],
+                "config": {},
+            }),
+            prefix: String::new(),
+            step: 0,
+            steps,
+        };
+        if let Some(parent) = self.stage_index(&base).filter(|&i| i < index) {
+            self.lower(parent)?;
+            let parent = &self.done[&parent];
+            state.output = parent.output.clone();
+            state.env = parent.env.clone();
+            state.dir = parent.dir.clone();
+            state.user = parent.user.clone();
+            state.shell = parent.shell.clone();
+            state.image = parent.image.clone();
+            state.platform = parent.platform.clone();
+            return Ok(state);
+        }
+        if base.eq_ignore_ascii_case("scratch") {
+            state.env.set("PATH", DEFAULT_PATH);
+            state.config().insert("Env".into(), json!([format!("PATH={DEFAULT_PATH}")]));
+            state.config().insert("WorkingDir".into(), json!("/"));
+            return Ok(state);
+        }
+        state.steps += 1;
+        let (source, config, pinned) = self.image_source(&base, &platform, from)?;
+        let mut info = OpInfo::named(state.step_name(&format!("FROM {pinned}")));
+        info.description.insert("com.docker.dockerfile.v1.command".into(), from.original.trim().to_string());
+        info.caps = vec!["source.image"];
+        info.lines = vec![(from.start_line as i32, from.end_line as i32)];
+        state.output = Some(Output::new(source, Vec::new(), info, 0));
+        state.image = base_image(config, &platform);
+        let env: Vec<String> = string_list(&state.image["config"]["Env"]);
+        if !env.iter().any(|e| e.starts_with("PATH=")) {
+            state.env.set("PATH", DEFAULT_PATH);
+        }
+        for entry in env {
+            let (k, v) = entry.split_once('=').unwrap_or((&entry, ""));
+            state.env.set(k, v);
+        }
+        if let Some(dir) = state.image["config"]["WorkingDir"].as_str().filter(|d| !d.is_empty()) {
+            state.dir = dir.to_string();
+        }
+        if let Some(user) = state.image["config"]["User"].as_str() {
+            state.user = user.to_string();
+        }
+        Ok(state)
+    }
+
+    fn dispatch(&mut self, state: &mut StageState, instruction: &Instruction) -> Result<(), ConvertError> {
+        let flags: Flags = instructions::flags(instruction).or_else(|e| fail(instruction, e))?;
+        match instruction.keyword().as_str() {
+            "arg" => self.arg(state, instruction),
+            "env" => {
+                let mut applied = Vec::new();
+                for (key, value) in instructions::pairs(instruction) {
+                    let key = state.expand(&self.lexer, &key, instruction)?;
+                    let value = state.expand(&self.lexer, &value, instruction)?;
+                    applied.push((key, value));
+                }
+                for (key, value) in &applied {
+                    state.env.set(key, value);
+                    set_config_env(state.config(), key, value);
+                }
+                let shown: Vec<String> = applied.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                state.history(format!("ENV {}", shown.join(" ")), true);
+                Ok(())
+            }
+            "workdir" => {
+                let words = instructions::words(instruction);
+                let dir = state.expand(&self.lexer, words.first().map_or("", String::as_str), instruction)?;
+                state.dir = state.resolve_path(&dir).trim_end_matches('/').to_string();
+                if state.dir.is_empty() {
+                    state.dir = "/".into();
+                }
+                let value = json!(state.dir);
+                state.config().insert("WorkingDir".into(), value);
+                let name = state.step_name(&format!("WORKDIR {}", state.dir));
+                if state.dir != "/" {
+                    copy::mkdir_workdir(state, name, instruction);
+                }
+                state.history(format!("WORKDIR {}", state.dir), false);
+                Ok(())
+            }
+            "user" => {
+                let words = instructions::words(instruction);
+                state.user = state.expand(&self.lexer, words.first().map_or("", String::as_str), instruction)?;
+                let value = json!(state.user);
+                state.config().insert("User".into(), value);
+                state.history(format!("USER {}", state.user), true);
+                Ok(())
+            }
+            "shell" => {
+                if !instruction.json {
+                    return fail(instruction, "SHELL requires the arguments to be in JSON form");
+                }
+                state.shell = instructions::words(instruction);
+                let value = json!(state.shell);
+                state.config().insert("Shell".into(), value);
+                state.history(format!("SHELL {}", go_list(&state.shell)), true);
+                Ok(())
+            }
+            "run" => exec::run(self, state, instruction, &flags),
+            "copy" | "add" => copy::copy(self, state, instruction, &flags),
+            "cmd" | "entrypoint" => {
+                let key = if instruction.keyword() == "cmd" { "Cmd" } else { "Entrypoint" };
+                let words = instructions::words(instruction);
+                let args = if instruction.json {
+                    words
+                } else {
+                    let mut args = state.shell.clone();
+                    args.push(instructions::rest_of_line(instruction));
+                    args
+                };
+                state.config().insert(key.into(), json!(args));
+                if key == "Cmd" {
+                    state.config().insert("ArgsEscaped".into(), json!(true));
+                } else {
+                    state.config().remove("Cmd");
+                }
+                state.history(format!("{} {}", key.to_uppercase(), go_list(&args)), true);
+                Ok(())
+            }
+            "label" => {
+                let mut labels = state.config().get("Labels").cloned().unwrap_or_else(|| json!({}));
+                let mut shown = Vec::new();
+                for (key, value) in instructions::pairs(instruction) {
+                    let key = state.expand(&self.lexer, &key, instruction)?;
+                    let value = state.expand(&self.lexer, &value, instruction)?;
+                    shown.push(format!("{key}={value}"));
+                    labels[key] = json!(value);
+                }
+                state.config().insert("Labels".into(), labels);
+                state.history(format!("LABEL {}", shown.join(" ")), true);
+                Ok(())
+            }
+            "expose" => {
+                let mut ports = state.config().get("ExposedPorts").cloned().unwrap_or_else(|| json!({}));
+                let mut shown = Vec::new();
+                for word in instructions::words(instruction) {
+                    let port = state.expand(&self.lexer, &word, instruction)?;
+                    let port = if port.contains('/') { port.to_ascii_lowercase() } else { format!("{port}/tcp") };
+                    shown.push(port.clone());
+                    ports[port] = json!({});
+                }
+                state.config().insert("ExposedPorts".into(), ports);
+                state.history(format!("EXPOSE map[{}]", shown.iter().map(|p| format!("{p}:{{}}")).collect::<Vec<_>>().join(" ")), true);
+                Ok(())
+            }
+            "volume" => {
+                let mut volumes = state.config().get("Volumes").cloned().unwrap_or_else(|| json!({}));
+                let mut shown = Vec::new();
+                for word in instructions::words(instruction) {
+                    let volume = state.expand(&self.lexer, &word, instruction)?;
+                    if volume.is_empty() {
+                        return fail(instruction, "VOLUME specified can not be an empty string");
+                    }
+                    shown.push(volume.clone());
+                    volumes[volume] = json!({});
+                }
+                state.config().insert("Volumes".into(), volumes);
+                state.history(format!("VOLUME {}", go_list(&shown)), true);
+                Ok(())
+            }
+            "stopsignal" => {
+                let words = instructions::words(instruction);
+                let signal = state.expand(&self.lexer, words.first().map_or("", String::as_str), instruction)?;
+                state.config().insert("StopSignal".into(), json!(signal));
+                state.history(format!("STOPSIGNAL {signal}"), true);
+                Ok(())
+            }
+            "maintainer" => {
+                let name = instructions::rest_of_line(instruction);
+                state.image["author"] = json!(name);
+                state.history(format!("MAINTAINER {name}"), true);
+                Ok(())
+            }
+            "onbuild" => {
+                let text = instruction.original.trim();
+                let trigger = text.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim()).to_string();
+                let mut triggers = state.config().get("OnBuild").cloned().unwrap_or_else(|| json!([]));
+                triggers.as_array_mut().expect("an array").push(json!(trigger));
+                state.config().insert("OnBuild".into(), triggers);
+                state.history(format!("ONBUILD {trigger}"), true);
+                Ok(())
+            }
+            "healthcheck" => exec::healthcheck(state, instruction, &flags),
+            "from" => unreachable!("FROM starts a stage"),
+            other => fail(instruction, format!("unknown instruction: {}", other.to_uppercase())),
+        }
+    }
+
+    /// ARG: declares a variable in the stage, valued from `--build-arg`, then the default,
+    /// then (for a name declared globally) the global value.
+    fn arg(&mut self, state: &mut StageState, instruction: &Instruction) -> Result<(), ConvertError> {
+        let mut shown = Vec::new();
+        for word in instructions::words(instruction) {
+            let (name, default) = match word.split_once('=') {
+                Some((n, d)) => (n.to_string(), Some(state.expand(&self.lexer, d, instruction)?)),
+                None => (word.clone(), None),
+            };
+            let value = self
+                .options
+                .build_args
+                .get(&name)
+                .cloned()
+                .or(default.clone())
+                .or_else(|| self.global.get(&name).map(str::to_string));
+            shown.push(match &default {
+                Some(d) => format!("{name}={d}"),
+                None => name.clone(),
+            });
+            if let Some(value) = value {
+                state.env.set(&name, &value);
+                state.args.retain(|(k, _)| *k != name);
+                state.args.push((name, value));
+            }
+        }
+        state.history(format!("ARG {}", shown.join(" ")), true);
+        Ok(())
+    }
+}
+
+pub fn string_list(value: &Value) -> Vec<String> {
+    value.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Go's `%q` of a string slice: `["a" "b"]`.
+pub fn go_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| super::parser::go_quote(s)).collect();
+    format!("[{}]", quoted.join(" "))
+}
+
+fn set_config_env(config: &mut serde_json::Map<String, Value>, key: &str, value: &str) {
+    let mut env = string_list(config.get("Env").unwrap_or(&Value::Null));
+    let entry = format!("{key}={value}");
+    match env.iter().position(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key) {
+        Some(at) => env[at] = entry,
+        None => env.push(entry),
+    }
+    config.insert("Env".into(), json!(env));
+}
+
+/// The output config of an image-based stage: the base's, with the build's platform.
+fn base_image(config: Value, platform: &Platform) -> Value {
+    let mut image = json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "rootfs": config.get("rootfs").cloned().unwrap_or_else(|| json!({"type": "layers", "diff_ids": []})),
+        "history": config.get("history").cloned().unwrap_or_else(|| json!([])),
+        "config": config.get("config").cloned().filter(Value::is_object).unwrap_or_else(|| json!({})),
+    });
+    if image["config"].get("Env").is_none() {
+        image["config"]["Env"] = json!([format!("PATH={DEFAULT_PATH}")]);
+    }
+    image
+}
+
+/// The platform ARGs every build has in its global scope.
+fn platform_args(options: &Options<'_>) -> Vars {
+    let mut vars = Vars::default();
+    for (prefix, p) in [("BUILD", &options.build_platform), ("TARGET", &options.platform)] {
+        vars.set(&format!("{prefix}PLATFORM"), &p.format());
+        vars.set(&format!("{prefix}OS"), &p.os);
+        vars.set(&format!("{prefix}ARCH"), &p.architecture);
+        vars.set(&format!("{prefix}VARIANT"), &p.variant);
+    }
+    vars
+}
+
+/// Lowers `ast` for `options`.
+pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertError> {
+    let lexer = Lexer::new(ast.escape);
+    let mut global = platform_args(options);
+    let mut stages: Vec<Stage> = Vec::new();
+    for instruction in &ast.instructions {
+        match instruction.keyword().as_str() {
+            "from" => {
+                let words = instructions::words(instruction);
+                let name = match words.as_slice() {
+                    [_] => None,
+                    [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_ascii_lowercase()),
+                    _ => return fail(instruction, "FROM requires either one or three arguments: FROM <image> [AS <name>]"),
+                };
+                if let Some(n) = &name {
+                    if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
+                        return fail(instruction, format!("duplicate stage name {n:?}"));
+                    }
+                }
+                stages.push(Stage { name, from: instruction.clone(), body: Vec::new() });
+            }
+            _ if !stages.is_empty() => stages.last_mut().expect("a stage").body.push(instruction.clone()),
+            "arg" => {
+                for word in instructions::words(instruction) {
+                    let (name, default) = match word.split_once('=') {
+                        Some((n, d)) => (n, Some(lexer.process_word(d, &global).map_err(|e| ConvertError { line: instruction.start_line, message: e.to_string() })?)),
+                        None => (word.as_str(), None),
+                    };
+                    if let Some(value) = options.build_args.get(name).cloned().or(default) {
+                        global.set(name, &value);
+                    }
+                }
+            }
+            other => {
+                return fail(instruction, format!("{} comes before the first FROM: only ARG may", other.to_uppercase()));
+            }
+        }
+    }
+    if stages.is_empty() {
+        return Err(ConvertError { line: 1, message: "the Dockerfile has no FROM instruction".into() });
+    }
+    let mut context = Context {
+        options,
+        lexer,
+        context_paths: Vec::new(),
+        context: None,
+        stages,
+        done: BTreeMap::new(),
+        global,
+    };
+    let target = match &options.target {
+        Some(name) => context
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(name.to_ascii_lowercase().as_str()))
+            .ok_or_else(|| ConvertError { line: 0, message: format!("target stage {name:?} could not be found") })?,
+        None => context.stages.len() - 1,
+    };
+    context.context_paths = copy::context_paths(&context, target);
+    context.lower(target)?;
+    let state = context.done.remove(&target).expect("lowered");
+    Ok(Converted { result: state.output, image: state.image })
+}
+
+impl Context<'_> {
+    /// Stages `index` depends on (FROM, COPY --from, RUN --mount from), for pruning.
+    pub fn dependencies(&self, index: usize) -> Vec<usize> {
+        let stage = &self.stages[index];
+        let mut refs = Vec::new();
+        let base = instructions::words(&stage.from).first().cloned().unwrap_or_default();
+        refs.push(base);
+        for instruction in &stage.body {
+            if let Ok(flags) = instructions::flags(instruction) {
+                refs.extend(flags.get("from").map(String::from));
+                for mount in flags.all("mount") {
+                    refs.extend(mount.split(',').filter_map(|kv| kv.strip_prefix("from=")).map(String::from));
+                }
+            }
+        }
+        refs.iter().filter_map(|r| self.stage_index(r)).filter(|&i| i != index).collect()
+    }
+
+    /// The instructions of stage `index`.
+    pub fn stage_body(&self, index: usize) -> &[Instruction] {
+        &self.stages[index].body
+    }
+}

@@ -1,0 +1,207 @@
+//! COPY and ADD → FileOp copy actions (from the build context, another stage or an image),
+//! and WORKDIR's mkdir.
+
+use super::convert::{ConvertError, Context, StageState, clean};
+use super::exec::mount_source;
+use super::instructions::{self, Flags};
+use super::parser::Instruction;
+use crate::graph::{OpInfo, Output, dedup_inputs};
+use crate::pb;
+
+fn error(at: &Instruction, message: impl Into<String>) -> ConvertError {
+    ConvertError { line: at.start_line, message: message.into() }
+}
+
+fn file_op(actions: Vec<pb::FileAction>) -> pb::Op {
+    pb::Op {
+        op: Some(pb::op::Op::File(pb::FileOp { actions })),
+        constraints: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
+/// `--chown=user[:group]`: numbers as ids, names looked up in the destination's files.
+fn owner(spec: &str) -> Option<pb::ChownOpt> {
+    if spec.is_empty() {
+        return None;
+    }
+    let user_opt = |s: &str| {
+        let user = match s.parse::<u32>() {
+            Ok(id) => pb::user_opt::User::ById(id),
+            Err(_) => pb::user_opt::User::ByName(pb::NamedUserOpt { name: s.to_string(), input: 0 }),
+        };
+        pb::UserOpt { user: Some(user) }
+    };
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    Some(pb::ChownOpt { user: Some(user_opt(user)), group: group.filter(|g| !g.is_empty()).map(user_opt) })
+}
+
+/// `--chmod`: octal bits, or a symbolic mode (passed on as written).
+fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertError> {
+    match spec {
+        None | Some("") => Ok((-1, String::new())),
+        Some(text) if text.chars().all(|c| c.is_ascii_digit()) => {
+            let bits = u32::from_str_radix(text, 8).map_err(|_| error(at, format!("invalid chmod {text:?}: not octal")))?;
+            if bits > 0o7777 {
+                return Err(error(at, format!("invalid chmod {text:?}: more than 07777")));
+            }
+            Ok((bits as i32, String::new()))
+        }
+        // A symbolic mode leaves the numeric one at 0 (BuildKit's encoding).
+        Some(text) => Ok((0, text.to_string())),
+    }
+}
+
+/// COPY / ADD.
+pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags: &Flags) -> Result<(), ConvertError> {
+    let is_add = at.keyword() == "add";
+    if !at.heredocs.is_empty() {
+        return Err(error(at, format!("{} with a heredoc is not supported yet", at.keyword().to_uppercase())));
+    }
+    let mut words = instructions::words(at);
+    if words.len() < 2 {
+        return Err(error(at, format!("{} requires at least two arguments", at.keyword().to_uppercase())));
+    }
+    let dest_word = words.pop().expect("two or more");
+    let dest = state.expand(&cx.lexer, &dest_word, at)?;
+    let dest = state.resolve_path(&dest);
+    if words.len() > 1 && !dest.ends_with('/') {
+        return Err(error(at, format!("When using {} with more than one source file, the destination must be a directory and end with a /", at.keyword().to_uppercase())));
+    }
+    let source = match flags.get("from") {
+        Some(from) => mount_source(cx, from, at)?,
+        None => cx.build_context(),
+    };
+    let chown = match flags.get("chown") {
+        Some(c) => owner(&state.expand(&cx.lexer, c, at)?),
+        None => None,
+    };
+    let (mode_bits, mode_str) = mode(flags.get("chmod"), at)?;
+    let unpack = is_add && flags.get("unpack") != Some("false");
+    let excludes: Vec<String> = flags.all("exclude").to_vec();
+
+    // --link copies onto scratch and merges the result over the stage, so the layer does
+    // not depend on what is below it.
+    let link = flags.bool("link").map_err(|e| error(at, e))?;
+    let base = if link { None } else { state.output.clone() };
+    let (inputs, positions) = match &base {
+        Some(base) => dedup_inputs(&[base.clone(), source.clone()]),
+        None => dedup_inputs(std::slice::from_ref(&source)),
+    };
+    let (base_input, source_input) = match &base {
+        Some(_) => (positions[0], positions[1]),
+        None => (-1, positions[0]),
+    };
+    let count = words.len();
+    let mut actions = Vec::new();
+    for (i, word) in words.iter().enumerate() {
+        let src = state.expand(&cx.lexer, word, at)?;
+        let copy = pb::FileActionCopy {
+            src: clean(&format!("/{src}")),
+            dest: dest.clone(),
+            owner: chown.clone(),
+            mode: mode_bits,
+            mode_str: mode_str.clone(),
+            follow_symlink: true,
+            dir_copy_contents: true,
+            attempt_unpack_docker_compatibility: unpack,
+            create_dest_path: true,
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            timestamp: -1,
+            exclude_patterns: excludes.clone(),
+            ..Default::default()
+        };
+        // Each action works on the previous one's result (inputs count first).
+        let input = if i == 0 { base_input } else { (inputs.len() + i - 1) as i64 };
+        actions.push(pb::FileAction {
+            input,
+            secondary_input: source_input,
+            output: if i + 1 == count { 0 } else { -1 },
+            action: Some(pb::file_action::Action::Copy(copy)),
+        });
+    }
+    let mut shown = format!("{} ", at.keyword().to_uppercase());
+    for flag in &at.flags {
+        shown += flag;
+        shown.push(' ');
+    }
+    shown += &instructions::rest_of_line(at);
+    let mut info = OpInfo::named(state.step_name(&shown));
+    info.caps = vec!["file.base"];
+    info.lines = vec![(at.start_line as i32, at.end_line as i32)];
+    let copied = Output::new(file_op(actions), inputs, info.clone(), 0);
+    state.output = Some(match (link, &state.output) {
+        (true, Some(below)) => merge(below, &copied, info),
+        _ => copied,
+    });
+
+    let mut created_by = at.keyword().to_uppercase();
+    for flag in &at.flags {
+        if flag.starts_with("--chown") || flag.starts_with("--chmod") {
+            created_by += &format!(" {flag}");
+        }
+    }
+    state.history(format!("{created_by} {} # buildkit", instructions::rest_of_line(at)), false);
+    Ok(())
+}
+
+/// `lower` with `upper` laid over it.
+fn merge(lower: &Output, upper: &Output, mut info: OpInfo) -> Output {
+    let (inputs, positions) = dedup_inputs(&[lower.clone(), upper.clone()]);
+    let merge = pb::MergeOp { inputs: positions.into_iter().map(|input| pb::MergeInput { input }).collect() };
+    let op = pb::Op { op: Some(pb::op::Op::Merge(merge)), constraints: Some(Default::default()), ..Default::default() };
+    info.caps = vec!["mergeop"];
+    Output::new(op, inputs, info, 0)
+}
+
+/// WORKDIR's `mkdir -p` (0755, owned by the current user).
+pub fn mkdir_workdir(state: &mut StageState, name: String, at: &Instruction) {
+    let mkdir = pb::FileActionMkDir {
+        path: state.dir.clone(),
+        mode: 0o755,
+        make_parents: true,
+        owner: owner(&state.user),
+        timestamp: -1,
+    };
+    let inputs: Vec<Output> = state.output.iter().cloned().collect();
+    let action = pb::FileAction {
+        input: if inputs.is_empty() { -1 } else { 0 },
+        secondary_input: -1,
+        output: 0,
+        action: Some(pb::file_action::Action::Mkdir(mkdir)),
+    };
+    let mut info = OpInfo::named(name);
+    info.caps = vec!["file.base"];
+    info.lines = vec![(at.start_line as i32, at.end_line as i32)];
+    state.output = Some(Output::new(file_op(vec![action]), inputs, info, 0));
+}
+
+/// The context paths the stages reachable from `target` copy or bind-mount (BuildKit asks
+/// the client for only these).
+pub fn context_paths(cx: &Context<'_>, target: usize) -> Vec<String> {
+    let mut reachable = vec![target];
+    let mut at = 0;
+    while at < reachable.len() {
+        for dep in cx.dependencies(reachable[at]) {
+            if !reachable.contains(&dep) {
+                reachable.push(dep);
+            }
+        }
+        at += 1;
+    }
+    let mut paths = Vec::new();
+    for stage in reachable {
+        for instruction in cx.stage_body(stage) {
+            let Ok(flags) = instructions::flags(instruction) else { continue };
+            if matches!(instruction.keyword().as_str(), "copy" | "add") && flags.get("from").is_none() {
+                let words = instructions::words(instruction);
+                paths.extend(words[..words.len().saturating_sub(1)].iter().map(|w| clean(&format!("/{w}"))[1..].to_string()));
+            }
+        }
+    }
+    paths
+}

@@ -1,0 +1,412 @@
+//! RUN → ExecOp (command, environment, working directory, user, mounts, network, security)
+//! and HEALTHCHECK's image configuration.
+
+use serde_json::json;
+
+use super::convert::{ConvertError, Context, StageState, clean};
+use super::instructions::{self, Flags};
+use super::parser::Instruction;
+use crate::graph::{OpInfo, Output, dedup_inputs};
+use crate::pb;
+
+fn error(at: &Instruction, message: impl Into<String>) -> ConvertError {
+    ConvertError { line: at.start_line, message: message.into() }
+}
+
+/// One `--mount` as written (keys lower-cased, values expanded).
+#[derive(Default)]
+struct MountSpec {
+    kind: String,
+    from: Option<String>,
+    source: String,
+    target: String,
+    read_only: Option<bool>,
+    required: bool,
+    size: Option<i64>,
+    id: String,
+    sharing: pb::CacheSharingOpt,
+    mode: Option<u32>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+}
+
+fn parse_bool(key: &str, value: Option<&str>, at: &Instruction) -> Result<bool, ConvertError> {
+    match value {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(error(at, format!("invalid value for {key}: {other}"))),
+    }
+}
+
+fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instruction) -> Result<MountSpec, ConvertError> {
+    let mut spec = MountSpec { kind: "bind".into(), ..Default::default() };
+    for field in text.split(',') {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
+            None => (field.trim().to_ascii_lowercase(), None),
+        };
+        // `from` names a stage or image and is not expanded.
+        let expanded = match value {
+            Some(v) if key != "from" => Some(state.expand(&cx.lexer, v, at)?),
+            other => other.map(str::to_string),
+        };
+        let value = expanded.as_deref();
+        let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| error(at, format!("--mount {key} needs a value")));
+        let number = |v: Option<&str>, radix: u32| -> Result<u32, ConvertError> {
+            let v = need(v)?;
+            u32::from_str_radix(&v, radix).map_err(|_| error(at, format!("--mount {key}={v}: not a number")))
+        };
+        match key.as_str() {
+            "type" => spec.kind = need(value)?,
+            "from" => spec.from = Some(need(value)?),
+            "source" | "src" => spec.source = need(value)?,
+            "target" | "dst" | "destination" => spec.target = need(value)?,
+            "readonly" | "ro" => spec.read_only = Some(parse_bool(&key, value, at)?),
+            "readwrite" | "rw" => spec.read_only = Some(!parse_bool(&key, value, at)?),
+            "required" => spec.required = parse_bool(&key, value, at)?,
+            "size" => {
+                let v = need(value)?;
+                spec.size = Some(parse_size(&v).ok_or_else(|| error(at, format!("--mount size={v}: expected bytes, e.g. 64m")))?);
+            }
+            "id" => spec.id = need(value)?,
+            "sharing" => {
+                spec.sharing = match need(value)?.as_str() {
+                    "shared" => pb::CacheSharingOpt::Shared,
+                    "private" => pb::CacheSharingOpt::Private,
+                    "locked" => pb::CacheSharingOpt::Locked,
+                    other => return Err(error(at, format!("unsupported sharing value {other:?}: use shared, private or locked"))),
+                }
+            }
+            "mode" => spec.mode = Some(number(value, 8)?),
+            "uid" => spec.uid = Some(number(value, 10)?),
+            "gid" => spec.gid = Some(number(value, 10)?),
+            other => return Err(error(at, format!("unexpected key '{other}' in '{field}'"))),
+        }
+    }
+    if !matches!(spec.kind.as_str(), "bind" | "cache" | "tmpfs" | "secret" | "ssh") {
+        return Err(error(at, format!("unsupported mount type {:?}", spec.kind)));
+    }
+    Ok(spec)
+}
+
+fn parse_size(text: &str) -> Option<i64> {
+    let lower = text.to_ascii_lowercase();
+    let (digits, unit) = lower.split_at(lower.find(|c: char| !c.is_ascii_digit()).unwrap_or(lower.len()));
+    let multiplier = match unit.trim_end_matches('b') {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        _ => return None,
+    };
+    digits.parse::<i64>().ok().map(|n| n * multiplier)
+}
+
+/// RUN.
+pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags: &Flags) -> Result<(), ConvertError> {
+    if !at.heredocs.is_empty() {
+        return Err(error(at, "RUN with a heredoc is not supported yet"));
+    }
+    let args = if at.json {
+        instructions::words(at)
+    } else {
+        let mut args = state.shell.clone();
+        args.push(instructions::rest_of_line(at));
+        args
+    };
+    let mut caps = vec!["exec.meta.base", "exec.meta.setsdefaultpath", "exec.mount.bind"];
+    let mut sources: Vec<Option<Output>> = vec![state.output.clone()];
+    let mut mounts = vec![(0usize, pb::Mount { dest: "/".into(), ..Default::default() })];
+    // Secret and ssh mounts follow the others, unsorted, as BuildKit lists them.
+    let mut secrets = Vec::new();
+    for text in flags.all("mount") {
+        let spec = parse_mount(text, state, cx, at)?;
+        if spec.target.is_empty() && !matches!(spec.kind.as_str(), "secret" | "ssh") {
+            return Err(error(at, "mount target must be specified"));
+        }
+        let target = if spec.target.is_empty() { String::new() } else { state.resolve_path(&spec.target).trim_end_matches('/').to_string() };
+        if target == "/" {
+            return Err(error(at, "/ cannot be used as a mount target"));
+        }
+        let mut mount = pb::Mount { dest: target.clone(), output: -1, input: -1, ..Default::default() };
+        match spec.kind.as_str() {
+            "cache" => {
+                caps.extend(["exec.mount.cache", "exec.mount.cache.sharing"]);
+                mount.mount_type = pb::MountType::Cache as i32;
+                // BuildKit prefixes the id (or the target as written) with the cache
+                // namespace and a slash; the namespace is empty by default.
+                let id = format!("/{}", if spec.id.is_empty() { &spec.target } else { &spec.id });
+                mount.cache_opt = Some(pb::CacheOpt { id, sharing: spec.sharing as i32 });
+                if let Some(from) = &spec.from {
+                    let source = mount_source(cx, from, at)?;
+                    sources.push(Some(source));
+                    mount.input = (sources.len() - 1) as i64;
+                    mount.selector = clean(&format!("/{}", spec.source));
+                } else if spec.uid.is_some() || spec.gid.is_some() || spec.mode.is_some() {
+                    // An owned cache starts as a directory made for it.
+                    sources.push(Some(cache_root(&spec)));
+                    mount.input = (sources.len() - 1) as i64;
+                    mount.selector = "/cache".into();
+                }
+            }
+            "tmpfs" => {
+                caps.push("exec.mount.tmpfs");
+                if spec.size.is_some() {
+                    caps.push("exec.mount.tmpfs.size");
+                }
+                mount.mount_type = pb::MountType::Tmpfs as i32;
+                mount.tmpfs_opt = Some(pb::TmpfsOpt { size: spec.size.unwrap_or(0) });
+            }
+            "secret" => {
+                caps.push("exec.mount.secret");
+                let id = if spec.id.is_empty() {
+                    spec.target.rsplit('/').next().unwrap_or_default().to_string()
+                } else {
+                    spec.id.clone()
+                };
+                if id.is_empty() {
+                    return Err(error(at, "a secret mount needs an id or a target"));
+                }
+                if mount.dest.is_empty() {
+                    mount.dest = format!("/run/secrets/{id}");
+                }
+                mount.output = 0;
+                mount.mount_type = pb::MountType::Secret as i32;
+                mount.secret_opt = Some(pb::SecretOpt {
+                    id,
+                    uid: spec.uid.unwrap_or(0),
+                    gid: spec.gid.unwrap_or(0),
+                    mode: spec.mode.unwrap_or(0o400),
+                    optional: !spec.required,
+                });
+            }
+            "ssh" => {
+                caps.push("exec.mount.ssh");
+                let id = if spec.id.is_empty() { "default".to_string() } else { spec.id.clone() };
+                if mount.dest.is_empty() {
+                    mount.dest = "/run/buildkit/ssh_agent.0".into();
+                }
+                mount.output = 0;
+                mount.mount_type = pb::MountType::Ssh as i32;
+                mount.ssh_opt = Some(pb::SshOpt {
+                    id,
+                    uid: spec.uid.unwrap_or(0),
+                    gid: spec.gid.unwrap_or(0),
+                    mode: spec.mode.unwrap_or(0o600),
+                    optional: !spec.required,
+                });
+            }
+            _ => {
+                let source = match &spec.from {
+                    Some(from) => mount_source(cx, from, at)?,
+                    None => cx.build_context(),
+                };
+                sources.push(Some(source));
+                mount.input = (sources.len() - 1) as i64;
+                let selector = clean(&format!("/{}", spec.source));
+                if selector != "/" {
+                    mount.selector = selector;
+                }
+                mount.readonly = spec.read_only.unwrap_or(true);
+            }
+        }
+        if matches!(spec.kind.as_str(), "secret" | "ssh") {
+            secrets.push(mount);
+        } else {
+            mounts.push((mounts.len(), mount));
+        }
+    }
+    mounts.sort_by(|a, b| a.1.dest.cmp(&b.1.dest));
+
+    // Inputs: deduplicated, in mount order; scratch is -1.
+    let present: Vec<Output> = mounts.iter().filter_map(|(_, m)| sources.get(m.input as usize).cloned().flatten().filter(|_| m.input >= 0)).collect();
+    let (inputs, _) = dedup_inputs(&present);
+    for (position, mount) in &mut mounts {
+        if mount.input >= 0 {
+            match sources.get(mount.input as usize).cloned().flatten() {
+                Some(source) => {
+                    mount.input = inputs.iter().position(|i| i.same_op(&source) && i.index() == source.index()).expect("listed") as i64;
+                }
+                None => mount.input = -1,
+            }
+        }
+        // Only the root mount is an output: changes to other mounts are discarded.
+        mount.output = if *position == 0 { 0 } else { -1 };
+        if !mount.selector.is_empty() {
+            caps.push("exec.mount.selector");
+        }
+    }
+
+    let network = match flags.get("network") {
+        None | Some("default") => pb::NetMode::Unset,
+        Some("none") => {
+            caps.push("exec.meta.network");
+            pb::NetMode::None
+        }
+        Some("host") => {
+            caps.push("exec.meta.network");
+            pb::NetMode::Host
+        }
+        Some(other) => return Err(error(at, format!("unsupported network mode {other:?}: use default, none or host"))),
+    };
+    let security = match flags.get("security") {
+        None | Some("sandbox") => pb::SecurityMode::Sandbox,
+        Some("insecure") => {
+            caps.push("exec.meta.security");
+            pb::SecurityMode::Insecure
+        }
+        Some(other) => return Err(error(at, format!("unsupported security mode {other:?}: use sandbox or insecure"))),
+    };
+    let meta = pb::Meta {
+        args: args.clone(),
+        env: state.env.list(),
+        cwd: state.dir.clone(),
+        user: state.user.clone(),
+        remove_mount_stubs_recursive: true,
+        ..Default::default()
+    };
+    let op = pb::Op {
+        op: Some(pb::op::Op::Exec(pb::ExecOp {
+            meta: Some(meta),
+            mounts: mounts.into_iter().map(|(_, m)| m).chain(secrets).collect(),
+            network: network as i32,
+            security: security as i32,
+            ..Default::default()
+        })),
+        platform: Some(state.pb_platform()),
+        constraints: Some(Default::default()),
+        ..Default::default()
+    };
+    let shown = display_command(cx, state, at);
+    let mut info = OpInfo::named(state.step_name(&shown));
+    info.description.insert("com.docker.dockerfile.v1.command".into(), at.original.trim().to_string());
+    caps.sort_unstable();
+    caps.dedup();
+    info.caps = caps;
+    info.lines = vec![(at.start_line as i32, at.end_line as i32)];
+    state.output = Some(Output::new(op, inputs, info, 0));
+
+    let mut created_by = String::from("RUN ");
+    if !state.args.is_empty() {
+        let args: Vec<String> = state.args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        created_by += &format!("|{} {} ", args.len(), args.join(" "));
+    }
+    created_by += &args.join(" ");
+    state.history(created_by + " # buildkit", false);
+    Ok(())
+}
+
+/// The directory an owned cache mount starts from: `mkdir /cache` on scratch with the
+/// mount's owner and mode.
+fn cache_root(spec: &MountSpec) -> Output {
+    let owner = pb::ChownOpt {
+        user: Some(pb::UserOpt { user: Some(pb::user_opt::User::ById(spec.uid.unwrap_or(0))) }),
+        group: Some(pb::UserOpt { user: Some(pb::user_opt::User::ById(spec.gid.unwrap_or(0))) }),
+    };
+    let mkdir = pb::FileActionMkDir {
+        path: "/cache".into(),
+        mode: spec.mode.unwrap_or(0o755) as i32,
+        make_parents: false,
+        owner: Some(owner),
+        timestamp: -1,
+    };
+    let action = pb::FileAction { input: -1, secondary_input: -1, output: 0, action: Some(pb::file_action::Action::Mkdir(mkdir)) };
+    let op = pb::Op {
+        op: Some(pb::op::Op::File(pb::FileOp { actions: vec![action] })),
+        constraints: Some(Default::default()),
+        ..Default::default()
+    };
+    let mut info = OpInfo::default();
+    info.caps = vec!["file.base"];
+    Output::new(op, Vec::new(), info, 0)
+}
+
+/// The stage or image a mount or copy reads from.
+pub fn mount_source(cx: &mut Context<'_>, from: &str, at: &Instruction) -> Result<Output, ConvertError> {
+    if let Some(index) = cx.stage_index(from) {
+        return cx.stage_output(index)?.ok_or_else(|| error(at, format!("stage {from:?} is empty (FROM scratch)")));
+    }
+    let platform = cx.options.platform.clone();
+    let (op, _, _) = cx.image_source(from, &platform, at)?;
+    let mut info = OpInfo::default();
+    info.caps = vec!["source.image"];
+    Ok(Output::new(op, Vec::new(), info, 0))
+}
+
+/// How BuildKit names a RUN step: the flags as written and the command with the build's
+/// variables expanded.
+fn display_command(cx: &Context<'_>, state: &StageState, at: &Instruction) -> String {
+    let mut shown = String::from("RUN ");
+    for flag in &at.flags {
+        shown += flag;
+        shown.push(' ');
+    }
+    let command = instructions::rest_of_line(at);
+    if at.json {
+        shown += &super::convert::go_list(&instructions::words(at));
+    } else {
+        shown += &cx.lexer.process_word(&command, &state.env).unwrap_or(command);
+    }
+    shown
+}
+
+/// HEALTHCHECK: the image's health check (nothing to run at build time).
+pub fn healthcheck(state: &mut StageState, at: &Instruction, flags: &Flags) -> Result<(), ConvertError> {
+    let words = instructions::words(at);
+    let Some(kind) = words.first() else { return Err(error(at, "HEALTHCHECK requires at least one argument")) };
+    let test: Vec<String> = match kind.to_ascii_uppercase().as_str() {
+        "NONE" if words.len() == 1 => vec!["NONE".into()],
+        "NONE" => return Err(error(at, "HEALTHCHECK NONE takes no arguments")),
+        "CMD" if words.len() < 2 => return Err(error(at, "missing command after HEALTHCHECK CMD")),
+        "CMD" if at.json => std::iter::once("CMD".to_string()).chain(words[1..].iter().cloned()).collect(),
+        "CMD" => vec!["CMD-SHELL".into(), words[1..].join(" ")],
+        other => return Err(error(at, format!("unknown type {other:?} in HEALTHCHECK (try CMD)"))),
+    };
+    let mut check = json!({"Test": test});
+    for (flag, key) in [("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"), ("start-interval", "StartInterval")] {
+        if let Some(text) = flags.get(flag) {
+            let nanos = parse_duration(text).ok_or_else(|| error(at, format!("--{flag}={text}: expected a duration such as 30s")))?;
+            if nanos != 0 && nanos < 1_000_000 {
+                return Err(error(at, format!("Interval {flag} cannot be less than 1ms")));
+            }
+            check[key] = json!(nanos);
+        }
+    }
+    if let Some(text) = flags.get("retries") {
+        let retries: i64 = text.parse().map_err(|_| error(at, format!("--retries={text}: expected a number")))?;
+        if retries < 0 {
+            return Err(error(at, "--retries cannot be negative"));
+        }
+        check["Retries"] = json!(retries);
+    }
+    state.config().insert("Healthcheck".into(), check);
+    state.history(format!("HEALTHCHECK {}", at.original.trim().split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())), true);
+    Ok(())
+}
+
+/// A Go duration (`1h2m3.5s`, `300ms`) in nanoseconds.
+fn parse_duration(text: &str) -> Option<i64> {
+    if text == "0" {
+        return Some(0);
+    }
+    let mut total = 0f64;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total as i64)
+}
