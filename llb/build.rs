@@ -8,6 +8,8 @@ fn main() {
     let descriptors = protox::compile([PROTO], ["proto"]).unwrap_or_else(|e| panic!("{PROTO}: {e}"));
     prost_build::Config::new()
         .btree_map(["."])
+        // `fledge debug llb --format json` prints ops as JSON.
+        .type_attribute(".", "#[derive(serde::Serialize)]")
         .compile_fds(descriptors)
         .unwrap_or_else(|e| panic!("generating code for {PROTO}: {e}"));
 }

@@ -48,6 +48,31 @@ pub enum DebugCommand {
         /// The Dockerfile
         dockerfile: PathBuf,
     },
+    /// Print the LLB definition a Dockerfile lowers to (base images come from the store,
+    /// pulled when missing)
+    Llb {
+        /// The Dockerfile; its directory is the build context
+        dockerfile: PathBuf,
+        /// Build this stage instead of the last one
+        #[arg(long, value_name = "STAGE")]
+        target: Option<String>,
+        /// Set a build argument (repeatable)
+        #[arg(long = "build-arg", value_name = "KEY=VALUE")]
+        build_args: Vec<String>,
+        /// Target platform [default: linux/amd64]
+        #[arg(long, value_name = "OS/ARCH")]
+        platform: Option<String>,
+        /// json: one op per line (digest, inputs, op); pb: the raw pb.Definition, as
+        /// `buildctl build --local context=DIR --local dockerfile=DIR` reads it on stdin
+        #[arg(long, value_enum, default_value = "json")]
+        format: LlbFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LlbFormat {
+    Json,
+    Pb,
 }
 
 #[derive(Debug, Subcommand)]

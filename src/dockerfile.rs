@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use fledge_llb::dockerfile::{Ast, ParseError, parse};
+use fledge_llb::dockerfile::{Ast, ParseError, Platform, ResolvedImage, parse};
 
 use crate::diagnostic::{Diagnostic, SourceFile};
 
@@ -28,4 +28,60 @@ fn diagnostic(file: &SourceFile, error: &ParseError) -> Diagnostic {
     let span = (!file.text.is_empty()).then_some(span);
     Diagnostic::new(file, span, format!("Dockerfile parse error: {}", error.message))
         .help("see https://docs.docker.com/reference/dockerfile/ for the instruction's syntax")
+}
+
+/// Base images for the frontend, from the store (pulled into it when missing, so a second
+/// build works offline).
+pub struct StoreResolver<'a> {
+    pub store: &'a crate::store::Store,
+    pub progress: &'a crate::progress::Progress,
+}
+
+impl fledge_llb::dockerfile::ImageResolver for StoreResolver<'_> {
+    fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        let image = fledge_llb::ImageRef::parse(reference).map_err(|e| e.to_string())?;
+        let wanted = crate::image::spec::Platform {
+            architecture: platform.architecture.clone(),
+            os: platform.os.clone(),
+            variant: (!platform.variant.is_empty()).then(|| platform.variant.clone()),
+        };
+        let source = crate::image::source::ImageSource::Registry(image.clone());
+        let stored = crate::image::stored::StoredImage::resolve(self.store, &source, &wanted, self.progress)
+            .map_err(|e| format!("{e:#}"))?;
+        let config_digest: crate::digest::Sha256Digest =
+            stored.manifest.config.digest.parse().map_err(|e: String| e)?;
+        let config = self.store.read_blob(&config_digest).map_err(|e| e.to_string())?;
+        Ok(ResolvedImage {
+            reference: image.to_string(),
+            digest: stored.record.manifest_digest().map_err(|e| e.to_string())?.to_string(),
+            config: serde_json::from_slice(&config).map_err(|e| format!("the config of {image} is not JSON: {e}"))?,
+        })
+    }
+}
+
+/// The context's exclude patterns: `<Dockerfile>.dockerignore` beside the Dockerfile, else
+/// `.dockerignore` in the context (here, the Dockerfile's directory). Comments, blank lines
+/// and a BOM are skipped; each pattern is cleaned and loses a leading `/`, as BuildKit reads
+/// them.
+pub fn dockerignore(dockerfile: &Path) -> Result<Vec<String>> {
+    let dir = dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dockerfile.file_name().map(|n| format!("{}.dockerignore", n.to_string_lossy()));
+    let candidates = name.into_iter().map(|n| dir.join(n)).chain([dir.join(".dockerignore")]);
+    let Some(path) = candidates.into_iter().find(|p| p.is_file()) else { return Ok(Vec::new()) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (negate, pattern) = match l.strip_prefix('!') {
+                Some(rest) => ("!", rest.trim()),
+                None => ("", l),
+            };
+            let cleaned = fledge_llb::dockerfile::convert::clean(&format!("/{pattern}"));
+            let cleaned = cleaned.trim_start_matches('/');
+            format!("{negate}{}", if cleaned.is_empty() { "." } else { cleaned })
+        })
+        .collect())
 }

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
         Command::Run(args) => commands::run::run(args, cli.verbose, &progress),
         Command::Kernel(command) => done(commands::kernel::run(command, &progress)),
         Command::Prune => done(commands::image::prune(&progress)),
-        Command::Debug(command) => done(commands::debug::run(command)),
+        Command::Debug(command) => done(commands::debug::run(command, &progress)),
         Command::Version => {
             commands::version::run();
             Ok(0)

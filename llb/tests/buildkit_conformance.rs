@@ -11,9 +11,9 @@ use fledge_llb::dockerfile::parse;
 use fledge_llb::dockerfile::shell::Lexer;
 
 fn conformance() -> PathBuf {
-    let dir = std::env::var_os("FLEDGE_CONFORMANCE_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance")
-    });
+    let dir = std::env::var_os("FLEDGE_CONFORMANCE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance"));
     let dir = dir.join("buildkit-dockerfile");
     assert!(
         dir.is_dir(),
@@ -24,7 +24,8 @@ fn conformance() -> PathBuf {
 }
 
 fn cases(kind: &str) -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(conformance().join(kind)).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir(conformance().join(kind)).unwrap().map(|e| e.unwrap().path()).collect();
     dirs.sort();
     assert!(!dirs.is_empty(), "no {kind} cases");
     dirs

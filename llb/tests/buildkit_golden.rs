@@ -71,7 +71,7 @@ fn fledge_definition(case: &Path, resolver: &Fixtures) -> pb::Definition {
         build_args,
         platform: Platform::linux_amd64(),
         build_platform: Platform::linux_amd64(),
-        session_id: SESSION.into(),
+        session_id: Some(SESSION.into()),
         excludes: Vec::new(),
         resolver,
     };
@@ -99,7 +99,11 @@ fn every_op_is_byte_identical_to_buildkits() {
             for i in 0..got.def.len().max(expected.def.len()) {
                 let (g, e) = (got.def.get(i), expected.def.get(i));
                 if g != e {
-                    report += &format!("\n  op {i}\n    buildkit: {}\n    fledge:   {}", e.map_or("-".into(), |b| describe(b)), g.map_or("-".into(), |b| describe(b)));
+                    report += &format!(
+                        "\n  op {i}\n    buildkit: {}\n    fledge:   {}",
+                        e.map_or("-".into(), |b| describe(b)),
+                        g.map_or("-".into(), |b| describe(b))
+                    );
                 }
             }
             failures.push(report);

@@ -23,8 +23,10 @@ pub struct Options<'a> {
     pub build_args: BTreeMap<String, String>,
     pub platform: Platform,
     pub build_platform: Platform,
-    /// The client session the build context is read through (BuildKit's `local.session`).
-    pub session_id: String,
+    /// The client session the build context is read through (BuildKit's `local.session`);
+    /// without one the context source gets a fixed `local.unique` instead, as BuildKit's
+    /// client does for sessionless sources (then `buildctl --local` supplies the files).
+    pub session_id: Option<String>,
     /// `.dockerignore` patterns for the build context.
     pub excludes: Vec<String>,
     pub resolver: &'a dyn ImageResolver,
@@ -134,7 +136,11 @@ impl StageState {
     /// `path` against the working directory, keeping a trailing `/`.
     pub fn resolve_path(&self, path: &str) -> String {
         let joined = if path.starts_with('/') { clean(path) } else { clean(&format!("{}/{path}", self.dir)) };
-        if (path.ends_with('/') || path.ends_with("/.") || path == ".") && joined != "/" { joined + "/" } else { joined }
+        if (path.ends_with('/') || path.ends_with("/.") || path == ".") && joined != "/" {
+            joined + "/"
+        } else {
+            joined
+        }
     }
 }
 
@@ -182,7 +188,10 @@ impl Context<'_> {
         if !paths.is_empty() {
             attrs.insert("local.followpaths".to_string(), json_list(&paths));
         }
-        attrs.insert("local.session".to_string(), self.options.session_id.clone());
+        match &self.options.session_id {
+            Some(session) => attrs.insert("local.session".to_string(), session.clone()),
+            None => attrs.insert("local.unique".to_string(), "fledge".to_string()),
+        };
         attrs.insert("local.sharedkeyhint".to_string(), "context".to_string());
         let op = pb::Op {
             op: Some(pb::op::Op::Source(pb::SourceOp { identifier: "local://context".into(), attrs })),
@@ -190,7 +199,12 @@ impl Context<'_> {
             ..Default::default()
         };
         let mut info = OpInfo::named("[internal] load build context");
-        info.caps = vec!["source.local", "source.local.followpaths", "source.local.sessionid", "source.local.sharedkeyhint"];
+        info.caps = vec!["source.local", "source.local.followpaths", "source.local.sharedkeyhint"];
+        info.caps.push(if self.options.session_id.is_some() {
+            "source.local.sessionid"
+        } else {
+            "source.local.unique"
+        });
         if !self.options.excludes.is_empty() {
             info.caps.insert(0, "source.local.excludepatterns");
         }
@@ -216,15 +230,27 @@ impl Context<'_> {
 
     /// An image as a source op (for FROM and COPY --from=image), its config and the pinned
     /// reference.
-    pub fn image_source(&self, reference: &str, platform: &Platform, at: &Instruction) -> Result<(pb::Op, Value, String), ConvertError> {
-        let resolved = self.options.resolver.resolve(reference, platform).map_err(|e| ConvertError { line: at.start_line, message: e })?;
+    pub fn image_source(
+        &self,
+        reference: &str,
+        platform: &Platform,
+        at: &Instruction,
+    ) -> Result<(pb::Op, Value, String), ConvertError> {
+        let resolved = self
+            .options
+            .resolver
+            .resolve(reference, platform)
+            .map_err(|e| ConvertError { line: at.start_line, message: e })?;
         let pinned = if resolved.reference.contains('@') {
             resolved.reference.clone()
         } else {
             format!("{}@{}", resolved.reference, resolved.digest)
         };
         let op = pb::Op {
-            op: Some(pb::op::Op::Source(pb::SourceOp { identifier: format!("docker-image://{pinned}"), attrs: BTreeMap::new() })),
+            op: Some(pb::op::Op::Source(pb::SourceOp {
+                identifier: format!("docker-image://{pinned}"),
+                attrs: BTreeMap::new(),
+            })),
             platform: Some(pb::Platform {
                 architecture: platform.architecture.clone(),
                 os: platform.os.clone(),
@@ -261,15 +287,25 @@ impl Context<'_> {
     fn start_stage(&mut self, index: usize, from: &Instruction) -> Result<StageState, ConvertError> {
         let flags = instructions::flags(from).or_else(|e| fail(from, e))?;
         let words = instructions::words(from);
-        let base = self.lexer.process_word(&words[0], &self.global).map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+        let base = self
+            .lexer
+            .process_word(&words[0], &self.global)
+            .map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
         let platform = match flags.get("platform") {
             Some(p) => {
-                let p = self.lexer.process_word(p, &self.global).map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+                let p = self
+                    .lexer
+                    .process_word(p, &self.global)
+                    .map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
                 Platform::parse(&p).or_else(|e| fail(from, e))?
             }
             None => self.options.platform.clone(),
         };
-        let steps = self.stages[index].body.iter().filter(|i| matches!(i.keyword().as_str(), "run" | "copy" | "add" | "workdir")).count();
+        let steps = self.stages[index]
+            .body
+            .iter()
+            .filter(|i| matches!(i.keyword().as_str(), "run" | "copy" | "add" | "workdir"))
+            .count();
         let mut state = StageState {
             output: None,
             env: Vars::default(),
@@ -429,7 +465,10 @@ impl Context<'_> {
                     ports[port] = json!({});
                 }
                 state.config().insert("ExposedPorts".into(), ports);
-                state.history(format!("EXPOSE map[{}]", shown.iter().map(|p| format!("{p}:{{}}")).collect::<Vec<_>>().join(" ")), true);
+                state.history(
+                    format!("EXPOSE map[{}]", shown.iter().map(|p| format!("{p}:{{}}")).collect::<Vec<_>>().join(" ")),
+                    true,
+                );
                 Ok(())
             }
             "volume" => {
@@ -565,44 +604,52 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
                 let name = match words.as_slice() {
                     [_] => None,
                     [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => Some(name.to_ascii_lowercase()),
-                    _ => return fail(instruction, "FROM requires either one or three arguments: FROM <image> [AS <name>]"),
-                };
-                if let Some(n) = &name {
-                    if stages.iter().any(|s| s.name.as_deref() == Some(n)) {
-                        return fail(instruction, format!("duplicate stage name {n:?}"));
+                    _ => {
+                        return fail(
+                            instruction,
+                            "FROM requires either one or three arguments: FROM <image> [AS <name>]",
+                        );
                     }
+                };
+                if let Some(n) = &name
+                    && stages.iter().any(|s| s.name.as_deref() == Some(n))
+                {
+                    return fail(instruction, format!("duplicate stage name {n:?}"));
                 }
                 stages.push(Stage { name, from: instruction.clone(), body: Vec::new() });
             }
             _ if !stages.is_empty() => stages.last_mut().expect("a stage").body.push(instruction.clone()),
             "arg" => {
                 for word in instructions::words(instruction) {
-                    let (name, default) = match word.split_once('=') {
-                        Some((n, d)) => (n, Some(lexer.process_word(d, &global).map_err(|e| ConvertError { line: instruction.start_line, message: e.to_string() })?)),
-                        None => (word.as_str(), None),
-                    };
+                    let (name, default) =
+                        match word.split_once('=') {
+                            Some((n, d)) => (
+                                n,
+                                Some(lexer.process_word(d, &global).map_err(|e| ConvertError {
+                                    line: instruction.start_line,
+                                    message: e.to_string(),
+                                })?),
+                            ),
+                            None => (word.as_str(), None),
+                        };
                     if let Some(value) = options.build_args.get(name).cloned().or(default) {
                         global.set(name, &value);
                     }
                 }
             }
             other => {
-                return fail(instruction, format!("{} comes before the first FROM: only ARG may", other.to_uppercase()));
+                return fail(
+                    instruction,
+                    format!("{} comes before the first FROM: only ARG may", other.to_uppercase()),
+                );
             }
         }
     }
     if stages.is_empty() {
         return Err(ConvertError { line: 1, message: "the Dockerfile has no FROM instruction".into() });
     }
-    let mut context = Context {
-        options,
-        lexer,
-        context_paths: Vec::new(),
-        context: None,
-        stages,
-        done: BTreeMap::new(),
-        global,
-    };
+    let mut context =
+        Context { options, lexer, context_paths: Vec::new(), context: None, stages, done: BTreeMap::new(), global };
     let target = match &options.target {
         Some(name) => context
             .stages

@@ -1,7 +1,7 @@
 //! COPY and ADD → FileOp copy actions (from the build context, another stage or an image),
 //! and WORKDIR's mkdir.
 
-use super::convert::{ConvertError, Context, StageState, clean};
+use super::convert::{Context, ConvertError, StageState, clean};
 use super::exec::mount_source;
 use super::instructions::{self, Flags};
 use super::parser::Instruction;
@@ -44,7 +44,8 @@ fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertEr
     match spec {
         None | Some("") => Ok((-1, String::new())),
         Some(text) if text.chars().all(|c| c.is_ascii_digit()) => {
-            let bits = u32::from_str_radix(text, 8).map_err(|_| error(at, format!("invalid chmod {text:?}: not octal")))?;
+            let bits =
+                u32::from_str_radix(text, 8).map_err(|_| error(at, format!("invalid chmod {text:?}: not octal")))?;
             if bits > 0o7777 {
                 return Err(error(at, format!("invalid chmod {text:?}: more than 07777")));
             }
@@ -69,7 +70,13 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let dest = state.expand(&cx.lexer, &dest_word, at)?;
     let dest = state.resolve_path(&dest);
     if words.len() > 1 && !dest.ends_with('/') {
-        return Err(error(at, format!("When using {} with more than one source file, the destination must be a directory and end with a /", at.keyword().to_uppercase())));
+        return Err(error(
+            at,
+            format!(
+                "When using {} with more than one source file, the destination must be a directory and end with a /",
+                at.keyword().to_uppercase()
+            ),
+        ));
     }
     let source = match flags.get("from") {
         Some(from) => mount_source(cx, from, at)?,
@@ -199,7 +206,9 @@ pub fn context_paths(cx: &Context<'_>, target: usize) -> Vec<String> {
             let Ok(flags) = instructions::flags(instruction) else { continue };
             if matches!(instruction.keyword().as_str(), "copy" | "add") && flags.get("from").is_none() {
                 let words = instructions::words(instruction);
-                paths.extend(words[..words.len().saturating_sub(1)].iter().map(|w| clean(&format!("/{w}"))[1..].to_string()));
+                paths.extend(
+                    words[..words.len().saturating_sub(1)].iter().map(|w| clean(&format!("/{w}"))[1..].to_string()),
+                );
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::convert::{ConvertError, Context, StageState, clean};
+use super::convert::{Context, ConvertError, StageState, clean};
 use super::instructions::{self, Flags};
 use super::parser::Instruction;
 use crate::graph::{OpInfo, Output, dedup_inputs};
@@ -51,7 +51,8 @@ fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instructio
             other => other.map(str::to_string),
         };
         let value = expanded.as_deref();
-        let need = |v: Option<&str>| v.map(str::to_string).ok_or_else(|| error(at, format!("--mount {key} needs a value")));
+        let need =
+            |v: Option<&str>| v.map(str::to_string).ok_or_else(|| error(at, format!("--mount {key} needs a value")));
         let number = |v: Option<&str>, radix: u32| -> Result<u32, ConvertError> {
             let v = need(v)?;
             u32::from_str_radix(&v, radix).map_err(|_| error(at, format!("--mount {key}={v}: not a number")))
@@ -66,7 +67,9 @@ fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instructio
             "required" => spec.required = parse_bool(&key, value, at)?,
             "size" => {
                 let v = need(value)?;
-                spec.size = Some(parse_size(&v).ok_or_else(|| error(at, format!("--mount size={v}: expected bytes, e.g. 64m")))?);
+                spec.size = Some(
+                    parse_size(&v).ok_or_else(|| error(at, format!("--mount size={v}: expected bytes, e.g. 64m")))?,
+                );
             }
             "id" => spec.id = need(value)?,
             "sharing" => {
@@ -74,7 +77,12 @@ fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instructio
                     "shared" => pb::CacheSharingOpt::Shared,
                     "private" => pb::CacheSharingOpt::Private,
                     "locked" => pb::CacheSharingOpt::Locked,
-                    other => return Err(error(at, format!("unsupported sharing value {other:?}: use shared, private or locked"))),
+                    other => {
+                        return Err(error(
+                            at,
+                            format!("unsupported sharing value {other:?}: use shared, private or locked"),
+                        ));
+                    }
                 }
             }
             "mode" => spec.mode = Some(number(value, 8)?),
@@ -124,7 +132,11 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
         if spec.target.is_empty() && !matches!(spec.kind.as_str(), "secret" | "ssh") {
             return Err(error(at, "mount target must be specified"));
         }
-        let target = if spec.target.is_empty() { String::new() } else { state.resolve_path(&spec.target).trim_end_matches('/').to_string() };
+        let target = if spec.target.is_empty() {
+            String::new()
+        } else {
+            state.resolve_path(&spec.target).trim_end_matches('/').to_string()
+        };
         if target == "/" {
             return Err(error(at, "/ cannot be used as a mount target"));
         }
@@ -219,13 +231,18 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     mounts.sort_by(|a, b| a.1.dest.cmp(&b.1.dest));
 
     // Inputs: deduplicated, in mount order; scratch is -1.
-    let present: Vec<Output> = mounts.iter().filter_map(|(_, m)| sources.get(m.input as usize).cloned().flatten().filter(|_| m.input >= 0)).collect();
+    let present: Vec<Output> = mounts
+        .iter()
+        .filter_map(|(_, m)| sources.get(m.input as usize).cloned().flatten().filter(|_| m.input >= 0))
+        .collect();
     let (inputs, _) = dedup_inputs(&present);
     for (position, mount) in &mut mounts {
         if mount.input >= 0 {
             match sources.get(mount.input as usize).cloned().flatten() {
                 Some(source) => {
-                    mount.input = inputs.iter().position(|i| i.same_op(&source) && i.index() == source.index()).expect("listed") as i64;
+                    mount.input =
+                        inputs.iter().position(|i| i.same_op(&source) && i.index() == source.index()).expect("listed")
+                            as i64;
                 }
                 None => mount.input = -1,
             }
@@ -310,15 +327,18 @@ fn cache_root(spec: &MountSpec) -> Output {
         owner: Some(owner),
         timestamp: -1,
     };
-    let action = pb::FileAction { input: -1, secondary_input: -1, output: 0, action: Some(pb::file_action::Action::Mkdir(mkdir)) };
+    let action = pb::FileAction {
+        input: -1,
+        secondary_input: -1,
+        output: 0,
+        action: Some(pb::file_action::Action::Mkdir(mkdir)),
+    };
     let op = pb::Op {
         op: Some(pb::op::Op::File(pb::FileOp { actions: vec![action] })),
         constraints: Some(Default::default()),
         ..Default::default()
     };
-    let mut info = OpInfo::default();
-    info.caps = vec!["file.base"];
-    Output::new(op, Vec::new(), info, 0)
+    Output::new(op, Vec::new(), OpInfo { caps: vec!["file.base"], ..OpInfo::default() }, 0)
 }
 
 /// The stage or image a mount or copy reads from.
@@ -328,9 +348,7 @@ pub fn mount_source(cx: &mut Context<'_>, from: &str, at: &Instruction) -> Resul
     }
     let platform = cx.options.platform.clone();
     let (op, _, _) = cx.image_source(from, &platform, at)?;
-    let mut info = OpInfo::default();
-    info.caps = vec!["source.image"];
-    Ok(Output::new(op, Vec::new(), info, 0))
+    Ok(Output::new(op, Vec::new(), OpInfo { caps: vec!["source.image"], ..OpInfo::default() }, 0))
 }
 
 /// How BuildKit names a RUN step: the flags as written and the command with the build's
@@ -363,9 +381,15 @@ pub fn healthcheck(state: &mut StageState, at: &Instruction, flags: &Flags) -> R
         other => return Err(error(at, format!("unknown type {other:?} in HEALTHCHECK (try CMD)"))),
     };
     let mut check = json!({"Test": test});
-    for (flag, key) in [("interval", "Interval"), ("timeout", "Timeout"), ("start-period", "StartPeriod"), ("start-interval", "StartInterval")] {
+    for (flag, key) in [
+        ("interval", "Interval"),
+        ("timeout", "Timeout"),
+        ("start-period", "StartPeriod"),
+        ("start-interval", "StartInterval"),
+    ] {
         if let Some(text) = flags.get(flag) {
-            let nanos = parse_duration(text).ok_or_else(|| error(at, format!("--{flag}={text}: expected a duration such as 30s")))?;
+            let nanos = parse_duration(text)
+                .ok_or_else(|| error(at, format!("--{flag}={text}: expected a duration such as 30s")))?;
             if nanos != 0 && nanos < 1_000_000 {
                 return Err(error(at, format!("Interval {flag} cannot be less than 1ms")));
             }
@@ -380,7 +404,10 @@ pub fn healthcheck(state: &mut StageState, at: &Instruction, flags: &Flags) -> R
         check["Retries"] = json!(retries);
     }
     state.config().insert("Healthcheck".into(), check);
-    state.history(format!("HEALTHCHECK {}", at.original.trim().split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())), true);
+    state.history(
+        format!("HEALTHCHECK {}", at.original.trim().split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())),
+        true,
+    );
     Ok(())
 }
 

@@ -66,7 +66,7 @@ mod tests {
         assert_eq!((doc.name.as_str(), doc.expand, doc.chomp, doc.file_descriptor), ("EOF", true, false, 0));
         let doc = parse("3<<-'END'").unwrap().unwrap();
         assert_eq!((doc.name.as_str(), doc.expand, doc.chomp, doc.file_descriptor), ("END", false, true, 3));
-        assert_eq!(parse("<<\"E\"OF").unwrap().unwrap().expand, false);
+        assert!(!parse("<<\"E\"OF").unwrap().unwrap().expand);
         assert_eq!(parse("<<").unwrap(), None);
         assert_eq!(parse("a<<EOF").unwrap(), None);
         assert_eq!(parse("<<<EOF").unwrap(), None);
@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn several_heredocs_on_one_line() {
-        let names: Vec<String> = from_line("RUN <<A cat && 3<<-\"B\" cat").unwrap().into_iter().map(|d| d.name).collect();
+        let names: Vec<String> =
+            from_line("RUN <<A cat && 3<<-\"B\" cat").unwrap().into_iter().map(|d| d.name).collect();
         assert_eq!(names, ["A", "B"]);
     }
 }

@@ -175,8 +175,11 @@ pub fn parse(text: &str) -> Result<Ast, ParseError> {
             });
         }
 
-        let mut instruction = line_parsers::instruction(&joined, &directives)
-            .map_err(|message| ParseError { line: start_line, column: 0, message })?;
+        let mut instruction = line_parsers::instruction(&joined, &directives).map_err(|message| ParseError {
+            line: start_line,
+            column: 0,
+            message,
+        })?;
         if instruction.can_contain_heredoc() && joined.contains("<<") {
             let docs = heredoc::from_line(&joined).map_err(|message| ParseError::at(start_line, message))?;
             for mut doc in docs {

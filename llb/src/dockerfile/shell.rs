@@ -86,9 +86,7 @@ impl Lexer {
             unmatched: BTreeSet::new(),
         };
         match word.process_until(&[], self.raw_escapes) {
-            Ok((text, words)) => {
-                Ok(Expansion { word: text, words, matched: word.matched, unmatched: word.unmatched })
-            }
+            Ok((text, words)) => Ok(Expansion { word: text, words, matched: word.matched, unmatched: word.unmatched }),
             Err(message) => Err(ShellError { source_text: input.to_string(), message }),
         }
     }
@@ -351,7 +349,11 @@ impl ShellWord<'_> {
                             None => (false, word),
                         };
                         let value = value.unwrap_or_default();
-                        if op == '%' { trim_suffix(&pattern, &value, greedy) } else { trim_prefix(&pattern, &value, greedy) }
+                        if op == '%' {
+                            trim_suffix(&pattern, &value, greedy)
+                        } else {
+                            trim_prefix(&pattern, &value, greedy)
+                        }
                     }
                 }
             }

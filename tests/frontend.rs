@@ -1,0 +1,64 @@
+//! `fledge debug parse` and `fledge debug llb` through the real binary: BuildKit's dump
+//! format, LLB for a Dockerfile whose base image comes from a local registry (and then from
+//! the store, offline), the raw `pb.Definition`, and errors that point at the line.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn debug_parse_prints_buildkits_dump_and_points_at_errors() {
+    let p = Project::new();
+    p.write("Dockerfile", "FROM busybox AS b\nENV a=1 b=\"2 3\"\nONBUILD RUN echo hi\nCMD [\"sh\"]\n");
+    let out = run(p.fledge().args(["debug", "parse", "Dockerfile"]));
+    assert_success(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "(from \"busybox\" \"AS\" \"b\")\n(env \"a\" \"1\" \"=\" \"b\" \"\\\"2 3\\\"\" \"=\")\n(onbuild (run \"echo hi\"))\n(cmd \"sh\")\n"
+    );
+    p.write("Bad", "FROM busybox\n\nENV lonely\n");
+    let out = run(p.fledge().args(["debug", "parse", "Bad"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("ENV must have two arguments") && stderr(&out).contains("Bad:3:1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn debug_llb_lowers_a_dockerfile_with_a_registry_base_image() {
+    let Some(mut registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/frontend");
+    let p = Project::new();
+    p.write("Dockerfile", &format!("FROM {image} AS base\nARG V=1\nWORKDIR /app\nCOPY notes.txt .\nRUN --mount=type=cache,target=/c cat notes.txt\nFROM base\nCOPY --from=base /app/notes.txt /copy\n"));
+    p.write("notes.txt", "n");
+    p.write(".dockerignore", "*.log\n");
+    let out = run(p.fledge().args(["debug", "llb", "Dockerfile"]));
+    assert_success(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let source = &lines[0]["op"]["Source"]["identifier"];
+    assert!(source.as_str().unwrap().starts_with(&format!("docker-image://{image}@sha256:")), "{source}");
+    let context = lines.iter().find(|l| l["op"]["Source"]["identifier"] == "local://context").expect("context");
+    assert_eq!(context["op"]["Source"]["attrs"]["local.followpaths"], "[\"notes.txt\"]");
+    assert_eq!(context["op"]["Source"]["attrs"]["local.excludepatterns"], "[\"*.log\"]");
+    assert!(stdout.contains("\"args\":[\"/bin/sh\",\"-c\",\"cat notes.txt\"]"), "{stdout}");
+    let config = &lines.last().unwrap()["image_config"]["config"];
+    assert_eq!(config["WorkingDir"], "/app");
+
+    // The base is in the store now: the same LLB without the registry, and as raw pb.
+    registry.stop();
+    let again = run(p.fledge().args(["debug", "llb", "Dockerfile"]));
+    assert_success(&again);
+    assert_eq!(again.stdout, out.stdout, "offline from the store, identical");
+    let pb = run(p.fledge().args(["debug", "llb", "--format", "pb", "Dockerfile"]));
+    assert_success(&pb);
+    let definition = <fledge_llb::pb::Definition as prost::Message>::decode(&pb.stdout[..]).unwrap();
+    assert_eq!(definition.def.len(), lines.len() - 1, "every op plus the terminal op");
+
+    let out = run(p.fledge().args(["debug", "llb", "--target", "nope", "Dockerfile"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("target stage \"nope\" could not be found"), "{}", stderr(&out));
+}
