@@ -16,6 +16,7 @@ use crate::pb;
 struct Vertex {
     bytes: Vec<u8>,
     digest: String,
+    /// The inputs in the order a definition lists them (see [`Output::visiting`]).
     inputs: Vec<Output>,
     metadata: pb::OpMetadata,
     /// 1-based line ranges in the Dockerfile this op comes from.
@@ -84,6 +85,14 @@ impl Output {
             ..Default::default()
         };
         Output { vertex: Arc::new(Vertex { bytes, digest, inputs, metadata, lines: info.lines }), index }
+    }
+
+    /// The same op, listed in a definition after its inputs visited in `order` instead of
+    /// the op's input order (Go's FileOp visits the base, then the sources from the last
+    /// action back to the first).
+    pub fn visiting(self, order: Vec<Output>) -> Output {
+        let vertex = Arc::try_unwrap(self.vertex).expect("called on a new output");
+        Output { vertex: Arc::new(Vertex { inputs: order, ..vertex }), index: self.index }
     }
 
     /// Another output of the same op.

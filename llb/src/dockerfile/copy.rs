@@ -56,12 +56,17 @@ fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertEr
     }
 }
 
+/// Where one COPY/ADD source comes from.
+struct Source {
+    output: Output,
+    path: String,
+    /// A heredoc body: copied as a plain file (no wildcards, links or directories).
+    heredoc: bool,
+}
+
 /// COPY / ADD.
 pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags: &Flags) -> Result<(), ConvertError> {
     let is_add = at.keyword() == "add";
-    if !at.heredocs.is_empty() {
-        return Err(error(at, format!("{} with a heredoc is not supported yet", at.keyword().to_uppercase())));
-    }
     let mut words = instructions::words(at);
     if words.len() < 2 {
         return Err(error(at, format!("{} requires at least two arguments", at.keyword().to_uppercase())));
@@ -78,10 +83,24 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             ),
         ));
     }
-    let source = match flags.get("from") {
-        Some(from) => mount_source(cx, from, at)?,
-        None => cx.build_context(),
+    let from = match flags.get("from") {
+        Some(from) => Some(mount_source(cx, from, at)?),
+        None => None,
     };
+    let mut sources = Vec::new();
+    for word in &words {
+        match heredoc_source(cx, state, at, word)? {
+            Some(source) => sources.push(source),
+            None => {
+                let output = match &from {
+                    Some(from) => from.clone(),
+                    None => cx.build_context(),
+                };
+                let path = clean(&format!("/{}", state.expand(&cx.lexer, word, at)?));
+                sources.push(Source { output, path, heredoc: false });
+            }
+        }
+    }
     let chown = match flags.get("chown") {
         Some(c) => owner(&state.expand(&cx.lexer, c, at)?),
         None => None,
@@ -94,39 +113,39 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     // not depend on what is below it.
     let link = flags.bool("link").map_err(|e| error(at, e))?;
     let base = if link { None } else { state.output.clone() };
-    let (inputs, positions) = match &base {
-        Some(base) => dedup_inputs(&[base.clone(), source.clone()]),
-        None => dedup_inputs(std::slice::from_ref(&source)),
-    };
-    let (base_input, source_input) = match &base {
-        Some(_) => (positions[0], positions[1]),
-        None => (-1, positions[0]),
-    };
-    let count = words.len();
+    let mut listed: Vec<Output> = base.iter().cloned().collect();
+    listed.extend(sources.iter().map(|s| s.output.clone()));
+    let (inputs, positions) = dedup_inputs(&listed);
+    let offset = usize::from(base.is_some());
+    let count = sources.len();
     let mut actions = Vec::new();
-    for (i, word) in words.iter().enumerate() {
-        let src = state.expand(&cx.lexer, word, at)?;
+    for (i, source) in sources.iter().enumerate() {
+        let plain = !source.heredoc;
         let copy = pb::FileActionCopy {
-            src: clean(&format!("/{src}")),
+            src: source.path.clone(),
             dest: dest.clone(),
             owner: chown.clone(),
             mode: mode_bits,
             mode_str: mode_str.clone(),
-            follow_symlink: true,
-            dir_copy_contents: true,
-            attempt_unpack_docker_compatibility: unpack,
+            follow_symlink: plain,
+            dir_copy_contents: plain,
+            attempt_unpack_docker_compatibility: plain && unpack,
             create_dest_path: true,
-            allow_wildcard: true,
-            allow_empty_wildcard: true,
+            allow_wildcard: plain,
+            allow_empty_wildcard: plain,
             timestamp: -1,
-            exclude_patterns: excludes.clone(),
+            exclude_patterns: if plain { excludes.clone() } else { Vec::new() },
             ..Default::default()
         };
-        // Each action works on the previous one's result (inputs count first).
-        let input = if i == 0 { base_input } else { (inputs.len() + i - 1) as i64 };
+        // Each action works on the previous one's result (numbered after the inputs).
+        let input = match (i, &base) {
+            (0, Some(_)) => positions[0],
+            (0, None) => -1,
+            _ => (inputs.len() + i - 1) as i64,
+        };
         actions.push(pb::FileAction {
             input,
-            secondary_input: source_input,
+            secondary_input: positions[offset + i],
             output: if i + 1 == count { 0 } else { -1 },
             action: Some(pb::file_action::Action::Copy(copy)),
         });
@@ -140,7 +159,12 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let mut info = OpInfo::named(state.step_name(&shown));
     info.caps = vec!["file.base"];
     info.lines = vec![(at.start_line as i32, at.end_line as i32)];
-    let copied = Output::new(file_op(actions), inputs, info.clone(), 0);
+    // Go lists a FileOp's inputs for the definition as the base first, then the sources
+    // from the last action back to the first.
+    let mut order: Vec<Output> = base.iter().cloned().collect();
+    order.extend(sources.iter().rev().map(|s| s.output.clone()));
+    let order = dedup_inputs(&order).0;
+    let copied = Output::new(file_op(actions), inputs, info.clone(), 0).visiting(order);
     state.output = Some(match (link, &state.output) {
         (true, Some(below)) => merge(below, &copied, info),
         _ => copied,
@@ -154,6 +178,45 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     }
     state.history(format!("{created_by} {} # buildkit", instructions::rest_of_line(at)), false);
     Ok(())
+}
+
+/// A `<<NAME` source: its body as a file `/NAME` (mode 0644) made on scratch, expanded
+/// unless the delimiter was quoted.
+fn heredoc_source(
+    cx: &Context<'_>,
+    state: &StageState,
+    at: &Instruction,
+    word: &str,
+) -> Result<Option<Source>, ConvertError> {
+    let Ok(Some(opener)) = super::heredoc::parse(word) else { return Ok(None) };
+    let Some(doc) = at.heredocs.iter().find(|d| d.name == opener.name) else { return Ok(None) };
+    let mut content = body(doc);
+    if doc.expand {
+        let lexer = super::shell::Lexer { raw_quotes: true, ..cx.lexer };
+        content = lexer.process_word(&content, &state.env).map_err(|e| error(at, e.to_string()))?;
+    }
+    let path = format!("/{}", doc.name);
+    Ok(Some(Source { output: make_file(&path, 0o644, content.into_bytes()), path, heredoc: true }))
+}
+
+/// A heredoc's body, leading tabs removed from every line for `<<-`.
+pub fn body(doc: &super::heredoc::Heredoc) -> String {
+    if !doc.chomp {
+        return doc.content.clone();
+    }
+    doc.content.split_inclusive('\n').map(|line| line.trim_start_matches('\t')).collect()
+}
+
+/// A file with `data` at `path` on scratch.
+pub fn make_file(path: &str, mode: i32, data: Vec<u8>) -> Output {
+    let mkfile = pb::FileActionMkFile { path: path.into(), mode, data, owner: None, timestamp: -1 };
+    let action = pb::FileAction {
+        input: -1,
+        secondary_input: -1,
+        output: 0,
+        action: Some(pb::file_action::Action::Mkfile(mkfile)),
+    };
+    Output::new(file_op(vec![action]), Vec::new(), OpInfo { caps: vec!["file.base"], ..OpInfo::default() }, 0)
 }
 
 /// `lower` with `upper` laid over it.

@@ -112,19 +112,22 @@ fn parse_size(text: &str) -> Option<i64> {
 
 /// RUN.
 pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags: &Flags) -> Result<(), ConvertError> {
-    if !at.heredocs.is_empty() {
-        return Err(error(at, "RUN with a heredoc is not supported yet"));
-    }
-    let args = if at.json {
-        instructions::words(at)
-    } else {
-        let mut args = state.shell.clone();
-        args.push(instructions::rest_of_line(at));
-        args
-    };
+    let (args, script) = command(state, at);
     let mut caps = vec!["exec.meta.base", "exec.meta.setsdefaultpath", "exec.mount.bind"];
     let mut sources: Vec<Option<Output>> = vec![state.output.clone()];
     let mut mounts = vec![(0usize, pb::Mount { dest: "/".into(), ..Default::default() })];
+    if let Some(script) = script {
+        // A heredoc script with a `#!` line runs as a file mounted under /dev/pipes/.
+        sources.push(Some(script));
+        let pipes = pb::Mount {
+            input: (sources.len() - 1) as i64,
+            selector: "/".into(),
+            dest: "/dev/pipes/".into(),
+            readonly: true,
+            ..Default::default()
+        };
+        mounts.push((1, pipes));
+    }
     // Secret and ssh mounts follow the others, unsorted, as BuildKit lists them.
     let mut secrets = Vec::new();
     for text in flags.all("mount") {
@@ -311,6 +314,38 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     created_by += &args.join(" ");
     state.history(created_by + " # buildkit", false);
     Ok(())
+}
+
+/// The process's arguments, and the script file a `#!` heredoc becomes. A RUN that is one
+/// heredoc runs its body as the shell script (or, with `#!`, as a program); other heredocs
+/// go to the shell after the command line, each body followed by its delimiter.
+fn command(state: &StageState, at: &Instruction) -> (Vec<String>, Option<Output>) {
+    if at.json {
+        return (instructions::words(at), None);
+    }
+    let line = instructions::rest_of_line(at);
+    let mut args = state.shell.clone();
+    let only_heredoc = match at.heredocs.as_slice() {
+        [doc] => super::heredoc::parse(line.trim()).ok().flatten().is_some_and(|o| o.name == doc.name),
+        _ => false,
+    };
+    if only_heredoc {
+        let doc = &at.heredocs[0];
+        let body = super::copy::body(doc);
+        if body.starts_with("#!") {
+            let path = format!("/{}", doc.name);
+            args.push(format!("/dev/pipes/{}", doc.name));
+            return (args, Some(super::copy::make_file(&path, 0o755, body.into_bytes())));
+        }
+        args.push(body);
+        return (args, None);
+    }
+    let mut text = line;
+    for doc in &at.heredocs {
+        text += &format!("\n{}{}", super::copy::body(doc), doc.name);
+    }
+    args.push(text);
+    (args, None)
 }
 
 /// The directory an owned cache mount starts from: `mkdir /cache` on scratch with the

@@ -265,6 +265,47 @@ mod tests {
         assert_eq!(go_quote("\u{a0}\u{feff}"), r#""\u00a0\ufeff""#);
     }
 
+    /// Heredoc cases (the shared tables have none); the expected names, flags and bodies are
+    /// what BuildKit's parser (commit 73ed6825c4b7, `parser.Parse`) reports for them.
+    #[test]
+    fn heredocs_match_buildkits_parser() {
+        let docs = |text: &str| {
+            let ast = parse(text).unwrap();
+            let last = ast.instructions.last().unwrap().clone();
+            let found: Vec<(String, bool, bool, u32, String)> = last
+                .heredocs
+                .iter()
+                .map(|d| (d.name.clone(), d.expand, d.chomp, d.file_descriptor, d.content.clone()))
+                .collect();
+            (last.dump(), last.end_line, found)
+        };
+        let one = |n: &str, e, c, fd, body: &str| (n.to_string(), e, c, fd, body.to_string());
+        assert_eq!(
+            docs("FROM busybox\nRUN <<EOF\necho hello\necho world\nEOF\n"),
+            ("run \"<<EOF\"".into(), 5, vec![one("EOF", true, false, 0, "echo hello\necho world\n")])
+        );
+        assert_eq!(
+            docs("FROM busybox\nRUN <<-EOT sh\n\techo tabbed\n\tEOT\n"),
+            ("run \"<<-EOT sh\"".into(), 4, vec![one("EOT", true, true, 0, "\techo tabbed\n")])
+        );
+        assert_eq!(
+            docs("FROM busybox\nCOPY <<\"EOF\" /quoted.txt\nliteral $HOME\nEOF\n").2,
+            vec![one("EOF", false, false, 0, "literal $HOME\n")]
+        );
+        assert_eq!(
+            docs("FROM busybox\nRUN <<A cat && 3<<'B' cat >&3\nfirst\nA\nsecond $x\nB\n").2,
+            vec![one("A", true, false, 0, "first\n"), one("B", false, false, 3, "second $x\n")]
+        );
+        assert_eq!(docs("FROM busybox\nRUN [\"echo\", \"<<EOF\"]\n").2, vec![]);
+        assert_eq!(
+            docs("FROM busybox\nCOPY <<file1 <<file2 /dest/\none\nfile1\ntwo\nfile2\n").2,
+            vec![one("file1", true, false, 0, "one\n"), one("file2", true, false, 0, "two\n")]
+        );
+        assert_eq!(docs("FROM busybox\nRUN cat <<E'O'F\nx\nEOF\n").2, vec![one("EOF", false, false, 0, "x\n")]);
+        let err = parse("FROM busybox\nRUN <<EOF\nnever terminated\n").unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (2, "unterminated heredoc"));
+    }
+
     #[test]
     fn lines_and_columns_are_reported() {
         let err = parse("FROM a\nENV x\n").unwrap_err();

@@ -487,11 +487,12 @@ mod tests {
         Lexer::new('\\').process_word(input, &env)
     }
 
-    /// Pattern forms (the shared tables have none). Expected values are what BuildKit's
-    /// lexer gives for the same input.
+    /// Pattern and modifier forms the shared tables lack. Every expected value (and every
+    /// error) was produced by BuildKit's own lexer (commit 73ed6825c4b7, `shell.NewLex('\\')`,
+    /// `ProcessWord`) for these inputs and this environment.
     #[test]
     fn prefix_suffix_and_replacement_patterns() {
-        let env = ["F=foo/bar/baz.tar.gz", "X=aaa"];
+        let env = ["F=foo/bar/baz.tar.gz", "X=aaa", "E="];
         for (input, expected) in [
             ("${F#*/}", "bar/baz.tar.gz"),
             ("${F##*/}", "baz.tar.gz"),
@@ -506,11 +507,28 @@ mod tests {
             ("${F/b?r/X}", "foo/X/baz.tar.gz"),
             ("${X#a\\*}", "aaa"),
             ("${UNSET#a}", ""),
+            ("${E:-default}", "default"),
+            ("${E-default}", ""),
+            ("${E:+alt}", ""),
+            ("${E+alt}", "alt"),
+            ("${X/*/Z}", "Z"),
+            ("${X//?/Z}", "ZZZ"),
+            ("${F#\"foo/\"}", "bar/baz.tar.gz"),
+            ("${F%'.gz'}", "foo/bar/baz.tar"),
         ] {
             assert_eq!(expand(input, &env).as_deref(), Ok(expected), "{input}");
         }
-        for bad in ["${F:#a}", "${F:%a}", "${F/a}", "${F#\\q}", "${F%\\.gz}"] {
-            assert!(expand(bad, &env).is_err(), "{bad}");
+        for (bad, message) in [
+            ("${F:#a}", "unsupported modifier (:#) in substitution"),
+            ("${F:%a}", "unsupported modifier (:%) in substitution"),
+            ("${F/a}", "syntax error: missing '/' in ${}"),
+            ("${X//}", "syntax error: missing '/' in ${}"),
+            ("${F#\\q}", "invalid pattern (\\q) in substitution: invalid escape '\\q'"),
+            ("${F%\\.gz}", "invalid pattern (zg\\.) in substitution: invalid escape '\\.'"),
+            ("${UNSET:?custom message}", "UNSET: custom message"),
+            ("${E:?}", "E: is not allowed to be empty"),
+        ] {
+            assert_eq!(expand(bad, &env).map_err(|e| e.message), Err(message.to_string()), "{bad}");
         }
     }
 
