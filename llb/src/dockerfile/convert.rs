@@ -144,6 +144,12 @@ impl StageState {
     }
 }
 
+fn sorted(mut paths: Vec<String>) -> Vec<String> {
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
 /// Go's `path.Clean` for absolute paths.
 pub fn clean(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -163,7 +169,10 @@ pub fn clean(path: &str) -> String {
 pub struct Context<'a> {
     pub options: &'a Options<'a>,
     pub lexer: Lexer,
+    /// The context paths the build copies (BuildKit's `local.followpaths`), and those the
+    /// lowering actually used (ONBUILD triggers can add some only known after resolving).
     pub context_paths: Vec<String>,
+    pub used_paths: Vec<String>,
     context: Option<Output>,
     stages: Vec<Stage>,
     done: BTreeMap<usize, StageState>,
@@ -182,11 +191,9 @@ impl Context<'_> {
         if !self.options.excludes.is_empty() {
             attrs.insert("local.excludepatterns".to_string(), json_list(&self.options.excludes));
         }
-        let mut paths = self.context_paths.clone();
-        paths.sort();
-        paths.dedup();
+        let paths = &self.context_paths;
         if !paths.is_empty() {
-            attrs.insert("local.followpaths".to_string(), json_list(&paths));
+            attrs.insert("local.followpaths".to_string(), json_list(paths));
         }
         match &self.options.session_id {
             Some(session) => attrs.insert("local.session".to_string(), session.clone()),
@@ -276,6 +283,25 @@ impl Context<'_> {
             (Some(n), _) => format!("{n} "),
             (None, _) => format!("stage-{index} "),
         };
+        // The base's ONBUILD triggers run first, and are not passed on.
+        let triggers = string_list(&state.image["config"]["OnBuild"]);
+        state.config().remove("OnBuild");
+        for trigger in triggers {
+            let parsed = super::parse(&trigger).map_err(|e| ConvertError {
+                line: from.start_line,
+                message: format!("the base image's ONBUILD trigger {trigger:?}: {}", e.message),
+            })?;
+            let [mut instruction] = <[Instruction; 1]>::try_from(parsed.instructions).map_err(|_| ConvertError {
+                line: from.start_line,
+                message: format!("the base image's ONBUILD trigger {trigger:?} is not one instruction"),
+            })?;
+            if matches!(instruction.keyword().as_str(), "onbuild" | "from" | "maintainer") {
+                return fail(&from, format!("{} is not allowed as an ONBUILD trigger", instruction.keyword().to_uppercase()));
+            }
+            instruction.start_line = from.start_line;
+            instruction.end_line = from.end_line;
+            self.dispatch(&mut state, &instruction)?;
+        }
         for instruction in &body {
             self.dispatch(&mut state, instruction)?;
         }
@@ -649,7 +675,16 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         return Err(ConvertError { line: 1, message: "the Dockerfile has no FROM instruction".into() });
     }
     let mut context =
-        Context { options, lexer, context_paths: Vec::new(), context: None, stages, done: BTreeMap::new(), global };
+        Context {
+            options,
+            lexer,
+            context_paths: Vec::new(),
+            used_paths: Vec::new(),
+            context: None,
+            stages,
+            done: BTreeMap::new(),
+            global,
+        };
     let target = match &options.target {
         Some(name) => context
             .stages
@@ -658,8 +693,17 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
             .ok_or_else(|| ConvertError { line: 0, message: format!("target stage {name:?} could not be found") })?,
         None => context.stages.len() - 1,
     };
-    context.context_paths = copy::context_paths(&context, target);
+    context.context_paths = sorted(copy::context_paths(&context, target));
     context.lower(target)?;
+    let used = sorted(std::mem::take(&mut context.used_paths));
+    if used != context.context_paths {
+        // A base image's ONBUILD trigger copied from the context: lower again with the
+        // complete list, since the context source's digest depends on it.
+        context.context_paths = used;
+        context.context = None;
+        context.done.clear();
+        context.lower(target)?;
+    }
     let state = context.done.remove(&target).expect("lowered");
     Ok(Converted { result: state.output, image: state.image })
 }

@@ -92,11 +92,14 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
         match heredoc_source(cx, state, at, word)? {
             Some(source) => sources.push(source),
             None => {
+                let path = clean(&format!("/{}", state.expand(&cx.lexer, word, at)?));
                 let output = match &from {
                     Some(from) => from.clone(),
-                    None => cx.build_context(),
+                    None => {
+                        cx.used_paths.push(clean(&format!("/{word}"))[1..].to_string());
+                        cx.build_context()
+                    }
                 };
-                let path = clean(&format!("/{}", state.expand(&cx.lexer, word, at)?));
                 sources.push(Source { output, path, heredoc: false });
             }
         }
