@@ -296,7 +296,10 @@ impl Context<'_> {
                 message: format!("the base image's ONBUILD trigger {trigger:?} is not one instruction"),
             })?;
             if matches!(instruction.keyword().as_str(), "onbuild" | "from" | "maintainer") {
-                return fail(&from, format!("{} is not allowed as an ONBUILD trigger", instruction.keyword().to_uppercase()));
+                return fail(
+                    &from,
+                    format!("{} is not allowed as an ONBUILD trigger", instruction.keyword().to_uppercase()),
+                );
             }
             instruction.start_line = from.start_line;
             instruction.end_line = from.end_line;
@@ -618,8 +621,26 @@ fn platform_args(options: &Options<'_>) -> Vars {
     vars
 }
 
+/// `# syntax=` may name BuildKit's standard Dockerfile frontend (built in here); any
+/// other frontend image is an error, since Fledge cannot run one.
+pub fn check_syntax(ast: &Ast) -> Result<(), ConvertError> {
+    let Some((_, syntax)) = ast.directives.iter().find(|(k, _)| k == "syntax") else { return Ok(()) };
+    let name = syntax.split(['@', ':']).next().unwrap_or_default();
+    let name = name.strip_prefix("docker.io/").unwrap_or(name);
+    if matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream") {
+        return Ok(());
+    }
+    Err(ConvertError {
+        line: 1,
+        message: format!(
+            "the `# syntax={syntax}` directive asks for another frontend; Fledge has BuildKit's Dockerfile frontend built in and cannot run frontend images (remove the directive, or name docker/dockerfile)"
+        ),
+    })
+}
+
 /// Lowers `ast` for `options`.
 pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertError> {
+    check_syntax(ast)?;
     let lexer = Lexer::new(ast.escape);
     let mut global = platform_args(options);
     let mut stages: Vec<Stage> = Vec::new();
@@ -674,17 +695,16 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
     if stages.is_empty() {
         return Err(ConvertError { line: 1, message: "the Dockerfile has no FROM instruction".into() });
     }
-    let mut context =
-        Context {
-            options,
-            lexer,
-            context_paths: Vec::new(),
-            used_paths: Vec::new(),
-            context: None,
-            stages,
-            done: BTreeMap::new(),
-            global,
-        };
+    let mut context = Context {
+        options,
+        lexer,
+        context_paths: Vec::new(),
+        used_paths: Vec::new(),
+        context: None,
+        stages,
+        done: BTreeMap::new(),
+        global,
+    };
     let target = match &options.target {
         Some(name) => context
             .stages
@@ -729,5 +749,24 @@ impl Context<'_> {
     /// The instructions of stage `index`.
     pub fn stage_body(&self, index: usize) -> &[Instruction] {
         &self.stages[index].body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_standard_frontend_may_be_named() {
+        let check = |text: &str| check_syntax(&super::super::parse(text).unwrap());
+        assert!(check("# syntax=docker/dockerfile:1\nFROM a\n").is_ok());
+        assert!(check("# syntax=docker.io/docker/dockerfile:1.7-labs@sha256:abc\nFROM a\n").is_ok());
+        assert!(check("FROM a\n").is_ok());
+        let err = check("# syntax=example.com/my/frontend:2\nFROM a\n").unwrap_err();
+        assert!(
+            err.message.contains("example.com/my/frontend:2") && err.message.contains("built in"),
+            "{}",
+            err.message
+        );
     }
 }
