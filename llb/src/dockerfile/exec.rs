@@ -282,6 +282,7 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
         env: state.env.list(),
         cwd: state.dir.clone(),
         user: state.user.clone(),
+        proxy_env: proxy_env(&cx.options.build_args),
         remove_mount_stubs_recursive: true,
         ..Default::default()
     };
@@ -314,6 +315,22 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     created_by += &args.join(" ");
     state.history(created_by + " # buildkit", false);
     Ok(())
+}
+
+/// The proxy build arguments (predefined, either case), passed to every RUN outside its
+/// environment so they stay out of the cache key and the image.
+fn proxy_env(build_args: &std::collections::BTreeMap<String, String>) -> Option<pb::ProxyEnv> {
+    let get = |name: &str| {
+        build_args.get(name).or_else(|| build_args.get(&name.to_ascii_lowercase())).cloned().unwrap_or_default()
+    };
+    let proxy = pb::ProxyEnv {
+        http_proxy: get("HTTP_PROXY"),
+        https_proxy: get("HTTPS_PROXY"),
+        ftp_proxy: get("FTP_PROXY"),
+        no_proxy: get("NO_PROXY"),
+        all_proxy: get("ALL_PROXY"),
+    };
+    (proxy != pb::ProxyEnv::default()).then_some(proxy)
 }
 
 /// The process's arguments, and the script file a `#!` heredoc becomes. A RUN that is one
