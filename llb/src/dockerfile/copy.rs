@@ -60,6 +60,9 @@ fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertEr
 struct Source {
     output: Output,
     path: String,
+    /// `--parents`: the pattern under `path` to copy with its directories, and the path that
+    /// must exist (none for a wildcard).
+    parents: Option<(String, Option<String>)>,
     /// A heredoc body: copied as a plain file (no wildcards, links or directories).
     heredoc: bool,
 }
@@ -87,12 +90,15 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
         Some(from) => Some(mount_source(cx, from, at)?),
         None => None,
     };
+    let parents = flags.bool("parents").map_err(|e| error(at, e))?;
     let mut sources = Vec::new();
     for word in &words {
         match heredoc_source(cx, state, at, word)? {
             Some(source) => sources.push(source),
             None => {
-                let path = clean(&format!("/{}", state.expand(&cx.lexer, word, at)?));
+                let expanded = state.expand(&cx.lexer, word, at)?;
+                let (path, parents) =
+                    if parents { parents_pattern(&expanded) } else { (clean(&format!("/{expanded}")), None) };
                 let output = match &from {
                     Some(from) => from.clone(),
                     None => {
@@ -100,7 +106,7 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
                         cx.build_context()
                     }
                 };
-                sources.push(Source { output, path, heredoc: false });
+                sources.push(Source { output, path, parents, heredoc: false });
             }
         }
     }
@@ -138,6 +144,8 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             allow_empty_wildcard: plain,
             timestamp: -1,
             exclude_patterns: if plain { excludes.clone() } else { Vec::new() },
+            include_patterns: source.parents.iter().map(|(pattern, _)| pattern.clone()).collect(),
+            required_paths: source.parents.iter().filter_map(|(_, required)| required.clone()).collect(),
             ..Default::default()
         };
         // Each action works on the previous one's result (numbered after the inputs).
@@ -183,6 +191,18 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     Ok(())
 }
 
+/// `--parents`: `base/./rest` copies `rest` with its directories from under `base`;
+/// without a `./` pivot the whole path is kept, from the root. A path without wildcards
+/// must exist.
+fn parents_pattern(source: &str) -> (String, Option<(String, Option<String>)>) {
+    let (base, pattern) = match source.split_once("/./") {
+        Some((base, rest)) => (clean(&format!("/{base}")), rest.to_string()),
+        None => ("/".to_string(), clean(&format!("/{source}"))[1..].to_string()),
+    };
+    let required = (!pattern.contains(['*', '?', '['])).then(|| clean(&format!("{base}/{pattern}")));
+    (base, Some((pattern, required)))
+}
+
 /// A `<<NAME` source: its body as a file `/NAME` (mode 0644) made on scratch, expanded
 /// unless the delimiter was quoted.
 fn heredoc_source(
@@ -199,7 +219,7 @@ fn heredoc_source(
         content = lexer.process_word(&content, &state.env).map_err(|e| error(at, e.to_string()))?;
     }
     let path = format!("/{}", doc.name);
-    Ok(Some(Source { output: make_file(&path, 0o644, content.into_bytes()), path, heredoc: true }))
+    Ok(Some(Source { output: make_file(&path, 0o644, content.into_bytes()), path, parents: None, heredoc: true }))
 }
 
 /// A heredoc's body, leading tabs removed from every line for `<<-`.
