@@ -60,11 +60,21 @@ fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertEr
 struct Source {
     output: Output,
     path: String,
+    /// How to copy: a file made by the build (heredoc, download) is copied as it is.
+    kind: SourceKind,
     /// `--parents`: the pattern under `path` to copy with its directories, and the path that
     /// must exist (none for a wildcard).
     parents: Option<(String, Option<String>)>,
-    /// A heredoc body: copied as a plain file (no wildcards, links or directories).
-    heredoc: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    /// Context, stage or image paths: wildcards, links followed, directory contents.
+    Path,
+    /// A heredoc body: a plain file.
+    Heredoc,
+    /// A download: a plain file, unpacked only with `--unpack=true`.
+    Url,
 }
 
 /// COPY / ADD.
@@ -97,6 +107,16 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             Some(source) => sources.push(source),
             None => {
                 let expanded = state.expand(&cx.lexer, word, at)?;
+                if expanded.starts_with("http://") || expanded.starts_with("https://") {
+                    if !is_add {
+                        return Err(error(at, format!("source can't be a URL for COPY ({expanded}): use ADD")));
+                    }
+                    sources.push(url_source(&expanded, flags.get("checksum"), at)?);
+                    continue;
+                }
+                if flags.get("checksum").is_some() {
+                    return Err(error(at, "--checksum works only for an HTTP(S) source"));
+                }
                 let (path, parents) =
                     if parents { parents_pattern(&expanded) } else { (clean(&format!("/{expanded}")), None) };
                 let output = match &from {
@@ -106,7 +126,7 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
                         cx.build_context()
                     }
                 };
-                sources.push(Source { output, path, parents, heredoc: false });
+                sources.push(Source { output, path, parents, kind: SourceKind::Path });
             }
         }
     }
@@ -129,7 +149,12 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let count = sources.len();
     let mut actions = Vec::new();
     for (i, source) in sources.iter().enumerate() {
-        let plain = !source.heredoc;
+        let plain = source.kind == SourceKind::Path;
+        let unpack = match source.kind {
+            SourceKind::Path => unpack,
+            SourceKind::Heredoc => false,
+            SourceKind::Url => flags.get("unpack").is_some_and(|v| v.is_empty() || v == "true"),
+        };
         let copy = pb::FileActionCopy {
             src: source.path.clone(),
             dest: dest.clone(),
@@ -138,7 +163,7 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             mode_str: mode_str.clone(),
             follow_symlink: plain,
             dir_copy_contents: plain,
-            attempt_unpack_docker_compatibility: plain && unpack,
+            attempt_unpack_docker_compatibility: unpack,
             create_dest_path: true,
             allow_wildcard: plain,
             allow_empty_wildcard: plain,
@@ -203,6 +228,31 @@ fn parents_pattern(source: &str) -> (String, Option<(String, Option<String>)>) {
     (base, Some((pattern, required)))
 }
 
+/// An `http(s)://` source: the download, named after the URL's last path segment
+/// (`__unnamed__` without one), pinned by `--checksum` when given.
+fn url_source(url: &str, checksum: Option<&str>, at: &Instruction) -> Result<Source, ConvertError> {
+    let path_part = url.split(['?', '#']).next().unwrap_or(url);
+    let after_host = path_part.splitn(4, '/').nth(3).unwrap_or("");
+    let name = after_host.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("__unnamed__");
+    let mut attrs = std::collections::BTreeMap::new();
+    let mut caps = vec!["source.http"];
+    if let Some(checksum) = checksum {
+        if !checksum.starts_with("sha256:") || checksum.len() != 71 {
+            return Err(error(at, format!("--checksum={checksum}: expected sha256:<64 hex digits>")));
+        }
+        attrs.insert("http.checksum".to_string(), checksum.to_string());
+        caps.push("source.http.checksum");
+    }
+    attrs.insert("http.filename".to_string(), name.to_string());
+    let op = pb::Op {
+        op: Some(pb::op::Op::Source(pb::SourceOp { identifier: url.to_string(), attrs })),
+        constraints: Some(Default::default()),
+        ..Default::default()
+    };
+    let output = Output::new(op, Vec::new(), OpInfo { caps, ..OpInfo::default() }, 0);
+    Ok(Source { output, path: format!("/{name}"), parents: None, kind: SourceKind::Url })
+}
+
 /// A `<<NAME` source: its body as a file `/NAME` (mode 0644) made on scratch, expanded
 /// unless the delimiter was quoted.
 fn heredoc_source(
@@ -219,7 +269,8 @@ fn heredoc_source(
         content = lexer.process_word(&content, &state.env).map_err(|e| error(at, e.to_string()))?;
     }
     let path = format!("/{}", doc.name);
-    Ok(Some(Source { output: make_file(&path, 0o644, content.into_bytes()), path, parents: None, heredoc: true }))
+    let output = make_file(&path, 0o644, content.into_bytes());
+    Ok(Some(Source { output, path, parents: None, kind: SourceKind::Heredoc }))
 }
 
 /// A heredoc's body, leading tabs removed from every line for `<<-`.
