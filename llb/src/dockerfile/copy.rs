@@ -343,9 +343,10 @@ pub fn context_paths(cx: &Context<'_>, target: usize) -> Vec<String> {
             let Ok(flags) = instructions::flags(instruction) else { continue };
             if matches!(instruction.keyword().as_str(), "copy" | "add") && flags.get("from").is_none() {
                 let words = instructions::words(instruction);
-                paths.extend(
-                    words[..words.len().saturating_sub(1)].iter().map(|w| clean(&format!("/{w}"))[1..].to_string()),
-                );
+                let sources = words[..words.len().saturating_sub(1)].iter();
+                let local =
+                    sources.filter(|w| !w.starts_with("http://") && !w.starts_with("https://") && !w.starts_with("<<"));
+                paths.extend(local.map(|w| clean(&format!("/{w}"))[1..].to_string()));
             }
         }
     }
