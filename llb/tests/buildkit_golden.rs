@@ -55,8 +55,8 @@ fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|t| t.lines().map(String::from).collect()).unwrap_or_default()
 }
 
-/// Fledge's definition for one case.
-fn fledge_definition(case: &Path, resolver: &Fixtures) -> pb::Definition {
+/// Fledge's lowering of one case.
+fn fledge_convert(case: &Path, resolver: &Fixtures) -> dockerfile::Converted {
     let text = std::fs::read_to_string(case.join("Dockerfile")).unwrap();
     let ast = dockerfile::parse(&text).unwrap();
     let build_args = lines(&case.join("build-args"))
@@ -75,8 +75,15 @@ fn fledge_definition(case: &Path, resolver: &Fixtures) -> pb::Definition {
         excludes: Vec::new(),
         resolver,
     };
-    let converted = dockerfile::convert(&ast, &options).unwrap_or_else(|e| panic!("{}: {e}", case.display()));
-    graph::definition(&converted.result.expect("a result"), None)
+    dockerfile::convert(&ast, &options).unwrap_or_else(|e| panic!("{}: {e}", case.display()))
+}
+
+fn fledge_definition(case: &Path, resolver: &Fixtures) -> pb::Definition {
+    graph::definition(&fledge_convert(case, resolver).result.expect("a result"), None)
+}
+
+fn fledge_image(case: &Path, resolver: &Fixtures) -> serde_json::Value {
+    fledge_convert(case, resolver).image
 }
 
 fn describe(bytes: &[u8]) -> String {
@@ -130,4 +137,32 @@ fn reencoding_buildkits_ops_gives_its_bytes() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The image configuration BuildKit's frontend returned for each case
+/// (`buildkit-image.json`): the runtime config and the history must be the same.
+#[test]
+fn every_image_config_matches_buildkits() {
+    let resolver = Fixtures::load(&golden().join("images.json"));
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(golden()).unwrap() {
+        let case = entry.unwrap().path();
+        if !case.is_dir() {
+            continue;
+        }
+        let expected: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(case.join("buildkit-image.json")).unwrap()).unwrap();
+        let got = fledge_image(&case, &resolver);
+        for key in ["config", "history", "architecture", "os", "author"] {
+            if got.get(key) != expected.get(key) {
+                failures.push(format!(
+                    "{} {key}:\n  buildkit: {}\n  fledge:   {}",
+                    case.display(),
+                    expected.get(key).map_or("-".into(), |v| v.to_string()),
+                    got.get(key).map_or("-".into(), |v| v.to_string())
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

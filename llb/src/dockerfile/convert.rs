@@ -447,7 +447,7 @@ impl Context<'_> {
                 state.shell = instructions::words(instruction);
                 let value = json!(state.shell);
                 state.config().insert("Shell".into(), value);
-                state.history(format!("SHELL {}", go_list(&state.shell)), true);
+                state.history(format!("SHELL [{}]", state.shell.join(" ")), true);
                 Ok(())
             }
             "run" => exec::run(self, state, instruction, &flags),
@@ -494,10 +494,8 @@ impl Context<'_> {
                     ports[port] = json!({});
                 }
                 state.config().insert("ExposedPorts".into(), ports);
-                state.history(
-                    format!("EXPOSE map[{}]", shown.iter().map(|p| format!("{p}:{{}}")).collect::<Vec<_>>().join(" ")),
-                    true,
-                );
+                shown.sort();
+                state.history(format!("EXPOSE [{}]", shown.join(" ")), true);
                 Ok(())
             }
             "volume" => {
@@ -512,7 +510,7 @@ impl Context<'_> {
                     volumes[volume] = json!({});
                 }
                 state.config().insert("Volumes".into(), volumes);
-                state.history(format!("VOLUME {}", go_list(&shown)), true);
+                state.history(format!("VOLUME [{}]", shown.join(" ")), true);
                 Ok(())
             }
             "stopsignal" => {
@@ -534,7 +532,6 @@ impl Context<'_> {
                 let mut triggers = state.config().get("OnBuild").cloned().unwrap_or_else(|| json!([]));
                 triggers.as_array_mut().expect("an array").push(json!(trigger));
                 state.config().insert("OnBuild".into(), triggers);
-                state.history(format!("ONBUILD {trigger}"), true);
                 Ok(())
             }
             "healthcheck" => exec::healthcheck(state, instruction, &flags),
@@ -559,8 +556,9 @@ impl Context<'_> {
                 .cloned()
                 .or(default.clone())
                 .or_else(|| self.global.get(&name).map(str::to_string));
-            shown.push(match &default {
-                Some(d) => format!("{name}={d}"),
+            // History shows the value the build used.
+            shown.push(match &value {
+                Some(v) => format!("{name}={v}"),
                 None => name.clone(),
             });
             if let Some(value) = value {

@@ -206,13 +206,25 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
         _ => copied,
     });
 
+    // History names the flags that shape the result: owner, mode, parents (in that order).
     let mut created_by = at.keyword().to_uppercase();
-    for flag in &at.flags {
-        if flag.starts_with("--chown") || flag.starts_with("--chmod") {
-            created_by += &format!(" {flag}");
+    for name in ["chown", "chmod"] {
+        if let Some(value) = flags.get(name) {
+            created_by += &format!(" --{name}={value}");
         }
     }
-    state.history(format!("{created_by} {} # buildkit", instructions::rest_of_line(at)), false);
+    if parents {
+        created_by += " --parents";
+    }
+    // Heredoc sources appear as `<<NAME`, quotes removed.
+    let shown_words: Vec<String> = instructions::words(at)
+        .into_iter()
+        .map(|w| match super::heredoc::parse(&w) {
+            Ok(Some(doc)) => format!("<<{}", doc.name),
+            _ => w,
+        })
+        .collect();
+    state.history(format!("{created_by} {} # buildkit", shown_words.join(" ")), false);
     Ok(())
 }
 

@@ -455,12 +455,46 @@ pub fn healthcheck(state: &mut StageState, at: &Instruction, flags: &Flags) -> R
         }
         check["Retries"] = json!(retries);
     }
-    state.config().insert("Healthcheck".into(), check);
-    state.history(
-        format!("HEALTHCHECK {}", at.original.trim().split_once(char::is_whitespace).map_or("", |(_, r)| r.trim())),
-        true,
+    // History prints the health check as Go prints the struct.
+    let field = |key: &str| go_duration(check.get(key).and_then(|v| v.as_i64()).unwrap_or(0));
+    let shown = format!(
+        "HEALTHCHECK {{Test:[{}] Interval:{} Timeout:{} StartPeriod:{} StartInterval:{} Retries:{}}}",
+        test.join(" "),
+        field("Interval"),
+        field("Timeout"),
+        field("StartPeriod"),
+        field("StartInterval"),
+        check.get("Retries").and_then(|v| v.as_i64()).unwrap_or(0)
     );
+    state.config().insert("Healthcheck".into(), check);
+    state.history(shown, true);
     Ok(())
+}
+
+/// Go's `time.Duration.String()`: `0s`, `1.5s`, `300ms`, `1m30s`, `2h0m0s`.
+fn go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let trim = |v: f64| {
+        let text = format!("{v:.9}");
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    if nanos < 1_000_000_000 {
+        return match nanos {
+            n if n < 1_000 => format!("{n}ns"),
+            n if n < 1_000_000 => format!("{}µs", trim(n as f64 / 1e3)),
+            n => format!("{}ms", trim(n as f64 / 1e6)),
+        };
+    }
+    let hours = nanos / 3_600_000_000_000;
+    let minutes = nanos / 60_000_000_000 % 60;
+    let seconds = trim((nanos % 60_000_000_000) as f64 / 1e9);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
 }
 
 /// A Go duration (`1h2m3.5s`, `300ms`) in nanoseconds.
@@ -488,4 +522,25 @@ fn parse_duration(text: &str) -> Option<i64> {
         rest = &rest[unit_len..];
     }
     Some(total as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_print_as_go_prints_them() {
+        for (nanos, text) in [
+            (0, "0s"),
+            (5_000_000_000, "5s"),
+            (1_500_000_000, "1.5s"),
+            (300_000_000, "300ms"),
+            (90_000_000_000, "1m30s"),
+            (7_200_000_000_000, "2h0m0s"),
+        ] {
+            assert_eq!(go_duration(nanos), text);
+        }
+        assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
+        assert_eq!(parse_duration("soon"), None);
+    }
 }
