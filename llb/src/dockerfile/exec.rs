@@ -28,6 +28,8 @@ struct MountSpec {
     mode: Option<u32>,
     uid: Option<u32>,
     gid: Option<u32>,
+    /// A secret exposed as this environment variable.
+    env: Option<String>,
 }
 
 fn parse_bool(key: &str, value: Option<&str>, at: &Instruction) -> Result<bool, ConvertError> {
@@ -88,6 +90,7 @@ fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instructio
             "mode" => spec.mode = Some(number(value, 8)?),
             "uid" => spec.uid = Some(number(value, 10)?),
             "gid" => spec.gid = Some(number(value, 10)?),
+            "env" => spec.env = Some(need(value)?),
             other => return Err(error(at, format!("unexpected key '{other}' in '{field}'"))),
         }
     }
@@ -130,6 +133,8 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     }
     // Secret and ssh mounts follow the others, unsorted, as BuildKit lists them.
     let mut secrets = Vec::new();
+    let mut secret_env = Vec::new();
+    let mut extra_env = Vec::new();
     for text in flags.all("mount") {
         let spec = parse_mount(text, state, cx, at)?;
         if spec.target.is_empty() && !matches!(spec.kind.as_str(), "secret" | "ssh") {
@@ -173,7 +178,6 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
                 mount.tmpfs_opt = Some(pb::TmpfsOpt { size: spec.size.unwrap_or(0) });
             }
             "secret" => {
-                caps.push("exec.mount.secret");
                 let id = if spec.id.is_empty() {
                     spec.target.rsplit('/').next().unwrap_or_default().to_string()
                 } else {
@@ -182,6 +186,13 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
                 if id.is_empty() {
                     return Err(error(at, "a secret mount needs an id or a target"));
                 }
+                if let Some(name) = &spec.env {
+                    secret_env.push(pb::SecretEnv { id: id.clone(), name: name.clone(), optional: !spec.required });
+                    if spec.target.is_empty() {
+                        continue; // only the variable
+                    }
+                }
+                caps.push("exec.mount.secret");
                 if mount.dest.is_empty() {
                     mount.dest = format!("/run/secrets/{id}");
                 }
@@ -197,14 +208,14 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
             }
             "ssh" => {
                 caps.push("exec.mount.ssh");
-                let id = if spec.id.is_empty() { "default".to_string() } else { spec.id.clone() };
                 if mount.dest.is_empty() {
                     mount.dest = "/run/buildkit/ssh_agent.0".into();
                 }
+                extra_env.push(format!("SSH_AUTH_SOCK={}", mount.dest));
                 mount.output = 0;
                 mount.mount_type = pb::MountType::Ssh as i32;
                 mount.ssh_opt = Some(pb::SshOpt {
-                    id,
+                    id: spec.id.clone(),
                     uid: spec.uid.unwrap_or(0),
                     gid: spec.gid.unwrap_or(0),
                     mode: spec.mode.unwrap_or(0o600),
@@ -279,7 +290,7 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     };
     let meta = pb::Meta {
         args: args.clone(),
-        env: state.env.list(),
+        env: state.env.list().into_iter().chain(extra_env).collect(),
         cwd: state.dir.clone(),
         user: state.user.clone(),
         proxy_env: proxy_env(&cx.options.build_args),
@@ -290,6 +301,7 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
         op: Some(pb::op::Op::Exec(pb::ExecOp {
             meta: Some(meta),
             mounts: mounts.into_iter().map(|(_, m)| m).chain(secrets).collect(),
+            secretenv: secret_env,
             network: network as i32,
             security: security as i32,
             ..Default::default()
