@@ -107,6 +107,11 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             Some(source) => sources.push(source),
             None => {
                 let expanded = state.expand(&cx.lexer, word, at)?;
+                if is_add && is_git(&expanded) {
+                    let keep = flags.bool("keep-git-dir").map_err(|e| error(at, e))?;
+                    sources.push(git_source(&expanded, keep));
+                    continue;
+                }
                 if expanded.starts_with("http://") || expanded.starts_with("https://") {
                     if !is_add {
                         return Err(error(at, format!("source can't be a URL for COPY ({expanded}): use ADD")));
@@ -263,6 +268,54 @@ fn url_source(url: &str, checksum: Option<&str>, at: &Instruction) -> Result<Sou
     };
     let output = Output::new(op, Vec::new(), OpInfo { caps, ..OpInfo::default() }, 0);
     Ok(Source { output, path: format!("/{name}"), parents: None, kind: SourceKind::Url })
+}
+
+/// A git repository URL as ADD recognises one: `git@host:path`, `git://`, `ssh://`, or
+/// `http(s)://` ending in `.git` (before any `#ref`).
+fn is_git(source: &str) -> bool {
+    let without_fragment = source.split('#').next().unwrap_or(source);
+    source.starts_with("git@")
+        || source.starts_with("git://")
+        || source.starts_with("ssh://")
+        || ((source.starts_with("https://") || source.starts_with("http://")) && without_fragment.ends_with(".git"))
+}
+
+/// A git source: `git://HOST/PATH[#REF[:SUBDIR]]`, the real remote in `git.fullurl`, the
+/// build's auth secrets named, and the ssh agent mounted for ssh remotes.
+fn git_source(url: &str, keep_git_dir: bool) -> Source {
+    let (remote, fragment) = match url.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (url, None),
+    };
+    let ssh = remote.starts_with("git@") || remote.starts_with("ssh://");
+    let host_path = match remote.strip_prefix("git@") {
+        Some(rest) => rest.replacen(':', "/", 1),
+        None => remote.split_once("://").map_or(remote, |(_, rest)| rest).to_string(),
+    };
+    let mut identifier = format!("git://{host_path}");
+    if let Some(fragment) = fragment {
+        identifier += &format!("#{fragment}");
+    }
+    let mut attrs = std::collections::BTreeMap::new();
+    attrs.insert("git.authheadersecret".to_string(), "GIT_AUTH_HEADER".to_string());
+    attrs.insert("git.authtokensecret".to_string(), "GIT_AUTH_TOKEN".to_string());
+    attrs.insert("git.fullurl".to_string(), remote.to_string());
+    let mut caps = vec!["source.git", "source.git.fullurl"];
+    if keep_git_dir {
+        attrs.insert("git.keepgitdir".to_string(), "true".to_string());
+        caps.push("source.git.keepgitdir");
+    }
+    if ssh {
+        attrs.insert("git.mountsshsock".to_string(), "default".to_string());
+        caps.extend(["source.git.knownsshhosts", "source.git.mountsshsock"]);
+    }
+    let op = pb::Op {
+        op: Some(pb::op::Op::Source(pb::SourceOp { identifier, attrs })),
+        constraints: Some(Default::default()),
+        ..Default::default()
+    };
+    let output = Output::new(op, Vec::new(), OpInfo { caps, ..OpInfo::default() }, 0);
+    Source { output, path: "/".into(), parents: None, kind: SourceKind::Url }
 }
 
 /// A `<<NAME` source: its body as a file `/NAME` (mode 0644) made on scratch, expanded
