@@ -15,6 +15,17 @@ pub fn load(path: &Path) -> Result<Ast> {
     parse(&text).map_err(|e| diagnostic(&SourceFile::new(path, text), &e).into())
 }
 
+/// A lowering error (an instruction that cannot be built) as a diagnostic quoting its line.
+pub fn convert_error(path: &Path, error: &fledge_llb::dockerfile::ConvertError) -> anyhow::Error {
+    if error.line == 0 {
+        // Not about one line (e.g. an unknown --target).
+        return anyhow::anyhow!("{}: {}", path.display(), error.message);
+    }
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let error = ParseError { line: error.line, column: 0, message: error.message.clone() };
+    diagnostic(&SourceFile::new(path, text), &error).into()
+}
+
 /// A parse error as a diagnostic quoting the line.
 fn diagnostic(file: &SourceFile, error: &ParseError) -> Diagnostic {
     let line_start: usize = file.text.split_inclusive('\n').take(error.line.saturating_sub(1)).map(str::len).sum();
@@ -26,7 +37,7 @@ fn diagnostic(file: &SourceFile, error: &ParseError) -> Diagnostic {
         line_start..line_start + line_len
     };
     let span = (!file.text.is_empty()).then_some(span);
-    Diagnostic::new(file, span, format!("Dockerfile parse error: {}", error.message))
+    Diagnostic::new(file, span, format!("Dockerfile: {}", error.message))
         .help("see https://docs.docker.com/reference/dockerfile/ for the instruction's syntax")
 }
 

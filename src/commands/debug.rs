@@ -43,7 +43,7 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
                 resolver: &resolver,
             };
             let converted = fledge_llb::dockerfile::convert(&ast, &options)
-                .map_err(|e| anyhow::anyhow!("{}:{}: {}", dockerfile.display(), e.line, e.message))?;
+                .map_err(|e| dockerfile::convert_error(dockerfile, &e))?;
             let Some(result) = converted.result else {
                 bail!("the target stage is empty (FROM scratch with nothing added): there is no LLB to print");
             };
