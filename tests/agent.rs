@@ -198,6 +198,37 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
             .collect();
         assert_eq!(entries, ["link 777 0:0", "sub 755 0:0", "sub/file 751 123:456"]);
 
+        // The upper as an OCI layer: a deleted lower file is a whiteout, a directory replaced
+        // wholesale is opaque, and an extended attribute and a hard link survive.
+        let changes = "rm /data/c && rm -rf /home/user && mkdir /home/user && echo new > /home/user/f \
+                       && ln /home/user/f /home/user/g && setfattr -n user.k -v v /home/user/f 2>/dev/null; \
+                       echo made";
+        let (status, out, err) = exec(agent, in_root(&["sh", "-c", changes]), None).await;
+        assert_eq!(status, ExitStatus::Exited(0), "{}{}", String::from_utf8_lossy(&out), String::from_utf8_lossy(&err));
+        let mut layer = Vec::new();
+        agent.get_layer_diff("/scratch/upper", &mut layer, 8 << 20).await.unwrap();
+        let mut archive = tar::Archive::new(&layer[..]);
+        let mut names = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path().unwrap().display().to_string();
+            if name == "home/user/g" {
+                assert_eq!(entry.header().entry_type(), tar::EntryType::Link);
+                assert_eq!(entry.link_name().unwrap().unwrap().display().to_string(), "home/user/f");
+            }
+            if let Some(extensions) = entry.pax_extensions().unwrap() {
+                for extension in extensions {
+                    let extension = extension.unwrap();
+                    assert!(!extension.key().unwrap().contains("trusted.overlay"), "overlay attributes are dropped");
+                }
+            }
+            names.push(name);
+        }
+        for expected in ["data/.wh.c", "home/user/.wh..wh..opq", "home/user/f", "home/user/g", "data.bin"] {
+            assert!(names.iter().any(|n| n == expected), "{expected} in {names:?}");
+        }
+        assert!(!names.iter().any(|n| n == "data/c"), "{names:?}");
+
         // Writes went to the upper; the read-only layer is untouched.
         let (_, out, _) = exec(
             agent,
@@ -208,7 +239,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
             None,
         )
         .await;
-        assert_eq!(String::from_utf8_lossy(&out), "bin\ndata.bin\nunpacked\nwork\n");
+        assert_eq!(String::from_utf8_lossy(&out), "bin\ndata\ndata.bin\nhome\nunpacked\nwork\n");
         agent.unmount("/rootfs").await.unwrap();
         vm.shutdown().await.unwrap();
     });

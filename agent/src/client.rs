@@ -181,9 +181,30 @@ impl AgentClient {
         out: &mut (dyn AsyncWrite + Send + Unpin),
         limit: u64,
     ) -> Result<u64> {
-        let request = pb::GetTarRequest { directory: directory.into() };
-        let chunks = self.rpc.get_tar(request).await.map_err(remote(format!("could not pack {directory}")))?;
-        copy_chunks(chunks.into_inner(), out, limit, &format!("tar of {directory}")).await
+        self.pack(pb::GetTarRequest { directory: directory.into(), overlay_diff: false }, out, limit).await
+    }
+
+    /// Packs the overlay upper directory `upper` as an OCI layer (whiteouts and opaque
+    /// directories in OCI form) into `out`, refusing more than `limit` bytes. The layer comes
+    /// from the guest: whoever applies it must validate its entries.
+    pub async fn get_layer_diff(
+        &mut self,
+        upper: &str,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+        limit: u64,
+    ) -> Result<u64> {
+        self.pack(pb::GetTarRequest { directory: upper.into(), overlay_diff: true }, out, limit).await
+    }
+
+    async fn pack(
+        &mut self,
+        request: pb::GetTarRequest,
+        out: &mut (dyn AsyncWrite + Send + Unpin),
+        limit: u64,
+    ) -> Result<u64> {
+        let what = format!("tar of {}", request.directory);
+        let chunks = self.rpc.get_tar(request).await.map_err(remote(format!("could not pack: {what}")))?;
+        copy_chunks(chunks.into_inner(), out, limit, &what).await
     }
 
     pub async fn mount(&mut self, request: pb::MountRequest) -> Result<()> {

@@ -1,8 +1,9 @@
 //! `PutTar` and `GetTar`: tar streams unpacked into, or packed from, a directory. The tar
 //! work is blocking, so it runs on a blocking thread fed through a bounded channel.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use fledge_agent::CHUNK;
@@ -103,7 +104,7 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Streams `directory` as a tar, entries in name order, symlinks kept as links.
+/// Streams `directory` as a tar (see `GetTarRequest` in the .proto for what is kept).
 pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
     let directory = PathBuf::from(&request.directory);
     if !directory.is_absolute() || !directory.is_dir() {
@@ -114,8 +115,10 @@ pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
     }
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) });
-        let packed = pack(&mut tar, &directory, Path::new("")).and_then(|()| tar.into_inner()?.flush());
+        let writer = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
+        let mut packer =
+            Packer { tar: tar::Builder::new(writer), links: HashMap::new(), overlay: request.overlay_diff };
+        let packed = packer.pack(&directory, Path::new("")).and_then(|()| packer.tar.into_inner()?.flush());
         if let Err(e) = packed {
             let _ = tx.blocking_send(Err(io_error("cannot pack", &request.directory)(e)));
         }
@@ -123,33 +126,147 @@ pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
     Ok(rx)
 }
 
-fn pack(tar: &mut tar::Builder<ChannelWriter>, directory: &Path, name: &Path) -> std::io::Result<()> {
-    let mut children: Vec<_> = std::fs::read_dir(directory)?.collect::<Result<_, _>>()?;
-    children.sort_by_key(|entry| entry.file_name());
-    for child in children {
-        let (path, child_name) = (child.path(), name.join(child.file_name()));
-        append(tar, &path, &child_name)?;
-        if child.file_type()?.is_dir() {
-            pack(tar, &path, &child_name)?;
-        }
-    }
-    Ok(())
+/// The overlay attribute that marks a directory as hiding everything below it.
+const OPAQUE: &str = "trusted.overlay.opaque";
+
+struct Packer {
+    tar: tar::Builder<ChannelWriter>,
+    /// Files with several links already written, by (device, inode): later names link to it.
+    links: HashMap<(u64, u64), PathBuf>,
+    overlay: bool,
 }
 
-/// One entry with its owner, time and permission bits (the mode field holds only those, as
-/// tar tools write it); devices keep their numbers.
-fn append(tar: &mut tar::Builder<ChannelWriter>, path: &Path, name: &Path) -> std::io::Result<()> {
-    let metadata = std::fs::symlink_metadata(path)?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
-    header.set_mode(metadata.mode() & 0o7777);
-    let kind = metadata.file_type();
-    if kind.is_file() {
-        tar.append_data(&mut header, name, std::fs::File::open(path)?)
-    } else if kind.is_symlink() {
-        tar.append_link(&mut header, name, std::fs::read_link(path)?)
-    } else {
-        header.set_size(0);
-        tar.append_data(&mut header, name, std::io::empty())
+impl Packer {
+    fn pack(&mut self, directory: &Path, name: &Path) -> std::io::Result<()> {
+        let mut children: Vec<_> = std::fs::read_dir(directory)?.collect::<Result<_, _>>()?;
+        children.sort_by_key(|entry| entry.file_name());
+        for child in children {
+            let (path, child_name) = (child.path(), name.join(child.file_name()));
+            self.append(&path, &child_name)?;
+            if child.file_type()?.is_dir() {
+                self.pack(&path, &child_name)?;
+            }
+        }
+        Ok(())
     }
+
+    /// One entry: owner, time and permission bits (the mode field holds only those, as tar
+    /// tools write it), extended attributes, device numbers, hard links.
+    fn append(&mut self, path: &Path, name: &Path) -> std::io::Result<()> {
+        let metadata = std::fs::symlink_metadata(path)?;
+        let kind = metadata.file_type();
+        if self.overlay && kind.is_char_device() && metadata.rdev() == 0 {
+            let whiteout =
+                name.with_file_name(format!(".wh.{}", name.file_name().unwrap_or_default().to_string_lossy()));
+            return self.empty_file(&whiteout);
+        }
+        let mut attributes = xattrs(path)?;
+        let opaque = attributes.iter().any(|(k, v)| k == OPAQUE && v == b"y");
+        if self.overlay {
+            attributes.retain(|(k, _)| !k.starts_with("trusted.overlay."));
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
+        header.set_mode(metadata.mode() & 0o7777);
+        if !attributes.is_empty() {
+            let records: Vec<(String, Vec<u8>)> =
+                attributes.into_iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v)).collect();
+            self.pax(&records)?;
+        }
+        if kind.is_file() && metadata.nlink() > 1 {
+            if let Some(first) = self.links.get(&(metadata.dev(), metadata.ino())) {
+                header.set_entry_type(tar::EntryType::Link);
+                header.set_size(0);
+                return self.tar.append_link(&mut header, name, first.clone());
+            }
+            self.links.insert((metadata.dev(), metadata.ino()), name.to_path_buf());
+        }
+        if kind.is_file() {
+            self.tar.append_data(&mut header, name, std::fs::File::open(path)?)?;
+        } else if kind.is_symlink() {
+            self.tar.append_link(&mut header, name, std::fs::read_link(path)?)?;
+        } else {
+            header.set_size(0);
+            self.tar.append_data(&mut header, name, std::io::empty())?;
+        }
+        if self.overlay && kind.is_dir() && opaque {
+            self.empty_file(&name.join(".wh..wh..opq"))?;
+        }
+        Ok(())
+    }
+
+    /// An empty marker file (OCI whiteouts).
+    fn empty_file(&mut self, name: &Path) -> std::io::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(0);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        self.tar.append_data(&mut header, name, std::io::empty())
+    }
+
+    /// A PAX extended header for the next entry.
+    fn pax(&mut self, records: &[(String, Vec<u8>)]) -> std::io::Result<()> {
+        let mut data = Vec::new();
+        for (key, value) in records {
+            // "LEN key=value\n", where LEN counts itself too.
+            let body = key.len() + value.len() + 3;
+            let mut len = body + body.to_string().len();
+            if len.to_string().len() != body.to_string().len() {
+                len += 1;
+            }
+            data.extend_from_slice(format!("{len} {key}=").as_bytes());
+            data.extend_from_slice(value);
+            data.push(b'\n');
+        }
+        let mut header = tar::Header::new_ustar();
+        header.set_entry_type(tar::EntryType::XHeader);
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(0);
+        self.tar.append_data(&mut header, "PaxHeader", &data[..])
+    }
+}
+
+/// A file's extended attributes (none where the filesystem has no support).
+fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let unsupported = |e: &std::io::Error| e.raw_os_error() == Some(libc::ENOTSUP);
+    // SAFETY: the buffers passed are at least as long as the sizes given with them.
+    let list = |buf: &mut [u8]| unsafe { libc::llistxattr(c_path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let size = list(&mut []);
+    if size < 0 {
+        let e = std::io::Error::last_os_error();
+        return if unsupported(&e) { Ok(Vec::new()) } else { Err(e) };
+    }
+    let mut names = vec![0u8; size as usize];
+    let size = list(&mut names);
+    if size < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    names.truncate(size as usize);
+    let mut attributes = Vec::new();
+    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let c_name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+        // SAFETY: as above.
+        let get = |buf: &mut [u8]| unsafe {
+            libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        };
+        let size = get(&mut []);
+        if size < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut value = vec![0u8; size as usize];
+        let size = get(&mut value);
+        if size < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        value.truncate(size as usize);
+        attributes.push((String::from_utf8_lossy(name).into_owned(), value));
+    }
+    attributes.sort();
+    Ok(attributes)
 }
