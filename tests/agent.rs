@@ -229,6 +229,31 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         }
         assert!(!names.iter().any(|n| n == "data/c"), "{names:?}");
 
+        // An OCI layer with whiteouts becomes an overlay lower layer over the image.
+        let mut layer = tar::Builder::new(Vec::new());
+        for (name, data) in [("etc/.wh.motd", &b""[..]), ("data/.wh..wh..opq", b""), ("data/new", b"fresh\n")] {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            layer.append_data(&mut header, name, data).unwrap();
+        }
+        let layer = layer.into_inner().unwrap();
+        assert_eq!(agent.put_layer("/layers/1", std::io::Cursor::new(layer)).await.unwrap(), 3);
+        let stacked = pb::MountOverlayRequest {
+            lower: vec!["/layers/1".into(), "/layers/0".into()],
+            target: "/stacked".into(),
+            ..Default::default()
+        };
+        agent.mount_overlay(stacked).await.unwrap();
+        let check = "test -e /etc/motd || echo motd-gone; ls /data; /bin/busybox cat /data/new; test -x /bin/busybox && echo image-intact";
+        let mut process = in_root(&["/bin/busybox", "sh", "-c", check]);
+        process.root = "/stacked".into();
+        let (_, out, _) = exec(agent, process, None).await;
+        assert_eq!(String::from_utf8_lossy(&out), "motd-gone\nnew\nfresh\nimage-intact\n");
+
         // Writes went to the upper; the read-only layer is untouched.
         let (_, out, _) = exec(
             agent,

@@ -166,11 +166,22 @@ impl AgentClient {
 
     /// Unpacks the tar stream `tar` into `directory` in the guest; returns the entry count.
     pub async fn put_tar(&mut self, directory: &str, tar: impl AsyncRead + Send + Unpin + 'static) -> Result<u64> {
+        self.unpack(pb::PutTarHeader { directory: directory.into(), oci_layer: false }, tar).await
+    }
+
+    /// Unpacks the OCI layer `layer` (an uncompressed tar) into `directory` as an overlay lower
+    /// layer: its whiteouts become overlay whiteouts.
+    pub async fn put_layer(&mut self, directory: &str, layer: impl AsyncRead + Send + Unpin + 'static) -> Result<u64> {
+        self.unpack(pb::PutTarHeader { directory: directory.into(), oci_layer: true }, layer).await
+    }
+
+    async fn unpack(&mut self, header: pb::PutTarHeader, tar: impl AsyncRead + Send + Unpin + 'static) -> Result<u64> {
         use pb::put_tar_input::Input;
-        let header = Input::Directory(directory.into());
-        let (inputs, reader) = with_header(header, tar, Input::Data, |input| pb::PutTarInput { input: Some(input) });
+        let action = format!("could not unpack into {}", header.directory);
+        let (inputs, reader) =
+            with_header(Input::Header(header), tar, Input::Data, |input| pb::PutTarInput { input: Some(input) });
         let reply = self.rpc.put_tar(inputs).await;
-        Ok(finish_upload(reply, reader, format!("could not unpack into {directory}")).await?.entries)
+        Ok(finish_upload(reply, reader, action).await?.entries)
     }
 
     /// Packs `directory` in the guest as a tar stream into `out`, refusing more than `limit`

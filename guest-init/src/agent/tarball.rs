@@ -37,15 +37,16 @@ impl Read for ChannelReader {
 
 /// Unpacks the tar that follows the header, keeping owners, modes, times and xattrs.
 pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarResponse, Status> {
-    let directory = match inputs.message().await?.and_then(|m| m.input) {
-        Some(Input::Directory(directory)) if directory.starts_with('/') => PathBuf::from(directory),
-        _ => return Err(Status::invalid_argument("the first message must be an absolute directory")),
+    let (directory, oci_layer) = match inputs.message().await?.and_then(|m| m.input) {
+        Some(Input::Header(h)) if h.directory.starts_with('/') => (PathBuf::from(h.directory), h.oci_layer),
+        _ => return Err(Status::invalid_argument("the first message must be the header with an absolute directory")),
     };
     let shown = directory.display().to_string();
     std::fs::create_dir_all(&directory).map_err(io_error("cannot create", &shown))?;
     let (tx, rx) = mpsc::channel(4);
-    let unpack =
-        tokio::task::spawn_blocking(move || unpack(ChannelReader { rx, chunk: Vec::new(), at: 0 }, &directory));
+    let unpack = tokio::task::spawn_blocking(move || {
+        unpack(ChannelReader { rx, chunk: Vec::new(), at: 0 }, &directory, oci_layer)
+    });
     while let Some(message) = inputs.message().await? {
         let Some(Input::Data(data)) = message.input else {
             return Err(Status::invalid_argument("only tar data may follow the directory"));
@@ -60,7 +61,7 @@ pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarRes
     Ok(pb::PutTarResponse { entries })
 }
 
-fn unpack(reader: impl Read, directory: &Path) -> std::io::Result<u64> {
+fn unpack(reader: impl Read, directory: &Path, oci_layer: bool) -> std::io::Result<u64> {
     let mut archive = tar::Archive::new(reader);
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
@@ -69,11 +70,43 @@ fn unpack(reader: impl Read, directory: &Path) -> std::io::Result<u64> {
     archive.set_overwrite(true);
     let mut entries = 0;
     for entry in archive.entries()? {
+        let mut entry = entry?;
+        if oci_layer && whiteout(&entry.path()?, directory)? {
+            entries += 1;
+            continue;
+        }
         // `unpack_in` refuses entries that would land outside `directory`.
-        entry?.unpack_in(directory)?;
+        entry.unpack_in(directory)?;
         entries += 1;
     }
     Ok(entries)
+}
+
+/// Applies an OCI whiteout entry in overlay form (a 0:0 character device for a removed
+/// name, the opaque attribute for `.wh..wh..opq`); `false` when `name` is not one.
+fn whiteout(name: &Path, directory: &Path) -> std::io::Result<bool> {
+    use std::path::Component;
+    let Some(file) = name.file_name().and_then(|f| f.to_str()) else { return Ok(false) };
+    let Some(hidden) = file.strip_prefix(".wh.") else { return Ok(false) };
+    if name.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        return Err(std::io::Error::other(format!("whiteout {} leaves the layer", name.display())));
+    }
+    let parent = directory.join(name.parent().unwrap_or(Path::new("")));
+    std::fs::create_dir_all(&parent)?;
+    if hidden == ".wh..opq" {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(parent.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        // SAFETY: NUL-terminated strings and a one-byte value that outlive the call.
+        let rc =
+            unsafe { libc::lsetxattr(path.as_ptr(), c"trusted.overlay.opaque".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    } else {
+        let target = parent.join(hidden);
+        nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)?;
+    }
+    Ok(true)
 }
 
 /// A `Write` that sends full chunks down a channel (used on a blocking thread).
