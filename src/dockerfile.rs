@@ -71,13 +71,12 @@ impl fledge_llb::dockerfile::ImageResolver for StoreResolver<'_> {
 }
 
 /// The context's exclude patterns: `<Dockerfile>.dockerignore` beside the Dockerfile, else
-/// `.dockerignore` in the context (here, the Dockerfile's directory). Comments, blank lines
-/// and a BOM are skipped; each pattern is cleaned and loses a leading `/`, as BuildKit reads
-/// them.
-pub fn dockerignore(dockerfile: &Path) -> Result<Vec<String>> {
+/// `.dockerignore` in the context. Comments, blank lines and a BOM are skipped; each pattern
+/// is cleaned and loses a leading `/`, as BuildKit reads them.
+pub fn dockerignore(dockerfile: &Path, context: &Path) -> Result<Vec<String>> {
     let dir = dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dockerfile.file_name().map(|n| format!("{}.dockerignore", n.to_string_lossy()));
-    let candidates = name.into_iter().map(|n| dir.join(n)).chain([dir.join(".dockerignore")]);
+    let candidates = name.into_iter().map(|n| dir.join(n)).chain([context.join(".dockerignore")]);
     let Some(path) = candidates.into_iter().find(|p| p.is_file()) else { return Ok(Vec::new()) };
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);

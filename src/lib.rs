@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod agent;
 pub mod btrfs;
+pub mod build;
 pub mod build_vm;
 pub mod busybox;
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod rootfs;
+pub mod solver;
 pub mod squashfs;
 pub mod stage;
 pub mod store;

@@ -117,12 +117,13 @@ pub struct GuestKernel {
 fn kernel() -> Result<GuestKernel> {
     let kernel = fledge_vmm::kernel::discover(dirs::state_dir().as_deref(), |v| std::env::var(v).ok())?;
     let image = kernel.vmlinux.or(kernel.bzimage).expect("discover returns a kernel with at least one image");
-    let dir = match kernel.origin {
+    // A kernel `fledge kernel build` made has its `config` beside it, wherever it is named
+    // from; modules are only taken from Fledge's own kernel directories.
+    let acpi = image.parent().and_then(crate::kernel_build::has_acpi).unwrap_or(true);
+    let modules = match kernel.origin {
         fledge_vmm::KernelOrigin::Environment => None,
-        _ => image.parent().map(Path::to_path_buf),
+        _ => image.parent().map(|d| d.join("modules.cpio")).filter(|m| m.is_file()),
     };
-    let acpi = dir.as_deref().and_then(crate::kernel_build::has_acpi).unwrap_or(true);
-    let modules = dir.map(|d| d.join("modules.cpio")).filter(|m| m.is_file());
     Ok(GuestKernel { image, acpi, modules })
 }
 

@@ -11,7 +11,7 @@ use crate::digest::{HashingWriter, Sha256Digest};
 use crate::fetch::Fetcher;
 use crate::image::flatten::{ImageLayers, flatten};
 use crate::image::source::ImageSource;
-use crate::image::spec::Platform;
+use crate::image::spec::{ImageConfig, Platform};
 use crate::image::stored::StoredImage;
 use crate::initramfs::{self, Parts};
 use crate::manifest::{self, Artifact, BootMedia, ManifestTemplate};
@@ -29,7 +29,7 @@ pub const DEFAULT_EPOCH: u32 = 1_704_067_200;
 
 pub fn run(args: &BuildArgs, progress: &Progress) -> Result<()> {
     match dockerfile(args)? {
-        Some(dockerfile) => dockerfile_mode(args, &dockerfile),
+        Some(dockerfile) => dockerfile_mode(args, &dockerfile, progress),
         None => config_mode(args, progress),
     }
 }
@@ -43,7 +43,7 @@ fn dockerfile(args: &BuildArgs) -> Result<Option<PathBuf>> {
     }
 }
 
-fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path) -> Result<()> {
+fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> Result<()> {
     if args.config.is_some() {
         bail!(
             "--config cannot be used when building directly from a Dockerfile\n  = help: drop --config, or drop the Dockerfile argument and set [source] dockerfile in fledge.toml"
@@ -76,10 +76,48 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path) -> Result<()> {
             Some(_) => {}
         }
     }
-    bail!(
-        "building directly from a Dockerfile is not supported yet in this version of Fledge ({})\n  = help: for now, build an initramfs from a static binary with fledge.toml (strategy = \"initramfs\" and [mappings]); see docs/configuration.md",
-        dockerfile.display()
-    )
+    if args.output_initramfs {
+        bail!(
+            "--output-initramfs is not supported yet for Dockerfile builds\n  = help: build a rootfs (the default), or an initramfs from fledge.toml"
+        );
+    }
+    let built = crate::build::dockerfile(dockerfile, &context, args, progress)?;
+    let name = context_name(&context);
+    let work = tempfile::Builder::new().prefix("fledge-direct-").tempdir()?;
+    let (config, template) = synthetic_config(work.path(), dockerfile, &name)?;
+    let format = args.manifest_format.unwrap_or_default();
+    let base = Base::Built { layers: built.layers, config: built.config, name };
+    build_rootfs(args, &config, template, format, &base, progress)
+}
+
+/// The output name of a direct build: the context directory's name, `plugin` without one.
+fn context_name(context: &Path) -> String {
+    let absolute = std::path::absolute(context).unwrap_or_else(|_| context.to_path_buf());
+    let base = absolute.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if base.is_empty() || base == "." || base == "/" { "plugin".into() } else { output::sanitize(&base) }
+}
+
+/// The configuration a direct build uses, as the original Fledge synthesises it: a squashfs
+/// rootfs with the defaults and the released agent, and a manifest named after the context.
+/// It is written as files and loaded, so it gets exactly the validation and defaults of a
+/// user's own fledge.toml and manifest.toml.
+fn synthetic_config(dir: &Path, dockerfile: &Path, name: &str) -> Result<(BuildConfig, ManifestTemplate)> {
+    let dockerfile = std::path::absolute(dockerfile)?;
+    let toml_string = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    std::fs::write(
+        dir.join("fledge.toml"),
+        format!(
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"release\"\nversion = \"latest\"\n[source]\ndockerfile = {}\n",
+            toml_string(&dockerfile.to_string_lossy())
+        ),
+    )?;
+    std::fs::write(
+        dir.join("manifest.toml"),
+        format!("name = \"{name}\"\nversion = \"1.0.0\"\nruntime = \"{name}\"\n"),
+    )?;
+    let config = BuildConfig::load(&dir.join("fledge.toml"))?;
+    let template = ManifestTemplate::load(&dir.join("manifest.toml"), manifest::ManifestFormat::default())?;
+    Ok((config, template))
 }
 
 fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
@@ -94,7 +132,13 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     let template = load_template(args, &config, format)?;
 
     if config.strategy == Strategy::OciRootfs {
-        return build_rootfs(args, &config, template, format, progress);
+        let Some(image) = &config.source.image else {
+            bail!(
+                "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image = \"...\", or build the Dockerfile directly: fledge build path/to/Dockerfile",
+                config.file.display()
+            );
+        };
+        return build_rootfs(args, &config, template, format, &Base::Image(image.clone()), progress);
     }
     if config.source.dockerfile.is_some() {
         bail!(
@@ -182,7 +226,7 @@ fn build_initramfs(
         None => &NoLayers,
     };
     let template = match &image {
-        Some((stored, _)) => with_image_defaults(template.clone(), stored),
+        Some((stored, _)) => with_image_defaults(template.clone(), &stored.config),
         None => template.clone(),
     };
     let template = &template;
@@ -212,19 +256,20 @@ fn build_initramfs(
     Ok(())
 }
 
+/// What a rootfs is built from: an image, or the layers a Dockerfile build produced.
+enum Base {
+    Image(ImageSource),
+    Built { layers: Vec<Sha256Digest>, config: ImageConfig, name: String },
+}
+
 fn build_rootfs(
     args: &BuildArgs,
     config: &BuildConfig,
     template: ManifestTemplate,
     format: manifest::ManifestFormat,
+    base: &Base,
     progress: &Progress,
 ) -> Result<()> {
-    let Some(image) = &config.source.image else {
-        bail!(
-            "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image = \"...\"",
-            config.file.display()
-        );
-    };
     let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
     if kind == FsType::Xfs {
         bail!(
@@ -235,7 +280,20 @@ fn build_rootfs(
 
     let mtime = source_date_epoch()?;
     let store = Store::open(dirs::state_dir().as_deref())?;
-    let (stored, layers, mut tree) = flattened(&store, image, progress)?;
+    let (image_config, layers, mut tree, stem) = match base {
+        Base::Image(image) => {
+            let (stored, layers, tree) = flattened(&store, image, progress)?;
+            (stored.config, layers, tree, output::sanitize(&image.short_name()))
+        }
+        Base::Built { layers, config, name } => {
+            let layers = ImageLayers::from_digests(&store, layers.clone());
+            let step = progress.step(format!("Flattening {} built layer(s)", layers.len()), None);
+            let mut tree = Tree::default();
+            flatten(&layers, &mut tree)?;
+            step.finish(&format!("{} entries", tree.len()));
+            (config.clone(), layers, tree, name.clone())
+        }
+    };
 
     if let Some(source) = &config.agent {
         let step = progress.step("Fetching the kestrel agent", None);
@@ -246,7 +304,6 @@ fn build_rootfs(
     }
     mappings::apply(&mut tree, &config.mappings)?;
 
-    let stem = output::sanitize(&image.short_name());
     let artifact_path = match kind {
         FsType::Squashfs | FsType::Erofs => output::rootfs_path(args.output.as_deref(), &stem, kind.name()),
         // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
@@ -269,7 +326,7 @@ fn build_rootfs(
     let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
     step.finish(&format!("{} entries, {} → {}", tree.len(), human(packed), human(size)));
 
-    let template = with_image_defaults(template, &stored);
+    let template = with_image_defaults(template, &image_config);
     let artifact = Artifact {
         path: std::path::absolute(&artifact_path)?,
         media: BootMedia::Rootfs { format: kind.name().to_string() },
@@ -296,8 +353,8 @@ fn flattened<'s>(
 }
 
 /// The template, completed from the image config where it is silent.
-fn with_image_defaults(template: ManifestTemplate, stored: &StoredImage) -> ManifestTemplate {
-    let run = &stored.config.config;
+fn with_image_defaults(template: ManifestTemplate, image: &ImageConfig) -> ManifestTemplate {
+    let run = &image.config;
     template.with_image_defaults(
         run.entrypoint.as_deref().unwrap_or_default(),
         run.cmd.as_deref().unwrap_or_default(),

@@ -39,7 +39,10 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
                 build_platform: Platform::linux_amd64(),
                 platform,
                 session_id: None,
-                excludes: dockerfile::dockerignore(dockerfile)?,
+                excludes: dockerfile::dockerignore(
+                    dockerfile,
+                    dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")),
+                )?,
                 resolver: &resolver,
             };
             let converted = fledge_llb::dockerfile::convert(&ast, &options)

@@ -56,6 +56,11 @@ impl<'s> ImageLayers<'s> {
         Ok(Self { store, digests })
     }
 
+    /// Layer blobs already in the store, bottom first (a build's layers).
+    pub fn from_digests(store: &'s Store, digests: Vec<Sha256Digest>) -> Self {
+        Self { store, digests }
+    }
+
     pub fn len(&self) -> usize {
         self.digests.len()
     }

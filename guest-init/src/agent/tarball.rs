@@ -66,20 +66,56 @@ fn unpack(reader: impl Read, directory: &Path, oci_layer: bool) -> std::io::Resu
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
-    archive.set_unpack_xattrs(true);
     archive.set_overwrite(true);
     let mut entries = 0;
+    let mut warned = false;
     for entry in archive.entries()? {
         let mut entry = entry?;
-        if oci_layer && whiteout(&entry.path()?, directory)? {
+        let name = entry.path()?.into_owned();
+        if oci_layer && whiteout(&name, directory)? {
             entries += 1;
             continue;
         }
+        let xattrs: Vec<(String, Vec<u8>)> = match entry.pax_extensions()? {
+            Some(extensions) => extensions
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    Some((e.key().ok()?.strip_prefix("SCHILY.xattr.")?.to_string(), e.value_bytes().to_vec()))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         // `unpack_in` refuses entries that would land outside `directory`.
-        entry.unpack_in(directory)?;
+        if entry.unpack_in(directory)? {
+            for (key, value) in xattrs {
+                match set_xattr(&directory.join(&name), &key, &value) {
+                    // tmpfs before Linux 6.6 has no user.* attributes: the file is still
+                    // usable, the attribute only lives in the layer.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => {
+                        if !warned {
+                            crate::warn(format_args!(
+                                "{key} on {}: {e}; such attributes are not kept here",
+                                name.display()
+                            ));
+                            warned = true;
+                        }
+                    }
+                    other => other?,
+                }
+            }
+        }
         entries += 1;
     }
     Ok(entries)
+}
+
+fn set_xattr(path: &Path, key: &str, value: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let key = std::ffi::CString::new(key).map_err(std::io::Error::other)?;
+    // SAFETY: NUL-terminated strings and a value buffer that outlive the call.
+    let rc = unsafe { libc::lsetxattr(path.as_ptr(), key.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
 }
 
 /// Applies an OCI whiteout entry in overlay form (a 0:0 character device for a removed

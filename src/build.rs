@@ -1,0 +1,80 @@
+//! A Dockerfile build with the embedded engine: the frontend lowers the Dockerfile to LLB
+//! (`fledge_llb::dockerfile`), the solver runs it (`solver`), and the result is the built
+//! layers with the image configuration the frontend produced.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use fledge_llb::dockerfile::{Options, Platform};
+
+use crate::cli::BuildArgs;
+use crate::digest::Sha256Digest;
+use crate::dockerfile::{self, StoreResolver};
+use crate::image::spec::ImageConfig;
+use crate::microvm::Machine;
+use crate::progress::Progress;
+use crate::solver::Solver;
+use crate::store::Store;
+
+/// The session id the embedded engine gives the context source: fixed, so op digests (and
+/// cache keys) stay the same from build to build.
+const SESSION: &str = "fledge-embedded";
+
+pub struct Built {
+    pub layers: Vec<Sha256Digest>,
+    pub config: ImageConfig,
+}
+
+pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Progress) -> Result<Built> {
+    let ast = dockerfile::load(path)?;
+    let store = Store::open(crate::dirs::state_dir().as_deref())?;
+    let resolver = StoreResolver { store: &store, progress };
+    let host = crate::image::spec::Platform::host();
+    let platform = Platform { os: host.os, architecture: host.architecture, variant: host.variant.unwrap_or_default() };
+    let mut build_args = BTreeMap::new();
+    for arg in &args.build_args {
+        let (key, value) = arg.split_once('=').context("checked by the caller")?;
+        build_args.insert(key.to_string(), value.to_string());
+    }
+    let options = Options {
+        target: args.target.clone(),
+        build_args,
+        platform: platform.clone(),
+        build_platform: platform,
+        session_id: Some(SESSION.into()),
+        excludes: dockerfile::dockerignore(path, context)?,
+        resolver: &resolver,
+    };
+    let converted = fledge_llb::dockerfile::convert(&ast, &options).map_err(|e| dockerfile::convert_error(path, &e))?;
+    let Some(result) = converted.result else {
+        bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
+    };
+    let definition = fledge_llb::graph::definition(&result, None);
+    let machine = Machine::choose(vmm_from_env()?, accel_from_env()?)?;
+    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress)?;
+    let layers = solver.solve(&definition)?;
+    let config = serde_json::from_value(converted.image).context("the frontend's image config")?;
+    Ok(Built { layers, config })
+}
+
+/// `FLEDGE_VMM` (qemu, cloud-hypervisor; default qemu), as `fledge run --vmm` reads it.
+fn vmm_from_env() -> Result<crate::cli::VmmChoice> {
+    use crate::cli::VmmChoice;
+    match std::env::var("FLEDGE_VMM").as_deref() {
+        Err(_) | Ok("" | "qemu") => Ok(VmmChoice::Qemu),
+        Ok("cloud-hypervisor") => Ok(VmmChoice::CloudHypervisor),
+        Ok(other) => bail!("FLEDGE_VMM={other}: expected qemu or cloud-hypervisor"),
+    }
+}
+
+/// `FLEDGE_ACCEL` (auto, kvm, tcg; default auto), as `fledge run --accel` reads it.
+fn accel_from_env() -> Result<crate::cli::AccelChoice> {
+    use crate::cli::AccelChoice;
+    match std::env::var("FLEDGE_ACCEL").as_deref() {
+        Err(_) | Ok("" | "auto") => Ok(AccelChoice::Auto),
+        Ok("kvm") => Ok(AccelChoice::Kvm),
+        Ok("tcg") => Ok(AccelChoice::Tcg),
+        Ok(other) => bail!("FLEDGE_ACCEL={other}: expected auto, kvm or tcg"),
+    }
+}

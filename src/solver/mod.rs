@@ -1,0 +1,261 @@
+//! The embedded build engine: solves an LLB definition into a stack of layers in the store.
+//!
+//! Each op's result is a [`Value`]: the build context, or a filesystem as layer blobs (bottom
+//! first). SourceOps resolve images through the store; FileOps run on the host and add one
+//! layer ([`fileop`]); ExecOps run in a build VM ([`guest`]) and add the diff of their
+//! overlay upper; MergeOps stack layers. Results are cached by a key made of the op's bytes,
+//! its inputs' keys and the content of the context files it copies ([`context`]), so an
+//! unchanged step is never run again and an untouched file never busts the cache.
+
+mod context;
+mod fileop;
+mod guest;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+use fledge_llb::{graph, pb};
+use prost::Message;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::Sha256Digest;
+use crate::microvm::Machine;
+use crate::progress::Progress;
+use crate::store::Store;
+
+/// An op's result.
+#[derive(Debug, Clone)]
+pub enum Value {
+    /// The build context directory (`local://context`), with its `.dockerignore` patterns.
+    Context { excludes: Vec<String> },
+    /// A filesystem: layer blobs in the store, bottom first (empty = scratch).
+    Layers(Vec<Sha256Digest>),
+}
+
+impl Value {
+    fn layers(&self, what: &str) -> Result<&[Sha256Digest]> {
+        match self {
+            Value::Layers(layers) => Ok(layers),
+            Value::Context { .. } => bail!("{what}: the build context cannot be used as a filesystem here"),
+        }
+    }
+}
+
+/// What the build reports per step (for progress displays).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepEvent {
+    Cached { name: String },
+    Done { name: String },
+}
+
+pub struct Solver<'a> {
+    store: &'a Store,
+    context: PathBuf,
+    machine: Machine,
+    progress: &'a Progress,
+    guest: Option<guest::Guest>,
+    runtime: tokio::runtime::Runtime,
+    ops: HashMap<String, (pb::Op, Vec<u8>)>,
+    metadata: HashMap<String, pb::OpMetadata>,
+    results: HashMap<String, (Value, Sha256Digest)>,
+    /// Every step, in the order it finished.
+    pub events: Vec<StepEvent>,
+}
+
+/// The kind of cache record: an op's cache key → its result layers.
+const CACHE_RECORD: &str = "build-cache-v1";
+
+impl<'a> Solver<'a> {
+    pub fn new(store: &'a Store, context: PathBuf, machine: Machine, progress: &'a Progress) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Ok(Solver {
+            store,
+            context,
+            machine,
+            progress,
+            guest: None,
+            runtime,
+            ops: HashMap::new(),
+            metadata: HashMap::new(),
+            results: HashMap::new(),
+            events: Vec::new(),
+        })
+    }
+
+    /// Solves `definition`; returns the result's layers, bottom first.
+    pub fn solve(&mut self, definition: &pb::Definition) -> Result<Vec<Sha256Digest>> {
+        for bytes in &definition.def {
+            let op = pb::Op::decode(&bytes[..]).context("the definition holds an op that does not decode")?;
+            self.ops.insert(graph::sha256_digest(bytes), (op, bytes.clone()));
+        }
+        self.metadata = definition.metadata.clone().into_iter().collect();
+        let terminal = definition.def.last().context("the definition is empty")?;
+        let terminal = pb::Op::decode(&terminal[..])?;
+        let [result] = terminal.inputs.as_slice() else { bail!("the definition's last op must name one result") };
+        let (value, _) = self.evaluate(&result.digest)?;
+        let layers = value.layers("the build result")?.to_vec();
+        if let Some(guest) = self.guest.take() {
+            self.runtime.block_on(guest.shutdown())?;
+        }
+        Ok(layers)
+    }
+
+    fn name_of(&self, digest: &str) -> String {
+        self.metadata
+            .get(digest)
+            .and_then(|m| m.description.get("llb.customname"))
+            .cloned()
+            .unwrap_or_else(|| digest.to_string())
+    }
+
+    /// An op's result and cache key (each op is solved once per build).
+    fn evaluate(&mut self, digest: &str) -> Result<(Value, Sha256Digest)> {
+        if let Some(done) = self.results.get(digest) {
+            return Ok(done.clone());
+        }
+        let (op, bytes) = self.ops.get(digest).cloned().with_context(|| format!("the definition lacks op {digest}"))?;
+        let mut inputs = Vec::new();
+        let mut hasher = Sha256::new();
+        hasher.update(b"fledge-cache-v1\0");
+        hasher.update(&bytes);
+        for input in &op.inputs {
+            let (value, key) = self.evaluate(&input.digest)?;
+            hasher.update(key.hex().as_bytes());
+            inputs.push(value);
+        }
+        let payload = op.op.clone().with_context(|| format!("op {digest} has no payload"))?;
+        if let pb::op::Op::File(file) = &payload {
+            for checksum in context::copied_checksums(&self.context, file, &inputs)? {
+                hasher.update(checksum.as_bytes());
+            }
+        }
+        let key = Sha256Digest(hasher.finalize().into());
+        let name = self.name_of(digest);
+        let value = match self.cached(&key, &payload) {
+            Some(value) => {
+                self.events.push(StepEvent::Cached { name });
+                value
+            }
+            None => {
+                let value = self.run(&payload, &op, &inputs, &name)?;
+                if let Value::Layers(layers) = &value
+                    && !matches!(payload, pb::op::Op::Source(_))
+                {
+                    let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
+                    self.store.write_derived(CACHE_RECORD, &key, &record)?;
+                }
+                self.events.push(StepEvent::Done { name });
+                value
+            }
+        };
+        self.results.insert(digest.to_string(), (value.clone(), key));
+        Ok((value, key))
+    }
+
+    /// A cached result whose layers are all still in the store.
+    fn cached(&self, key: &Sha256Digest, payload: &pb::op::Op) -> Option<Value> {
+        if matches!(payload, pb::op::Op::Source(_)) {
+            return None; // sources are cheap to resolve and their own cache (the store)
+        }
+        let record = self.store.read_derived(CACHE_RECORD, key)?;
+        let names: Vec<String> = serde_json::from_slice(&record).ok()?;
+        let layers: Vec<Sha256Digest> = names.iter().map(|n| n.parse().ok()).collect::<Option<_>>()?;
+        layers.iter().all(|l| self.store.has_blob(l)).then_some(Value::Layers(layers))
+    }
+
+    fn run(&mut self, payload: &pb::op::Op, op: &pb::Op, inputs: &[Value], name: &str) -> Result<Value> {
+        match payload {
+            pb::op::Op::Source(source) => self.source(source, op),
+            pb::op::Op::File(file) => {
+                let step = self.progress.step(name.to_string(), None);
+                let value = fileop::run(self.store, &self.context, file, inputs)?;
+                step.finish("done");
+                Ok(value)
+            }
+            pb::op::Op::Exec(exec) => {
+                self.progress.say(name);
+                self.exec(exec, inputs).with_context(|| format!("{name} failed"))
+            }
+            pb::op::Op::Merge(merge) => {
+                let mut layers = Vec::new();
+                for input in &merge.inputs {
+                    let value = inputs.get(input.input as usize).context("a merge input is out of range")?;
+                    layers.extend_from_slice(value.layers("a merge input")?);
+                }
+                Ok(Value::Layers(layers))
+            }
+            other => bail!("{name}: {} ops are not supported by the embedded engine", kind(other)),
+        }
+    }
+
+    fn source(&mut self, source: &pb::SourceOp, op: &pb::Op) -> Result<Value> {
+        if source.identifier.starts_with("local://") {
+            let excludes = match source.attrs.get("local.excludepatterns") {
+                Some(json) => serde_json::from_str(json).context("local.excludepatterns is not a JSON list")?,
+                None => Vec::new(),
+            };
+            return Ok(Value::Context { excludes });
+        }
+        let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
+            bail!("{}: this kind of source is not supported by the embedded engine yet", source.identifier);
+        };
+        let image = fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?;
+        let platform = op.platform.clone().unwrap_or_default();
+        let wanted = crate::image::spec::Platform {
+            architecture: platform.architecture,
+            os: platform.os,
+            variant: (!platform.variant.is_empty()).then_some(platform.variant),
+        };
+        let source = crate::image::source::ImageSource::Registry(image);
+        let stored = crate::image::stored::StoredImage::resolve(self.store, &source, &wanted, self.progress)?;
+        let layers = stored
+            .manifest
+            .layers
+            .iter()
+            .map(|l| l.digest.parse().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?;
+        Ok(Value::Layers(layers))
+    }
+
+    fn exec(&mut self, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
+        let root = exec.mounts.iter().find(|m| m.dest == "/").context("the exec op has no root mount")?;
+        if let Some(other) = exec.mounts.iter().find(|m| m.dest != "/") {
+            bail!("mounts other than the root ({}) are not supported by the embedded engine yet", other.dest);
+        }
+        if exec.network == pb::NetMode::Host as i32 {
+            bail!("--network=host is not available: build steps run in a microVM");
+        }
+        let base: Vec<Sha256Digest> = match root.input {
+            -1 => Vec::new(),
+            i => inputs
+                .get(i as usize)
+                .context("the root mount's input is out of range")?
+                .layers("the root mount")?
+                .to_vec(),
+        };
+        let meta = exec.meta.clone().unwrap_or_default();
+        if self.guest.is_none() {
+            let step = self.progress.step("Booting the build VM", None);
+            let guest = self.runtime.block_on(guest::Guest::boot(&self.machine))?;
+            step.finish("ready");
+            self.guest = Some(guest);
+        }
+        let guest = self.guest.as_mut().expect("booted above");
+        let diff = self.runtime.block_on(guest.run(self.store, &base, &meta))?;
+        let mut layers = base;
+        layers.push(diff);
+        Ok(Value::Layers(layers))
+    }
+}
+
+fn kind(op: &pb::op::Op) -> &'static str {
+    match op {
+        pb::op::Op::Exec(_) => "exec",
+        pb::op::Op::Source(_) => "source",
+        pb::op::Op::File(_) => "file",
+        pb::op::Op::Build(_) => "build",
+        pb::op::Op::Merge(_) => "merge",
+        pb::op::Op::Diff(_) => "diff",
+    }
+}

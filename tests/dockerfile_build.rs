@@ -1,0 +1,65 @@
+//! `fledge build ./Dockerfile` with the embedded engine, end to end: a base image from a real
+//! local registry, RUN steps in a QEMU build VM (TCG here), COPY and WORKDIR on the host, the
+//! result packed as a squashfs rootfs and booted with `fledge run` to look inside.
+//!
+//! Needs `FLEDGE_TEST_KERNEL_STATE`, QEMU, vhost-device-vsock and docker-registry; skips,
+//! saying why, without them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn kernel() -> Option<PathBuf> {
+    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
+        return None;
+    };
+    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
+        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
+        return None;
+    }
+    Some(state.join("kernel/vmlinux"))
+}
+
+fn fledge(p: &Project, kernel: &std::path::Path) -> Command {
+    let mut cmd = p.fledge();
+    cmd.env("FLEDGE_KERNEL_VMLINUX", kernel).env("FLEDGE_ACCEL", "tcg").env("FLEDGE_AGENT", agent_binary());
+    cmd
+}
+
+#[test]
+fn a_dockerfile_builds_into_a_rootfs_that_boots() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-base");
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {image}\nRUN /bin/busybox --install -s /bin && echo built > /built.txt\nWORKDIR /app\nCOPY hello.txt .\nRUN cat /app/hello.txt > /app/copy.txt && rm /data/c\n"
+        ),
+    );
+    p.write("hello.txt", "hello from the context\n");
+    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"]));
+    assert_success(&out);
+    let look = run(fledge(&p, &kernel).args([
+        "run",
+        "-q",
+        "--timeout",
+        "120",
+        "app.squashfs",
+        "--",
+        "sh",
+        "-c",
+        "cat /built.txt /app/copy.txt; test -e /data/c || echo removed; pwd",
+    ]));
+    let console = String::from_utf8_lossy(&look.stdout);
+    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    for expected in ["built", "hello from the context", "removed"] {
+        assert!(console.contains(expected), "{expected:?} in {console}");
+    }
+}
