@@ -52,7 +52,15 @@ pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Prog
     };
     let definition = fledge_llb::graph::definition(&result, None);
     let machine = Machine::choose(vmm_from_env()?, accel_from_env()?)?;
-    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress)?;
+    let rawjson = args.progress == crate::cli::ProgressMode::Rawjson;
+    let report = Box::new(move |event: &crate::solver::StepEvent| {
+        if rawjson {
+            // One status per finished step, in BuildKit's SolveStatus shape.
+            let vertex = serde_json::json!({"digest": event.digest, "name": event.name, "cached": event.cached, "duration": event.seconds});
+            println!("{}", serde_json::json!({ "vertexes": [vertex] }));
+        }
+    });
+    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress, report)?;
     let layers = solver.solve(&definition)?;
     let config = serde_json::from_value(converted.image).context("the frontend's image config")?;
     Ok(Built { layers, config })

@@ -175,6 +175,18 @@ pub struct BuildArgs {
     /// Dockerfile mode: produce an initramfs (.cpio.gz) instead of a rootfs image
     #[arg(long)]
     pub output_initramfs: bool,
+    /// Progress output of Dockerfile builds: auto, tty, plain, or rawjson (one JSON status
+    /// per step on stdout, for tools)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProgressMode {
+    Auto,
+    Tty,
+    Plain,
+    Rawjson,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -62,4 +62,40 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     for expected in ["built", "hello from the context", "removed"] {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
+
+    // Nothing changed: every step cached, no VM.
+    let steps = |p: &Project| -> Vec<(String, bool)> {
+        let out = run(fledge(p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs", "--progress", "rawjson"]));
+        assert_success(&out);
+        let booted = stderr(&out).contains("Booting the build VM");
+        let steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let status: serde_json::Value = serde_json::from_str(l).unwrap();
+                let vertex = &status["vertexes"][0];
+                (vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap())
+            })
+            .collect();
+        assert_eq!(
+            booted,
+            steps.iter().any(|(name, cached)| name.contains("RUN") && !cached),
+            "a VM only for RUNs that run"
+        );
+        steps
+    };
+    let again = steps(&p);
+    assert!(!again.is_empty() && again.iter().all(|(_, cached)| *cached), "{again:?}");
+
+    // Touched but unchanged: still nothing runs.
+    let file = std::fs::File::options().write(true).open(p.path("hello.txt")).unwrap();
+    file.set_modified(std::time::SystemTime::now()).unwrap();
+    assert!(steps(&p).iter().all(|(_, cached)| *cached), "a touch busts nothing");
+
+    // A one-byte edit reruns the COPY and what follows it, and nothing before.
+    p.write("hello.txt", "hello from the context!\n");
+    let edited = steps(&p);
+    let cached = |needle: &str| edited.iter().find(|(n, _)| n.contains(needle)).map(|(_, c)| *c);
+    assert_eq!(cached("RUN /bin/busybox --install"), Some(true), "{edited:?}");
+    assert_eq!(cached("COPY hello.txt"), Some(false), "{edited:?}");
+    assert_eq!(cached("RUN cat /app/hello.txt"), Some(false), "{edited:?}");
 }

@@ -42,11 +42,13 @@ impl Value {
     }
 }
 
-/// What the build reports per step (for progress displays).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepEvent {
-    Cached { name: String },
-    Done { name: String },
+/// A finished step, for progress displays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepEvent {
+    pub digest: String,
+    pub name: String,
+    pub cached: bool,
+    pub seconds: f64,
 }
 
 pub struct Solver<'a> {
@@ -59,15 +61,21 @@ pub struct Solver<'a> {
     ops: HashMap<String, (pb::Op, Vec<u8>)>,
     metadata: HashMap<String, pb::OpMetadata>,
     results: HashMap<String, (Value, Sha256Digest)>,
-    /// Every step, in the order it finished.
-    pub events: Vec<StepEvent>,
+    /// Called with every step as it finishes.
+    report: Box<dyn FnMut(&StepEvent) + 'a>,
 }
 
 /// The kind of cache record: an op's cache key → its result layers.
 const CACHE_RECORD: &str = "build-cache-v1";
 
 impl<'a> Solver<'a> {
-    pub fn new(store: &'a Store, context: PathBuf, machine: Machine, progress: &'a Progress) -> Result<Self> {
+    pub fn new(
+        store: &'a Store,
+        context: PathBuf,
+        machine: Machine,
+        progress: &'a Progress,
+        report: Box<dyn FnMut(&StepEvent) + 'a>,
+    ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         Ok(Solver {
             store,
@@ -79,7 +87,7 @@ impl<'a> Solver<'a> {
             ops: HashMap::new(),
             metadata: HashMap::new(),
             results: HashMap::new(),
-            events: Vec::new(),
+            report,
         })
     }
 
@@ -132,23 +140,30 @@ impl<'a> Solver<'a> {
         }
         let key = Sha256Digest(hasher.finalize().into());
         let name = self.name_of(digest);
-        let value = match self.cached(&key, &payload) {
-            Some(value) => {
-                self.events.push(StepEvent::Cached { name });
+        let started = std::time::Instant::now();
+        let cached = self.cached(&key, &payload);
+        let mut hit = cached.is_some();
+        let value = match cached {
+            Some(value) => value,
+            None if matches!(payload, pb::op::Op::Source(_)) => {
+                let (value, local) = self.source(&payload, &op)?;
+                hit = local;
                 value
             }
             None => {
-                let value = self.run(&payload, &op, &inputs, &name)?;
+                let value = self.run(&payload, &inputs, &name)?;
                 if let Value::Layers(layers) = &value
                     && !matches!(payload, pb::op::Op::Source(_))
                 {
                     let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
                     self.store.write_derived(CACHE_RECORD, &key, &record)?;
                 }
-                self.events.push(StepEvent::Done { name });
                 value
             }
         };
+        let event =
+            StepEvent { digest: digest.to_string(), name, cached: hit, seconds: started.elapsed().as_secs_f64() };
+        (self.report)(&event);
         self.results.insert(digest.to_string(), (value.clone(), key));
         Ok((value, key))
     }
@@ -164,9 +179,9 @@ impl<'a> Solver<'a> {
         layers.iter().all(|l| self.store.has_blob(l)).then_some(Value::Layers(layers))
     }
 
-    fn run(&mut self, payload: &pb::op::Op, op: &pb::Op, inputs: &[Value], name: &str) -> Result<Value> {
+    fn run(&mut self, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
         match payload {
-            pb::op::Op::Source(source) => self.source(source, op),
+            pb::op::Op::Source(_) => unreachable!("sources are resolved by `source`"),
             pb::op::Op::File(file) => {
                 let step = self.progress.step(name.to_string(), None);
                 let value = fileop::run(self.store, &self.context, file, inputs)?;
@@ -189,18 +204,22 @@ impl<'a> Solver<'a> {
         }
     }
 
-    fn source(&mut self, source: &pb::SourceOp, op: &pb::Op) -> Result<Value> {
+    /// A source's value, and whether it was at hand (the context, or an image already in the
+    /// store) rather than fetched.
+    fn source(&mut self, payload: &pb::op::Op, op: &pb::Op) -> Result<(Value, bool)> {
+        let pb::op::Op::Source(source) = payload else { unreachable!("called for sources") };
         if source.identifier.starts_with("local://") {
             let excludes = match source.attrs.get("local.excludepatterns") {
                 Some(json) => serde_json::from_str(json).context("local.excludepatterns is not a JSON list")?,
                 None => Vec::new(),
             };
-            return Ok(Value::Context { excludes });
+            return Ok((Value::Context { excludes }, true));
         }
         let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
             bail!("{}: this kind of source is not supported by the embedded engine yet", source.identifier);
         };
         let image = fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?;
+        let at_hand = self.store.lookup(&image.to_string())?.is_some();
         let platform = op.platform.clone().unwrap_or_default();
         let wanted = crate::image::spec::Platform {
             architecture: platform.architecture,
@@ -215,7 +234,7 @@ impl<'a> Solver<'a> {
             .iter()
             .map(|l| l.digest.parse().map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?;
-        Ok(Value::Layers(layers))
+        Ok((Value::Layers(layers), at_hand))
     }
 
     fn exec(&mut self, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
