@@ -40,7 +40,7 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     p.write(
         "Dockerfile",
         &format!(
-            "FROM {image}\nRUN /bin/busybox --install -s /bin && echo built > /built.txt\nWORKDIR /app\nCOPY hello.txt .\nRUN cat /app/hello.txt > /app/copy.txt && rm /data/c\n"
+            "FROM {image}\nRUN /bin/busybox --install -s /bin && echo built > /built.txt && mkdir -m 1777 /shared\nARG GREETING=hello\nENV NAME=world\nWORKDIR /app\nCOPY hello.txt .\nRUN cat /app/hello.txt > /app/copy.txt && rm /data/c && echo \"$GREETING $NAME\" > /greeting\nUSER 1000:1000\nRUN id -u > /shared/uid\n"
         ),
     );
     p.write("hello.txt", "hello from the context\n");
@@ -55,11 +55,11 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
         "--",
         "sh",
         "-c",
-        "cat /built.txt /app/copy.txt; test -e /data/c || echo removed; pwd",
+        "cat /built.txt /app/copy.txt /greeting; test -e /data/c || echo removed; echo uid=$(cat /shared/uid)",
     ]));
     let console = String::from_utf8_lossy(&look.stdout);
     assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
-    for expected in ["built", "hello from the context", "removed"] {
+    for expected in ["built", "hello from the context", "hello world", "removed", "uid=1000"] {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
 
@@ -98,4 +98,21 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     assert_eq!(cached("RUN /bin/busybox --install"), Some(true), "{edited:?}");
     assert_eq!(cached("COPY hello.txt"), Some(false), "{edited:?}");
     assert_eq!(cached("RUN cat /app/hello.txt"), Some(false), "{edited:?}");
+}
+
+#[test]
+fn a_failing_run_step_stops_the_build_with_its_output_and_exit_code() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-fails");
+    let p = Project::new();
+    p.write("Dockerfile", &format!("FROM {image}\nRUN echo about to fail >&2; exit 3\nRUN echo never\n"));
+    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("about to fail"), "the step's output is shown: {text}");
+    assert!(text.contains("exit code: 3"), "{text}");
+    assert!(!text.contains("never"), "nothing runs after the failure: {text}");
+    assert!(!p.path("app.squashfs").exists(), "no artifact");
 }
