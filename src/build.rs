@@ -60,7 +60,7 @@ pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Prog
             println!("{}", serde_json::json!({ "vertexes": [vertex] }));
         }
     });
-    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress, report)?;
+    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress, secrets(&args.secrets)?, report)?;
     let layers = solver.solve(&definition)?;
     let config = serde_json::from_value(converted.image).context("the frontend's image config")?;
     Ok(Built { layers, config })
@@ -85,4 +85,26 @@ fn accel_from_env() -> Result<crate::cli::AccelChoice> {
         Ok("tcg") => Ok(AccelChoice::Tcg),
         Ok(other) => bail!("FLEDGE_ACCEL={other}: expected auto, kvm or tcg"),
     }
+}
+
+/// `--secret id=ID,src=PATH` (also `source=`; a bare `id=ID` reads the file named ID).
+fn secrets(specs: &[String]) -> Result<std::collections::HashMap<String, std::path::PathBuf>> {
+    let mut secrets = std::collections::HashMap::new();
+    for spec in specs {
+        let (mut id, mut src) = (None, None);
+        for field in spec.split(',') {
+            match field.split_once('=') {
+                Some(("id", v)) => id = Some(v.to_string()),
+                Some(("src" | "source", v)) => src = Some(std::path::PathBuf::from(v)),
+                _ => bail!("--secret {spec}: expected id=ID,src=PATH"),
+            }
+        }
+        let id = id.with_context(|| format!("--secret {spec}: no id= given"))?;
+        let src = src.unwrap_or_else(|| std::path::PathBuf::from(&id));
+        if !src.is_file() {
+            bail!("--secret {spec}: {} is not a readable file", src.display());
+        }
+        secrets.insert(id, src);
+    }
+    Ok(secrets)
 }

@@ -175,6 +175,10 @@ pub struct BuildArgs {
     /// Dockerfile mode: produce an initramfs (.cpio.gz) instead of a rootfs image
     #[arg(long)]
     pub output_initramfs: bool,
+    /// Dockerfile mode: a secret for RUN --mount=type=secret (repeatable); never stored in
+    /// a layer or a cache key
+    #[arg(long = "secret", value_name = "id=ID,src=PATH")]
+    pub secrets: Vec<String>,
     /// Progress output of Dockerfile builds: auto, tty, plain, or rawjson (one JSON status
     /// per step on stdout, for tools)
     #[arg(long, value_enum, default_value = "auto")]

@@ -74,7 +74,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let machine = fledge_kernel(&state);
-        let disks = vec![Disk { path: rootfs.clone(), read_only: true }];
+        let disks = vec![Disk { path: rootfs.clone(), read_only: true, serial: None }];
         let mut vm = BuildVm::boot(&machine, disks, (1, 256)).await.unwrap();
         let agent = vm.agent();
         let info = agent.info().await.unwrap();
@@ -87,6 +87,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
             fstype: fstype.into(),
             options: String::new(),
             read_only,
+            bind: false,
         };
         agent.mount(mount("/dev/vda", "/layers/0", "squashfs", true)).await.unwrap();
         agent.mount(mount("tmpfs", "/scratch", "tmpfs", false)).await.unwrap();
@@ -265,7 +266,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         )
         .await;
         assert_eq!(String::from_utf8_lossy(&out), "bin\ndata\ndata.bin\nhome\nunpacked\nwork\n");
-        agent.unmount("/rootfs").await.unwrap();
+        agent.unmount("/rootfs", Vec::new()).await.unwrap();
         vm.shutdown().await.unwrap();
     });
 }

@@ -116,3 +116,66 @@ fn a_failing_run_step_stops_the_build_with_its_output_and_exit_code() {
     assert!(!text.contains("never"), "nothing runs after the failure: {text}");
     assert!(!p.path("app.squashfs").exists(), "no artifact");
 }
+
+#[test]
+fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-mounts");
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {image}\n\
+             RUN /bin/busybox --install -s /bin\n\
+             ARG RUN_ID\n\
+             RUN --mount=type=cache,target=/var/cache/app echo $RUN_ID >> /var/cache/app/log && wc -l < /var/cache/app/log > /cache-count\n\
+             RUN --mount=type=secret,id=token test \"$(cat /run/secrets/token)\" = s3cret && echo ok > /secret-ok\n\
+             RUN --mount=type=secret,id=token,env=TOKEN test \"$TOKEN\" = s3cret && echo ok > /secret-env-ok\n\
+             RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f && test -f /scratch/f && echo ok > /tmpfs-ok\n"
+        ),
+    );
+    p.write("token.txt", "s3cret\n");
+    let build = |run_id: &str| {
+        let out = run(fledge(&p, &kernel).args([
+            "build",
+            "Dockerfile",
+            "-o",
+            "app.squashfs",
+            "--secret",
+            "id=token,src=token.txt",
+            "--build-arg",
+            &format!("RUN_ID={run_id}"),
+        ]));
+        assert_success(&out);
+        let look = run(fledge(&p, &kernel).args([
+            "run",
+            "-q",
+            "--timeout",
+            "120",
+            "app.squashfs",
+            "--",
+            "sh",
+            "-c",
+            "echo count=$(cat /cache-count); cat /secret-ok /secret-env-ok /tmpfs-ok; \
+             test -e /run/secrets/token || echo no-secret-file; test -e /scratch/f || echo no-scratch",
+        ]));
+        assert_eq!(look.status.code(), Some(0), "{}", stderr(&look));
+        String::from_utf8_lossy(&look.stdout).into_owned()
+    };
+    let first = build("1");
+    for expected in ["count=1", "no-secret-file", "no-scratch"] {
+        assert!(first.contains(expected), "{expected:?} in {first}");
+    }
+    assert_eq!(first.lines().filter(|l| l.trim() == "ok").count(), 3, "secret file, secret env, tmpfs: {first}");
+    // The cache volume outlives the build: the step runs again (new RUN_ID) and finds it.
+    let second = build("2");
+    assert!(second.contains("count=2"), "{second}");
+    // The secret is in no layer of the store.
+    let blobs = p.path("state/store/blobs/sha256");
+    for blob in std::fs::read_dir(&blobs).unwrap() {
+        let data = std::fs::read(blob.unwrap().path()).unwrap();
+        assert!(!data.windows(6).any(|w| w == b"s3cret"), "a stored blob holds the secret");
+    }
+}

@@ -218,10 +218,16 @@ impl AgentClient {
         copy_chunks(chunks.into_inner(), out, limit, &what).await
     }
 
-    pub async fn mount(&mut self, request: pb::MountRequest) -> Result<()> {
+    /// Mounts; returns what the mount point needed created (to remove when unmounting).
+    pub async fn mount(&mut self, request: pb::MountRequest) -> Result<Vec<String>> {
         let action = format!("could not mount {} on {}", request.source, request.target);
-        self.rpc.mount(request).await.map_err(remote(action))?;
-        Ok(())
+        let target = request.target.clone();
+        let created = self.rpc.mount(request).await.map_err(remote(action))?.into_inner().created;
+        // The guest may only report paths under the mount point's own path.
+        if let Some(bad) = created.iter().find(|c| !target.starts_with(c.as_str())) {
+            return Err(AgentError::Protocol(format!("mount of {target} reported creating {bad}")));
+        }
+        Ok(created)
     }
 
     pub async fn mount_overlay(&mut self, request: pb::MountOverlayRequest) -> Result<()> {
@@ -230,8 +236,10 @@ impl AgentClient {
         Ok(())
     }
 
-    pub async fn unmount(&mut self, target: &str) -> Result<()> {
-        let request = pb::UnmountRequest { target: target.into() };
+    /// Unmounts `target`, then removes `created` (what [`mount`](Self::mount) reported) if
+    /// still empty.
+    pub async fn unmount(&mut self, target: &str, created: Vec<String>) -> Result<()> {
+        let request = pb::UnmountRequest { target: target.into(), remove: created };
         self.rpc.unmount(request).await.map_err(remote(format!("could not unmount {target}")))?;
         Ok(())
     }

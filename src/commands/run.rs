@@ -129,7 +129,7 @@ fn boot_media(args: &RunArgs, work: &Path) -> Result<(PathBuf, Vec<Disk>, String
                     .with_context(|| format!("--overlay-size {size}: expected a size, e.g. 256M or 1G"))?;
                 params.push_str(&format!(" fledge.overlay_size={}k", bytes.div_ceil(1024)));
             }
-            (wrapper, vec![Disk { path: args.artifact.clone(), read_only: true }], params)
+            (wrapper, vec![Disk { path: args.artifact.clone(), read_only: true, serial: None }], params)
         }
     })
 }

@@ -1,51 +1,128 @@
 //! The build VM of a build: booted once, it keeps every layer it has been given (each in its
-//! own directory, in overlay form) and runs each ExecOp in a fresh overlay upper over the
-//! layers of the op's root. The upper's diff comes back as an OCI layer, which is stored and
-//! whose directory stays in the guest as a lower layer for the steps that follow.
+//! own directory, in overlay form, on a scratch ext4 disk) and runs each ExecOp in a fresh
+//! overlay upper over the layers of the op's root, with the op's cache, tmpfs and secret
+//! mounts. The upper's diff comes back as an OCI layer, which is stored and whose directory
+//! stays in the guest as a lower layer for the steps that follow. Mount points a step needed
+//! are removed again before the diff is taken, so they never reach a layer.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use fledge_agent::client::{ExecIo, ExitStatus, Process};
 use fledge_agent::pb as agent;
 use fledge_llb::pb;
+use fledge_vmm::Disk;
 
 use crate::build_vm::BuildVm;
 use crate::digest::Sha256Digest;
 use crate::microvm::Machine;
 use crate::store::Store;
 
-/// Where the guest keeps layers, uppers and roots (a tmpfs).
+/// Where the guest keeps layers, uppers and roots (the scratch disk).
 const WORK: &str = "/fledge";
+/// Secrets live in memory only.
+const SECRETS: &str = "/run/fledge-secrets";
 /// The largest diff a step may produce.
 const MAX_DIFF: u64 = 64 << 30;
-/// Build VM size: steps run package managers and compilers. Under TCG a second vCPU buys
-/// little on small hosts and slows the boot, so it gets one.
+/// Build VM memory: steps run package managers and compilers.
 const MEMORY_MIB: u32 = 2048;
+/// Size of the sparse scratch disk and of each cache volume.
+const VOLUME_MB: u64 = 16 << 10;
+
+/// Disks the build VM gets: the scratch disk, then one volume per cache id.
+pub struct Volumes {
+    _dir: tempfile::TempDir,
+    disks: Vec<Disk>,
+    /// Cache id → its volume's index (`fledge-cache-N`).
+    caches: BTreeMap<String, usize>,
+    /// Held while the build runs, so two builds never write one cache volume at once.
+    _locks: Vec<std::fs::File>,
+}
+
+/// A sparse, empty ext4 image of [`VOLUME_MB`] at `path` (Fledge's own writer; no root).
+fn empty_ext4(path: &Path) -> Result<()> {
+    let fs = crate::config::Filesystem {
+        kind: Some(crate::config::FsType::Ext4),
+        overlay_size: String::new(),
+        size_buffer_mb: VOLUME_MB,
+        preallocate: false,
+    };
+    let tree = crate::rootfs::Tree::default();
+    crate::ext4::write(&tree, &crate::rootfs::walk::NoLayers, path, &fs, 0, &mut |_| {})?;
+    Ok(())
+}
+
+impl Volumes {
+    /// The scratch disk (a temporary file) and the persistent volumes of `cache_ids`, kept
+    /// under `caches_dir` and locked for this build.
+    pub fn prepare(caches_dir: &Path, cache_ids: &[String]) -> Result<Volumes> {
+        let dir = tempfile::Builder::new().prefix("fledge-build-").tempdir()?;
+        let scratch = dir.path().join("scratch.ext4");
+        empty_ext4(&scratch)?;
+        let mut disks = vec![Disk { path: scratch, read_only: false, serial: Some("fledge-work".into()) }];
+        let mut caches = BTreeMap::new();
+        let mut locks = Vec::new();
+        std::fs::create_dir_all(caches_dir)?;
+        for (n, id) in cache_ids.iter().enumerate() {
+            let path = caches_dir.join(format!("{}.ext4", Sha256Digest::of_bytes(id.as_bytes()).hex()));
+            let lock = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path.with_extension("lock"))?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("cannot lock a cache volume");
+            }
+            if !path.exists() {
+                let tmp = path.with_extension("new");
+                empty_ext4(&tmp)?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            disks.push(Disk { path, read_only: false, serial: Some(format!("fledge-cache-{n}")) });
+            caches.insert(id.clone(), n);
+            locks.push(lock);
+        }
+        Ok(Volumes { _dir: dir, disks, caches, _locks: locks })
+    }
+}
 
 pub struct Guest {
     vm: BuildVm,
+    volumes: Volumes,
     /// Layers the guest holds, and the directory each is in.
     layers: HashMap<Sha256Digest, String>,
     next: usize,
 }
 
+fn mount_request(source: &str, target: &str, fstype: &str, options: &str) -> agent::MountRequest {
+    agent::MountRequest {
+        source: source.into(),
+        target: target.into(),
+        fstype: fstype.into(),
+        options: options.into(),
+        ..Default::default()
+    }
+}
+
 impl Guest {
-    pub async fn boot(machine: &Machine) -> Result<Guest> {
+    pub async fn boot(machine: &Machine, volumes: Volumes) -> Result<Guest> {
+        // Under TCG a second vCPU buys little on small hosts and slows the boot.
         let cpus = if machine.accel == fledge_vmm::qemu::Accel::Tcg { 1 } else { 2 };
-        let mut vm = BuildVm::boot(machine, Vec::new(), (cpus, MEMORY_MIB)).await?;
-        let tmpfs = agent::MountRequest {
-            source: "tmpfs".into(),
-            target: WORK.into(),
-            fstype: "tmpfs".into(),
-            options: "mode=0755".into(),
-            read_only: false,
-        };
-        vm.agent().mount(tmpfs).await?;
+        let mut vm = BuildVm::boot(machine, volumes.disks.clone(), (cpus, MEMORY_MIB)).await?;
+        let agent = vm.agent();
+        agent.mount(mount_request("serial:fledge-work", WORK, "ext4", "")).await?;
+        agent.mount(mount_request("tmpfs", SECRETS, "tmpfs", "mode=0700")).await?;
+        for n in volumes.caches.values() {
+            agent
+                .mount(mount_request(&format!("serial:fledge-cache-{n}"), &format!("{WORK}/cache{n}"), "ext4", ""))
+                .await?;
+        }
         // An empty lower layer, for steps on scratch.
-        vm.agent().put_tar(&format!("{WORK}/empty"), std::io::Cursor::new(vec![0u8; 1024])).await?;
-        Ok(Guest { vm, layers: HashMap::new(), next: 0 })
+        agent.put_tar(&format!("{WORK}/empty"), std::io::Cursor::new(vec![0u8; 1024])).await?;
+        Ok(Guest { vm, volumes, layers: HashMap::new(), next: 0 })
     }
 
     pub async fn shutdown(self) -> Result<()> {
@@ -73,8 +150,98 @@ impl Guest {
         Ok(dir)
     }
 
-    /// Runs `meta` on top of `base`; returns the stored diff layer.
-    pub async fn run(&mut self, store: &Store, base: &[Sha256Digest], meta: &pb::Meta) -> Result<Sha256Digest> {
+    /// Mounts the op's extra mounts under `root`; returns (target, created) to undo, and the
+    /// secret environment variables.
+    async fn mounts(
+        &mut self,
+        exec: &pb::ExecOp,
+        root: &str,
+        secrets: &HashMap<String, PathBuf>,
+    ) -> Result<(Vec<(String, Vec<String>)>, Vec<String>)> {
+        let mut mounted = Vec::new();
+        for mount in exec.mounts.iter().filter(|m| m.dest != "/") {
+            let target = format!("{root}{}", mount.dest);
+            let request = match pb::MountType::try_from(mount.mount_type) {
+                Ok(pb::MountType::Cache) => {
+                    let id = mount.cache_opt.as_ref().map(|c| c.id.clone()).unwrap_or_default();
+                    let n = self.volumes.caches.get(&id).context("a cache mount the build did not prepare")?;
+                    agent::MountRequest {
+                        source: format!("{WORK}/cache{n}"),
+                        target: target.clone(),
+                        bind: true,
+                        ..Default::default()
+                    }
+                }
+                Ok(pb::MountType::Tmpfs) => {
+                    let size = mount.tmpfs_opt.as_ref().map_or(0, |t| t.size);
+                    let options = if size > 0 { format!("size={size}") } else { String::new() };
+                    mount_request("tmpfs", &target, "tmpfs", &options)
+                }
+                Ok(pb::MountType::Secret) => {
+                    let opt = mount.secret_opt.clone().unwrap_or_default();
+                    let Some(source) =
+                        self.secret(&opt.id, secrets, opt.optional, (opt.mode, opt.uid, opt.gid)).await?
+                    else {
+                        continue;
+                    };
+                    agent::MountRequest {
+                        source,
+                        target: target.clone(),
+                        bind: true,
+                        read_only: true,
+                        ..Default::default()
+                    }
+                }
+                _ => bail!("{} mounts ({}) are not supported by the embedded engine yet", kind(mount), mount.dest),
+            };
+            let created = self.vm.agent().mount(request).await?;
+            mounted.push((target, created));
+        }
+        let mut env = Vec::new();
+        for secret in &exec.secretenv {
+            let Some(path) = secrets.get(&secret.id) else {
+                if secret.optional {
+                    continue;
+                }
+                bail!("secret {} is needed: pass --secret id={},src=FILE", secret.id, secret.id);
+            };
+            let value =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read secret {}", path.display()))?;
+            env.push(format!("{}={}", secret.name, value.trim_end_matches('\n')));
+        }
+        Ok((mounted, env))
+    }
+
+    /// Puts secret `id` into the guest's memory; `None` when optional and not given.
+    async fn secret(
+        &mut self,
+        id: &str,
+        secrets: &HashMap<String, PathBuf>,
+        optional: bool,
+        (mode, uid, gid): (u32, u32, u32),
+    ) -> Result<Option<String>> {
+        let Some(path) = secrets.get(id) else {
+            if optional {
+                return Ok(None);
+            }
+            bail!("secret {id} is needed: pass --secret id={id},src=FILE");
+        };
+        let file =
+            tokio::fs::File::open(path).await.with_context(|| format!("cannot read secret {}", path.display()))?;
+        let guest_path = format!("{SECRETS}/{}", Sha256Digest::of_bytes(id.as_bytes()).hex());
+        self.vm.agent().write_file(&guest_path, (mode, uid, gid), file).await?;
+        Ok(Some(guest_path))
+    }
+
+    /// Runs `exec` on top of `base`; returns the stored diff layer.
+    pub async fn run(
+        &mut self,
+        store: &Store,
+        base: &[Sha256Digest],
+        exec: &pb::ExecOp,
+        secrets: &HashMap<String, PathBuf>,
+    ) -> Result<Sha256Digest> {
+        let meta = exec.meta.clone().unwrap_or_default();
         let mut lower = Vec::new();
         for layer in base {
             lower.push(self.ensure(store, layer).await?);
@@ -93,9 +260,10 @@ impl Guest {
             target: root.clone(),
         };
         self.vm.agent().mount_overlay(overlay).await?;
+        let (mounted, secret_env) = self.mounts(exec, &root, secrets).await?;
         let process = Process {
             args: meta.args.clone(),
-            env: meta.env.clone(),
+            env: meta.env.iter().cloned().chain(secret_env).collect(),
             cwd: meta.cwd.clone(),
             user: meta.user.clone(),
             root: root.clone(),
@@ -103,10 +271,13 @@ impl Guest {
         let (mut stdout, mut stderr) = (tokio::io::stderr(), tokio::io::stderr());
         let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, signals: None };
         let status = self.vm.agent().exec(&process, io).await?;
+        for (target, created) in mounted.into_iter().rev() {
+            self.vm.agent().unmount(&target, created).await?;
+        }
         if status != ExitStatus::Exited(0) {
             bail!("process {:?} did not complete successfully: exit code: {}", meta.args, status.code());
         }
-        self.vm.agent().unmount(&root).await?;
+        self.vm.agent().unmount(&root, Vec::new()).await?;
         let diff = tempfile::Builder::new().prefix("diff-").tempfile_in(store.root().join("tmp"))?;
         let mut file = tokio::fs::File::from_std(diff.reopen()?);
         self.vm.agent().get_layer_diff(&upper, &mut file, MAX_DIFF).await?;
@@ -115,5 +286,13 @@ impl Guest {
         // The upper is this layer in overlay form already: later steps stack on it.
         self.layers.insert(digest, upper);
         Ok(digest)
+    }
+}
+
+fn kind(mount: &pb::Mount) -> &'static str {
+    match pb::MountType::try_from(mount.mount_type) {
+        Ok(pb::MountType::Bind) => "bind",
+        Ok(pb::MountType::Ssh) => "ssh",
+        _ => "these",
     }
 }

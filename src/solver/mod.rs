@@ -11,7 +11,7 @@ mod context;
 mod fileop;
 mod guest;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
@@ -57,6 +57,10 @@ pub struct Solver<'a> {
     machine: Machine,
     progress: &'a Progress,
     guest: Option<guest::Guest>,
+    /// Secret id → the host file holding it (`--secret`); never part of a cache key.
+    secrets: HashMap<String, PathBuf>,
+    /// Every cache mount id in the definition: the build VM gets a volume for each.
+    cache_ids: Vec<String>,
     runtime: tokio::runtime::Runtime,
     ops: HashMap<String, (pb::Op, Vec<u8>)>,
     metadata: HashMap<String, pb::OpMetadata>,
@@ -74,6 +78,7 @@ impl<'a> Solver<'a> {
         context: PathBuf,
         machine: Machine,
         progress: &'a Progress,
+        secrets: HashMap<String, PathBuf>,
         report: Box<dyn FnMut(&StepEvent) + 'a>,
     ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -83,6 +88,8 @@ impl<'a> Solver<'a> {
             machine,
             progress,
             guest: None,
+            secrets,
+            cache_ids: Vec::new(),
             runtime,
             ops: HashMap::new(),
             metadata: HashMap::new(),
@@ -98,6 +105,18 @@ impl<'a> Solver<'a> {
             self.ops.insert(graph::sha256_digest(bytes), (op, bytes.clone()));
         }
         self.metadata = definition.metadata.clone().into_iter().collect();
+        let caches: BTreeSet<String> = self
+            .ops
+            .values()
+            .filter_map(|(op, _)| match &op.op {
+                Some(pb::op::Op::Exec(exec)) => {
+                    Some(exec.mounts.iter().filter_map(|m| m.cache_opt.as_ref().map(|c| c.id.clone())))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        self.cache_ids = caches.into_iter().collect();
         let terminal = definition.def.last().context("the definition is empty")?;
         let terminal = pb::Op::decode(&terminal[..])?;
         let [result] = terminal.inputs.as_slice() else { bail!("the definition's last op must name one result") };
@@ -239,9 +258,6 @@ impl<'a> Solver<'a> {
 
     fn exec(&mut self, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
         let root = exec.mounts.iter().find(|m| m.dest == "/").context("the exec op has no root mount")?;
-        if let Some(other) = exec.mounts.iter().find(|m| m.dest != "/") {
-            bail!("mounts other than the root ({}) are not supported by the embedded engine yet", other.dest);
-        }
         if exec.network == pb::NetMode::Host as i32 {
             bail!("--network=host is not available: build steps run in a microVM");
         }
@@ -253,15 +269,15 @@ impl<'a> Solver<'a> {
                 .layers("the root mount")?
                 .to_vec(),
         };
-        let meta = exec.meta.clone().unwrap_or_default();
         if self.guest.is_none() {
             let step = self.progress.step("Booting the build VM", None);
-            let guest = self.runtime.block_on(guest::Guest::boot(&self.machine))?;
+            let volumes = guest::Volumes::prepare(&self.store.root().join("cache-mounts"), &self.cache_ids)?;
+            let guest = self.runtime.block_on(guest::Guest::boot(&self.machine, volumes))?;
             step.finish("ready");
             self.guest = Some(guest);
         }
         let guest = self.guest.as_mut().expect("booted above");
-        let diff = self.runtime.block_on(guest.run(self.store, &base, &meta))?;
+        let diff = self.runtime.block_on(guest.run(self.store, &base, exec, &self.secrets))?;
         let mut layers = base;
         layers.push(diff);
         Ok(Value::Layers(layers))

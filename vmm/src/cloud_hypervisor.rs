@@ -132,7 +132,17 @@ pub fn vm_config(spec: &VmSpec, vsock_socket: Option<&Path>) -> Value {
         "console": { "mode": "Off" },
     });
     if !spec.disks.is_empty() {
-        config["disks"] = spec.disks.iter().map(|d| json!({ "path": d.path, "readonly": d.read_only })).collect();
+        config["disks"] = spec
+            .disks
+            .iter()
+            .map(|d| {
+                let mut disk = json!({ "path": d.path, "readonly": d.read_only });
+                if let Some(serial) = &d.serial {
+                    disk["serial"] = json!(serial);
+                }
+                disk
+            })
+            .collect();
     }
     if let (Some(cid), Some(socket)) = (spec.vsock_cid, vsock_socket) {
         config["vsock"] = json!({ "cid": cid, "socket": socket });
@@ -282,7 +292,7 @@ mod tests {
         let spec = VmSpec {
             kernel: "/k/vmlinux".into(),
             initrd: Some("/i.cpio.gz".into()),
-            disks: vec![crate::Disk { path: "/r.squashfs".into(), read_only: true }],
+            disks: vec![crate::Disk { path: "/r.squashfs".into(), read_only: true, serial: None }],
             cmdline: "console=ttyS0".into(),
             cpus: 2,
             memory_mib: 512,

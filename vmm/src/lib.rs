@@ -48,6 +48,9 @@ pub struct VmSpec {
 pub struct Disk {
     pub path: PathBuf,
     pub read_only: bool,
+    /// The virtio-blk serial (at most 20 bytes), which the guest reads from
+    /// `/sys/block/*/serial` to tell its disks apart.
+    pub serial: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

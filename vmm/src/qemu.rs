@@ -89,7 +89,8 @@ impl Qemu {
                 &option_value(&disk.path),
             ]));
             args.push("-device".into());
-            args.push(format!("virtio-blk-device,drive=disk{i}").into());
+            let serial = disk.serial.as_ref().map(|s| format!(",serial={s}")).unwrap_or_default();
+            args.push(format!("virtio-blk-device,drive=disk{i}{serial}").into());
         }
         args.push("-append".into());
         args.push(spec.cmdline.clone().into());
@@ -320,7 +321,7 @@ mod tests {
         VmSpec {
             kernel: "/k/vmlinux".into(),
             initrd: Some("/a b/initrd.cpio.gz".into()),
-            disks: vec![crate::Disk { path: "/img/a,b.squashfs".into(), read_only: true }],
+            disks: vec![crate::Disk { path: "/img/a,b.squashfs".into(), read_only: true, serial: None }],
             cmdline: "console=ttyS0 quiet".into(),
             cpus: 2,
             memory_mib: 256,

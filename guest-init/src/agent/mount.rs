@@ -1,5 +1,7 @@
 //! `Mount`, `MountOverlay` and `Unmount`: the kernel's mount calls, targets created first.
 
+use std::path::Path;
+
 use fledge_agent::pb;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use tonic::Status;
@@ -9,17 +11,59 @@ fn create_target(target: &str) -> Result<(), Status> {
         .map_err(|e| Status::failed_precondition(format!("cannot create the mount point {target}: {e}")))
 }
 
-pub fn mount_fs(request: &pb::MountRequest) -> Result<(), Status> {
-    create_target(&request.target)?;
-    let flags = if request.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
-    let options = (!request.options.is_empty()).then_some(request.options.as_str());
-    mount(Some(request.source.as_str()), request.target.as_str(), Some(request.fstype.as_str()), flags, options)
-        .map_err(|e| {
-            Status::failed_precondition(format!(
-                "mount {} ({}) on {}: {e}",
-                request.source, request.fstype, request.target
-            ))
-        })
+/// Creates the mount point `target` (a directory, or an empty file to bind a file onto),
+/// returning what did not exist, parents first.
+fn create_mount_point(target: &Path, file: bool) -> Result<Vec<String>, Status> {
+    let failed = |e: std::io::Error| {
+        Status::failed_precondition(format!("cannot create the mount point {}: {e}", target.display()))
+    };
+    let mut missing: Vec<&Path> = target.ancestors().take_while(|p| p.symlink_metadata().is_err()).collect();
+    missing.reverse();
+    for (i, path) in missing.iter().enumerate() {
+        if file && i + 1 == missing.len() {
+            std::fs::File::create(path).map_err(failed)?;
+        } else {
+            std::fs::create_dir(path).map_err(failed)?;
+        }
+    }
+    Ok(missing.iter().map(|p| p.display().to_string()).collect())
+}
+
+/// `serial:NAME`: the virtio disk whose serial is NAME, as `/dev/vdX`.
+fn device(source: &str) -> Result<String, Status> {
+    let Some(serial) = source.strip_prefix("serial:") else { return Ok(source.to_string()) };
+    let disks = std::fs::read_dir("/sys/block").map_err(|e| Status::internal(format!("/sys/block: {e}")))?;
+    for disk in disks.flatten() {
+        let found = std::fs::read_to_string(disk.path().join("serial")).unwrap_or_default();
+        if found.trim() == serial {
+            return Ok(format!("/dev/{}", disk.file_name().to_string_lossy()));
+        }
+    }
+    Err(Status::not_found(format!("no disk has the serial {serial}")))
+}
+
+pub fn mount_fs(request: &pb::MountRequest) -> Result<pb::MountResponse, Status> {
+    let failed = |e: nix::Error| {
+        Status::failed_precondition(format!("mount {} ({}) on {}: {e}", request.source, request.fstype, request.target))
+    };
+    let source = device(&request.source)?;
+    let file = request.bind && Path::new(&source).is_file();
+    let created = create_mount_point(Path::new(&request.target), file)?;
+    let read_only = if request.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
+    if request.bind {
+        mount(Some(source.as_str()), request.target.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(failed)?;
+        if request.read_only {
+            // A bind mount is made read-only by remounting it.
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, request.target.as_str(), None::<&str>, flags, None::<&str>).map_err(failed)?;
+        }
+    } else {
+        let options = (!request.options.is_empty()).then_some(request.options.as_str());
+        mount(Some(source.as_str()), request.target.as_str(), Some(request.fstype.as_str()), read_only, options)
+            .map_err(failed)?;
+    }
+    Ok(pb::MountResponse { created })
 }
 
 /// The overlay's option string; lower directories are joined with `:` so none may hold one
@@ -51,7 +95,15 @@ pub fn mount_overlay(request: &pb::MountOverlayRequest) -> Result<(), Status> {
 
 pub fn unmount(request: &pb::UnmountRequest) -> Result<(), Status> {
     umount2(request.target.as_str(), MntFlags::empty())
-        .map_err(|e| Status::failed_precondition(format!("unmount {}: {e}", request.target)))
+        .map_err(|e| Status::failed_precondition(format!("unmount {}: {e}", request.target)))?;
+    for path in request.remove.iter().rev() {
+        // Only what is still empty goes: anything a step put there stays.
+        let _ = std::fs::remove_dir(path).or_else(|_| match std::fs::metadata(path) {
+            Ok(meta) if meta.is_file() && meta.len() == 0 => std::fs::remove_file(path),
+            _ => Ok(()),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,8 +56,7 @@ impl Agent for Service {
     }
 
     async fn mount(&self, request: Request<pb::MountRequest>) -> Result<Response<pb::MountResponse>, Status> {
-        mount::mount_fs(request.get_ref())?;
-        Ok(Response::new(pb::MountResponse {}))
+        Ok(Response::new(mount::mount_fs(request.get_ref())?))
     }
 
     async fn mount_overlay(
@@ -65,7 +64,7 @@ impl Agent for Service {
         request: Request<pb::MountOverlayRequest>,
     ) -> Result<Response<pb::MountResponse>, Status> {
         mount::mount_overlay(request.get_ref())?;
-        Ok(Response::new(pb::MountResponse {}))
+        Ok(Response::new(pb::MountResponse::default()))
     }
 
     async fn unmount(&self, request: Request<pb::UnmountRequest>) -> Result<Response<pb::UnmountResponse>, Status> {
