@@ -68,10 +68,18 @@ fn quiet_builds_print_nothing_and_plain_builds_show_steps() {
 }
 
 #[test]
-fn dockerfile_mode_says_it_is_not_supported_yet() {
+fn dockerfile_mode_refuses_what_it_cannot_build_with_a_clear_error() {
     let p = Project::new();
     p.write("Dockerfile", "FROM scratch\n");
     let out = run(p.fledge().args(["build", "Dockerfile"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("building directly from a Dockerfile is not supported yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("the target stage is empty"), "{}", stderr(&out));
+    let out = run(p.fledge().args(["build", "Dockerfile", "--output-initramfs"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--output-initramfs is not supported yet"), "{}", stderr(&out));
+    p.write("Bad", "FROM scratch\nCOPY --nope a b\n");
+    let out = run(p.fledge().args(["build", "Bad"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown flag: --nope") && stderr(&out).contains("Bad:2:1"), "{}", stderr(&out));
+    assert!(!p.path("state/store/cache-mounts").exists());
 }
