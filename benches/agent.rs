@@ -33,7 +33,7 @@ async fn measure(machine: &Machine, runs: usize) -> (Duration, Duration, Duratio
     let (mut ready, mut exec, mut info) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         let started = Instant::now();
-        let mut vm = BuildVm::boot(machine, Vec::new(), (1, 256)).await.expect("boot");
+        let mut vm = BuildVm::boot(machine, Vec::new(), (1, 256), false).await.expect("boot");
         ready.push(started.elapsed());
         let agent = vm.agent();
         agent.write_file("/bin/busybox", (0o755, 0, 0), std::io::Cursor::new(busybox.clone())).await.expect("write");

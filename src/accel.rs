@@ -74,6 +74,7 @@ fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
         memory_mib: 256,
         acpi,
         vsock_cid: None,
+        network: false,
     };
     let mut vm = Qemu::new(Accel::Kvm).launch(&spec)?;
     let mut console = vm.take_console().expect("a new VM has its console");

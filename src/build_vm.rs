@@ -57,18 +57,28 @@ pub struct BuildVm {
 
 impl BuildVm {
     /// Boots a build VM on `machine` with `disks` attached (in order: `/dev/vda`, `/dev/vdb`,
-    /// ...) and waits for its agent.
-    pub async fn boot(machine: &Machine, disks: Vec<Disk>, (cpus, memory_mib): (u32, u32)) -> Result<BuildVm> {
+    /// ..., each also known by its serial), with user-mode networking when `network`, and
+    /// waits for its agent.
+    pub async fn boot(
+        machine: &Machine,
+        disks: Vec<Disk>,
+        (cpus, memory_mib): (u32, u32),
+        network: bool,
+    ) -> Result<BuildVm> {
         let work = tempfile::Builder::new().prefix("fledge-vm-").tempdir()?;
         let initrd = work.path().join("init.cpio.lz4");
         crate::initramfs::init_only(&initrd, crate::guest_init::WITH_AGENT)
             .context("cannot write the build VM's initramfs")?;
-        let cmdline = format!(
+        let mut cmdline = format!(
             "{} quiet fledge.agent_port={DEFAULT_PORT}",
             microvm::guest_cmdline(machine.accel, cpus, machine.kernel.acpi)
         );
+        if network {
+            cmdline.push_str(" fledge.net=user");
+        }
         let mut spec = machine.spec(&initrd, disks, cmdline, (cpus, memory_mib), work.path())?;
         spec.vsock_cid = Some(3);
+        spec.network = network;
         let backend = machine.backend();
         let mut vm = backend.launch(&spec)?;
         let console = ConsoleTail::default();

@@ -62,6 +62,7 @@ impl Machine {
             memory_mib,
             acpi: self.kernel.acpi,
             vsock_cid: None,
+            network: false,
         })
     }
 }

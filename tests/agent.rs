@@ -75,7 +75,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
     runtime.block_on(async {
         let machine = fledge_kernel(&state);
         let disks = vec![Disk { path: rootfs.clone(), read_only: true, serial: None }];
-        let mut vm = BuildVm::boot(&machine, disks, (1, 256)).await.unwrap();
+        let mut vm = BuildVm::boot(&machine, disks, (1, 256), false).await.unwrap();
         let agent = vm.agent();
         let info = agent.info().await.unwrap();
         assert!(info.kernel_release.starts_with("6."), "{info:?}");

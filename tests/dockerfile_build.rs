@@ -179,3 +179,40 @@ fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
         assert!(!data.windows(6).any(|w| w == b"s3cret"), "a stored blob holds the secret");
     }
 }
+
+#[test]
+fn run_steps_have_a_network_unless_they_ask_for_none() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let server = http::Server::start([("/file".to_string(), b"served by the host\n".to_vec())].into());
+    let port = server.base.rsplit(':').next().unwrap().to_string();
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-network");
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {image}\n\
+             RUN /bin/busybox --install -s /bin\n\
+             RUN wget -q -O /fetched http://10.0.2.2:{port}/file && cp /etc/resolv.conf /resolv-seen\n\
+             RUN --network=none sh -c 'wget -q -T 3 -O- http://10.0.2.2:{port}/file && echo reached || echo isolated' > /none-result\n"
+        ),
+    );
+    assert_success(&run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"])));
+    let look = run(fledge(&p, &kernel).args([
+        "run",
+        "-q",
+        "--timeout",
+        "120",
+        "app.squashfs",
+        "--",
+        "sh",
+        "-c",
+        "cat /fetched /resolv-seen /none-result; test -e /etc/resolv.conf || echo no-resolv-left",
+    ]));
+    let console = String::from_utf8_lossy(&look.stdout);
+    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    for expected in ["served by the host", "nameserver 10.0.2.3", "isolated", "no-resolv-left"] {
+        assert!(console.contains(expected), "{expected:?} in {console}");
+    }
+}

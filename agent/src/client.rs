@@ -70,6 +70,8 @@ pub struct Process {
     pub cwd: String,
     pub user: String,
     pub root: String,
+    /// Run without a network (a namespace of its own).
+    pub no_network: bool,
 }
 
 /// Where a process's streams go. Output is written as it arrives.
@@ -124,6 +126,7 @@ impl AgentClient {
             user: process.user.clone(),
             root: process.root.clone(),
             stdin: stdin.is_some(),
+            no_network: process.no_network,
         };
         tx.send(exec_input(pb::exec_input::Input::Start(start))).await.expect("the receiver is alive here");
         let feeder = tokio::spawn(feed_exec(tx, stdin, signals));
@@ -218,16 +221,17 @@ impl AgentClient {
         copy_chunks(chunks.into_inner(), out, limit, &what).await
     }
 
-    /// Mounts; returns what the mount point needed created (to remove when unmounting).
-    pub async fn mount(&mut self, request: pb::MountRequest) -> Result<Vec<String>> {
+    /// Mounts; returns what the mount point needed created (to remove when unmounting), or
+    /// `None` when the guest skipped a bind onto a symbolic link.
+    pub async fn mount(&mut self, request: pb::MountRequest) -> Result<Option<Vec<String>>> {
         let action = format!("could not mount {} on {}", request.source, request.target);
         let target = request.target.clone();
-        let created = self.rpc.mount(request).await.map_err(remote(action))?.into_inner().created;
-        // The guest may only report paths under the mount point's own path.
-        if let Some(bad) = created.iter().find(|c| !target.starts_with(c.as_str())) {
+        let reply = self.rpc.mount(request).await.map_err(remote(action))?.into_inner();
+        // The guest may only report paths on the way to the mount point.
+        if let Some(bad) = reply.created.iter().find(|c| !target.starts_with(c.as_str())) {
             return Err(AgentError::Protocol(format!("mount of {target} reported creating {bad}")));
         }
-        Ok(created)
+        Ok(reply.mounted.then_some(reply.created))
     }
 
     pub async fn mount_overlay(&mut self, request: pb::MountOverlayRequest) -> Result<()> {

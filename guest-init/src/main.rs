@@ -41,7 +41,7 @@ fn main() {
     supervise::block_signals();
     #[cfg(feature = "agent")]
     if let Some(port) = agent::requested(&cmdline) {
-        agent::run(port);
+        agent::run(port, &cmdline);
     }
     let handoff = std::fs::read_to_string(target::HANDOFF_FILE).ok();
     let init_args: Vec<String> = std::env::args().skip(1).collect();

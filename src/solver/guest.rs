@@ -91,6 +91,8 @@ impl Volumes {
 
 pub struct Guest {
     vm: BuildVm,
+    /// Whether steps can have a network (QEMU's user-mode networking).
+    network: bool,
     volumes: Volumes,
     /// Layers the guest holds, and the directory each is in.
     layers: HashMap<Sha256Digest, String>,
@@ -111,7 +113,9 @@ impl Guest {
     pub async fn boot(machine: &Machine, volumes: Volumes) -> Result<Guest> {
         // Under TCG a second vCPU buys little on small hosts and slows the boot.
         let cpus = if machine.accel == fledge_vmm::qemu::Accel::Tcg { 1 } else { 2 };
-        let mut vm = BuildVm::boot(machine, volumes.disks.clone(), (cpus, MEMORY_MIB)).await?;
+        // Cloud Hypervisor networks only through tap devices, which need privileges.
+        let network = machine.vmm == crate::cli::VmmChoice::Qemu;
+        let mut vm = BuildVm::boot(machine, volumes.disks.clone(), (cpus, MEMORY_MIB), network).await?;
         let agent = vm.agent();
         agent.mount(mount_request("serial:fledge-work", WORK, "ext4", "")).await?;
         agent.mount(mount_request("tmpfs", SECRETS, "tmpfs", "mode=0700")).await?;
@@ -122,7 +126,7 @@ impl Guest {
         }
         // An empty lower layer, for steps on scratch.
         agent.put_tar(&format!("{WORK}/empty"), std::io::Cursor::new(vec![0u8; 1024])).await?;
-        Ok(Guest { vm, volumes, layers: HashMap::new(), next: 0 })
+        Ok(Guest { vm, network, volumes, layers: HashMap::new(), next: 0 })
     }
 
     pub async fn shutdown(self) -> Result<()> {
@@ -159,6 +163,28 @@ impl Guest {
         secrets: &HashMap<String, PathBuf>,
     ) -> Result<(Vec<(String, Vec<String>)>, Vec<String>)> {
         let mut mounted = Vec::new();
+        if exec.network == pb::NetMode::Unset as i32 {
+            if !self.network {
+                bail!(
+                    "this step needs a network, which Cloud Hypervisor cannot give without a tap device: use FLEDGE_VMM=qemu, or RUN --network=none"
+                );
+            }
+            // The step sees the VM's resolver and hosts file, bound over its own.
+            for (file, dest) in
+                [("/run/fledge-net/resolv.conf", "/etc/resolv.conf"), ("/run/fledge-net/hosts", "/etc/hosts")]
+            {
+                let request = agent::MountRequest {
+                    source: file.into(),
+                    target: format!("{root}{dest}"),
+                    bind: true,
+                    read_only: true,
+                    ..Default::default()
+                };
+                if let Some(created) = self.vm.agent().mount(request).await? {
+                    mounted.push((format!("{root}{dest}"), created));
+                }
+            }
+        }
         for mount in exec.mounts.iter().filter(|m| m.dest != "/") {
             let target = format!("{root}{}", mount.dest);
             let request = match pb::MountType::try_from(mount.mount_type) {
@@ -194,8 +220,9 @@ impl Guest {
                 }
                 _ => bail!("{} mounts ({}) are not supported by the embedded engine yet", kind(mount), mount.dest),
             };
-            let created = self.vm.agent().mount(request).await?;
-            mounted.push((target, created));
+            if let Some(created) = self.vm.agent().mount(request).await? {
+                mounted.push((target, created));
+            }
         }
         let mut env = Vec::new();
         for secret in &exec.secretenv {
@@ -267,6 +294,7 @@ impl Guest {
             cwd: meta.cwd.clone(),
             user: meta.user.clone(),
             root: root.clone(),
+            no_network: exec.network == pb::NetMode::None as i32,
         };
         let (mut stdout, mut stderr) = (tokio::io::stderr(), tokio::io::stderr());
         let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, signals: None };

@@ -244,6 +244,12 @@ impl Backend for CloudHypervisor {
     }
 
     fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
+        if spec.network {
+            // CH networks only through tap devices, which need privileges Fledge does not take.
+            return Err(VmmError::Protocol(
+                "Cloud Hypervisor has no user-mode networking (it needs a tap device); use --vmm qemu (FLEDGE_VMM=qemu) for guests that need a network".into(),
+            ));
+        }
         let process = self.start()?;
         let vsock = spec.vsock_cid.map(|_| process.dir().join("vsock.sock"));
         process.api.create(&vm_config(spec, vsock.as_deref()))?;
@@ -298,6 +304,7 @@ mod tests {
             memory_mib: 512,
             acpi: true,
             vsock_cid: Some(3),
+            network: false,
         };
         let config = vm_config(&spec, Some(Path::new("/d/vsock.sock")));
         assert_eq!(config["payload"]["kernel"], "/k/vmlinux");

@@ -42,6 +42,9 @@ pub struct VmSpec {
     /// Give the guest a vsock device with this context id (3 or more), reachable from the
     /// host through [`Vm::vsock_socket`].
     pub vsock_cid: Option<u32>,
+    /// User-mode networking (NAT inside the VMM, no root, no tap): the guest's virtio-net
+    /// interface reaches the host at 10.0.2.2 and resolves names through 10.0.2.3.
+    pub network: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -61,7 +61,7 @@ impl Qemu {
         for a in ["-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"] {
             push(a);
         }
-        if spec.acpi && (!spec.disks.is_empty() || spec.vsock_cid.is_some()) {
+        if spec.acpi && (!spec.disks.is_empty() || spec.vsock_cid.is_some() || spec.network) {
             push("-global");
             push("virtio-mmio.force-legacy=false");
         }
@@ -72,6 +72,11 @@ impl Qemu {
             args.push(join(&["socket,id=vsock0,path=".as_ref(), &option_value(vhost_user)]));
             args.push("-device".into());
             args.push("vhost-user-vsock-device,chardev=vsock0".into());
+        }
+        if spec.network {
+            for a in ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"] {
+                args.push(a.into());
+            }
         }
         args.push("-qmp".into());
         args.push(join(&["unix:".as_ref(), &option_value(qmp), ",server=on,wait=off".as_ref()]));
@@ -327,11 +332,25 @@ mod tests {
             memory_mib: 256,
             acpi: true,
             vsock_cid: None,
+            network: false,
         }
     }
 
     fn text(args: &[OsString]) -> Vec<String> {
         args.iter().map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
+    #[test]
+    fn user_networking_is_a_virtio_net_device_on_slirp() {
+        let spec = VmSpec { network: true, ..spec() };
+        let args: Vec<String> = Qemu::new(Accel::Tcg)
+            .args(&spec, Path::new("/q"), Path::new("/v"))
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+        assert_eq!(at("-netdev").as_deref(), Some("user,id=net0"));
+        assert!(args.iter().any(|a| a == "virtio-net-device,netdev=net0"));
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn spec(kernel: &str) -> VmSpec {
         memory_mib: 256,
         acpi: true,
         vsock_cid: None,
+        network: false,
     }
 }
 

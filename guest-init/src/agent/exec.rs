@@ -60,6 +60,7 @@ struct Confinement {
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
+    no_network: bool,
 }
 
 fn c_path(path: &Path) -> Result<CString, Status> {
@@ -86,6 +87,7 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         uid: identity.uid,
         gid: identity.gid,
         groups: identity.groups,
+        no_network: start.no_network,
     };
 
     let mut env = start.env.clone();
@@ -126,7 +128,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 }
 
 /// Runs in the child between fork and exec: no blocked signals (PID 1 blocks the ones it
-/// waits for, and a mask survives exec), the new root, the working directory, a session of
+/// waits for, and a mask survives exec), a network namespace of its own when asked, the new
+/// root, the working directory, a session of
 /// its own (so the whole tree can be killed), then the identity (groups before the uid,
 /// which drops the right to change them).
 fn confine(c: &Confinement) -> std::io::Result<()> {
@@ -137,6 +140,9 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         check(libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()))?;
+        if c.no_network {
+            check(libc::unshare(libc::CLONE_NEWNET))?;
+        }
         if let Some(root) = &c.root {
             check(libc::chroot(root.as_ptr()))?;
         }

@@ -10,6 +10,7 @@ mod children;
 mod exec;
 mod files;
 mod mount;
+mod net;
 mod server;
 mod service;
 mod tarball;
@@ -23,7 +24,10 @@ pub fn requested(cmdline: &str) -> Option<u32> {
 
 /// Serves the agent on vsock `port` until a power-off. Signals must already be blocked, so
 /// the runtime's threads never take them.
-pub fn run(port: u32) -> ! {
+pub fn run(port: u32, cmdline: &str) -> ! {
+    if net::requested(cmdline) {
+        net::configure();
+    }
     std::thread::spawn(move || server::serve(port));
     let signals = crate::supervise::handled_signals();
     loop {

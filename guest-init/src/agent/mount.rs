@@ -47,6 +47,10 @@ pub fn mount_fs(request: &pb::MountRequest) -> Result<pb::MountResponse, Status>
         Status::failed_precondition(format!("mount {} ({}) on {}: {e}", request.source, request.fstype, request.target))
     };
     let source = device(&request.source)?;
+    let target = Path::new(&request.target);
+    if request.bind && target.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        return Ok(pb::MountResponse { created: Vec::new(), mounted: false });
+    }
     let file = request.bind && Path::new(&source).is_file();
     let created = create_mount_point(Path::new(&request.target), file)?;
     let read_only = if request.read_only { MsFlags::MS_RDONLY } else { MsFlags::empty() };
@@ -63,7 +67,7 @@ pub fn mount_fs(request: &pb::MountRequest) -> Result<pb::MountResponse, Status>
         mount(Some(source.as_str()), request.target.as_str(), Some(request.fstype.as_str()), read_only, options)
             .map_err(failed)?;
     }
-    Ok(pb::MountResponse { created })
+    Ok(pb::MountResponse { created, mounted: true })
 }
 
 /// The overlay's option string; lower directories are joined with `:` so none may hold one
