@@ -216,3 +216,84 @@ fn run_steps_have_a_network_unless_they_ask_for_none() {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
 }
+
+#[test]
+fn two_clean_builds_give_byte_identical_artifacts() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-twice");
+    let artifact = |_: usize| {
+        let p = Project::new(); // an empty store each time
+        p.write(
+            "Dockerfile",
+            &format!("FROM {image}\nRUN /bin/busybox --install -s /bin && mkdir /out && echo made > /out/file\nCOPY notes.txt /out/\n"),
+        );
+        p.write("notes.txt", "notes\n");
+        assert_success(&run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"])));
+        std::fs::read(p.path("app.squashfs")).unwrap()
+    };
+    let (first, second) = (artifact(1), artifact(2));
+    assert!(first == second, "two clean builds differ ({} and {} bytes)", first.len(), second.len());
+}
+
+#[test]
+fn killing_a_build_mid_run_leaves_no_vm_and_a_usable_store() {
+    use std::time::{Duration, Instant};
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-killed");
+    for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGKILL] {
+        let p = Project::new();
+        std::fs::create_dir_all(p.path("tmp")).unwrap();
+        p.write("Dockerfile", &format!("FROM {image}\nRUN echo started > /dev/console; exec /bin/busybox sleep 600\n"));
+        let mut child = fledge(&p, &kernel)
+            .args(["build", "Dockerfile", "-o", "app.squashfs"])
+            .env("TMPDIR", p.path("tmp"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the step runs (its VM is up), then interrupt the build.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let ours = || -> Vec<String> {
+            let marker = p.path("tmp").display().to_string();
+            std::fs::read_dir("/proc")
+                .unwrap()
+                .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .filter(|c| c.contains(&marker) && (c.contains("qemu") || c.contains("vhost-device-vsock")))
+                .collect()
+        };
+        while ours().is_empty() {
+            assert!(Instant::now() < deadline, "the build VM never started");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let stopped_by = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > stopped_by {
+                let _ = child.kill();
+                panic!("{signal}: the build did not stop within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(!status.success(), "{signal}: the build was stopped");
+        if signal == nix::sys::signal::Signal::SIGINT {
+            assert_eq!(status.code(), Some(130), "Ctrl-C exits 130");
+        }
+        let gone = Instant::now() + Duration::from_secs(10);
+        while !ours().is_empty() && Instant::now() < gone {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(ours().is_empty(), "{signal}: left behind: {:?}", ours());
+        // The store still works: the next build (with a step that ends) succeeds.
+        p.write("Dockerfile", &format!("FROM {image}\nRUN echo done > /done\n"));
+        assert_success(&run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"])));
+    }
+}

@@ -272,15 +272,44 @@ impl<'a> Solver<'a> {
         if self.guest.is_none() {
             let step = self.progress.step("Booting the build VM", None);
             let volumes = guest::Volumes::prepare(&self.store.root().join("cache-mounts"), &self.cache_ids)?;
-            let guest = self.runtime.block_on(guest::Guest::boot(&self.machine, volumes))?;
+            let guest = self.interruptible(guest::Guest::boot(&self.machine, volumes))?;
             step.finish("ready");
             self.guest = Some(guest);
         }
         let guest = self.guest.as_mut().expect("booted above");
-        let diff = self.runtime.block_on(guest.run(self.store, &base, exec, &self.secrets))?;
+        let run = guest.run(self.store, &base, exec, &self.secrets);
+        let diff = Self::interruptible_on(&self.runtime, run)?;
         let mut layers = base;
         layers.push(diff);
         Ok(Value::Layers(layers))
+    }
+}
+
+impl Solver<'_> {
+    fn interruptible<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        Self::interruptible_on(&self.runtime, work)
+    }
+
+    /// Runs `work`, giving up when Ctrl-C is pressed (what `work` holds, such as the build
+    /// VM, is dropped, which stops it).
+    fn interruptible_on<T>(
+        runtime: &tokio::runtime::Runtime,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        runtime.block_on(async {
+            let interrupted = async {
+                loop {
+                    if let Err(e) = crate::interrupt::check() {
+                        return e;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            };
+            tokio::select! {
+                done = work => done,
+                e = interrupted => Err(e.into()),
+            }
+        })
     }
 }
 
