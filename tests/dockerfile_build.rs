@@ -85,6 +85,11 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     };
     let again = steps(&p);
     assert!(!again.is_empty() && again.iter().all(|(_, cached)| *cached), "{again:?}");
+    // The finished artifact is remembered too: nothing is repacked.
+    let before = std::fs::metadata(p.path("app.squashfs")).unwrap().modified().unwrap();
+    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"]));
+    assert!(stderr(&out).contains("nothing to repack"), "{}", stderr(&out));
+    assert_eq!(std::fs::metadata(p.path("app.squashfs")).unwrap().modified().unwrap(), before);
 
     // Touched but unchanged: still nothing runs.
     let file = std::fs::File::options().write(true).open(p.path("hello.txt")).unwrap();

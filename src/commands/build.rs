@@ -86,8 +86,70 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
     let work = tempfile::Builder::new().prefix("fledge-direct-").tempdir()?;
     let (config, template) = synthetic_config(work.path(), dockerfile, &name)?;
     let format = args.manifest_format.unwrap_or_default();
+    let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
+    let artifact = rootfs_artifact_path(args, &name, kind);
+    let store = Store::open(dirs::state_dir().as_deref())?;
+    let key = artifact_key(&built, &config, format, &artifact)?;
+    if finished_artifact(&store, &key, &artifact) {
+        progress.say(&format!("Built {} (unchanged: its inputs are the same, nothing to repack)", artifact.display()));
+        return Ok(());
+    }
+    drop(store);
     let base = Base::Built { layers: built.layers, config: built.config, name };
-    build_rootfs(args, &config, template, format, &base, progress)
+    build_rootfs(args, &config, template, format, &base, progress)?;
+    let store = Store::open(dirs::state_dir().as_deref())?;
+    remember_artifact(&store, &key, &artifact)
+}
+
+/// Records of finished artifacts: the key of everything an artifact is made from → the file
+/// written, so a rebuild with the same inputs does not repack.
+const ARTIFACT_RECORD: &str = "artifact-v1";
+
+/// The key of a direct build's artifact: the built layers and config, how it is packed and
+/// where, the timestamp used, the agent put in, and this Fledge.
+fn artifact_key(
+    built: &crate::build::Built,
+    config: &BuildConfig,
+    format: manifest::ManifestFormat,
+    artifact: &Path,
+) -> Result<Sha256Digest> {
+    let mut parts = vec![crate::VERSION.to_string(), std::path::absolute(artifact)?.display().to_string()];
+    parts.extend(built.layers.iter().map(ToString::to_string));
+    parts.push(serde_json::to_string(&built.config)?);
+    parts.push(format!("{:?} {:?} {:?}", config.filesystem, config.compression, format));
+    parts.push(std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default());
+    // The agent: an override file by its identity; a release by its version string.
+    match std::env::var_os("FLEDGE_AGENT") {
+        Some(path) => {
+            let meta = std::fs::metadata(&path).ok();
+            parts.push(format!(
+                "{:?} {:?} {:?}",
+                path,
+                meta.as_ref().map(|m| m.len()),
+                meta.and_then(|m| m.modified().ok())
+            ));
+        }
+        None => parts.push(format!("{:?}", config.agent)),
+    }
+    Ok(Sha256Digest::of_bytes(parts.join("\0").as_bytes()))
+}
+
+/// The file as it was when written (size and modification time), so a changed or removed
+/// artifact is rebuilt.
+fn fingerprint(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some(format!("{} {:?}", meta.len(), meta.modified().ok()?))
+}
+
+fn finished_artifact(store: &Store, key: &Sha256Digest, artifact: &Path) -> bool {
+    let recorded = store.read_derived(ARTIFACT_RECORD, key);
+    let manifest_present = output::manifest_path(artifact).is_file();
+    manifest_present && recorded.is_some_and(|r| fingerprint(artifact).is_some_and(|f| f.as_bytes() == r))
+}
+
+fn remember_artifact(store: &Store, key: &Sha256Digest, artifact: &Path) -> Result<()> {
+    let fingerprint = fingerprint(artifact).context("the artifact just written is missing")?;
+    Ok(store.write_derived(ARTIFACT_RECORD, key, fingerprint.as_bytes())?)
 }
 
 /// The output name of a direct build: the context directory's name, `plugin` without one.
@@ -304,11 +366,7 @@ fn build_rootfs(
     }
     mappings::apply(&mut tree, &config.mappings)?;
 
-    let artifact_path = match kind {
-        FsType::Squashfs | FsType::Erofs => output::rootfs_path(args.output.as_deref(), &stem, kind.name()),
-        // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
-        _ => output::artifact_path(args.output.as_deref(), &stem, "img"),
-    };
+    let artifact_path = rootfs_artifact_path(args, &stem, kind);
     let manifest_path = output::manifest_path(&artifact_path);
     let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
     let step = progress.step(format!("Writing {}", artifact_path.display()), Some(total));
@@ -335,6 +393,15 @@ fn build_rootfs(
     commit(pending, &manifest_path, &manifest::render(&template, &artifact, format))?;
     progress.say(&format!("Built {} ({checksum}) and {}", artifact_path.display(), manifest_path.display()));
     Ok(())
+}
+
+/// Where a rootfs artifact named `stem` goes.
+fn rootfs_artifact_path(args: &BuildArgs, stem: &str, kind: FsType) -> PathBuf {
+    match kind {
+        FsType::Squashfs | FsType::Erofs => output::rootfs_path(args.output.as_deref(), stem, kind.name()),
+        // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
+        _ => output::artifact_path(args.output.as_deref(), stem, "img"),
+    }
 }
 
 /// The image (from the store, pulled or imported as needed), its layers, and its flattened filesystem.
