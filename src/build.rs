@@ -51,7 +51,7 @@ pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Prog
         bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
     };
     let definition = fledge_llb::graph::definition(&result, None);
-    let machine = Machine::choose(vmm_from_env()?, accel_from_env()?)?;
+    let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
     let rawjson = args.progress == crate::cli::ProgressMode::Rawjson;
     let report = Box::new(move |event: &crate::solver::StepEvent| {
         if rawjson {

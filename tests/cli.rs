@@ -83,3 +83,19 @@ fn dockerfile_mode_refuses_what_it_cannot_build_with_a_clear_error() {
     assert!(stderr(&out).contains("unknown flag: --nope") && stderr(&out).contains("Bad:2:1"), "{}", stderr(&out));
     assert!(!p.path("state/store/cache-mounts").exists());
 }
+
+#[test]
+fn a_dockerfile_without_run_steps_builds_without_a_kernel_or_a_vm() {
+    let p = Project::new();
+    p.write("Dockerfile", "FROM scratch\nWORKDIR /app\nCOPY a.txt b.txt ./\n");
+    p.write("a.txt", "a\n");
+    p.write("b.txt", "b\n");
+    let mut cmd = p.fledge();
+    cmd.env("FLEDGE_AGENT", agent_binary()).env_remove("FLEDGE_KERNEL_VMLINUX").env_remove("FLEDGE_KERNEL_BZIMAGE");
+    assert_success(&run(cmd.args(["build", "Dockerfile", "-o", "app.squashfs"])));
+    let listing = run(Command::new("unsquashfs").arg("-lln").arg(p.path("app.squashfs")));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for expected in ["squashfs-root/app/a.txt", "squashfs-root/app/b.txt", "squashfs-root/bin/kestrel"] {
+        assert!(listing.contains(expected), "{expected} in {listing}");
+    }
+}

@@ -54,7 +54,9 @@ pub struct StepEvent {
 pub struct Solver<'a> {
     store: &'a Store,
     context: PathBuf,
-    machine: Machine,
+    /// Finds the kernel and accelerator when a step first needs the build VM (a build
+    /// without RUN steps needs neither).
+    machine: Box<dyn Fn() -> Result<Machine> + 'a>,
     progress: &'a Progress,
     guest: Option<guest::Guest>,
     /// Secret id → the host file holding it (`--secret`); never part of a cache key.
@@ -76,7 +78,7 @@ impl<'a> Solver<'a> {
     pub fn new(
         store: &'a Store,
         context: PathBuf,
-        machine: Machine,
+        machine: Box<dyn Fn() -> Result<Machine> + 'a>,
         progress: &'a Progress,
         secrets: HashMap<String, PathBuf>,
         report: Box<dyn FnMut(&StepEvent) + 'a>,
@@ -271,8 +273,9 @@ impl<'a> Solver<'a> {
         };
         if self.guest.is_none() {
             let step = self.progress.step("Booting the build VM", None);
+            let machine = (self.machine)()?;
             let volumes = guest::Volumes::prepare(&self.store.root().join("cache-mounts"), &self.cache_ids)?;
-            let guest = self.interruptible(guest::Guest::boot(&self.machine, volumes))?;
+            let guest = self.interruptible(guest::Guest::boot(&machine, volumes))?;
             step.finish("ready");
             self.guest = Some(guest);
         }

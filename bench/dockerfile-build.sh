@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Dockerfile builds, side by side: Fledge's embedded engine (RUN steps in a QEMU microVM;
+# TCG here unless FLEDGE_ACCEL=kvm) against `buildah bud --layers --isolation chroot` (the
+# daemonless peer), on the same 4-step Dockerfile over the same Debian minbase base (206 MB,
+# made by bench/initramfs-pack.sh with debootstrap), served from a docker-registry on
+# 127.0.0.1 that this script starts and stops. Measured: a cold build (no build cache; the
+# base already pulled), a no-op rebuild, and a rebuild after editing the copied file. Then
+# the per-RUN cost: one Dockerfile with 1 RUN and one with 6, cold, which shows what a step
+# costs once the build VM is up (Fledge boots one VM per build, not one per step).
+# Needs root (buildah, registry).
+#
+# usage: bench/dockerfile-build.sh [RUNS]    (default 3)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${1:-3}
+bench_dir=${FLEDGE_BENCH_DIR:-/var/cache/fledge-bench}
+tree=${FLEDGE_BENCH_TREE:-$bench_dir/minbase}
+command -v buildah >/dev/null || apt-get install -y -qq buildah >/dev/null
+[ -d "$tree" ] || bench/initramfs-pack.sh 0 >/dev/null 2>&1 || true
+[ -d "$tree" ] || { echo "no tree at $tree (run bench/initramfs-pack.sh once as root)" >&2; exit 1; }
+cargo build --release --quiet
+fledge=$(realpath target/release/fledge)
+kernel_state=${FLEDGE_TEST_CACHE:-$HOME/.cache/fledge-test}/kernel-state
+FLEDGE_STATE_DIR=$kernel_state "$fledge" kernel build -q
+export FLEDGE_KERNEL_VMLINUX=$kernel_state/kernel/vmlinux FLEDGE_ACCEL=${FLEDGE_ACCEL:-tcg}
+export FLEDGE_AGENT=$(command -v busybox)
+
+work=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" >"$work/registry.yml"
+docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+registry_pid=$!
+export BUILDAH_ROOT=$work/buildah
+trap 'kill $registry_pid 2>/dev/null; buildah --root "$BUILDAH_ROOT" --runroot "$work/run" rm --all >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+image="127.0.0.1:$port/bench/minbase:1"
+umoci init --layout "$work/layout"
+umoci new --image "$work/layout:1"
+umoci insert --image "$work/layout:1" "$tree" / >/dev/null
+skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
+
+ctx=$work/ctx && mkdir -p "$ctx"
+printf 'FROM %s\nRUN echo hello > /hello && ls /usr/bin | wc -l > /count\nCOPY app.txt /app/\nRUN cat /app/app.txt > /app/copy && sha256sum /app/copy > /app/sum\nWORKDIR /app\n' "$image" >"$ctx/Dockerfile"
+echo "version 1" >"$ctx/app.txt"
+buildah_() { buildah --root "$BUILDAH_ROOT" --runroot "$work/run" "$@"; }
+# Both pull the base once, outside the timings.
+buildah_ pull -q --tls-verify=false "$image" >/dev/null
+export FLEDGE_STATE_DIR=$work/state
+"$fledge" image pull -q "$image"
+
+source "$(dirname "$0")/lib.sh"
+drop_caches() { :; } # small trees, warm for both
+clear_caches() {
+    buildah_ rmi -f bench runs >/dev/null 2>&1 || true
+    buildah_ rmi --prune >/dev/null 2>&1 || true
+    rm -rf "$FLEDGE_STATE_DIR/store/derived/build-cache-v1" "$FLEDGE_STATE_DIR/store/derived/artifact-v1" "$ctx/out.squashfs"*
+}
+peer_cold() { clear_caches; buildah_ bud -q --layers --isolation chroot --tls-verify=false -t bench "$ctx" >/dev/null; }
+fledge_cold() { clear_caches; "$fledge" build -q "$ctx/Dockerfile" -o "$ctx/out.squashfs"; }
+peer_noop() { buildah_ bud -q --layers --isolation chroot --tls-verify=false -t bench "$ctx" >/dev/null; }
+fledge_noop() { "$fledge" build -q "$ctx/Dockerfile" -o "$ctx/out.squashfs"; }
+edit() { echo "version $RANDOM" >"$ctx/app.txt"; }
+peer_edit() { edit; peer_noop; }
+fledge_edit() { edit; fledge_noop; }
+
+time_pair "buildah cold" peer_cold "fledge cold" fledge_cold
+peer_noop && fledge_noop
+time_pair "buildah no-op" peer_noop "fledge no-op" fledge_noop
+time_pair "buildah edit" peer_edit "fledge edit" fledge_edit
+
+# Per-RUN cost: 1 RUN versus 6 RUNs, cold.
+for n in 1 6; do
+    mkdir -p "$work/runs$n"
+    { printf 'FROM %s\n' "$image"; for i in $(seq "$n"); do printf 'RUN echo %s > /step%s\n' "$i" "$i"; done; } >"$work/runs$n/Dockerfile"
+done
+runs_fledge() { clear_caches; "$fledge" build -q "$work/runs$1/Dockerfile" -o "$work/runs$1/out.squashfs"; }
+runs_peer() { clear_caches; buildah_ bud -q --layers --isolation chroot --tls-verify=false -t runs "$work/runs$1" >/dev/null; }
+fledge_1() { runs_fledge 1; }
+fledge_6() { runs_fledge 6; }
+peer_1() { runs_peer 1; }
+peer_6() { runs_peer 6; }
+time_pair "buildah 1 RUN" peer_1 "fledge 1 RUN" fledge_1
+time_pair "buildah 6 RUNs" peer_6 "fledge 6 RUNs" fledge_6
+
+echo "accel $FLEDGE_ACCEL, $(nproc) cores, median of $runs; base $(du -sm "$tree" | cut -f1) MB"
+printf '\n%-34s %10s %12s\n' build seconds "vs buildah"
+for what in cold no-op edit; do
+    printf '%-34s %10.3f %12s\n' "buildah bud --layers ($what)" "${secs[buildah $what]}" 1.00
+    printf '%-34s %10.3f %12.2f\n' "fledge build ($what)" "${secs[fledge $what]}" "$(echo "${secs[fledge $what]} / ${secs[buildah $what]}" | bc -l)"
+done
+for tool in buildah fledge; do
+    per=$(echo "(${secs[$tool 6 RUNs]} - ${secs[$tool 1 RUN]}) / 5" | bc -l)
+    printf '%-34s %10.3f\n' "$tool: cost per extra RUN" "$per"
+done
