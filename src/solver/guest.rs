@@ -31,10 +31,13 @@ const MEMORY_MIB: u32 = 2048;
 /// Size of the sparse scratch disk and of each cache volume.
 const VOLUME_MB: u64 = 16 << 10;
 
-/// Disks the build VM gets: the scratch disk, then one volume per cache id.
+/// Disks the build VM gets: the scratch disk, the first step's base as a read-only image,
+/// then one volume per cache id.
 pub struct Volumes {
     _dir: tempfile::TempDir,
     disks: Vec<Disk>,
+    /// The layers the base image holds (flattened), bottom first.
+    base: Vec<Sha256Digest>,
     /// Cache id → its volume's index (`fledge-cache-N`).
     caches: BTreeMap<String, usize>,
     /// Held while the build runs, so two builds never write one cache volume at once.
@@ -55,13 +58,17 @@ fn empty_ext4(path: &Path) -> Result<()> {
 }
 
 impl Volumes {
-    /// The scratch disk (a temporary file) and the persistent volumes of `cache_ids`, kept
-    /// under `caches_dir` and locked for this build.
-    pub fn prepare(caches_dir: &Path, cache_ids: &[String]) -> Result<Volumes> {
+    /// The scratch disk (a temporary file), `base` as a read-only image (made once per layer
+    /// stack and kept in the store), and the persistent volumes of `cache_ids`, kept under
+    /// `caches_dir` and locked for this build.
+    pub fn prepare(store: &Store, base: &[Sha256Digest], caches_dir: &Path, cache_ids: &[String]) -> Result<Volumes> {
         let dir = tempfile::Builder::new().prefix("fledge-build-").tempdir()?;
         let scratch = dir.path().join("scratch.ext4");
         empty_ext4(&scratch)?;
         let mut disks = vec![Disk { path: scratch, read_only: false, serial: Some("fledge-work".into()) }];
+        if !base.is_empty() {
+            disks.push(Disk { path: base_image(store, base)?, read_only: true, serial: Some("fledge-base".into()) });
+        }
         let mut caches = BTreeMap::new();
         let mut locks = Vec::new();
         std::fs::create_dir_all(caches_dir)?;
@@ -85,8 +92,29 @@ impl Volumes {
             caches.insert(id.clone(), n);
             locks.push(lock);
         }
-        Ok(Volumes { _dir: dir, disks, caches, _locks: locks })
+        Ok(Volumes { _dir: dir, disks, base: base.to_vec(), caches, _locks: locks })
     }
+}
+
+/// A read-only squashfs (lz4: cheap to read in an emulated guest) of `layers` flattened, made
+/// once per layer stack under the store's `base-images/`. Attaching it costs nothing, where
+/// sending the layers into the guest would copy all of them.
+fn base_image(store: &Store, layers: &[Sha256Digest]) -> Result<PathBuf> {
+    let key = Sha256Digest::of_bytes(layers.iter().map(|l| l.hex()).collect::<Vec<_>>().join(",").as_bytes());
+    let dir = store.root().join("base-images");
+    let path = dir.join(format!("{}.squashfs", key.hex()));
+    if path.is_file() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir)?;
+    let image_layers = crate::image::flatten::ImageLayers::from_digests(store, layers.to_vec());
+    let mut tree = crate::rootfs::Tree::default();
+    crate::image::flatten::flatten(&image_layers, &mut tree)?;
+    let tmp = tempfile::Builder::new().prefix("base-").suffix(".squashfs").tempfile_in(&dir)?;
+    let lz4 = crate::config::Compression { compressor: crate::config::Compressor::Lz4, level: None };
+    crate::squashfs::write(&tree, &image_layers, tmp.path(), lz4, 0, &mut |_| {})?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(path)
 }
 
 pub struct Guest {
@@ -119,6 +147,14 @@ impl Guest {
         let agent = vm.agent();
         agent.mount(mount_request("serial:fledge-work", WORK, "ext4", "")).await?;
         agent.mount(mount_request("tmpfs", SECRETS, "tmpfs", "mode=0700")).await?;
+        if !volumes.base.is_empty() {
+            agent
+                .mount(agent::MountRequest {
+                    read_only: true,
+                    ..mount_request("serial:fledge-base", &format!("{WORK}/base"), "squashfs", "")
+                })
+                .await?;
+        }
         for n in volumes.caches.values() {
             agent
                 .mount(mount_request(&format!("serial:fledge-cache-{n}"), &format!("{WORK}/cache{n}"), "ext4", ""))
@@ -269,8 +305,14 @@ impl Guest {
         secrets: &HashMap<String, PathBuf>,
     ) -> Result<Sha256Digest> {
         let meta = exec.meta.clone().unwrap_or_default();
-        let mut lower = Vec::new();
-        for layer in base {
+        // The attached base image stands for its layers when this base starts with them.
+        let image = &self.volumes.base;
+        let (mut lower, rest) = if !image.is_empty() && base.starts_with(image) {
+            (vec![format!("{WORK}/base")], &base[image.len()..])
+        } else {
+            (Vec::new(), base)
+        };
+        for layer in rest {
             lower.push(self.ensure(store, layer).await?);
         }
         lower.reverse();

@@ -274,7 +274,8 @@ impl<'a> Solver<'a> {
         if self.guest.is_none() {
             let step = self.progress.step("Booting the build VM", None);
             let machine = (self.machine)()?;
-            let volumes = guest::Volumes::prepare(&self.store.root().join("cache-mounts"), &self.cache_ids)?;
+            let volumes =
+                guest::Volumes::prepare(self.store, &base, &self.store.root().join("cache-mounts"), &self.cache_ids)?;
             let guest = self.interruptible(guest::Guest::boot(&machine, volumes))?;
             step.finish("ready");
             self.guest = Some(guest);
