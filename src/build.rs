@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use fledge_llb::dockerfile::{Options, Platform};
 
-use crate::cli::BuildArgs;
+use crate::cli::ProgressMode;
 use crate::digest::Sha256Digest;
 use crate::dockerfile::{self, StoreResolver};
 use crate::image::spec::ImageConfig;
@@ -21,29 +21,38 @@ use crate::store::Store;
 /// cache keys) stay the same from build to build.
 const SESSION: &str = "fledge-embedded";
 
+/// What to build: a Dockerfile, its context and the options of a build.
+pub struct Request<'a> {
+    pub dockerfile: &'a Path,
+    pub context: &'a Path,
+    pub target: Option<String>,
+    pub build_args: BTreeMap<String, String>,
+    /// `--secret` specifications (`id=ID,src=PATH`).
+    pub secrets: &'a [String],
+    pub progress: ProgressMode,
+}
+
 pub struct Built {
     pub layers: Vec<Sha256Digest>,
     pub config: ImageConfig,
+    /// The image configuration exactly as the frontend made it (for OCI export).
+    pub image: serde_json::Value,
 }
 
-pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Progress) -> Result<Built> {
+pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
+    let path = request.dockerfile;
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
     let resolver = StoreResolver { store: &store, progress };
     let host = crate::image::spec::Platform::host();
     let platform = Platform { os: host.os, architecture: host.architecture, variant: host.variant.unwrap_or_default() };
-    let mut build_args = BTreeMap::new();
-    for arg in &args.build_args {
-        let (key, value) = arg.split_once('=').context("checked by the caller")?;
-        build_args.insert(key.to_string(), value.to_string());
-    }
     let options = Options {
-        target: args.target.clone(),
-        build_args,
+        target: request.target.clone(),
+        build_args: request.build_args.clone(),
         platform: platform.clone(),
         build_platform: platform,
         session_id: Some(SESSION.into()),
-        excludes: dockerfile::dockerignore(path, context)?,
+        excludes: dockerfile::dockerignore(path, request.context)?,
         resolver: &resolver,
     };
     let converted = fledge_llb::dockerfile::convert(&ast, &options).map_err(|e| dockerfile::convert_error(path, &e))?;
@@ -52,7 +61,7 @@ pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Prog
     };
     let definition = fledge_llb::graph::definition(&result, None);
     let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
-    let rawjson = args.progress == crate::cli::ProgressMode::Rawjson;
+    let rawjson = request.progress == ProgressMode::Rawjson;
     let report = Box::new(move |event: &crate::solver::StepEvent| {
         if rawjson {
             // One status per finished step, in BuildKit's SolveStatus shape.
@@ -60,10 +69,11 @@ pub fn dockerfile(path: &Path, context: &Path, args: &BuildArgs, progress: &Prog
             println!("{}", serde_json::json!({ "vertexes": [vertex] }));
         }
     });
-    let mut solver = Solver::new(&store, context.to_path_buf(), machine, progress, secrets(&args.secrets)?, report)?;
+    let secrets = secrets(request.secrets)?;
+    let mut solver = Solver::new(&store, request.context.to_path_buf(), machine, progress, secrets, report)?;
     let layers = solver.solve(&definition)?;
-    let config = serde_json::from_value(converted.image).context("the frontend's image config")?;
-    Ok(Built { layers, config })
+    let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
+    Ok(Built { layers, config, image: converted.image })
 }
 
 /// `FLEDGE_VMM` (qemu, cloud-hypervisor; default qemu), as `fledge run --vmm` reads it.

@@ -1,6 +1,7 @@
 //! Sourcing the BusyBox binary: a local file (`busybox_path`) or a verified, cached download
 //! (`busybox_url` + `busybox_sha256`, pinned by default). Either way it must be an ELF
-//! executable, since it becomes the image's shell.
+//! executable, since it becomes the image's shell. `FLEDGE_BUSYBOX=/path` overrides both (for
+//! direct Dockerfile builds, which have no fledge.toml to say it in).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -19,10 +20,20 @@ pub enum BusyboxError {
 }
 
 const OFFLINE_HELP: &str = "on a machine without network access set [source] busybox_path to a static busybox \
-(Debian: apt install busybox-static, then busybox_path = \"/bin/busybox\"), or run once online to fill the cache";
+(Debian: apt install busybox-static, then busybox_path = \"/bin/busybox\"; or FLEDGE_BUSYBOX=/bin/busybox), or run once online to fill the cache";
 
 pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, BusyboxError> {
-    let path = match source {
+    let overridden = std::env::var_os("FLEDGE_BUSYBOX").filter(|p| !p.is_empty()).map(PathBuf::from);
+    let path = match (overridden, source) {
+        (Some(path), _) => path,
+        (None, source) => fetch(source, fetcher)?,
+    };
+    check_elf(&path)?;
+    Ok(path)
+}
+
+fn fetch(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, BusyboxError> {
+    Ok(match source {
         BusyboxSource::Local { path, sha256 } => {
             verify_local(path, *sha256).map_err(|source| BusyboxError::Fetch {
                 source,
@@ -44,9 +55,7 @@ pub fn resolve(source: &BusyboxSource, fetcher: &Fetcher) -> Result<PathBuf, Bus
                     })?;
             path
         }
-    };
-    check_elf(&path)?;
-    Ok(path)
+    })
 }
 
 fn check_elf(path: &Path) -> Result<(), BusyboxError> {

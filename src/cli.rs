@@ -179,6 +179,10 @@ pub struct BuildArgs {
     /// a layer or a cache key
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
+    /// Dockerfile builds: also write the built image as an OCI image layout tarball (`-o`
+    /// stays the artifact's path)
+    #[arg(long, value_name = "FILE")]
+    pub export_oci: Option<PathBuf>,
     /// Progress output of Dockerfile builds: auto, tty, plain, or rawjson (one JSON status
     /// per step on stdout, for tools)
     #[arg(long, value_enum, default_value = "auto")]

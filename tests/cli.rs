@@ -74,9 +74,6 @@ fn dockerfile_mode_refuses_what_it_cannot_build_with_a_clear_error() {
     let out = run(p.fledge().args(["build", "Dockerfile"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("the target stage is empty"), "{}", stderr(&out));
-    let out = run(p.fledge().args(["build", "Dockerfile", "--output-initramfs"]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--output-initramfs is not supported yet"), "{}", stderr(&out));
     p.write("Bad", "FROM scratch\nCOPY --nope a b\n");
     let out = run(p.fledge().args(["build", "Bad"]));
     assert_eq!(out.status.code(), Some(1));
@@ -98,4 +95,88 @@ fn a_dockerfile_without_run_steps_builds_without_a_kernel_or_a_vm() {
     for expected in ["squashfs-root/app/a.txt", "squashfs-root/app/b.txt", "squashfs-root/bin/kestrel"] {
         assert!(listing.contains(expected), "{expected} in {listing}");
     }
+}
+
+/// Every output of a Dockerfile build, from a Dockerfile without RUN (no VM needed): a rootfs
+/// and an initramfs in direct mode and from `[source] dockerfile` in fledge.toml, and the OCI
+/// image tarball of `--export-oci`, which skopeo reads and `fledge image import` takes back.
+#[test]
+fn dockerfile_builds_reach_every_output() {
+    let p = Project::new();
+    p.write(
+        "app/Dockerfile",
+        "FROM scratch\nARG WHO=nobody\nCOPY greeting.txt /etc/\nENV WHO=$WHO\nWORKDIR /srv\nCMD [\"/bin/sh\"]\n",
+    );
+    p.write("app/greeting.txt", "hello\n");
+    let fledge = || {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary()).env("FLEDGE_BUSYBOX", busybox());
+        cmd
+    };
+
+    // Direct mode: an initramfs with BusyBox and the built files; the image's defaults reach
+    // the manifest; and the OCI tarball beside it.
+    let out = run(fledge().args([
+        "build",
+        "app/Dockerfile",
+        "--output-initramfs",
+        "--build-arg",
+        "WHO=you",
+        "--export-oci",
+        "app.tar",
+        "-o",
+        "out/",
+    ]));
+    assert_success(&out);
+    let archive = common::decompress("gzip", &p.path("out/app.cpio.gz"));
+    let listing = common::cpio_listing(&archive);
+    for expected in ["etc/greeting.txt", "bin/busybox", "bin/kestrel", "init"] {
+        assert!(common::entry(&listing, expected).is_some(), "{expected} in {listing:?}");
+    }
+    assert_eq!(common::cpio_member(&archive, "etc/greeting.txt"), b"hello\n");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.path("out/app.manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["env"]["WHO"], "you", "{manifest}");
+    assert_eq!(manifest["workload"]["workdir"], "/srv", "{manifest}");
+
+    let inspect = run(Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci-archive:{}", p.path("app.tar").display())));
+    assert_success(&inspect);
+    let oci_manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(oci_manifest["layers"].as_array().unwrap().len(), 2, "COPY and WORKDIR: {oci_manifest}");
+    let config = run(Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci-archive:{}", p.path("app.tar").display())));
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).unwrap();
+    assert_eq!(config["rootfs"]["diff_ids"].as_array().unwrap().len(), 2, "{config}");
+    assert!(config["config"]["Env"].as_array().unwrap().iter().any(|e| e == "WHO=you"), "{config}");
+    assert_success(&run(fledge().args(["image", "import"]).arg(format!("oci-layout:{}", p.path("app.tar").display()))));
+
+    // [source] dockerfile in fledge.toml: both strategies, with target and build args.
+    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\ndockerfile = \"app/Dockerfile\"\n[source.build_args]\nWHO = \"config\"\n");
+    p.write("manifest.toml", "name = \"cfg\"\nversion = \"1\"\nruntime = \"cfg\"\n");
+    assert_success(&run(fledge().args(["build", "-o", "rootfs/"])));
+    let listing = run(Command::new("unsquashfs").arg("-lln").arg(p.path("rootfs/plugin.squashfs")));
+    assert!(String::from_utf8_lossy(&listing.stdout).contains("squashfs-root/etc/greeting.txt"));
+    let manifest = std::fs::read_to_string(p.path("rootfs/plugin.manifest.json")).unwrap();
+    assert!(manifest.contains("WHO") && manifest.contains("config"), "{manifest}");
+    p.write("fledge.toml", &format!("version = \"1\"\nstrategy = \"initramfs\"\n[source]\ndockerfile = \"app/Dockerfile\"\nbusybox_path = \"{}\"\n", busybox()));
+    assert_success(&run(fledge().args(["build", "-o", "initramfs/"])));
+    let archive = common::decompress("gzip", &p.path("initramfs/cfg.cpio.gz"));
+    assert_eq!(common::cpio_member(&archive, "etc/greeting.txt"), b"hello\n");
+
+    // Build-only flags without a Dockerfile build are refused, naming the config.
+    p.write(
+        "fledge.toml",
+        &format!("version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{}\"\n", busybox()),
+    );
+    let out = run(fledge().args(["build", "--export-oci", "x.tar"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("need a Dockerfile build") && stderr(&out).contains("fledge.toml"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!p.path("x.tar").exists());
 }

@@ -67,27 +67,35 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
+    let mut build_args = std::collections::BTreeMap::new();
     for arg in &args.build_args {
         match arg.split_once('=') {
             None => bail!("invalid --build-arg \"{arg}\": must be in KEY=VALUE form"),
             Some((key, _)) if key.trim().is_empty() => {
                 bail!("invalid --build-arg \"{arg}\": key cannot be empty")
             }
-            Some(_) => {}
-        }
+            Some((key, value)) => build_args.insert(key.to_string(), value.to_string()),
+        };
     }
-    if args.output_initramfs {
-        bail!(
-            "--output-initramfs is not supported yet for Dockerfile builds\n  = help: build a rootfs (the default), or an initramfs from fledge.toml"
-        );
-    }
-    let built = crate::build::dockerfile(dockerfile, &context, args, progress)?;
+    let request = crate::build::Request {
+        dockerfile,
+        context: &context,
+        target: args.target.clone(),
+        build_args,
+        secrets: &args.secrets,
+        progress: args.progress,
+    };
+    let built = crate::build::dockerfile(&request, progress)?;
     let name = context_name(&context);
+    export_oci(args, &built, &name, progress)?;
     let work = tempfile::Builder::new().prefix("fledge-direct-").tempdir()?;
-    let (config, template) = synthetic_config(work.path(), dockerfile, &name)?;
+    let strategy = if args.output_initramfs { Strategy::Initramfs } else { Strategy::OciRootfs };
+    let (config, template) = synthetic_config(work.path(), dockerfile, &name, strategy)?;
     let format = args.manifest_format.unwrap_or_default();
-    let kind = config.filesystem.kind.expect("oci_rootfs configs have a filesystem type");
-    let artifact = rootfs_artifact_path(args, &name, kind);
+    let artifact = match config.filesystem.kind {
+        Some(kind) => rootfs_artifact_path(args, &name, kind),
+        None => initramfs_artifact_path(args, &config, &name),
+    };
     let store = Store::open(dirs::state_dir().as_deref())?;
     let key = artifact_key(&built, &config, format, &artifact)?;
     if finished_artifact(&store, &key, &artifact) {
@@ -96,9 +104,24 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
     }
     drop(store);
     let base = Base::Built { layers: built.layers, config: built.config, name };
-    build_rootfs(args, &config, template, format, &base, progress)?;
+    match strategy {
+        Strategy::OciRootfs => build_rootfs(args, &config, template, format, &base, progress)?,
+        Strategy::Initramfs => build_initramfs(args, &config, &template, format, Some(&base), progress)?,
+    }
     let store = Store::open(dirs::state_dir().as_deref())?;
     remember_artifact(&store, &key, &artifact)
+}
+
+/// `--export-oci FILE`: the built image as an OCI image layout tarball.
+/// The image is named `NAME:latest` in the tarball's index.
+fn export_oci(args: &BuildArgs, built: &crate::build::Built, name: &str, progress: &Progress) -> Result<()> {
+    let Some(path) = &args.export_oci else { return Ok(()) };
+    let store = Store::open(dirs::state_dir().as_deref())?;
+    let step = progress.step(format!("Exporting the image to {}", path.display()), None);
+    let name = format!("{name}:latest");
+    let digest = crate::image::built::write_archive(&store, &built.layers, &built.image, &name, path)?;
+    step.finish(&digest.to_string());
+    Ok(())
 }
 
 /// Records of finished artifacts: the key of everything an artifact is made from → the file
@@ -116,7 +139,10 @@ fn artifact_key(
     let mut parts = vec![crate::VERSION.to_string(), std::path::absolute(artifact)?.display().to_string()];
     parts.extend(built.layers.iter().map(ToString::to_string));
     parts.push(serde_json::to_string(&built.config)?);
-    parts.push(format!("{:?} {:?} {:?}", config.filesystem, config.compression, format));
+    parts.push(format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?}",
+        config.strategy, config.filesystem, config.compression, config.init, config.source.busybox, format
+    ));
     parts.push(std::env::var("SOURCE_DATE_EPOCH").unwrap_or_default());
     // The agent: an override file by its identity; a release by its version string.
     match std::env::var_os("FLEDGE_AGENT") {
@@ -163,13 +189,22 @@ fn context_name(context: &Path) -> String {
 /// rootfs with the defaults and the released agent, and a manifest named after the context.
 /// It is written as files and loaded, so it gets exactly the validation and defaults of a
 /// user's own fledge.toml and manifest.toml.
-fn synthetic_config(dir: &Path, dockerfile: &Path, name: &str) -> Result<(BuildConfig, ManifestTemplate)> {
+fn synthetic_config(
+    dir: &Path,
+    dockerfile: &Path,
+    name: &str,
+    strategy: Strategy,
+) -> Result<(BuildConfig, ManifestTemplate)> {
     let dockerfile = std::path::absolute(dockerfile)?;
     let toml_string = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let strategy = match strategy {
+        Strategy::OciRootfs => "oci_rootfs",
+        Strategy::Initramfs => "initramfs",
+    };
     std::fs::write(
         dir.join("fledge.toml"),
         format!(
-            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"release\"\nversion = \"latest\"\n[source]\ndockerfile = {}\n",
+            "version = \"1\"\nstrategy = \"{strategy}\"\n[agent]\nsource_strategy = \"release\"\nversion = \"latest\"\n[source]\ndockerfile = {}\n",
             toml_string(&dockerfile.to_string_lossy())
         ),
     )?;
@@ -190,25 +225,49 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     }
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from("fledge.toml"));
     let config = BuildConfig::load(&config_path)?;
-    let format = args.manifest_format.or(config.manifest_format).unwrap_or_default();
-    let template = load_template(args, &config, format)?;
-
-    if config.strategy == Strategy::OciRootfs {
-        let Some(image) = &config.source.image else {
-            bail!(
-                "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image = \"...\", or build the Dockerfile directly: fledge build path/to/Dockerfile",
-                config.file.display()
-            );
-        };
-        return build_rootfs(args, &config, template, format, &Base::Image(image.clone()), progress);
-    }
-    if config.source.dockerfile.is_some() {
+    if config.source.dockerfile.is_none() && (!args.secrets.is_empty() || args.export_oci.is_some()) {
         bail!(
-            "{}: source.dockerfile is not supported yet in this version of Fledge\n  = help: build from an image with [source] image, or map your files with [mappings]",
+            "--secret and --export-oci need a Dockerfile build\n  = help: pass the Dockerfile path as the argument of `fledge build`, or set [source] dockerfile in {}",
             config.file.display()
         );
     }
-    build_initramfs(args, &config, &template, format, progress)
+    let format = args.manifest_format.or(config.manifest_format).unwrap_or_default();
+    let template = load_template(args, &config, format)?;
+
+    let base = match (&config.source.dockerfile, &config.source.image) {
+        (Some(dockerfile), _) => Some(config_dockerfile(args, &config, dockerfile, progress)?),
+        (None, Some(image)) => Some(Base::Image(image.clone())),
+        (None, None) => None,
+    };
+    match (config.strategy, base) {
+        (Strategy::OciRootfs, Some(base)) => build_rootfs(args, &config, template, format, &base, progress),
+        (Strategy::OciRootfs, None) => unreachable!("configuration validation requires an image or a Dockerfile"),
+        (Strategy::Initramfs, base) => build_initramfs(args, &config, &template, format, base.as_ref(), progress),
+    }
+}
+
+/// Builds `[source] dockerfile` (context, target and build args from the same table).
+fn config_dockerfile(args: &BuildArgs, config: &BuildConfig, dockerfile: &Path, progress: &Progress) -> Result<Base> {
+    let context = config
+        .source
+        .context
+        .clone()
+        .unwrap_or_else(|| dockerfile.parent().map_or_else(|| config.dir.clone(), Path::to_path_buf));
+    if !context.is_dir() {
+        bail!("{}: build context {} is not a directory", config.file.display(), context.display());
+    }
+    let request = crate::build::Request {
+        dockerfile,
+        context: &context,
+        target: config.source.target.clone(),
+        build_args: config.source.build_args.clone(),
+        secrets: &args.secrets,
+        progress: args.progress,
+    };
+    let built = crate::build::dockerfile(&request, progress)?;
+    export_oci(args, &built, "plugin", progress)?;
+    // The original Fledge names a Dockerfile-built rootfs `plugin`.
+    Ok(Base::Built { layers: built.layers, config: built.config, name: "plugin".into() })
 }
 
 fn load_template(args: &BuildArgs, config: &BuildConfig, format: manifest::ManifestFormat) -> Result<ManifestTemplate> {
@@ -255,6 +314,7 @@ fn build_initramfs(
     config: &BuildConfig,
     template: &ManifestTemplate,
     format: manifest::ManifestFormat,
+    base: Option<&Base>,
     progress: &Progress,
 ) -> Result<()> {
     let mtime = source_date_epoch()?;
@@ -275,11 +335,11 @@ fn build_initramfs(
         _ => None,
     };
 
-    let store = config.source.image.as_ref().map(|_| Store::open(dirs::state_dir().as_deref())).transpose()?;
-    let (image, base) = match (&config.source.image, &store) {
-        (Some(image), Some(store)) => {
-            let (stored, layers, tree) = flattened(store, image, progress)?;
-            (Some((stored, layers)), tree)
+    let store = base.map(|_| Store::open(dirs::state_dir().as_deref())).transpose()?;
+    let (image, base) = match (base, &store) {
+        (Some(base), Some(store)) => {
+            let (config, layers, tree, _) = base_tree(store, base, progress)?;
+            (Some((config, layers)), tree)
         }
         _ => (None, Tree::default()),
     };
@@ -288,7 +348,7 @@ fn build_initramfs(
         None => &NoLayers,
     };
     let template = match &image {
-        Some((stored, _)) => with_image_defaults(template.clone(), &stored.config),
+        Some((config, _)) => with_image_defaults(template.clone(), config),
         None => template.clone(),
     };
     let template = &template;
@@ -296,8 +356,7 @@ fn build_initramfs(
         initramfs::assemble(&Parts { busybox: &busybox, init: &config.init, agent, mappings: &config.mappings }, base)?;
 
     let suffix = compress::initramfs_format(compression.compressor);
-    let stem = Some(output::sanitize(&template.name)).filter(|n| !n.is_empty()).unwrap_or_else(|| "plugin".into());
-    let artifact_path = output::artifact_path(args.output.as_deref(), &stem, suffix);
+    let artifact_path = initramfs_artifact_path(args, config, &template.name);
     let manifest_path = output::manifest_path(&artifact_path);
 
     let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
@@ -342,20 +401,7 @@ fn build_rootfs(
 
     let mtime = source_date_epoch()?;
     let store = Store::open(dirs::state_dir().as_deref())?;
-    let (image_config, layers, mut tree, stem) = match base {
-        Base::Image(image) => {
-            let (stored, layers, tree) = flattened(&store, image, progress)?;
-            (stored.config, layers, tree, output::sanitize(&image.short_name()))
-        }
-        Base::Built { layers, config, name } => {
-            let layers = ImageLayers::from_digests(&store, layers.clone());
-            let step = progress.step(format!("Flattening {} built layer(s)", layers.len()), None);
-            let mut tree = Tree::default();
-            flatten(&layers, &mut tree)?;
-            step.finish(&format!("{} entries", tree.len()));
-            (config.clone(), layers, tree, name.clone())
-        }
-    };
+    let (image_config, layers, mut tree, stem) = base_tree(&store, base, progress)?;
 
     if let Some(source) = &config.agent {
         let step = progress.step("Fetching the kestrel agent", None);
@@ -395,6 +441,13 @@ fn build_rootfs(
     Ok(())
 }
 
+/// Where an initramfs named after the manifest's `name` goes (`plugin` when it has none).
+fn initramfs_artifact_path(args: &BuildArgs, config: &BuildConfig, name: &str) -> PathBuf {
+    let compression = config.compression.expect("initramfs builds always have a compressor");
+    let stem = Some(output::sanitize(name)).filter(|n| !n.is_empty()).unwrap_or_else(|| "plugin".into());
+    output::artifact_path(args.output.as_deref(), &stem, compress::initramfs_format(compression.compressor))
+}
+
 /// Where a rootfs artifact named `stem` goes.
 fn rootfs_artifact_path(args: &BuildArgs, stem: &str, kind: FsType) -> PathBuf {
     match kind {
@@ -402,6 +455,29 @@ fn rootfs_artifact_path(args: &BuildArgs, stem: &str, kind: FsType) -> PathBuf {
         // Legacy filesystem images are `<name>.img`, as the original Fledge names them.
         _ => output::artifact_path(args.output.as_deref(), stem, "img"),
     }
+}
+
+/// What a base holds: its image config, its layers, its flattened filesystem, and the name
+/// its artifact gets by default.
+fn base_tree<'s>(
+    store: &'s Store,
+    base: &Base,
+    progress: &Progress,
+) -> Result<(ImageConfig, ImageLayers<'s>, Tree, String)> {
+    Ok(match base {
+        Base::Image(image) => {
+            let (stored, layers, tree) = flattened(store, image, progress)?;
+            (stored.config, layers, tree, output::sanitize(&image.short_name()))
+        }
+        Base::Built { layers, config, name } => {
+            let layers = ImageLayers::from_digests(store, layers.clone());
+            let step = progress.step(format!("Flattening {} built layer(s)", layers.len()), None);
+            let mut tree = Tree::default();
+            flatten(&layers, &mut tree)?;
+            step.finish(&format!("{} entries", tree.len()));
+            (config.clone(), layers, tree, name.clone())
+        }
+    })
 }
 
 /// The image (from the store, pulled or imported as needed), its layers, and its flattened filesystem.

@@ -1,6 +1,7 @@
 //! Container images: the OCI format, the registry client, and pulling into the store.
 
 pub mod auth;
+pub mod built;
 pub mod export;
 pub mod flatten;
 pub mod import;
