@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use fledge_llb::dockerfile::{Options, Platform};
 
+use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
 use crate::digest::Sha256Digest;
 use crate::dockerfile::{self, StoreResolver};
@@ -61,17 +62,12 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
     };
     let definition = fledge_llb::graph::definition(&result, None);
     let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
-    let rawjson = request.progress == ProgressMode::Rawjson;
-    let report = Box::new(move |event: &crate::solver::StepEvent| {
-        if rawjson {
-            // One status per finished step, in BuildKit's SolveStatus shape.
-            let vertex = serde_json::json!({"digest": event.digest, "name": event.name, "cached": event.cached, "duration": event.seconds});
-            println!("{}", serde_json::json!({ "vertexes": [vertex] }));
-        }
-    });
+    let display = std::sync::Arc::new(BuildDisplay::new(request.progress, progress.is_quiet()));
     let secrets = secrets(request.secrets)?;
-    let mut solver = Solver::new(&store, request.context.to_path_buf(), machine, progress, secrets, report)?;
+    let reporter = display.clone();
+    let mut solver = Solver::new(&store, request.context.to_path_buf(), machine, progress, secrets, reporter)?;
     let layers = solver.solve(&definition)?;
+    display.summary();
     let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
     Ok(Built { layers, config, image: converted.image })
 }

@@ -6,6 +6,7 @@ pub mod accel;
 pub mod agent;
 pub mod btrfs;
 pub mod build;
+pub mod build_progress;
 pub mod build_vm;
 pub mod busybox;
 pub mod cli;

@@ -35,6 +35,10 @@ impl Progress {
         Self { mode }
     }
 
+    pub fn is_quiet(&self) -> bool {
+        self.mode == Mode::Quiet
+    }
+
     /// Starts a step; `total_bytes` turns a terminal spinner into a byte bar.
     pub fn step(&self, name: impl Into<String>, total_bytes: Option<u64>) -> Step {
         let name = name.into();

@@ -67,15 +67,17 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     let steps = |p: &Project| -> Vec<(String, bool)> {
         let out = run(fledge(p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs", "--progress", "rawjson"]));
         assert_success(&out);
-        let booted = stderr(&out).contains("Booting the build VM");
-        let steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
+        // Every line is a status; completed vertexes say whether they were cached.
+        let mut steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
             .lines()
-            .map(|l| {
+            .filter_map(|l| {
                 let status: serde_json::Value = serde_json::from_str(l).unwrap();
-                let vertex = &status["vertexes"][0];
-                (vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap())
+                let vertex = status["vertexes"].get(0).filter(|v| v.get("completed").is_some())?;
+                Some((vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap()))
             })
             .collect();
+        let booted = steps.iter().any(|(name, _)| name == "[internal] boot the build VM");
+        steps.retain(|(name, _)| !name.starts_with("[internal]"));
         assert_eq!(
             booted,
             steps.iter().any(|(name, cached)| name.contains("RUN") && !cached),
@@ -113,10 +115,21 @@ fn a_failing_run_step_stops_the_build_with_its_output_and_exit_code() {
     let image = layered_test_image(&registry, &builder, "fledge/build-fails");
     let p = Project::new();
     p.write("Dockerfile", &format!("FROM {image}\nRUN echo about to fail >&2; exit 3\nRUN echo never\n"));
-    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"]));
+    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs", "--progress", "plain"]));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stderr(&out);
-    assert!(text.contains("about to fail"), "the step's output is shown: {text}");
+    // BuildKit's plain progress: the numbered step, its output with seconds since it
+    // started, and its end.
+    let step = text
+        .lines()
+        .find(|l| l.starts_with('#') && l.ends_with("[2/3] RUN echo about to fail >&2; exit 3"))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("a numbered step: {text}"));
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!("{step} 0.")) && l.ends_with(" about to fail")),
+        "the step's output is shown: {text}"
+    );
+    assert!(text.contains(&format!("{step} ERROR: ")), "{text}");
     assert!(text.contains("exit code: 3"), "{text}");
     assert!(!text.contains("never"), "nothing runs after the failure: {text}");
     assert!(!p.path("app.squashfs").exists(), "no artifact");

@@ -303,6 +303,10 @@ impl Guest {
         base: &[Sha256Digest],
         exec: &pb::ExecOp,
         secrets: &HashMap<String, PathBuf>,
+        (stdout, stderr): (
+            &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+            &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
+        ),
     ) -> Result<Sha256Digest> {
         let meta = exec.meta.clone().unwrap_or_default();
         // The attached base image stands for its layers when this base starts with them.
@@ -338,8 +342,7 @@ impl Guest {
             root: root.clone(),
             no_network: exec.network == pb::NetMode::None as i32,
         };
-        let (mut stdout, mut stderr) = (tokio::io::stderr(), tokio::io::stderr());
-        let io = ExecIo { stdin: None, stdout: &mut stdout, stderr: &mut stderr, signals: None };
+        let io = ExecIo { stdin: None, stdout, stderr, signals: None };
         let status = self.vm.agent().exec(&process, io).await?;
         for (target, created) in mounted.into_iter().rev() {
             self.vm.agent().unmount(&target, created).await?;

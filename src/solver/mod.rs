@@ -13,6 +13,7 @@ mod guest;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, Result, bail};
 use fledge_llb::{graph, pb};
@@ -42,14 +43,62 @@ impl Value {
     }
 }
 
-/// A finished step, for progress displays.
+/// How a step ended.
 #[derive(Debug, Clone, PartialEq)]
-pub struct StepEvent {
-    pub digest: String,
-    pub name: String,
-    pub cached: bool,
-    pub seconds: f64,
+pub enum Outcome {
+    Cached,
+    Done,
+    Failed(String),
 }
+
+/// Which output of a step's process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout = 1,
+    Stderr = 2,
+}
+
+/// Where the solver reports its steps (identified by op digest) as they start, print and end.
+pub trait Reporter: Send + Sync {
+    fn started(&self, id: &str, name: &str);
+    fn output(&self, id: &str, stream: Stream, data: &[u8]);
+    fn finished(&self, id: &str, name: &str, outcome: &Outcome, seconds: f64);
+}
+
+/// A step's process output, forwarded to the reporter as it arrives.
+struct StepOutput {
+    reporter: Arc<dyn Reporter>,
+    id: String,
+    stream: Stream,
+}
+
+impl tokio::io::AsyncWrite for StepOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.reporter.output(&self.id, self.stream, data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The pseudo-step that boots the build VM, shown like any other.
+const BOOT_STEP: &str = "boot";
 
 pub struct Solver<'a> {
     store: &'a Store,
@@ -67,8 +116,7 @@ pub struct Solver<'a> {
     ops: HashMap<String, (pb::Op, Vec<u8>)>,
     metadata: HashMap<String, pb::OpMetadata>,
     results: HashMap<String, (Value, Sha256Digest)>,
-    /// Called with every step as it finishes.
-    report: Box<dyn FnMut(&StepEvent) + 'a>,
+    reporter: Arc<dyn Reporter>,
 }
 
 /// The kind of cache record: an op's cache key → its result layers.
@@ -81,7 +129,7 @@ impl<'a> Solver<'a> {
         machine: Box<dyn Fn() -> Result<Machine> + 'a>,
         progress: &'a Progress,
         secrets: HashMap<String, PathBuf>,
-        report: Box<dyn FnMut(&StepEvent) + 'a>,
+        reporter: Arc<dyn Reporter>,
     ) -> Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         Ok(Solver {
@@ -96,7 +144,7 @@ impl<'a> Solver<'a> {
             ops: HashMap::new(),
             metadata: HashMap::new(),
             results: HashMap::new(),
-            report,
+            reporter,
         })
     }
 
@@ -161,30 +209,35 @@ impl<'a> Solver<'a> {
         }
         let key = Sha256Digest(hasher.finalize().into());
         let name = self.name_of(digest);
-        let started = std::time::Instant::now();
         let cached = self.cached(&key, &payload);
-        let mut hit = cached.is_some();
-        let value = match cached {
-            Some(value) => value,
-            None if matches!(payload, pb::op::Op::Source(_)) => {
-                let (value, local) = self.source(&payload, &op)?;
-                hit = local;
-                value
-            }
-            None => {
-                let value = self.run(&payload, &inputs, &name)?;
-                if let Value::Layers(layers) = &value
-                    && !matches!(payload, pb::op::Op::Source(_))
-                {
-                    let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
-                    self.store.write_derived(CACHE_RECORD, &key, &record)?;
-                }
-                value
+        if let (None, pb::op::Op::Exec(exec), None) = (&cached, &payload, &self.guest) {
+            // Booted as a step of its own first, so the step's time is its own.
+            self.guest = Some(self.boot(&root_layers(exec, &inputs)?)?);
+        }
+        let started = std::time::Instant::now();
+        self.reporter.started(digest, &name);
+        let outcome = match cached {
+            Some(value) => Ok((value, true)),
+            None if matches!(payload, pb::op::Op::Source(_)) => self.source(&payload, &op),
+            None => self.run(digest, &payload, &inputs, &name).map(|value| (value, false)),
+        };
+        let seconds = started.elapsed().as_secs_f64();
+        let (value, hit) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                self.reporter.finished(digest, &name, &Outcome::Failed(format!("{e:#}")), seconds);
+                return Err(e.context(format!("{name} failed")));
             }
         };
-        let event =
-            StepEvent { digest: digest.to_string(), name, cached: hit, seconds: started.elapsed().as_secs_f64() };
-        (self.report)(&event);
+        if !hit
+            && let Value::Layers(layers) = &value
+            && !matches!(payload, pb::op::Op::Source(_))
+        {
+            let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
+            self.store.write_derived(CACHE_RECORD, &key, &record)?;
+        }
+        let outcome = if hit { Outcome::Cached } else { Outcome::Done };
+        self.reporter.finished(digest, &name, &outcome, seconds);
         self.results.insert(digest.to_string(), (value.clone(), key));
         Ok((value, key))
     }
@@ -200,19 +253,11 @@ impl<'a> Solver<'a> {
         layers.iter().all(|l| self.store.has_blob(l)).then_some(Value::Layers(layers))
     }
 
-    fn run(&mut self, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
+    fn run(&mut self, digest: &str, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
         match payload {
             pb::op::Op::Source(_) => unreachable!("sources are resolved by `source`"),
-            pb::op::Op::File(file) => {
-                let step = self.progress.step(name.to_string(), None);
-                let value = fileop::run(self.store, &self.context, file, inputs)?;
-                step.finish("done");
-                Ok(value)
-            }
-            pb::op::Op::Exec(exec) => {
-                self.progress.say(name);
-                self.exec(exec, inputs).with_context(|| format!("{name} failed"))
-            }
+            pb::op::Op::File(file) => fileop::run(self.store, &self.context, file, inputs),
+            pb::op::Op::Exec(exec) => self.exec(digest, exec, inputs),
             pb::op::Op::Merge(merge) => {
                 let mut layers = Vec::new();
                 for input in &merge.inputs {
@@ -258,30 +303,15 @@ impl<'a> Solver<'a> {
         Ok((Value::Layers(layers), at_hand))
     }
 
-    fn exec(&mut self, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
-        let root = exec.mounts.iter().find(|m| m.dest == "/").context("the exec op has no root mount")?;
+    fn exec(&mut self, digest: &str, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
         if exec.network == pb::NetMode::Host as i32 {
             bail!("--network=host is not available: build steps run in a microVM");
         }
-        let base: Vec<Sha256Digest> = match root.input {
-            -1 => Vec::new(),
-            i => inputs
-                .get(i as usize)
-                .context("the root mount's input is out of range")?
-                .layers("the root mount")?
-                .to_vec(),
-        };
-        if self.guest.is_none() {
-            let step = self.progress.step("Booting the build VM", None);
-            let machine = (self.machine)()?;
-            let volumes =
-                guest::Volumes::prepare(self.store, &base, &self.store.root().join("cache-mounts"), &self.cache_ids)?;
-            let guest = self.interruptible(guest::Guest::boot(&machine, volumes))?;
-            step.finish("ready");
-            self.guest = Some(guest);
-        }
-        let guest = self.guest.as_mut().expect("booted above");
-        let run = guest.run(self.store, &base, exec, &self.secrets);
+        let base = root_layers(exec, inputs)?;
+        let guest = self.guest.as_mut().expect("evaluate boots the VM before an exec step");
+        let output = |stream| StepOutput { reporter: self.reporter.clone(), id: digest.to_string(), stream };
+        let (mut stdout, mut stderr) = (output(Stream::Stdout), output(Stream::Stderr));
+        let run = guest.run(self.store, &base, exec, &self.secrets, (&mut stdout, &mut stderr));
         let diff = Self::interruptible_on(&self.runtime, run)?;
         let mut layers = base;
         layers.push(diff);
@@ -290,6 +320,25 @@ impl<'a> Solver<'a> {
 }
 
 impl Solver<'_> {
+    /// Boots the build VM, with `base` attached as an image; shown as a step of its own.
+    fn boot(&self, base: &[Sha256Digest]) -> Result<guest::Guest> {
+        let name = "[internal] boot the build VM";
+        let started = std::time::Instant::now();
+        self.reporter.started(BOOT_STEP, name);
+        let booted = (|| {
+            let machine = (self.machine)()?;
+            let caches = self.store.root().join("cache-mounts");
+            let volumes = guest::Volumes::prepare(self.store, base, &caches, &self.cache_ids)?;
+            self.interruptible(guest::Guest::boot(&machine, volumes))
+        })();
+        let outcome = match &booted {
+            Ok(_) => Outcome::Done,
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        };
+        self.reporter.finished(BOOT_STEP, name, &outcome, started.elapsed().as_secs_f64());
+        booted
+    }
+
     fn interruptible<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         Self::interruptible_on(&self.runtime, work)
     }
@@ -315,6 +364,17 @@ impl Solver<'_> {
             }
         })
     }
+}
+
+/// The layers an exec op's root mount starts from.
+fn root_layers(exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<Sha256Digest>> {
+    let root = exec.mounts.iter().find(|m| m.dest == "/").context("the exec op has no root mount")?;
+    Ok(match root.input {
+        -1 => Vec::new(),
+        i => {
+            inputs.get(i as usize).context("the root mount's input is out of range")?.layers("the root mount")?.to_vec()
+        }
+    })
 }
 
 fn kind(op: &pb::op::Op) -> &'static str {
