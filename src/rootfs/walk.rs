@@ -37,6 +37,25 @@ pub trait LayerSource {
     fn open(&self, layer: u32) -> io::Result<Box<dyn Read + '_>>;
 }
 
+/// The bytes of a small file (`/etc/passwd` and the like): at most `limit` of them.
+pub fn read_small(data: &FileData, layers: &dyn LayerSource, limit: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    match data {
+        FileData::Bytes(b) => bytes.extend_from_slice(&b[..b.len().min(limit as usize)]),
+        FileData::Host(path) => {
+            File::open(path)?.take(limit).read_to_end(&mut bytes)?;
+        }
+        FileData::Layer { layer, index, .. } => {
+            let mut archive = tar::Archive::new(layers.open(*layer)?);
+            let entry = archive.entries()?.nth(*index as usize).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::UnexpectedEof, format!("layer {layer} ended before entry {index}"))
+            })?;
+            entry?.take(limit).read_to_end(&mut bytes)?;
+        }
+    }
+    Ok(bytes)
+}
+
 /// For trees without image layers.
 pub struct NoLayers;
 

@@ -1,7 +1,9 @@
-//! FileOps on the host: mkdir, mkfile, symlink and copy actions become one new layer over
-//! the op's base. The layer holds what the actions create, plus each parent directory as
-//! the base has it (so an existing directory keeps its mode and owner). Paths resolve through
-//! the base's symlinks, inside the image.
+//! FileOps on the host: mkdir, mkfile, symlink, rm and copy actions become one new layer over
+//! the op's base. The layer holds what the actions create (and whiteouts for what they
+//! remove from the base), plus each parent directory as the base has it (so an existing
+//! directory keeps its mode and owner). Paths resolve through the base's symlinks, inside the
+//! image. Owners given by name are looked up in the `/etc/passwd` and `/etc/group` of the
+//! filesystem being changed, as BuildKit's frontend means them.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -32,7 +34,8 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
     let base_layers = ImageLayers::from_digests(store, base.clone());
     let mut below = Tree::default();
     flatten(&base_layers, &mut below)?;
-    let mut layer = Layer { below: &below, tree: Tree::default(), source: None };
+    let mut layer =
+        Layer { store, below: &below, below_layers: &base_layers, tree: Tree::default(), sources: Vec::new() };
     for action in &op.actions {
         let source = match action.secondary_input {
             -1 => None,
@@ -44,13 +47,13 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
             pb::file_action::Action::Symlink(link) => layer.symlink(link)?,
             pb::file_action::Action::Copy(copy) => match source {
                 Some(Value::Context { excludes }) => layer.copy_from_context(context_dir, excludes, copy)?,
-                Some(Value::Layers(layers)) => layer.copy_from_layers(store, layers, copy)?,
+                Some(Value::Layers(layers)) => layer.copy_from_layers(layers, copy)?,
                 None => bail!("a copy without a source"),
             },
-            pb::file_action::Action::Rm(_) => bail!("removing files is not supported by the embedded engine yet"),
+            pb::file_action::Action::Rm(rm) => layer.rm(rm)?,
         }
     }
-    let digest = layer.store(store)?;
+    let digest = layer.store()?;
     let mut layers = base;
     layers.push(digest);
     Ok(Value::Layers(layers))
@@ -58,24 +61,47 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
 
 /// The layer being built.
 struct Layer<'a> {
+    store: &'a Store,
     below: &'a Tree,
+    below_layers: &'a ImageLayers<'a>,
     tree: Tree,
-    /// The image a copy reads file contents from (its flattened tree and layers).
-    source: Option<(Tree, Vec<Sha256Digest>)>,
+    /// The filesystems copies read from (stages or images): their layers and flattened trees.
+    /// File contents refer to the layers of all of them, in this order.
+    sources: Vec<(Vec<Sha256Digest>, Tree)>,
 }
 
-fn owner(chown: &Option<pb::ChownOpt>) -> Result<Option<Attrs>> {
-    let Some(chown) = chown else { return Ok(None) };
-    let id = |opt: &Option<pb::UserOpt>| -> Result<u32> {
-        match opt.as_ref().and_then(|o| o.user.as_ref()) {
-            None => Ok(0),
-            Some(pb::user_opt::User::ById(id)) => Ok(*id),
-            Some(pb::user_opt::User::ByName(named)) => {
-                bail!("owner {:?} by name is not supported by the embedded engine yet: use numeric ids", named.name)
-            }
-        }
-    };
-    Ok(Some(Attrs { uid: id(&chown.user)?, gid: id(&chown.group)?, xattrs: Vec::new() }))
+/// Whether `path` is an archive `ADD` unpacks: a tar, plain or compressed, as BuildKit decides
+/// it (the first entry reads).
+fn is_archive(path: &Path) -> Result<bool> {
+    let mut file = std::io::BufReader::new(std::fs::File::open(path)?);
+    let magic = std::io::BufRead::fill_buf(&mut file)?;
+    if magic.starts_with(b"BZh") || magic.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0]) {
+        bail!(
+            "{}: ADD cannot unpack bzip2 or xz archives in the embedded engine\n  = help: recompress it with gzip or zstd, or COPY it and unpack it in a RUN step",
+            path.display()
+        );
+    }
+    let Ok(tar) = crate::image::flatten::decompress(file) else { return Ok(false) };
+    let mut archive = tar::Archive::new(tar);
+    let first = archive.entries().ok().and_then(|mut e| e.next().map(|entry| entry.is_ok()));
+    Ok(first == Some(true))
+}
+
+/// A whiteout: the OCI layer entry that removes `path` from the layers below.
+fn whiteout(path: &ImagePath) -> Option<ImagePath> {
+    let name = path.components().last()?;
+    Some(path.parent()?.join(&format!(".wh.{name}")))
+}
+
+/// The id `name` has in a passwd or group file (`name:x:ID:...`), and the primary group
+/// (fourth field) for passwd lines.
+fn lookup_id(file: &str, name: &str) -> Option<(u32, Option<u32>)> {
+    file.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 3 && fields[0] == name)
+            .then(|| Some((fields[2].parse().ok()?, fields.get(3).and_then(|g| g.parse().ok()))))
+            .flatten()
+    })
 }
 
 fn image_path(path: &str) -> Result<ImagePath> {
@@ -83,6 +109,58 @@ fn image_path(path: &str) -> Result<ImagePath> {
 }
 
 impl Layer<'_> {
+    /// The owner a `--chown` names. Like BuildKit: a user alone gives the user's group too
+    /// (its primary group when named, the same number when numeric). Unlike BuildKit, a
+    /// name the image does not know is an error rather than root.
+    fn owner(&self, chown: &Option<pb::ChownOpt>) -> Result<Option<Attrs>> {
+        let Some(chown) = chown else { return Ok(None) };
+        let (mut uid, mut gid) = (0, 0);
+        match chown.user.as_ref().and_then(|o| o.user.as_ref()) {
+            None => {}
+            Some(pb::user_opt::User::ById(id)) => (uid, gid) = (*id, *id),
+            Some(pb::user_opt::User::ByName(named)) => {
+                let (id, group) = lookup_id(&self.read_etc("passwd")?, &named.name).with_context(|| {
+                    format!(
+                        "user {:?} is not in the image's /etc/passwd: create it first, or give a numeric id",
+                        named.name
+                    )
+                })?;
+                (uid, gid) = (id, group.unwrap_or(id));
+            }
+        }
+        match chown.group.as_ref().and_then(|o| o.user.as_ref()) {
+            None => {}
+            Some(pb::user_opt::User::ById(id)) => gid = *id,
+            Some(pb::user_opt::User::ByName(named)) => {
+                (gid, _) = lookup_id(&self.read_etc("group")?, &named.name).with_context(|| {
+                    format!(
+                        "group {:?} is not in the image's /etc/group: create it first, or give a numeric id",
+                        named.name
+                    )
+                })?;
+            }
+        }
+        Ok(Some(Attrs { uid, gid, xattrs: Vec::new() }))
+    }
+
+    /// `/etc/NAME` as the filesystem has it so far (empty when there is none).
+    fn read_etc(&self, name: &str) -> Result<String> {
+        let path = ImagePath::root().join("etc").join(name);
+        let sources = self.source_layers();
+        let (node, layers): (_, &dyn crate::rootfs::walk::LayerSource) = match self.tree.get(&path) {
+            Some(node) => (Some(node), &sources),
+            None => (self.below.resolve(&path, true).ok().and_then(|p| self.below.get(&p)), self.below_layers),
+        };
+        let Some(Node::File { data, .. }) = node else { return Ok(String::new()) };
+        let bytes = crate::rootfs::walk::read_small(data, layers, 16 << 20)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// The layers of every copy source, in the order file contents refer to them.
+    fn source_layers(&self) -> ImageLayers<'_> {
+        ImageLayers::from_digests(self.store, self.sources.iter().flat_map(|(l, _)| l.iter().copied()).collect())
+    }
+
     /// `path` with its parent resolved through the base's symlinks.
     fn resolve(&self, path: &ImagePath) -> Result<ImagePath> {
         let Some(parent) = path.parent() else { return Ok(path.clone()) };
@@ -114,6 +192,9 @@ impl Layer<'_> {
 
     fn put(&mut self, path: &ImagePath, node: Node, attrs: Option<Attrs>) -> Result<()> {
         self.parents(path)?;
+        if let Some(whiteout) = whiteout(path) {
+            self.tree.remove(&whiteout); // made again after an rm in this step
+        }
         self.tree.replace(path, node)?;
         if let Some(attrs) = attrs {
             self.tree.set_attrs(path, attrs);
@@ -131,18 +212,60 @@ impl Layer<'_> {
         if matches!(self.below.get(&path), Some(Node::Dir { .. })) {
             return Ok(()); // exists: mkdir -p leaves it as it is
         }
-        self.put(&path, Node::Dir { mode: mkdir.mode as u32 & 0o7777 }, owner(&mkdir.owner)?)
+        self.put(&path, Node::Dir { mode: mkdir.mode as u32 & 0o7777 }, self.owner(&mkdir.owner)?)
     }
 
     fn mkfile(&mut self, mkfile: &pb::FileActionMkFile) -> Result<()> {
         let path = self.resolve(&image_path(&mkfile.path)?)?;
         let node = Node::File { mode: mkfile.mode as u32 & 0o7777, data: FileData::Bytes(mkfile.data.clone().into()) };
-        self.put(&path, node, owner(&mkfile.owner)?)
+        self.put(&path, node, self.owner(&mkfile.owner)?)
     }
 
     fn symlink(&mut self, link: &pb::FileActionSymlink) -> Result<()> {
         let path = self.resolve(&image_path(&link.newpath)?)?;
-        self.put(&path, Node::Symlink { target: link.oldpath.clone() }, owner(&link.owner)?)
+        self.put(&path, Node::Symlink { target: link.oldpath.clone() }, self.owner(&link.owner)?)
+    }
+
+    /// Removes a path (or the names a wildcard in its last component matches): from this
+    /// layer if it made them, from the base by whiteouts.
+    fn rm(&mut self, rm: &pb::FileActionRm) -> Result<()> {
+        let path = self.resolve(&image_path(&rm.path)?)?;
+        let name = path.components().last().cloned().unwrap_or_default();
+        let targets: Vec<ImagePath> = match path.parent() {
+            Some(parent) if rm.allow_wildcard && name.contains(['*', '?', '[']) => {
+                let depth = path.components().len();
+                let mut found: Vec<ImagePath> = [self.below, &self.tree]
+                    .iter()
+                    .flat_map(|tree| tree.descendants(&parent))
+                    .filter(|p| p.components().len() == depth && !p.components()[depth - 1].starts_with(".wh."))
+                    .filter(|p| context::glob_match(&name, &p.components()[depth - 1]))
+                    .collect();
+                found.sort();
+                found.dedup();
+                found
+            }
+            _ => vec![path.clone()],
+        };
+        let exists = |layer: &Self, p: &ImagePath| {
+            layer.tree.get(p).is_some()
+                || (layer.below.get(p).is_some() && whiteout(p).is_none_or(|w| layer.tree.get(&w).is_none()))
+        };
+        let targets: Vec<ImagePath> = targets.into_iter().filter(|p| exists(self, p)).collect();
+        if targets.is_empty() && !rm.allow_not_found {
+            bail!("rm {}: no such file or directory", rm.path);
+        }
+        for target in targets {
+            if target.parent().is_none() {
+                bail!("rm {}: the root cannot be removed", rm.path);
+            }
+            self.tree.remove(&target);
+            if self.below.get(&target).is_some() {
+                let whiteout = whiteout(&target).expect("not the root");
+                self.parents(&whiteout)?;
+                self.tree.replace(&whiteout, Node::File { mode: 0, data: FileData::Bytes(Vec::new().into()) })?;
+            }
+        }
+        Ok(())
     }
 
     /// Where a copied source lands: inside `dest` when it ends with `/`, names several
@@ -156,9 +279,10 @@ impl Layer<'_> {
         Ok(if is_dir { dest_path.join(name) } else { dest_path })
     }
 
-    fn mode(copy: &pb::FileActionCopy, mode: u32) -> Result<u32> {
+    /// The mode a copied entry gets: `--chmod` (symbolic or octal) applied to its own.
+    fn mode(copy: &pb::FileActionCopy, mode: u32, is_dir: bool) -> Result<u32> {
         if !copy.mode_str.is_empty() {
-            bail!("--chmod={} (symbolic) is not supported by the embedded engine yet: use octal", copy.mode_str);
+            return super::chmod::apply(&copy.mode_str, mode, is_dir);
         }
         Ok(if copy.mode >= 0 { copy.mode as u32 & 0o7777 } else { mode & 0o7777 })
     }
@@ -169,17 +293,25 @@ impl Layer<'_> {
         let excludes = Excludes::new(&patterns);
         let sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
         let several = sources.len() > 1 || copy.src.contains(['*', '?', '[']);
-        let attrs = owner(&copy.owner)?;
+        let attrs = self.owner(&copy.owner)?;
         for source in sources {
             let full = context_dir.join(&source);
             let meta = if copy.follow_symlink { std::fs::metadata(&full) } else { std::fs::symlink_metadata(&full) }
                 .with_context(|| format!("cannot read {} in the build context", source.display()))?;
             let name = source.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-            if meta.is_dir() && copy.dir_copy_contents {
-                let dest = self.resolve(&image_path(&copy.dest)?)?;
-                let dest = if several { dest.join(&name) } else { dest };
-                self.put(&dest, Node::Dir { mode: Self::mode(copy, meta.mode())? }, attrs.clone())?;
+            if meta.is_dir() {
+                // A directory's contents go into the destination (merged, for several
+                // sources), or the directory itself goes there without dir_copy_contents.
+                let dest = if copy.dir_copy_contents {
+                    self.resolve(&image_path(&copy.dest)?)?
+                } else {
+                    self.destination(&copy.dest, &name, several)?
+                };
+                self.put(&dest, Node::Dir { mode: Self::mode(copy, meta.mode(), true)? }, attrs.clone())?;
                 self.copy_dir(context_dir, &source, &dest, &excludes, copy, &attrs)?;
+            } else if copy.attempt_unpack_docker_compatibility && meta.is_file() && is_archive(&full)? {
+                let dest = self.resolve(&image_path(&copy.dest)?)?;
+                self.unpack(&full, &dest, &attrs)?;
             } else {
                 let dest = self.destination(&copy.dest, &name, several)?;
                 self.copy_entry(&full, &meta, &dest, copy, &attrs)?;
@@ -207,7 +339,7 @@ impl Layer<'_> {
             let target = dest.join(&child.file_name().to_string_lossy());
             let meta = child.path().symlink_metadata()?;
             if meta.is_dir() {
-                self.put(&target, Node::Dir { mode: Self::mode(copy, meta.mode())? }, attrs.clone())?;
+                self.put(&target, Node::Dir { mode: Self::mode(copy, meta.mode(), true)? }, attrs.clone())?;
                 self.copy_dir(context_dir, &relative, &target, excludes, copy, attrs)?;
             } else {
                 self.copy_entry(&child.path(), &meta, &target, copy, attrs)?;
@@ -228,46 +360,93 @@ impl Layer<'_> {
         let node = if kind.is_symlink() {
             Node::Symlink { target: std::fs::read_link(full)?.to_string_lossy().into_owned() }
         } else if kind.is_file() {
-            Node::File { mode: Self::mode(copy, meta.mode())?, data: FileData::Host(full.to_path_buf()) }
+            Node::File { mode: Self::mode(copy, meta.mode(), false)?, data: FileData::Host(full.to_path_buf()) }
         } else {
             bail!("{}: only files, directories and symlinks can be copied from the build context", full.display());
         };
         self.put(dest, node, attrs.clone())
     }
 
+    /// The copy source with `layers` (flattened on first use), and where its layers start in
+    /// the list file contents refer to.
+    fn source(&mut self, layers: &[Sha256Digest]) -> Result<(usize, u32)> {
+        let mut offset = 0;
+        for (n, (known, _)) in self.sources.iter().enumerate() {
+            if known == layers {
+                return Ok((n, offset));
+            }
+            offset += known.len() as u32;
+        }
+        let mut tree = Tree::default();
+        flatten(&ImageLayers::from_digests(self.store, layers.to_vec()), &mut tree)?;
+        self.sources.push((layers.to_vec(), tree));
+        Ok((self.sources.len() - 1, offset))
+    }
+
+    /// `ADD`'s unpacking: the archive's entries go into the directory `dest`, keeping their
+    /// modes, and their owners unless `--chown` names one. The archive, decompressed, becomes
+    /// a copy source of its own (kept in the store like a layer).
+    fn unpack(&mut self, archive: &Path, dest: &ImagePath, attrs: &Option<Attrs>) -> Result<()> {
+        let file = std::io::BufReader::new(std::fs::File::open(archive)?);
+        let mut tar = crate::image::flatten::decompress(file)?;
+        let (digest, _) = self.store.write_blob(&mut tar, None, "an archive ADD unpacks")?;
+        let (n, offset) = self.source(&[digest]).with_context(|| format!("cannot unpack {}", archive.display()))?;
+        self.put(dest, Node::Dir { mode: 0o755 }, attrs.clone())?;
+        let entries = Self::entries(&self.sources[n].1, &ImagePath::root());
+        for (path, node, original) in entries.into_iter().skip(1) {
+            let target = path.components().iter().fold(dest.clone(), |p, c| p.join(c));
+            self.put(&target, Self::relocated(node, offset), Some(attrs.clone().unwrap_or(original)))?;
+        }
+        Ok(())
+    }
+
+    /// `src` and, for a directory, everything below it, with their attributes.
+    fn entries(source: &Tree, src: &ImagePath) -> Vec<(ImagePath, Node, Attrs)> {
+        let Some(node) = source.get(src) else { return Vec::new() };
+        let mut entries = vec![(src.clone(), node.clone(), source.attrs(src).clone())];
+        if matches!(node, Node::Dir { .. }) {
+            entries.extend(source.descendants(src).into_iter().map(|path| {
+                let node = source.get(&path).cloned().expect("listed");
+                let attrs = source.attrs(&path).clone();
+                (path, node, attrs)
+            }));
+        }
+        entries
+    }
+
+    /// A copy source's node, its contents referring to that source's place among all of them.
+    fn relocated(node: Node, offset: u32) -> Node {
+        match node {
+            Node::File { mode, data: FileData::Layer { layer, index, size } } => {
+                Node::File { mode, data: FileData::Layer { layer: layer + offset, index, size } }
+            }
+            other => other,
+        }
+    }
+
     /// Copies from another filesystem (a stage or an image): its flattened tree supplies the
     /// entries, its layers the file contents.
-    fn copy_from_layers(&mut self, store: &Store, layers: &[Sha256Digest], copy: &pb::FileActionCopy) -> Result<()> {
-        if self.source.as_ref().is_some_and(|(_, l)| l != layers) {
-            bail!("copies from two different sources in one step are not supported by the embedded engine yet");
-        }
-        if self.source.is_none() {
-            let mut tree = Tree::default();
-            flatten(&ImageLayers::from_digests(store, layers.to_vec()), &mut tree)?;
-            self.source = Some((tree, layers.to_vec()));
-        }
-        let (source, _) = self.source.as_ref().expect("set above");
+    fn copy_from_layers(&mut self, layers: &[Sha256Digest], copy: &pb::FileActionCopy) -> Result<()> {
+        let (n, offset) = self.source(layers)?;
+        let source = &self.sources[n].1;
         let src = source.resolve(&image_path(&copy.src)?, copy.follow_symlink)?;
         let node =
             source.get(&src).cloned().with_context(|| format!("\"{}\" not found in the source stage", copy.src))?;
         let name = src.components().last().cloned().unwrap_or_default();
-        let attrs = owner(&copy.owner)?;
-        let entries: Vec<(ImagePath, Node, Attrs)> = if matches!(node, Node::Dir { .. }) && copy.dir_copy_contents {
-            let dest = self.resolve(&image_path(&copy.dest)?)?;
-            let mut all = vec![(dest.clone(), node.clone(), source.attrs(&src).clone())];
-            for path in source.descendants(&src) {
-                let relative = &path.components()[src.components().len()..];
-                let target = relative.iter().fold(dest.clone(), |p, c| p.join(c));
-                all.push((target, source.get(&path).cloned().expect("listed"), source.attrs(&path).clone()));
-            }
-            all
+        let is_dir = matches!(node, Node::Dir { .. });
+        let entries = Self::entries(source, &src);
+        let into = if is_dir && copy.dir_copy_contents {
+            self.resolve(&image_path(&copy.dest)?)?
         } else {
-            vec![(self.destination(&copy.dest, &name, false)?, node, source.attrs(&src).clone())]
+            self.destination(&copy.dest, &name, false)?
         };
-        for (target, node, original) in entries {
-            let node = match node {
-                Node::File { mode, data } => Node::File { mode: Self::mode(copy, mode)?, data },
-                Node::Dir { mode } => Node::Dir { mode: Self::mode(copy, mode)? },
+        let attrs = self.owner(&copy.owner)?;
+        for (path, node, original) in entries {
+            let relative = &path.components()[src.components().len()..];
+            let target = relative.iter().fold(into.clone(), |p, c| p.join(c));
+            let node = match Self::relocated(node, offset) {
+                Node::File { mode, data } => Node::File { mode: Self::mode(copy, mode, false)?, data },
+                Node::Dir { mode } => Node::Dir { mode: Self::mode(copy, mode, true)? },
                 other => other,
             };
             self.put(&target, node, Some(attrs.clone().unwrap_or(original)))?;
@@ -276,12 +455,72 @@ impl Layer<'_> {
     }
 
     /// Writes the layer as a tar blob into the store.
-    fn store(&self, store: &Store) -> Result<Sha256Digest> {
-        let tmp = tempfile::Builder::new().prefix("layer-").tempfile_in(store.root().join("tmp"))?;
-        let source_layers = self.source.as_ref().map(|(_, l)| l.clone()).unwrap_or_default();
-        let layers = ImageLayers::from_digests(store, source_layers);
+    fn store(&self) -> Result<Sha256Digest> {
+        let tmp = tempfile::Builder::new().prefix("layer-").tempfile_in(self.store.root().join("tmp"))?;
+        let layers = self.source_layers();
         crate::rootfs::tar::write_tree(&self.tree, &layers, std::io::BufWriter::new(tmp.reopen()?), 0, &mut |_| {})?;
-        let (digest, _) = store.write_blob(&mut tmp.reopen()?, None, "a file step's layer")?;
+        let (digest, _) = self.store.write_blob(&mut tmp.reopen()?, None, "a file step's layer")?;
         Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer_tar(files: &[&str]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for path in files {
+            let mut header = tar::Header::new_ustar();
+            let dir = path.ends_with('/');
+            header.set_entry_type(if dir { tar::EntryType::Directory } else { tar::EntryType::Regular });
+            header.set_mode(if dir { 0o755 } else { 0o644 });
+            header.set_size(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            builder.append_data(&mut header, path, &[][..]).unwrap();
+        }
+        builder.into_inner().unwrap()
+    }
+
+    fn rm(path: &str, allow_not_found: bool, allow_wildcard: bool, input: i64) -> pb::FileAction {
+        pb::FileAction {
+            input,
+            secondary_input: -1,
+            output: -1,
+            action: Some(pb::file_action::Action::Rm(pb::FileActionRm {
+                path: path.into(),
+                allow_not_found,
+                allow_wildcard,
+            })),
+        }
+    }
+
+    /// The names in a stored layer, in order.
+    fn names(store: &Store, layer: &Sha256Digest) -> Vec<String> {
+        let mut archive = tar::Archive::new(store.open_blob(layer).unwrap());
+        archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect()
+    }
+
+    #[test]
+    fn rm_whites_out_what_the_base_has_and_refuses_what_is_missing() {
+        let state = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(state.path())).unwrap();
+        let base = layer_tar(&["a/", "a/x.log", "a/y.log", "a/keep", "b"]);
+        let (base, _) = store.write_blob(&mut &base[..], None, "test").unwrap();
+        let inputs = [Value::Layers(vec![base])];
+        let op = pb::FileOp {
+            actions: vec![rm("/b", false, false, 0), rm("/a/*.log", false, true, 1), rm("/gone", true, false, 2)],
+        };
+        let Value::Layers(layers) = run(&store, Path::new("/"), &op, &inputs).unwrap() else { panic!() };
+        assert_eq!(layers.len(), 2);
+        let mut got = names(&store, &layers[1]);
+        got.sort();
+        assert_eq!(got, ["./.wh.b", "a", "a/.wh.x.log", "a/.wh.y.log"].map(|n| n.trim_start_matches("./").to_string()));
+
+        let missing = pb::FileOp { actions: vec![rm("/nope", false, false, 0)] };
+        let error = run(&store, Path::new("/"), &missing, &inputs).unwrap_err();
+        assert!(format!("{error:#}").contains("rm /nope: no such file or directory"), "{error:#}");
     }
 }

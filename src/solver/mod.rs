@@ -7,6 +7,7 @@
 //! its inputs' keys and the content of the context files it copies ([`context`]), so an
 //! unchanged step is never run again and an untouched file never busts the cache.
 
+mod chmod;
 mod context;
 mod fileop;
 mod guest;
@@ -265,6 +266,27 @@ impl<'a> Solver<'a> {
                     layers.extend_from_slice(value.layers("a merge input")?);
                 }
                 Ok(Value::Layers(layers))
+            }
+            pb::op::Op::Diff(diff) => {
+                // -1 stands for scratch on either side.
+                let side = |index: Option<i64>| -> Result<Vec<Sha256Digest>> {
+                    match index.unwrap_or(-1) {
+                        -1 => Ok(Vec::new()),
+                        i => Ok(inputs
+                            .get(i as usize)
+                            .context("a diff input is out of range")?
+                            .layers("a diff input")?
+                            .to_vec()),
+                    }
+                };
+                let lower = side(diff.lower.as_ref().map(|l| l.input))?;
+                let upper = side(diff.upper.as_ref().map(|u| u.input))?;
+                match upper.strip_prefix(lower.as_slice()) {
+                    Some(added) => Ok(Value::Layers(added.to_vec())),
+                    None => bail!(
+                        "{name}: the embedded engine diffs only a filesystem against one it was built on (the lower's layers must start the upper's)"
+                    ),
+                }
             }
             other => bail!("{name}: {} ops are not supported by the embedded engine", kind(other)),
         }
