@@ -1,6 +1,7 @@
 //! COPY and ADD as the embedded engine runs them on the host (no VM): owners by name from
 //! the image's /etc/passwd and /etc/group, symbolic and octal --chmod, copies from another
-//! stage, two heredocs in one step, ADD unpacking a local archive and copying a plain file.
+//! stage, two heredocs in one step, ADD unpacking a local archive and copying a plain file,
+//! ADD from a URL (checksum verified, then served from the cache with the server gone).
 //! The base image comes from a real local registry; the result is read back with unsquashfs.
 
 mod common;
@@ -57,6 +58,10 @@ fn copy_and_add_honour_owners_modes_stages_and_archives() {
     header.set_size(9);
     archive.append_data(&mut header, "pkg/readme", &b"unpacked\n"[..]).unwrap();
     std::fs::write(p.path("ctx/pkg.tar.gz"), archive.into_inner().unwrap().finish().unwrap()).unwrap();
+    let payload = b"downloaded\n".to_vec();
+    let checksum = format!("sha256:{}", oci::sha256(&payload));
+    let server = http::Server::start([("/files/tool.txt".to_string(), payload)].into());
+    let url = format!("{}/files/tool.txt", server.base);
     p.write(
         "ctx/Dockerfile",
         &format!(
@@ -72,7 +77,8 @@ fn copy_and_add_honour_owners_modes_stages_and_archives() {
              COPY <<one <<two /srv/heredocs/\nfirst\none\nsecond\ntwo\n\
              ADD --chown=app pkg.tar.gz /srv/unpacked/\n\
              ADD pkg.tar.gz /srv/kept/\n\
-             ADD notes.txt /srv/added.txt\n"
+             ADD notes.txt /srv/added.txt\n\
+             ADD --checksum={checksum} {url} /srv/\n"
         ),
     );
     let mut cmd = p.fledge();
@@ -111,6 +117,14 @@ fn copy_and_add_honour_owners_modes_stages_and_archives() {
     assert_eq!(get("/srv/kept/pkg/readme"), "-rw-r----- 42/42", "unpacked files keep the archive's owners");
     assert_eq!(cat(&artifact, "/srv/kept/pkg/readme"), "unpacked\n");
     assert_eq!(cat(&artifact, "/srv/added.txt"), "notes\n", "a plain file is copied");
+    assert_eq!(get("/srv/tool.txt"), "-rw------- 0/0", "downloads are 0600, as in Docker");
+    assert_eq!(cat(&artifact, "/srv/tool.txt"), "downloaded\n");
+
+    // With its checksum pinned, the download comes from the cache once the server is gone.
+    drop(server);
+    std::fs::remove_file(&artifact).unwrap();
+    assert_success(&run(p.fledge().env("FLEDGE_AGENT", agent_binary()).args(["build", "ctx/Dockerfile", "-o", "out.squashfs"])));
+    assert_eq!(cat(&artifact, "/srv/tool.txt"), "downloaded\n");
 
     // A name the image does not know is an error that names it (BuildKit would give root).
     p.write("ctx/Dockerfile", &format!("FROM {image}\nCOPY --chown=nobody notes.txt /x\n"));

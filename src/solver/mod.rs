@@ -11,6 +11,7 @@ mod chmod;
 mod context;
 mod fileop;
 mod guest;
+mod sources;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -239,6 +240,15 @@ impl<'a> Solver<'a> {
         }
         let outcome = if hit { Outcome::Cached } else { Outcome::Done };
         self.reporter.finished(digest, &name, &outcome, seconds);
+        // A source's key is what it resolved to, so a tag that moved or a URL whose content
+        // changed busts the steps built on it.
+        let key = match (&payload, &value) {
+            (pb::op::Op::Source(_), Value::Layers(layers)) => {
+                let resolved: Vec<String> = layers.iter().map(|l| l.to_string()).collect();
+                Sha256Digest::of_bytes(format!("{}\0{}", key.hex(), resolved.join(",")).as_bytes())
+            }
+            _ => key,
+        };
         self.results.insert(digest.to_string(), (value.clone(), key));
         Ok((value, key))
     }
@@ -303,26 +313,31 @@ impl<'a> Solver<'a> {
             };
             return Ok((Value::Context { excludes }, true));
         }
-        let Some(reference) = source.identifier.strip_prefix("docker-image://") else {
-            bail!("{}: this kind of source is not supported by the embedded engine yet", source.identifier);
-        };
-        let image = fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?;
-        let at_hand = self.store.lookup(&image.to_string())?.is_some();
+        if source.identifier.starts_with("http://") || source.identifier.starts_with("https://") {
+            return Ok((Value::Layers(vec![sources::http(self.store, source)?]), false));
+        }
         let platform = op.platform.clone().unwrap_or_default();
-        let wanted = crate::image::spec::Platform {
+        let platform = crate::image::spec::Platform {
             architecture: platform.architecture,
             os: platform.os,
             variant: (!platform.variant.is_empty()).then_some(platform.variant),
         };
-        let source = crate::image::source::ImageSource::Registry(image);
-        let stored = crate::image::stored::StoredImage::resolve(self.store, &source, &wanted, self.progress)?;
-        let layers = stored
-            .manifest
-            .layers
-            .iter()
-            .map(|l| l.digest.parse().map_err(anyhow::Error::msg))
-            .collect::<Result<_>>()?;
-        Ok((Value::Layers(layers), at_hand))
+        let image = if let Some(layout) = source.identifier.strip_prefix("oci-layout://") {
+            crate::image::source::ImageSource::parse(&format!("oci-layout:{layout}"), &self.context)
+                .map_err(anyhow::Error::msg)?
+        } else if let Some(reference) = source.identifier.strip_prefix("docker-image://") {
+            crate::image::source::ImageSource::Registry(fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?)
+        } else {
+            bail!(
+                "{}: this kind of source is not supported by the embedded engine (git sources need a daemon: FLEDGE_BUILDKIT_MODE=daemon)",
+                source.identifier
+            );
+        };
+        let at_hand = match &image {
+            crate::image::source::ImageSource::Registry(r) => self.store.lookup(&r.to_string())?.is_some(),
+            _ => true,
+        };
+        Ok((Value::Layers(sources::image(self.store, &image, &platform, self.progress)?), at_hand))
     }
 
     fn exec(&mut self, digest: &str, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
