@@ -315,3 +315,92 @@ fn killing_a_build_mid_run_leaves_no_vm_and_a_usable_store() {
         assert_success(&run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"])));
     }
 }
+
+/// A multi-stage build to a target: bind mounts from the context and from another stage,
+/// COPY --from a stage that ran as a non-root user, ADD with flags, ARG/ENV/WORKDIR carried
+/// into a later stage, and a stage the target does not need, which never runs. The result
+/// boots and is checked from inside.
+#[test]
+fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/build-stages");
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {image} AS base\n\
+             RUN /bin/busybox --install -s /bin && mkdir -m 1777 /tmp\n\
+             ARG VERSION=1\n\
+             ENV APP_VERSION=$VERSION\n\
+             WORKDIR /src\n\
+             FROM scratch AS assets\n\
+             COPY asset.txt /assets/\n\
+             FROM base AS unused\n\
+             RUN echo never > /unused\n\
+             FROM base AS builder\n\
+             COPY --chmod=0755 build.sh ./\n\
+             RUN --mount=type=bind,source=input,target=/in ./build.sh /in > /out.txt\n\
+             RUN --mount=type=bind,from=assets,source=/assets,target=/assets,rw cat /assets/asset.txt >> /out.txt && echo scribble > /assets/asset.txt\n\
+             USER 1000:1000\n\
+             RUN id -u > /tmp/uid.txt && echo \"$APP_VERSION in $(pwd)\" > /tmp/env.txt\n\
+             FROM base AS final\n\
+             COPY --from=builder /out.txt /tmp/uid.txt /tmp/env.txt /app/\n\
+             ADD --chown=1000:1000 tool.tar.gz /opt/\n\
+             CMD [\"cat\", \"/app/out.txt\"]\n"
+        ),
+    );
+    p.write("build.sh", "#!/bin/sh\nfor f in \"$1\"/*; do echo \"built $(basename \"$f\"): $(cat \"$f\")\"; done\n");
+    p.write("input/one.txt", "1");
+    p.write("input/two.txt", "2");
+    p.write("asset.txt", "asset\n");
+    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
+    let mut header = tar::Header::new_ustar();
+    header.set_mode(0o755);
+    header.set_size(5);
+    header.set_uid(0);
+    header.set_gid(0);
+    archive.append_data(&mut header, "bin/tool", &b"tool\n"[..]).unwrap();
+    std::fs::write(p.path("tool.tar.gz"), archive.into_inner().unwrap().finish().unwrap()).unwrap();
+
+    let out = run(fledge(&p, &kernel).args([
+        "build",
+        "Dockerfile",
+        "--target",
+        "final",
+        "--build-arg",
+        "VERSION=7",
+        "-o",
+        "app.squashfs",
+        "--progress",
+        "rawjson",
+    ]));
+    assert_success(&out);
+    let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["vertexes"][0]["name"].as_str().map(String::from))
+        .collect();
+    assert!(names.iter().any(|n| n.contains("[builder")), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("echo never")), "the unused stage never runs: {names:?}");
+
+    let look = run(fledge(&p, &kernel).args([
+        "run",
+        "-q",
+        "--timeout",
+        "120",
+        "app.squashfs",
+        "--",
+        "sh",
+        "-c",
+        "cat /app/out.txt /app/uid.txt /app/env.txt; ls -ln /opt/bin/tool; test -e /unused || echo no-unused; test -e /assets || echo no-assets",
+    ]));
+    let console = String::from_utf8_lossy(&look.stdout);
+    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    for expected in
+        ["built one.txt: 1", "built two.txt: 2", "asset", "1000", "7 in /src", " 1000 ", "no-unused", "no-assets"]
+    {
+        assert!(console.contains(expected), "{expected:?} in {console}");
+    }
+    assert!(!console.contains("scribble"), "writes to an rw bind mount are thrown away: {console}");
+}

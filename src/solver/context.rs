@@ -164,14 +164,32 @@ pub fn copied_checksums(context: &Path, op: &pb::FileOp, inputs: &[Value]) -> Re
         };
         let mut patterns = excludes.clone();
         patterns.extend(copy.exclude_patterns.iter().cloned());
-        let excludes = Excludes::new(&patterns);
-        let mut hasher = Sha256::new();
-        for path in matches(context, &copy.src, copy.allow_empty_wildcard)? {
-            checksum(context, &path, &excludes, &mut hasher)?;
-        }
-        sums.push(hex::encode(hasher.finalize()));
+        sums.push(checksum_of(context, &copy.src, copy.allow_empty_wildcard, &patterns)?);
     }
     Ok(sums)
+}
+
+/// Checksums of the context content an exec op's bind mounts show (their `selector` paths).
+pub fn bound_checksums(context: &Path, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<String>> {
+    let mut sums = Vec::new();
+    for mount in exec.mounts.iter().filter(|m| m.mount_type == pb::MountType::Bind as i32) {
+        let Some(Value::Context { excludes }) = usize::try_from(mount.input).ok().and_then(|i| inputs.get(i)) else {
+            continue;
+        };
+        let selector = if mount.selector.is_empty() { "/" } else { &mount.selector };
+        sums.push(checksum_of(context, selector, false, excludes)?);
+    }
+    Ok(sums)
+}
+
+/// The checksum of what `src` (a path or wildcard) names in the context, minus `excludes`.
+fn checksum_of(context: &Path, src: &str, allow_empty: bool, excludes: &[String]) -> Result<String> {
+    let excludes = Excludes::new(excludes);
+    let mut hasher = Sha256::new();
+    for path in matches(context, src, allow_empty)? {
+        checksum(context, &path, &excludes, &mut hasher)?;
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]

@@ -59,6 +59,28 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
     Ok(Value::Layers(layers))
 }
 
+/// The build context (minus its `.dockerignore` patterns) as one layer, for bind mounts.
+pub fn context_layer(store: &Store, context_dir: &Path, excludes: &[String]) -> Result<Sha256Digest> {
+    let copy = pb::FileActionCopy {
+        src: "/".into(),
+        dest: "/".into(),
+        dir_copy_contents: true,
+        mode: -1,
+        ..Default::default()
+    };
+    let action = pb::FileAction {
+        input: -1,
+        secondary_input: 0,
+        output: 0,
+        action: Some(pb::file_action::Action::Copy(copy)),
+    };
+    let op = pb::FileOp { actions: vec![action] };
+    match run(store, context_dir, &op, &[Value::Context { excludes: excludes.to_vec() }])? {
+        Value::Layers(layers) => layers.last().copied().context("copying the context made no layer"),
+        Value::Context { .. } => unreachable!("file ops make layers"),
+    }
+}
+
 /// The layer being built.
 struct Layer<'a> {
     store: &'a Store,

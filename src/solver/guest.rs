@@ -194,9 +194,11 @@ impl Guest {
     /// secret environment variables.
     async fn mounts(
         &mut self,
+        store: &Store,
         exec: &pb::ExecOp,
         root: &str,
         secrets: &HashMap<String, PathBuf>,
+        binds: &HashMap<String, Vec<Sha256Digest>>,
     ) -> Result<(Vec<(String, Vec<String>)>, Vec<String>)> {
         let mut mounted = Vec::new();
         if exec.network == pb::NetMode::Unset as i32 {
@@ -254,7 +256,29 @@ impl Guest {
                         ..Default::default()
                     }
                 }
-                _ => bail!("{} mounts ({}) are not supported by the embedded engine yet", kind(mount), mount.dest),
+                Ok(pb::MountType::Bind) => {
+                    let layers = binds.get(&mount.dest).context("a bind mount without its filesystem")?;
+                    let source = self.stack(store, layers).await?;
+                    mounted.push((source.clone(), Vec::new()));
+                    let selector = mount.selector.trim_matches('/');
+                    agent::MountRequest {
+                        source: if selector.is_empty() { source } else { format!("{source}/{selector}") },
+                        target: target.clone(),
+                        bind: true,
+                        read_only: mount.readonly,
+                        ..Default::default()
+                    }
+                }
+                Ok(pb::MountType::Ssh) => {
+                    if mount.ssh_opt.as_ref().is_some_and(|o| o.optional) {
+                        continue;
+                    }
+                    bail!(
+                        "RUN --mount=type=ssh ({}): the embedded engine does not forward an SSH agent into the build VM\n  = help: fetch with credentials from --mount=type=secret, or build with FLEDGE_BUILDKIT_MODE=daemon",
+                        mount.dest
+                    );
+                }
+                _ => bail!("{} mounts are not supported by the embedded engine ({})", mount.mount_type, mount.dest),
             };
             if let Some(created) = self.vm.agent().mount(request).await? {
                 mounted.push((target, created));
@@ -273,6 +297,27 @@ impl Guest {
             env.push(format!("{}={}", secret.name, value.trim_end_matches('\n')));
         }
         Ok((mounted, env))
+    }
+
+    /// `layers` stacked in an overlay of their own (writes go to a throwaway upper); returns
+    /// where it is mounted. The caller unmounts it.
+    async fn stack(&mut self, store: &Store, layers: &[Sha256Digest]) -> Result<String> {
+        let mut lower = vec![format!("{WORK}/empty")];
+        for layer in layers {
+            lower.push(self.ensure(store, layer).await?);
+        }
+        lower.reverse();
+        let id = self.next;
+        self.next += 1;
+        let dir = format!("{WORK}/b{id}");
+        let overlay = agent::MountOverlayRequest {
+            lower,
+            upper: format!("{dir}/upper"),
+            work: format!("{dir}/work"),
+            target: format!("{dir}/root"),
+        };
+        self.vm.agent().mount_overlay(overlay).await?;
+        Ok(format!("{dir}/root"))
     }
 
     /// Puts secret `id` into the guest's memory; `None` when optional and not given.
@@ -303,6 +348,7 @@ impl Guest {
         base: &[Sha256Digest],
         exec: &pb::ExecOp,
         secrets: &HashMap<String, PathBuf>,
+        binds: &HashMap<String, Vec<Sha256Digest>>,
         (stdout, stderr): (
             &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
             &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
@@ -333,7 +379,7 @@ impl Guest {
             target: root.clone(),
         };
         self.vm.agent().mount_overlay(overlay).await?;
-        let (mounted, secret_env) = self.mounts(exec, &root, secrets).await?;
+        let (mounted, secret_env) = self.mounts(store, exec, &root, secrets, binds).await?;
         let process = Process {
             args: meta.args.clone(),
             env: meta.env.iter().cloned().chain(secret_env).collect(),
@@ -359,13 +405,5 @@ impl Guest {
         // The upper is this layer in overlay form already: later steps stack on it.
         self.layers.insert(digest, upper);
         Ok(digest)
-    }
-}
-
-fn kind(mount: &pb::Mount) -> &'static str {
-    match pb::MountType::try_from(mount.mount_type) {
-        Ok(pb::MountType::Bind) => "bind",
-        Ok(pb::MountType::Ssh) => "ssh",
-        _ => "these",
     }
 }

@@ -204,10 +204,13 @@ impl<'a> Solver<'a> {
             inputs.push(value);
         }
         let payload = op.op.clone().with_context(|| format!("op {digest} has no payload"))?;
-        if let pb::op::Op::File(file) = &payload {
-            for checksum in context::copied_checksums(&self.context, file, &inputs)? {
-                hasher.update(checksum.as_bytes());
-            }
+        let checksums = match &payload {
+            pb::op::Op::File(file) => context::copied_checksums(&self.context, file, &inputs)?,
+            pb::op::Op::Exec(exec) => context::bound_checksums(&self.context, exec, &inputs)?,
+            _ => Vec::new(),
+        };
+        for checksum in checksums {
+            hasher.update(checksum.as_bytes());
         }
         let key = Sha256Digest(hasher.finalize().into());
         let name = self.name_of(digest);
@@ -345,10 +348,22 @@ impl<'a> Solver<'a> {
             bail!("--network=host is not available: build steps run in a microVM");
         }
         let base = root_layers(exec, inputs)?;
+        // What each bind mount shows: a stage's or image's layers, or the context as a layer.
+        let mut binds = HashMap::new();
+        for mount in exec.mounts.iter().filter(|m| m.mount_type == pb::MountType::Bind as i32 && m.dest != "/") {
+            let layers = match mount.input {
+                -1 => Vec::new(),
+                i => match inputs.get(i as usize).context("a bind mount's input is out of range")? {
+                    Value::Layers(layers) => layers.clone(),
+                    Value::Context { excludes } => vec![fileop::context_layer(self.store, &self.context, excludes)?],
+                },
+            };
+            binds.insert(mount.dest.clone(), layers);
+        }
         let guest = self.guest.as_mut().expect("evaluate boots the VM before an exec step");
         let output = |stream| StepOutput { reporter: self.reporter.clone(), id: digest.to_string(), stream };
         let (mut stdout, mut stderr) = (output(Stream::Stdout), output(Stream::Stderr));
-        let run = guest.run(self.store, &base, exec, &self.secrets, (&mut stdout, &mut stderr));
+        let run = guest.run(self.store, &base, exec, &self.secrets, &binds, (&mut stdout, &mut stderr));
         let diff = Self::interruptible_on(&self.runtime, run)?;
         let mut layers = base;
         layers.push(diff);
