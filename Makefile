@@ -44,7 +44,8 @@ demo: build $(DEMO)/build/hello $(DEMO)/build/stub-agent
 	$(FLEDGE) run $(OUT)/hello.cpio.gz
 
 # The boot tests need kernels: Debian's cloud kernel, downloaded once, and Fledge's own,
-# built by `fledge kernel build` (cached by its inputs' hash). Both live under
+# built by `fledge kernel build` (cached by its inputs' hash); the build tests a Debian
+# minbase image made with debootstrap (cached by suite and mirror). All live under
 # FLEDGE_TEST_CACHE (default ~/.cache/fledge-test). The last line totals every test binary.
 TEST_CACHE ?= $(or $(FLEDGE_TEST_CACHE),$(HOME)/.cache/fledge-test)
 test: deps
@@ -52,7 +53,8 @@ test: deps
 	$(CARGO) build --locked --workspace
 	FLEDGE_STATE_DIR=$(TEST_CACHE)/kernel-state target/debug/fledge kernel build
 	kernel=$$(scripts/fetch-test-kernel.sh); \
-	FLEDGE_TEST_KERNEL=$$kernel FLEDGE_TEST_KERNEL_STATE=$(TEST_CACHE)/kernel-state \
+	debian=$$(FLEDGE_TEST_CACHE=$(TEST_CACHE) scripts/test-debian-image.sh); \
+	FLEDGE_TEST_KERNEL=$$kernel FLEDGE_TEST_KERNEL_STATE=$(TEST_CACHE)/kernel-state FLEDGE_TEST_DEBIAN_LAYOUT=$$debian \
 		$(CARGO) test --locked --workspace 2>&1 | tee target/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6; i += $$8} END {printf "total: %d passed, %d failed, %d skipped\n", p, f, i}' target/test.log
 

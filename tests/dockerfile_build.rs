@@ -379,7 +379,9 @@ fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
     assert_success(&out);
     let names: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["vertexes"][0]["name"].as_str().map(String::from))
+        .filter_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).ok()?["vertexes"][0]["name"].as_str().map(String::from)
+        })
         .collect();
     assert!(names.iter().any(|n| n.contains("[builder")), "{names:?}");
     assert!(!names.iter().any(|n| n.contains("echo never")), "the unused stage never runs: {names:?}");
@@ -403,4 +405,86 @@ fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
     assert!(!console.contains("scribble"), "writes to an rw bind mount are thrown away: {console}");
+}
+
+/// The Debian minbase layout `make test` makes with debootstrap (scripts/test-debian-image.sh).
+fn debian_layout() -> Option<PathBuf> {
+    match std::env::var_os("FLEDGE_TEST_DEBIAN_LAYOUT").filter(|v| !v.is_empty()) {
+        Some(layout) => Some(PathBuf::from(layout)),
+        None => {
+            eprintln!("skipping: FLEDGE_TEST_DEBIAN_LAYOUT is not set (make test debootstraps one as root)");
+            None
+        }
+    }
+}
+
+/// A multi-stage build on a real distribution: a Debian minbase made with debootstrap and
+/// served from the local registry. Users and ownership by name, a cache mount, a secret,
+/// USER, WORKDIR, ARG/ENV and COPY --from; the result boots and is checked from inside. A
+/// failing dpkg step reports its output and exit code.
+#[test]
+fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
+    let Some(kernel) = kernel() else { return };
+    let Some(layout) = debian_layout() else { return };
+    let Some(registry) = registry::start() else { return };
+    registry.push(&layout, "minbase", "fledge/debian", false);
+    let debian = format!("{}/fledge/debian:minbase", registry.host);
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {debian} AS build\n\
+             ARG GREETING=hello\n\
+             ENV RELEASE_FILE=/etc/debian_version\n\
+             RUN useradd --create-home --uid 1234 app && mkdir /out\n\
+             RUN --mount=type=cache,target=/var/cache/fledge-test,sharing=locked date +%s >> /var/cache/fledge-test/runs && echo \"$GREETING from Debian $(cat $RELEASE_FILE)\" > /out/hello\n\
+             RUN --mount=type=secret,id=token,required=true test \"$(cat /run/secrets/token)\" = s3cret && echo secret-ok > /out/secret\n\
+             USER app\n\
+             WORKDIR /home/app/work\n\
+             COPY --chown=app:app notes.txt ./\n\
+             RUN whoami > whoami && stat -c %U:%G notes.txt > owner && pwd > cwd\n\
+             FROM {debian}\n\
+             COPY --from=build /out/ /out/\n\
+             COPY --from=build /home/app/work/whoami /home/app/work/owner /home/app/work/cwd /out/\n\
+             RUN bash -c 'echo \"bash ${{BASH_VERSINFO[0]}}\"' > /out/bash && dpkg -s bash | grep -q '^Status: install ok installed'\n"
+        ),
+    );
+    p.write("notes.txt", "notes\n");
+    p.write("token", "s3cret\n");
+    let out = run(fledge(&p, &kernel).args([
+        "build",
+        "Dockerfile",
+        "--secret",
+        "id=token,src=token",
+        "-o",
+        "debian.squashfs",
+    ]));
+    assert_success(&out);
+
+    let look = run(fledge(&p, &kernel).args([
+        "run",
+        "-q",
+        "--timeout",
+        "180",
+        "debian.squashfs",
+        "--",
+        "sh",
+        "-c",
+        "cat /out/hello /out/secret /out/whoami /out/owner /out/cwd /out/bash; test -e /home/app || echo no-build-stage",
+    ]));
+    let console = String::from_utf8_lossy(&look.stdout);
+    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    for expected in ["hello from Debian 12", "secret-ok", "app:app", "/home/app/work", "bash 5", "no-build-stage"] {
+        assert!(console.contains(expected), "{expected:?} in {console}");
+    }
+    assert!(console.lines().any(|l| l.trim() == "app"), "whoami in {console}");
+
+    // A failing step on Debian: its output and dpkg's exit code.
+    p.write("Dockerfile", &format!("FROM {debian}\nRUN dpkg -s no-such-package\n"));
+    let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "failed.squashfs", "--progress", "plain"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("package 'no-such-package' is not installed"), "{text}");
+    assert!(text.contains("exit code: 1"), "{text}");
+    assert!(!p.path("failed.squashfs").exists());
 }

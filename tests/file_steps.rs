@@ -123,7 +123,12 @@ fn copy_and_add_honour_owners_modes_stages_and_archives() {
     // With its checksum pinned, the download comes from the cache once the server is gone.
     drop(server);
     std::fs::remove_file(&artifact).unwrap();
-    assert_success(&run(p.fledge().env("FLEDGE_AGENT", agent_binary()).args(["build", "ctx/Dockerfile", "-o", "out.squashfs"])));
+    assert_success(&run(p.fledge().env("FLEDGE_AGENT", agent_binary()).args([
+        "build",
+        "ctx/Dockerfile",
+        "-o",
+        "out.squashfs",
+    ])));
     assert_eq!(cat(&artifact, "/srv/tool.txt"), "downloaded\n");
 
     // A name the image does not know is an error that names it (BuildKit would give root).

@@ -68,12 +68,8 @@ pub fn context_layer(store: &Store, context_dir: &Path, excludes: &[String]) -> 
         mode: -1,
         ..Default::default()
     };
-    let action = pb::FileAction {
-        input: -1,
-        secondary_input: 0,
-        output: 0,
-        action: Some(pb::file_action::Action::Copy(copy)),
-    };
+    let action =
+        pb::FileAction { input: -1, secondary_input: 0, output: 0, action: Some(pb::file_action::Action::Copy(copy)) };
     let op = pb::FileOp { actions: vec![action] };
     match run(store, context_dir, &op, &[Value::Context { excludes: excludes.to_vec() }])? {
         Value::Layers(layers) => layers.last().copied().context("copying the context made no layer"),

@@ -329,7 +329,9 @@ impl<'a> Solver<'a> {
             crate::image::source::ImageSource::parse(&format!("oci-layout:{layout}"), &self.context)
                 .map_err(anyhow::Error::msg)?
         } else if let Some(reference) = source.identifier.strip_prefix("docker-image://") {
-            crate::image::source::ImageSource::Registry(fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?)
+            crate::image::source::ImageSource::Registry(
+                fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?,
+            )
         } else {
             bail!(
                 "{}: this kind of source is not supported by the embedded engine (git sources need a daemon: FLEDGE_BUILDKIT_MODE=daemon)",

@@ -23,7 +23,10 @@ pub fn http(store: &Store, source: &pb::SourceOp) -> Result<Sha256Digest> {
     let url = &source.identifier;
     let attr = |name: &str| source.attrs.get(name).map(String::as_str).filter(|v| !v.is_empty());
     let expected = attr("http.checksum")
-        .map(|c| c.parse::<Sha256Digest>().map_err(|e| anyhow::anyhow!("{url}: checksum {c}: {e} (only sha256 is supported)")))
+        .map(|c| {
+            c.parse::<Sha256Digest>()
+                .map_err(|e| anyhow::anyhow!("{url}: checksum {c}: {e} (only sha256 is supported)"))
+        })
         .transpose()?;
     let policy = if expected.is_some() { Policy::CacheFirst } else { Policy::NetworkFirst };
     let (path, _) = Fetcher::new(crate::dirs::cache_dir())
@@ -63,7 +66,12 @@ pub fn http(store: &Store, source: &pb::SourceOp) -> Result<Sha256Digest> {
 
 /// An image's layers: from the store, pulled from its registry or imported from a local
 /// layout (verified) when the store lacks it.
-pub fn image(store: &Store, source: &ImageSource, platform: &Platform, progress: &Progress) -> Result<Vec<Sha256Digest>> {
+pub fn image(
+    store: &Store,
+    source: &ImageSource,
+    platform: &Platform,
+    progress: &Progress,
+) -> Result<Vec<Sha256Digest>> {
     let image = StoredImage::resolve(store, source, platform, progress)?;
     image.manifest.layers.iter().map(|l| l.digest.parse().map_err(anyhow::Error::msg)).collect()
 }
