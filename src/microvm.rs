@@ -14,6 +14,7 @@ use crate::cli::{AccelChoice, VmmChoice};
 use crate::dirs;
 
 /// The kernel, accelerator and backend chosen for a VM.
+#[derive(Clone)]
 pub struct Machine {
     pub vmm: VmmChoice,
     pub accel: Accel,
@@ -106,6 +107,7 @@ fn host_tsc_khz() -> Option<u64> {
 }
 
 /// The kernel to boot.
+#[derive(Clone)]
 pub struct GuestKernel {
     pub image: PathBuf,
     /// Fledge's own kernels say in the `config` beside them; others (distro kernels) are

@@ -27,7 +27,7 @@ const SECRETS: &str = "/run/fledge-secrets";
 /// The largest diff a step may produce.
 const MAX_DIFF: u64 = 64 << 30;
 /// Build VM memory: steps run package managers and compilers.
-const MEMORY_MIB: u32 = 2048;
+pub const MEMORY_MIB: u32 = 2048;
 /// Size of the sparse scratch disk and of each cache volume.
 const VOLUME_MB: u64 = 16 << 10;
 
@@ -163,6 +163,11 @@ impl Guest {
         // An empty lower layer, for steps on scratch.
         agent.put_tar(&format!("{WORK}/empty"), std::io::Cursor::new(vec![0u8; 1024])).await?;
         Ok(Guest { vm, network, volumes, layers: HashMap::new(), next: 0 })
+    }
+
+    /// Whether the guest has `layer` at hand (sent, made here, or on the base image disk).
+    pub fn holds(&self, layer: &Sha256Digest) -> bool {
+        self.layers.contains_key(layer) || self.volumes.base.contains(layer)
     }
 
     pub async fn shutdown(self) -> Result<()> {

@@ -6,16 +6,22 @@
 //! overlay upper; MergeOps stack layers. Results are cached by a key made of the op's bytes,
 //! its inputs' keys and the content of the context files it copies ([`context`]), so an
 //! unchanged step is never run again and an untouched file never busts the cache.
+//!
+//! Steps whose inputs are ready run at once on worker threads, so independent stages build
+//! in parallel; RUN steps share a pool of build VMs ([`vms`]). The first failure cancels the
+//! steps still running, as Ctrl-C does.
 
 mod chmod;
 mod context;
 mod fileop;
 mod guest;
 mod sources;
+mod vms;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 
 use anyhow::{Context as _, Result, bail};
 use fledge_llb::{graph, pb};
@@ -99,85 +105,59 @@ impl tokio::io::AsyncWrite for StepOutput {
     }
 }
 
-/// The pseudo-step that boots the build VM, shown like any other.
-const BOOT_STEP: &str = "boot";
-
 pub struct Solver<'a> {
     store: &'a Store,
     context: PathBuf,
-    /// Finds the kernel and accelerator when a step first needs the build VM (a build
-    /// without RUN steps needs neither).
-    machine: Box<dyn Fn() -> Result<Machine> + 'a>,
     progress: &'a Progress,
-    guest: Option<guest::Guest>,
+    find_machine: Option<Box<dyn Fn() -> Result<Machine> + Sync + 'a>>,
     /// Secret id → the host file holding it (`--secret`); never part of a cache key.
     secrets: HashMap<String, PathBuf>,
-    /// Every cache mount id in the definition: the build VM gets a volume for each.
-    cache_ids: Vec<String>,
     runtime: tokio::runtime::Runtime,
-    ops: HashMap<String, (pb::Op, Vec<u8>)>,
-    metadata: HashMap<String, pb::OpMetadata>,
-    results: HashMap<String, (Value, Sha256Digest)>,
     reporter: Arc<dyn Reporter>,
+    /// Set by the first failure: the steps still running stop.
+    cancelled: AtomicBool,
 }
 
 /// The kind of cache record: an op's cache key → its result layers.
 const CACHE_RECORD: &str = "build-cache-v1";
 
-impl<'a> Solver<'a> {
-    pub fn new(
-        store: &'a Store,
-        context: PathBuf,
-        machine: Box<dyn Fn() -> Result<Machine> + 'a>,
-        progress: &'a Progress,
-        secrets: HashMap<String, PathBuf>,
-        reporter: Arc<dyn Reporter>,
-    ) -> Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        Ok(Solver {
-            store,
-            context,
-            machine,
-            progress,
-            guest: None,
-            secrets,
-            cache_ids: Vec::new(),
-            runtime,
-            ops: HashMap::new(),
-            metadata: HashMap::new(),
-            results: HashMap::new(),
-            reporter,
-        })
-    }
+/// The ops of a definition, in its order (inputs before the ops that use them).
+struct Graph {
+    ops: HashMap<String, (pb::Op, Vec<u8>)>,
+    order: Vec<String>,
+    metadata: HashMap<String, pb::OpMetadata>,
+}
 
-    /// Solves `definition`; returns the result's layers, bottom first.
-    pub fn solve(&mut self, definition: &pb::Definition) -> Result<Vec<Sha256Digest>> {
+impl Graph {
+    fn new(definition: &pb::Definition) -> Result<Self> {
+        let mut ops = HashMap::new();
+        let mut order = Vec::new();
         for bytes in &definition.def {
             let op = pb::Op::decode(&bytes[..]).context("the definition holds an op that does not decode")?;
-            self.ops.insert(graph::sha256_digest(bytes), (op, bytes.clone()));
+            let digest = graph::sha256_digest(bytes);
+            order.push(digest.clone());
+            ops.insert(digest, (op, bytes.clone()));
         }
-        self.metadata = definition.metadata.clone().into_iter().collect();
-        let caches: BTreeSet<String> = self
-            .ops
-            .values()
-            .filter_map(|(op, _)| match &op.op {
-                Some(pb::op::Op::Exec(exec)) => {
-                    Some(exec.mounts.iter().filter_map(|m| m.cache_opt.as_ref().map(|c| c.id.clone())))
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
-        self.cache_ids = caches.into_iter().collect();
-        let terminal = definition.def.last().context("the definition is empty")?;
-        let terminal = pb::Op::decode(&terminal[..])?;
-        let [result] = terminal.inputs.as_slice() else { bail!("the definition's last op must name one result") };
-        let (value, _) = self.evaluate(&result.digest)?;
-        let layers = value.layers("the build result")?.to_vec();
-        if let Some(guest) = self.guest.take() {
-            self.runtime.block_on(guest.shutdown())?;
+        Ok(Graph { ops, order, metadata: definition.metadata.clone().into_iter().collect() })
+    }
+
+    fn inputs(&self, digest: &str) -> impl Iterator<Item = &str> {
+        self.ops.get(digest).into_iter().flat_map(|(op, _)| op.inputs.iter().map(|i| i.digest.as_str()))
+    }
+
+    /// The ops `target` needs, itself included.
+    fn needed(&self, target: &str) -> Result<HashSet<String>> {
+        let mut needed = HashSet::new();
+        let mut pending = vec![target.to_string()];
+        while let Some(digest) = pending.pop() {
+            if !self.ops.contains_key(&digest) {
+                bail!("the definition lacks op {digest}");
+            }
+            if needed.insert(digest.clone()) {
+                pending.extend(self.inputs(&digest).map(String::from));
+            }
         }
-        Ok(layers)
+        Ok(needed)
     }
 
     fn name_of(&self, digest: &str) -> String {
@@ -187,22 +167,163 @@ impl<'a> Solver<'a> {
             .cloned()
             .unwrap_or_else(|| digest.to_string())
     }
+}
 
-    /// An op's result and cache key (each op is solved once per build).
-    fn evaluate(&mut self, digest: &str) -> Result<(Value, Sha256Digest)> {
-        if let Some(done) = self.results.get(digest) {
-            return Ok(done.clone());
+/// What the workers share: results so far, what has started, and the first failure.
+#[derive(Default)]
+struct Schedule {
+    results: HashMap<String, (Value, Sha256Digest)>,
+    started: HashSet<String>,
+    running: usize,
+    failure: Option<anyhow::Error>,
+}
+
+impl<'a> Solver<'a> {
+    pub fn new(
+        store: &'a Store,
+        context: PathBuf,
+        machine: Box<dyn Fn() -> Result<Machine> + Sync + 'a>,
+        progress: &'a Progress,
+        secrets: HashMap<String, PathBuf>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Ok(Solver {
+            store,
+            context,
+            progress,
+            find_machine: Some(machine),
+            secrets,
+            runtime,
+            reporter,
+            cancelled: AtomicBool::new(false),
+        })
+    }
+
+    /// Solves `definition`; returns the result's layers, bottom first.
+    pub fn solve(&mut self, definition: &pb::Definition) -> Result<Vec<Sha256Digest>> {
+        let graph = Graph::new(definition)?;
+        let terminal = definition.def.last().context("the definition is empty")?;
+        let terminal = pb::Op::decode(&terminal[..])?;
+        let [result] = terminal.inputs.as_slice() else { bail!("the definition's last op must name one result") };
+        let needed = graph.needed(&result.digest)?;
+        let cache_ids: BTreeSet<String> = needed
+            .iter()
+            .filter_map(|d| match &graph.ops[d].0.op {
+                Some(pb::op::Op::Exec(exec)) => {
+                    Some(exec.mounts.iter().filter_map(|m| m.cache_opt.as_ref().map(|c| c.id.clone())))
+                }
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let find_machine = self.find_machine.take().context("a solver solves once")?;
+        let vms = vms::Pool::new(self.store, find_machine, cache_ids.into_iter().collect())?;
+        let schedule = Mutex::new(Schedule::default());
+        let changed = Condvar::new();
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(2, 8);
+        let this = &*self;
+        // VMs die with the thread that started them (PR_SET_PDEATHSIG), so the workers live
+        // until the VMs are powered off: they wait at the gate, which opens after.
+        let gate = RwLock::new(());
+        let shutdown = std::thread::scope(|scope| {
+            let closed = gate.write().unwrap_or_else(|p| p.into_inner());
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    this.work(&graph, &needed, &result.digest, &vms, &schedule, &changed);
+                    drop(gate.read());
+                });
+            }
+            let mut state = schedule.lock().unwrap_or_else(|p| p.into_inner());
+            while state.running > 0 || (state.failure.is_none() && !state.results.contains_key(&result.digest)) {
+                state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(state);
+            let shutdown = self.runtime.block_on(vms.shutdown());
+            drop(closed);
+            shutdown
+        });
+        let mut schedule = schedule.into_inner().unwrap_or_else(|p| p.into_inner());
+        if let Some(failure) = schedule.failure.take() {
+            return Err(failure);
         }
-        let (op, bytes) = self.ops.get(digest).cloned().with_context(|| format!("the definition lacks op {digest}"))?;
-        let mut inputs = Vec::new();
+        shutdown?;
+        let (value, _) = schedule.results.remove(&result.digest).context("the build stopped before its result")?;
+        Ok(value.layers("the build result")?.to_vec())
+    }
+
+    /// A worker: takes the first step (in definition order) whose inputs are done, runs it,
+    /// records its result; until the target is done or a step failed.
+    fn work(
+        &self,
+        graph: &Graph,
+        needed: &HashSet<String>,
+        target: &str,
+        vms: &vms::Pool<'_>,
+        schedule: &Mutex<Schedule>,
+        changed: &Condvar,
+    ) {
+        let lock = || schedule.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let mut state = lock();
+            let (digest, inputs) = loop {
+                if state.failure.is_some() || state.results.contains_key(target) {
+                    return;
+                }
+                let ready = graph.order.iter().find(|d| {
+                    needed.contains(*d)
+                        && !state.started.contains(*d)
+                        && graph.inputs(d).all(|i| state.results.contains_key(i))
+                });
+                if let Some(digest) = ready {
+                    let inputs: Vec<_> = graph.inputs(digest).map(|i| state.results[i].clone()).collect();
+                    state.started.insert(digest.clone());
+                    state.running += 1;
+                    break (digest.clone(), inputs);
+                }
+                if state.running == 0 {
+                    state.failure = Some(anyhow::anyhow!("the build graph cannot reach its result (a cycle?)"));
+                    changed.notify_all();
+                    return;
+                }
+                state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
+            };
+            drop(state);
+            let outcome = self.evaluate(graph, &digest, inputs, vms);
+            let mut state = lock();
+            state.running -= 1;
+            match outcome {
+                Ok(result) => {
+                    state.results.insert(digest, result);
+                }
+                Err(e) => {
+                    self.cancelled.store(true, Ordering::SeqCst);
+                    // The first failure is the build's; the cancellations it causes are not.
+                    if state.failure.is_none() {
+                        state.failure = Some(e);
+                    }
+                }
+            }
+            changed.notify_all();
+        }
+    }
+
+    /// An op's result and cache key, from its inputs' results.
+    fn evaluate(
+        &self,
+        graph: &Graph,
+        digest: &str,
+        inputs: Vec<(Value, Sha256Digest)>,
+        vms: &vms::Pool<'_>,
+    ) -> Result<(Value, Sha256Digest)> {
+        let (op, bytes) = &graph.ops[digest];
         let mut hasher = Sha256::new();
         hasher.update(b"fledge-cache-v1\0");
-        hasher.update(&bytes);
-        for input in &op.inputs {
-            let (value, key) = self.evaluate(&input.digest)?;
+        hasher.update(bytes);
+        for (_, key) in &inputs {
             hasher.update(key.hex().as_bytes());
-            inputs.push(value);
         }
+        let inputs: Vec<Value> = inputs.into_iter().map(|(value, _)| value).collect();
         let payload = op.op.clone().with_context(|| format!("op {digest} has no payload"))?;
         let checksums = match &payload {
             pb::op::Op::File(file) => context::copied_checksums(&self.context, file, &inputs)?,
@@ -213,18 +334,28 @@ impl<'a> Solver<'a> {
             hasher.update(checksum.as_bytes());
         }
         let key = Sha256Digest(hasher.finalize().into());
-        let name = self.name_of(digest);
+        let name = graph.name_of(digest);
         let cached = self.cached(&key, &payload);
-        if let (None, pb::op::Op::Exec(exec), None) = (&cached, &payload, &self.guest) {
-            // Booted as a step of its own first, so the step's time is its own.
-            self.guest = Some(self.boot(&root_layers(exec, &inputs)?)?);
-        }
+        // A RUN that runs gets its VM first (booting one is a step of its own), so the
+        // step's time is its own.
+        let mut lease = match (&cached, &payload) {
+            (None, pb::op::Op::Exec(exec)) => {
+                let needs_caches = exec.mounts.iter().any(|m| m.cache_opt.is_some());
+                Some(vms.take(&root_layers(exec, &inputs)?, needs_caches, &|machine, volumes, number| {
+                    self.boot(machine, volumes, number)
+                })?)
+            }
+            _ => None,
+        };
         let started = std::time::Instant::now();
         self.reporter.started(digest, &name);
-        let outcome = match cached {
-            Some(value) => Ok((value, true)),
-            None if matches!(payload, pb::op::Op::Source(_)) => self.source(&payload, &op),
-            None => self.run(digest, &payload, &inputs, &name).map(|value| (value, false)),
+        let outcome = match (cached, &payload, &mut lease) {
+            (Some(value), _, _) => Ok((value, true)),
+            (None, pb::op::Op::Source(_), _) => self.source(&payload, op),
+            (None, pb::op::Op::Exec(exec), Some(lease)) => {
+                self.exec(digest, exec, &inputs, lease.guest()).map(|v| (v, false))
+            }
+            (None, _, _) => self.run(&payload, &inputs, &name).map(|value| (value, false)),
         };
         let seconds = started.elapsed().as_secs_f64();
         let (value, hit) = match outcome {
@@ -234,6 +365,9 @@ impl<'a> Solver<'a> {
                 return Err(e.context(format!("{name} failed")));
             }
         };
+        if let Some(lease) = lease {
+            vms.give_back(lease);
+        }
         if !hit
             && let Value::Layers(layers) = &value
             && !matches!(payload, pb::op::Op::Source(_))
@@ -252,7 +386,6 @@ impl<'a> Solver<'a> {
             }
             _ => key,
         };
-        self.results.insert(digest.to_string(), (value.clone(), key));
         Ok((value, key))
     }
 
@@ -267,11 +400,11 @@ impl<'a> Solver<'a> {
         layers.iter().all(|l| self.store.has_blob(l)).then_some(Value::Layers(layers))
     }
 
-    fn run(&mut self, digest: &str, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
+    /// Runs a host op (file, merge, diff).
+    fn run(&self, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
         match payload {
-            pb::op::Op::Source(_) => unreachable!("sources are resolved by `source`"),
+            pb::op::Op::Source(_) | pb::op::Op::Exec(_) => unreachable!("evaluate runs sources and execs"),
             pb::op::Op::File(file) => fileop::run(self.store, &self.context, file, inputs),
-            pb::op::Op::Exec(exec) => self.exec(digest, exec, inputs),
             pb::op::Op::Merge(merge) => {
                 let mut layers = Vec::new();
                 for input in &merge.inputs {
@@ -307,7 +440,7 @@ impl<'a> Solver<'a> {
 
     /// A source's value, and whether it was at hand (the context, or an image already in the
     /// store) rather than fetched.
-    fn source(&mut self, payload: &pb::op::Op, op: &pb::Op) -> Result<(Value, bool)> {
+    fn source(&self, payload: &pb::op::Op, op: &pb::Op) -> Result<(Value, bool)> {
         let pb::op::Op::Source(source) = payload else { unreachable!("called for sources") };
         if source.identifier.starts_with("local://") {
             let excludes = match source.attrs.get("local.excludepatterns") {
@@ -345,7 +478,7 @@ impl<'a> Solver<'a> {
         Ok((Value::Layers(sources::image(self.store, &image, &platform, self.progress)?), at_hand))
     }
 
-    fn exec(&mut self, digest: &str, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Value> {
+    fn exec(&self, digest: &str, exec: &pb::ExecOp, inputs: &[Value], guest: &mut guest::Guest) -> Result<Value> {
         if exec.network == pb::NetMode::Host as i32 {
             bail!("--network=host is not available: build steps run in a microVM");
         }
@@ -362,11 +495,10 @@ impl<'a> Solver<'a> {
             };
             binds.insert(mount.dest.clone(), layers);
         }
-        let guest = self.guest.as_mut().expect("evaluate boots the VM before an exec step");
         let output = |stream| StepOutput { reporter: self.reporter.clone(), id: digest.to_string(), stream };
         let (mut stdout, mut stderr) = (output(Stream::Stdout), output(Stream::Stderr));
         let run = guest.run(self.store, &base, exec, &self.secrets, &binds, (&mut stdout, &mut stderr));
-        let diff = Self::interruptible_on(&self.runtime, run)?;
+        let diff = self.interruptible(run)?;
         let mut layers = base;
         layers.push(diff);
         Ok(Value::Layers(layers))
@@ -374,47 +506,45 @@ impl<'a> Solver<'a> {
 }
 
 impl Solver<'_> {
-    /// Boots the build VM, with `base` attached as an image; shown as a step of its own.
-    fn boot(&self, base: &[Sha256Digest]) -> Result<guest::Guest> {
-        let name = "[internal] boot the build VM";
+    /// Boots build VM `number`; shown as a step of its own.
+    fn boot(&self, machine: &Machine, volumes: guest::Volumes, number: usize) -> Result<guest::Guest> {
+        let (id, name) = match number {
+            0 => ("boot".to_string(), "[internal] boot the build VM".to_string()),
+            n => (format!("boot-{n}"), format!("[internal] boot build VM {}", n + 1)),
+        };
+        if self.cancelled.load(Ordering::SeqCst) {
+            bail!("cancelled: another step failed");
+        }
+        crate::interrupt::check()?;
         let started = std::time::Instant::now();
-        self.reporter.started(BOOT_STEP, name);
-        let booted = (|| {
-            let machine = (self.machine)()?;
-            let caches = self.store.root().join("cache-mounts");
-            let volumes = guest::Volumes::prepare(self.store, base, &caches, &self.cache_ids)?;
-            self.interruptible(guest::Guest::boot(&machine, volumes))
-        })();
+        self.reporter.started(&id, &name);
+        let booted = self.interruptible(guest::Guest::boot(machine, volumes));
         let outcome = match &booted {
             Ok(_) => Outcome::Done,
             Err(e) => Outcome::Failed(format!("{e:#}")),
         };
-        self.reporter.finished(BOOT_STEP, name, &outcome, started.elapsed().as_secs_f64());
+        self.reporter.finished(&id, &name, &outcome, started.elapsed().as_secs_f64());
         booted
     }
 
+    /// Runs `work`, giving up when Ctrl-C is pressed or another step failed (what `work`
+    /// holds, such as the build VM, is dropped, which stops it).
     fn interruptible<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-        Self::interruptible_on(&self.runtime, work)
-    }
-
-    /// Runs `work`, giving up when Ctrl-C is pressed (what `work` holds, such as the build
-    /// VM, is dropped, which stops it).
-    fn interruptible_on<T>(
-        runtime: &tokio::runtime::Runtime,
-        work: impl std::future::Future<Output = Result<T>>,
-    ) -> Result<T> {
-        runtime.block_on(async {
+        self.runtime.block_on(async {
             let interrupted = async {
                 loop {
                     if let Err(e) = crate::interrupt::check() {
-                        return e;
+                        return anyhow::Error::from(e);
+                    }
+                    if self.cancelled.load(Ordering::SeqCst) {
+                        return anyhow::anyhow!("cancelled: another step failed");
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
             };
             tokio::select! {
                 done = work => done,
-                e = interrupted => Err(e.into()),
+                e = interrupted => Err(e),
             }
         })
     }
