@@ -443,9 +443,10 @@ fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
              WORKDIR /home/app/work\n\
              COPY --chown=app:app notes.txt ./\n\
              RUN whoami > whoami && stat -c %U:%G notes.txt > owner && pwd > cwd\n\
+             RUN --mount=type=cache,target=/home/app/.cache/tool,uid=1234,gid=1234,mode=0700 touch /home/app/.cache/tool/x && stat -c '%a %U' /home/app/.cache/tool > cache-root\n\
              FROM {debian}\n\
              COPY --from=build /out/ /out/\n\
-             COPY --from=build /home/app/work/whoami /home/app/work/owner /home/app/work/cwd /out/\n\
+             COPY --from=build /home/app/work/whoami /home/app/work/owner /home/app/work/cwd /home/app/work/cache-root /out/\n\
              RUN bash -c 'echo \"bash ${{BASH_VERSINFO[0]}}\"' > /out/bash && dpkg -s bash | grep -q '^Status: install ok installed'\n"
         ),
     );
@@ -470,11 +471,13 @@ fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
         "--",
         "sh",
         "-c",
-        "cat /out/hello /out/secret /out/whoami /out/owner /out/cwd /out/bash; test -e /home/app || echo no-build-stage",
+        "cat /out/hello /out/secret /out/whoami /out/owner /out/cwd /out/bash /out/cache-root; test -e /home/app || echo no-build-stage",
     ]));
     let console = String::from_utf8_lossy(&look.stdout);
     assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
-    for expected in ["hello from Debian 12", "secret-ok", "app:app", "/home/app/work", "bash 5", "no-build-stage"] {
+    for expected in
+        ["hello from Debian 12", "secret-ok", "app:app", "/home/app/work", "bash 5", "700 app", "no-build-stage"]
+    {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
     assert!(console.lines().any(|l| l.trim() == "app"), "whoami in {console}");
@@ -541,4 +544,49 @@ fn independent_stages_run_in_parallel_on_separate_vms() {
         let cat = run(Command::new("unsquashfs").arg("-cat").arg(p.path("app.squashfs")).arg(file));
         assert_eq!(String::from_utf8_lossy(&cat.stdout), content);
     }
+}
+
+/// An image of many layers (more than microvm has virtio-mmio slots) still builds: with one
+/// VM, booted for another stage's base, its 41 layers reach the guest as tar streams and
+/// stack as overlay lowers.
+#[test]
+fn an_image_with_many_layers_builds_on_a_shared_vm() {
+    let Some(kernel) = kernel() else { return };
+    let Some(registry) = registry::start() else { return };
+    let builder = Project::new();
+    let small = layered_test_image(&registry, &builder, "fledge/build-small");
+    let busybox = std::fs::read(busybox()).unwrap();
+    let mut layers = vec![oci::tar_layer(&[
+        oci::Entry::Dir("bin", 0o755),
+        oci::Entry::File("bin/busybox", 0o755, &busybox),
+        oci::Entry::Dir("layer", 0o755),
+    ])];
+    let names: Vec<String> = (0..40).map(|n| format!("layer/{n:02}")).collect();
+    for name in &names {
+        layers.push(oci::tar_layer(&[oci::Entry::File(name, 0o644, b"x\n")]));
+    }
+    let layout = builder.path("many");
+    let manifest = oci::add_image(&layout, "amd64", &layers, serde_json::json!({}));
+    oci::finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", "fledge/build-many", false);
+    let many = format!("{}/fledge/build-many:v1", registry.host);
+
+    let p = Project::new();
+    p.write(
+        "Dockerfile",
+        &format!(
+            "FROM {small} AS first\n\
+             RUN /bin/busybox echo first > /first\n\
+             FROM {many}\n\
+             COPY --from=first /first /\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox ls /layer | /bin/busybox wc -l > /count\"]\n"
+        ),
+    );
+    let mut cmd = fledge(&p, &kernel);
+    cmd.env("FLEDGE_BUILD_VMS", "1").args(["build", "Dockerfile", "-o", "app.squashfs", "--progress", "plain"]);
+    let out = run(&mut cmd);
+    assert_success(&out);
+    assert_eq!(stderr(&out).matches("[internal] boot").count(), 1, "one VM: {}", stderr(&out));
+    let cat = run(Command::new("unsquashfs").arg("-cat").arg(p.path("app.squashfs")).arg("/count"));
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "40");
 }

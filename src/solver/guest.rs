@@ -44,27 +44,44 @@ pub struct Volumes {
     _locks: Vec<std::fs::File>,
 }
 
-/// A sparse, empty ext4 image of [`VOLUME_MB`] at `path` (Fledge's own writer; no root).
-fn empty_ext4(path: &Path) -> Result<()> {
+/// A cache mount's volume: its id, and the mode and owner its root starts with (an owned
+/// cache: `--mount=type=cache,uid=,gid=,mode=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheVolume {
+    pub id: String,
+    pub root: (u32, u32, u32),
+}
+
+/// A sparse, empty ext4 image of [`VOLUME_MB`] at `path` (Fledge's own writer; no root
+/// privileges), its root directory with `(mode, uid, gid)`.
+fn empty_ext4(path: &Path, (mode, uid, gid): (u32, u32, u32)) -> Result<()> {
     let fs = crate::config::Filesystem {
         kind: Some(crate::config::FsType::Ext4),
         overlay_size: String::new(),
         size_buffer_mb: VOLUME_MB,
         preallocate: false,
     };
-    let tree = crate::rootfs::Tree::default();
+    let mut tree = crate::rootfs::Tree::default();
+    let root = crate::paths::ImagePath::root();
+    tree.replace(&root, crate::rootfs::Node::Dir { mode: mode & 0o7777 })?;
+    tree.set_attrs(&root, crate::rootfs::Attrs { uid, gid, xattrs: Vec::new() });
     crate::ext4::write(&tree, &crate::rootfs::walk::NoLayers, path, &fs, 0, &mut |_| {})?;
     Ok(())
 }
 
 impl Volumes {
     /// The scratch disk (a temporary file), `base` as a read-only image (made once per layer
-    /// stack and kept in the store), and the persistent volumes of `cache_ids`, kept under
+    /// stack and kept in the store), and the persistent cache `volumes` (made on first use), kept under
     /// `caches_dir` and locked for this build.
-    pub fn prepare(store: &Store, base: &[Sha256Digest], caches_dir: &Path, cache_ids: &[String]) -> Result<Volumes> {
+    pub fn prepare(
+        store: &Store,
+        base: &[Sha256Digest],
+        caches_dir: &Path,
+        volumes: &[CacheVolume],
+    ) -> Result<Volumes> {
         let dir = tempfile::Builder::new().prefix("fledge-build-").tempdir()?;
         let scratch = dir.path().join("scratch.ext4");
-        empty_ext4(&scratch)?;
+        empty_ext4(&scratch, (0o755, 0, 0))?;
         let mut disks = vec![Disk { path: scratch, read_only: false, serial: Some("fledge-work".into()) }];
         if !base.is_empty() {
             disks.push(Disk { path: base_image(store, base)?, read_only: true, serial: Some("fledge-base".into()) });
@@ -72,7 +89,7 @@ impl Volumes {
         let mut caches = BTreeMap::new();
         let mut locks = Vec::new();
         std::fs::create_dir_all(caches_dir)?;
-        for (n, id) in cache_ids.iter().enumerate() {
+        for (n, CacheVolume { id, root }) in volumes.iter().enumerate() {
             let path = caches_dir.join(format!("{}.ext4", Sha256Digest::of_bytes(id.as_bytes()).hex()));
             let lock = std::fs::OpenOptions::new()
                 .create(true)
@@ -85,7 +102,7 @@ impl Volumes {
             }
             if !path.exists() {
                 let tmp = path.with_extension("new");
-                empty_ext4(&tmp)?;
+                empty_ext4(&tmp, *root)?;
                 std::fs::rename(&tmp, &path)?;
             }
             disks.push(Disk { path, read_only: false, serial: Some(format!("fledge-cache-{n}")) });

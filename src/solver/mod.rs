@@ -18,7 +18,7 @@ mod guest;
 mod sources;
 mod vms;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -207,18 +207,9 @@ impl<'a> Solver<'a> {
         let terminal = pb::Op::decode(&terminal[..])?;
         let [result] = terminal.inputs.as_slice() else { bail!("the definition's last op must name one result") };
         let needed = graph.needed(&result.digest)?;
-        let cache_ids: BTreeSet<String> = needed
-            .iter()
-            .filter_map(|d| match &graph.ops[d].0.op {
-                Some(pb::op::Op::Exec(exec)) => {
-                    Some(exec.mounts.iter().filter_map(|m| m.cache_opt.as_ref().map(|c| c.id.clone())))
-                }
-                _ => None,
-            })
-            .flatten()
-            .collect();
+        let caches = cache_volumes(&graph, &needed);
         let find_machine = self.find_machine.take().context("a solver solves once")?;
-        let vms = vms::Pool::new(self.store, find_machine, cache_ids.into_iter().collect())?;
+        let vms = vms::Pool::new(self.store, find_machine, caches)?;
         let schedule = Mutex::new(Schedule::default());
         let changed = Condvar::new();
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(2, 8);
@@ -548,6 +539,36 @@ impl Solver<'_> {
             }
         })
     }
+}
+
+/// The cache volumes the `needed` exec ops mount, each with the mode and owner its root
+/// starts with: an owned cache's input is a `mkdir` on scratch saying them (the frontend's
+/// `uid=`, `gid=`, `mode=`).
+fn cache_volumes(graph: &Graph, needed: &HashSet<String>) -> Vec<guest::CacheVolume> {
+    let mut volumes: BTreeMap<String, (u32, u32, u32)> = BTreeMap::new();
+    for digest in graph.order.iter().filter(|d| needed.contains(*d)) {
+        let (op, _) = &graph.ops[digest];
+        let Some(pb::op::Op::Exec(exec)) = &op.op else { continue };
+        for mount in &exec.mounts {
+            let Some(cache) = &mount.cache_opt else { continue };
+            let seed = usize::try_from(mount.input).ok().and_then(|i| op.inputs.get(i)).and_then(|input| {
+                let Some(pb::op::Op::File(file)) = &graph.ops.get(&input.digest)?.0.op else { return None };
+                file.actions.iter().find_map(|action| match &action.action {
+                    Some(pb::file_action::Action::Mkdir(mkdir)) if mkdir.path == mount.selector => {
+                        let id = |opt: &Option<pb::UserOpt>| match opt.as_ref().and_then(|o| o.user.as_ref()) {
+                            Some(pb::user_opt::User::ById(id)) => *id,
+                            _ => 0,
+                        };
+                        let owner = mkdir.owner.clone().unwrap_or_default();
+                        Some((mkdir.mode as u32, id(&owner.user), id(&owner.group)))
+                    }
+                    _ => None,
+                })
+            });
+            volumes.entry(cache.id.clone()).or_insert(seed.unwrap_or((0o755, 0, 0)));
+        }
+    }
+    volumes.into_iter().map(|(id, root)| guest::CacheVolume { id, root }).collect()
 }
 
 /// The layers an exec op's root mount starts from.

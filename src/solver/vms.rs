@@ -10,7 +10,7 @@ use std::sync::{Condvar, Mutex};
 
 use anyhow::{Result, bail};
 
-use super::guest::{Guest, MEMORY_MIB, Volumes};
+use super::guest::{CacheVolume, Guest, MEMORY_MIB, Volumes};
 use crate::digest::Sha256Digest;
 use crate::microvm::Machine;
 use crate::store::Store;
@@ -21,8 +21,8 @@ pub struct Pool<'a> {
     /// steps needs neither); remembered after.
     find_machine: Box<dyn Fn() -> Result<Machine> + Sync + 'a>,
     machine: Mutex<Option<Machine>>,
-    /// Every cache mount id the build uses.
-    cache_ids: Vec<String>,
+    /// Every cache mount the build uses.
+    caches: Vec<CacheVolume>,
     limit: usize,
     state: Mutex<State>,
     freed: Condvar,
@@ -97,13 +97,13 @@ impl<'a> Pool<'a> {
     pub fn new(
         store: &'a Store,
         find_machine: Box<dyn Fn() -> Result<Machine> + Sync + 'a>,
-        cache_ids: Vec<String>,
+        caches: Vec<CacheVolume>,
     ) -> Result<Self> {
         Ok(Pool {
             store,
             find_machine,
             machine: Mutex::new(None),
-            cache_ids,
+            caches,
             limit: limit()?,
             state: Mutex::new(State::default()),
             freed: Condvar::new(),
@@ -150,14 +150,14 @@ impl<'a> Pool<'a> {
                 let number = state.next;
                 state.next += 1;
                 state.alive += 1;
-                let with_caches = caches_vm.is_none() && !self.cache_ids.is_empty();
+                let with_caches = caches_vm.is_none() && !self.caches.is_empty();
                 if with_caches {
                     state.caches_vm = Some(number);
                 }
                 drop(state);
                 let place = Place { pool: self, number, held: true };
                 let machine = self.machine()?;
-                let caches: &[String] = if with_caches { &self.cache_ids } else { &[] };
+                let caches: &[CacheVolume] = if with_caches { &self.caches } else { &[] };
                 let volumes = Volumes::prepare(self.store, base, &self.caches_dir(), caches)?;
                 let guest = boot(&machine, volumes, number)?;
                 return Ok(Lease { guest, place });
