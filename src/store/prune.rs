@@ -1,5 +1,8 @@
 //! Garbage collection: blobs no image in the index refers to (through its manifest: the
 //! config and layers) are deleted, with the store locked exclusively so no build is using it.
+//! That includes the layers of build steps (their cache records then miss, and the steps run
+//! again) and the base images build VMs attach (`base-images/`, made again on demand). Cache
+//! mount volumes (`cache-mounts/`) are kept: they are the caches builds asked for.
 
 use std::collections::HashSet;
 use std::fs;
@@ -60,6 +63,12 @@ impl Store {
             }
         }
         self.prune_derived()?;
+        let bases = self.root.join("base-images");
+        for entry in fs::read_dir(&bases).into_iter().flatten() {
+            let path = entry.map_err(io_err(&bases))?.path();
+            pruned.bytes += fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&path).map_err(io_err(&path))?;
+        }
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io_err(&tmp))? {
             let path = entry.map_err(io_err(&tmp))?.path();
@@ -96,6 +105,10 @@ mod tests {
         assert_eq!(store.prune().unwrap(), Pruned { blobs: 1, bytes: 6 });
         assert!(!store.has_blob(&orphan) && store.has_blob(&layer) && store.has_blob(&config) && store.has_blob(&m));
         store.untag("x").unwrap();
-        assert_eq!(store.prune().unwrap().blobs, 3);
+        // A build VM's base image goes too; it is made again when needed.
+        std::fs::create_dir_all(dir.path().join("store/base-images")).unwrap();
+        std::fs::write(dir.path().join("store/base-images/a.squashfs"), b"sq").unwrap();
+        assert_eq!(store.prune().unwrap(), Pruned { blobs: 3, bytes: 5 + 2 + 2 + manifest.len() as u64 });
+        assert!(!dir.path().join("store/base-images/a.squashfs").exists());
     }
 }
