@@ -6,7 +6,9 @@
 # 127.0.0.1 that this script starts and stops. Measured: a cold build (no build cache; the
 # base already pulled), a no-op rebuild, and a rebuild after editing the copied file. Then
 # the per-RUN cost: one Dockerfile with 1 RUN and one with 6, cold, which shows what a step
-# costs once the build VM is up (Fledge boots one VM per build, not one per step).
+# costs once the build VM is up (Fledge boots one VM per build, not one per step). Last,
+# independent stages: two stages of `RUN sleep 2` joined by COPY --from, built with one
+# worker (FLEDGE_BUILD_VMS=1, buildah --jobs 1) and with two (Fledge's default here; --jobs 2).
 # Needs root (buildah, registry).
 #
 # usage: bench/dockerfile-build.sh [RUNS]    (default 3)
@@ -82,6 +84,26 @@ peer_6() { runs_peer 6; }
 time_pair "buildah 1 RUN" peer_1 "fledge 1 RUN" fledge_1
 time_pair "buildah 6 RUNs" peer_6 "fledge 6 RUNs" fledge_6
 
+# Independent stages: one worker against two.
+mkdir -p "$work/stages"
+printf 'FROM %s AS left
+RUN sleep 2 && echo left > /left
+FROM %s AS right
+RUN sleep 2 && echo right > /right
+FROM %s
+COPY --from=left /left /
+COPY --from=right /right /
+' \
+    "$image" "$image" "$image" >"$work/stages/Dockerfile"
+stages_fledge() { clear_caches; FLEDGE_BUILD_VMS=$1 "$fledge" build -q "$work/stages/Dockerfile" -o "$work/stages/out.squashfs"; }
+stages_peer() { clear_caches; buildah_ bud -q --layers --isolation chroot --jobs "$1" --tls-verify=false -t runs "$work/stages" >/dev/null; }
+fledge_serial() { stages_fledge 1; }
+fledge_parallel() { stages_fledge 2; }
+peer_serial() { stages_peer 1; }
+peer_parallel() { stages_peer 2; }
+time_pair "buildah stages 1 job" peer_serial "fledge stages 1 VM" fledge_serial
+time_pair "buildah stages 2 jobs" peer_parallel "fledge stages 2 VMs" fledge_parallel
+
 echo "accel $FLEDGE_ACCEL, $(nproc) cores, median of $runs; base $(du -sm "$tree" | cut -f1) MB"
 printf '\n%-34s %10s %12s\n' build seconds "vs buildah"
 for what in cold no-op edit; do
@@ -92,3 +114,7 @@ for tool in buildah fledge; do
     per=$(echo "(${secs[$tool 6 RUNs]} - ${secs[$tool 1 RUN]}) / 5" | bc -l)
     printf '%-34s %10.3f\n' "$tool: cost per extra RUN" "$per"
 done
+printf '%-34s %10.3f %12.2f\n' "buildah 2 stages, --jobs 1" "${secs[buildah stages 1 job]}" 1.00
+printf '%-34s %10.3f %12.2f\n' "buildah 2 stages, --jobs 2" "${secs[buildah stages 2 jobs]}" "$(echo "${secs[buildah stages 2 jobs]} / ${secs[buildah stages 1 job]}" | bc -l)"
+printf '%-34s %10.3f %12.2f\n' "fledge 2 stages, 1 VM" "${secs[fledge stages 1 VM]}" "$(echo "${secs[fledge stages 1 VM]} / ${secs[buildah stages 1 job]}" | bc -l)"
+printf '%-34s %10.3f %12.2f\n' "fledge 2 stages, 2 VMs" "${secs[fledge stages 2 VMs]}" "$(echo "${secs[fledge stages 2 VMs]} / ${secs[buildah stages 1 job]}" | bc -l)"

@@ -21,6 +21,8 @@ use crate::microvm::{self, Machine};
 /// How long a guest may take from launch to an answering agent (TCG boots take about 1 s;
 /// a loaded CI host many times that).
 const AGENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many times a build VM is booted before its agent's silence is an error.
+const BOOT_ATTEMPTS: u32 = 2;
 /// How much of the console is kept for error reports.
 const CONSOLE_TAIL: usize = 8 * 1024;
 
@@ -80,24 +82,35 @@ impl BuildVm {
         spec.vsock_cid = Some(3);
         spec.network = network;
         let backend = machine.backend();
-        let mut vm = backend.launch(&spec)?;
-        let console = ConsoleTail::default();
-        console.follow(vm.take_console().expect("a new VM has its console"));
-        let socket = vm.vsock_socket().expect("the spec asked for vsock").to_path_buf();
-        let started = Instant::now();
-        match AgentClient::connect(&socket, DEFAULT_PORT, AGENT_TIMEOUT).await {
-            Ok(agent) => {
-                tracing::debug!("build VM agent ready after {:?}", started.elapsed());
-                Ok(BuildVm { vm, agent, console, _work: work })
-            }
-            Err(e) => {
-                let _ = vm.stop();
-                let said = vm.diagnostics();
-                let vmm = if said.is_empty() { String::new() } else { format!("\n{} said: {said}", backend.name()) };
-                Err(anyhow::anyhow!(
-                    "the build VM's agent did not come up: {e}{vmm}\nits console ended with:\n{}",
-                    console.text()
-                ))
+        // A guest whose agent never answers is stopped and booted once more: under TCG a
+        // boot very rarely hangs in the kernel, and one hang should not fail a build.
+        let mut attempt = 1;
+        loop {
+            let mut vm = backend.launch(&spec)?;
+            let console = ConsoleTail::default();
+            console.follow(vm.take_console().expect("a new VM has its console"));
+            let socket = vm.vsock_socket().expect("the spec asked for vsock").to_path_buf();
+            let started = Instant::now();
+            match AgentClient::connect(&socket, DEFAULT_PORT, AGENT_TIMEOUT).await {
+                Ok(agent) => {
+                    tracing::debug!("build VM agent ready after {:?}", started.elapsed());
+                    return Ok(BuildVm { vm, agent, console, _work: work });
+                }
+                Err(e) => {
+                    let _ = vm.stop();
+                    let said = vm.diagnostics();
+                    let vmm =
+                        if said.is_empty() { String::new() } else { format!("\n{} said: {said}", backend.name()) };
+                    let error = anyhow::anyhow!(
+                        "the build VM's agent did not come up: {e}{vmm}\nits console ended with:\n{}",
+                        console.text()
+                    );
+                    if attempt == BOOT_ATTEMPTS {
+                        return Err(error);
+                    }
+                    tracing::warn!("{error:#}\nbooting it again");
+                    attempt += 1;
+                }
             }
         }
     }

@@ -24,6 +24,16 @@ fn kernel() -> Option<PathBuf> {
     Some(state.join("kernel/vmlinux"))
 }
 
+/// Boots `artifact` with `fledge run` and runs `script` in it; returns the console, after
+/// checking that the script succeeded.
+fn look_inside(p: &Project, kernel: &std::path::Path, artifact: &str, timeout: u32, script: &str) -> String {
+    let timeout = timeout.to_string();
+    let look = run(fledge(p, kernel).args(["run", "-q", "--timeout", &timeout, artifact, "--", "sh", "-c", script]));
+    let console = String::from_utf8_lossy(&look.stdout).into_owned();
+    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    console
+}
+
 fn fledge(p: &Project, kernel: &std::path::Path) -> Command {
     let mut cmd = p.fledge();
     cmd.env("FLEDGE_KERNEL_VMLINUX", kernel).env("FLEDGE_ACCEL", "tcg").env("FLEDGE_AGENT", agent_binary());
@@ -46,19 +56,13 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     p.write("hello.txt", "hello from the context\n");
     let out = run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"]));
     assert_success(&out);
-    let look = run(fledge(&p, &kernel).args([
-        "run",
-        "-q",
-        "--timeout",
-        "120",
+    let console = look_inside(
+        &p,
+        &kernel,
         "app.squashfs",
-        "--",
-        "sh",
-        "-c",
+        120,
         "cat /built.txt /app/copy.txt /greeting; test -e /data/c || echo removed; echo uid=$(cat /shared/uid)",
-    ]));
-    let console = String::from_utf8_lossy(&look.stdout);
-    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    );
     for expected in ["built", "hello from the context", "hello world", "removed", "uid=1000"] {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
@@ -167,20 +171,14 @@ fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
             &format!("RUN_ID={run_id}"),
         ]));
         assert_success(&out);
-        let look = run(fledge(&p, &kernel).args([
-            "run",
-            "-q",
-            "--timeout",
-            "120",
+        look_inside(
+            &p,
+            &kernel,
             "app.squashfs",
-            "--",
-            "sh",
-            "-c",
+            120,
             "echo count=$(cat /cache-count); cat /secret-ok /secret-env-ok /tmpfs-ok; \
              test -e /run/secrets/token || echo no-secret-file; test -e /scratch/f || echo no-scratch",
-        ]));
-        assert_eq!(look.status.code(), Some(0), "{}", stderr(&look));
-        String::from_utf8_lossy(&look.stdout).into_owned()
+        )
     };
     let first = build("1");
     for expected in ["count=1", "no-secret-file", "no-scratch"] {
@@ -217,19 +215,13 @@ fn run_steps_have_a_network_unless_they_ask_for_none() {
         ),
     );
     assert_success(&run(fledge(&p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs"])));
-    let look = run(fledge(&p, &kernel).args([
-        "run",
-        "-q",
-        "--timeout",
-        "120",
+    let console = look_inside(
+        &p,
+        &kernel,
         "app.squashfs",
-        "--",
-        "sh",
-        "-c",
+        120,
         "cat /fetched /resolv-seen /none-result; test -e /etc/resolv.conf || echo no-resolv-left",
-    ]));
-    let console = String::from_utf8_lossy(&look.stdout);
-    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    );
     for expected in ["served by the host", "nameserver 10.0.2.3", "isolated", "no-resolv-left"] {
         assert!(console.contains(expected), "{expected:?} in {console}");
     }
@@ -355,14 +347,8 @@ fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
     p.write("input/one.txt", "1");
     p.write("input/two.txt", "2");
     p.write("asset.txt", "asset\n");
-    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
-    let mut header = tar::Header::new_ustar();
-    header.set_mode(0o755);
-    header.set_size(5);
-    header.set_uid(0);
-    header.set_gid(0);
-    archive.append_data(&mut header, "bin/tool", &b"tool\n"[..]).unwrap();
-    std::fs::write(p.path("tool.tar.gz"), archive.into_inner().unwrap().finish().unwrap()).unwrap();
+    let archive = oci::tar_gz(&[oci::Entry::File("bin/tool", 0o755, b"tool\n")]);
+    std::fs::write(p.path("tool.tar.gz"), archive).unwrap();
 
     let out = run(fledge(&p, &kernel).args([
         "build",
@@ -386,19 +372,13 @@ fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
     assert!(names.iter().any(|n| n.contains("[builder")), "{names:?}");
     assert!(!names.iter().any(|n| n.contains("echo never")), "the unused stage never runs: {names:?}");
 
-    let look = run(fledge(&p, &kernel).args([
-        "run",
-        "-q",
-        "--timeout",
-        "120",
+    let console = look_inside(
+        &p,
+        &kernel,
         "app.squashfs",
-        "--",
-        "sh",
-        "-c",
+        120,
         "cat /app/out.txt /app/uid.txt /app/env.txt; ls -ln /opt/bin/tool; test -e /unused || echo no-unused; test -e /assets || echo no-assets",
-    ]));
-    let console = String::from_utf8_lossy(&look.stdout);
-    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    );
     for expected in
         ["built one.txt: 1", "built two.txt: 2", "asset", "1000", "7 in /src", " 1000 ", "no-unused", "no-assets"]
     {
@@ -462,19 +442,13 @@ fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
     ]));
     assert_success(&out);
 
-    let look = run(fledge(&p, &kernel).args([
-        "run",
-        "-q",
-        "--timeout",
-        "180",
+    let console = look_inside(
+        &p,
+        &kernel,
         "debian.squashfs",
-        "--",
-        "sh",
-        "-c",
+        180,
         "cat /out/hello /out/secret /out/whoami /out/owner /out/cwd /out/bash /out/cache-root; test -e /home/app || echo no-build-stage",
-    ]));
-    let console = String::from_utf8_lossy(&look.stdout);
-    assert_eq!(look.status.code(), Some(0), "{console}{}", stderr(&look));
+    );
     for expected in
         ["hello from Debian 12", "secret-ok", "app:app", "/home/app/work", "bash 5", "700 app", "no-build-stage"]
     {

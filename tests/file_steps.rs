@@ -50,14 +50,15 @@ fn copy_and_add_honour_owners_modes_stages_and_archives() {
     p.write_mode("ctx/dir/inner.txt", b"inner\n", 0o640);
     p.write_mode("ctx/dir/run.sh", b"run\n", 0o750);
     // An archive to unpack: a directory and a file owned by 42.
-    let mut archive = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default()));
-    let mut header = tar::Header::new_ustar();
-    header.set_mode(0o640);
-    header.set_uid(42);
-    header.set_gid(42);
-    header.set_size(9);
-    archive.append_data(&mut header, "pkg/readme", &b"unpacked\n"[..]).unwrap();
-    std::fs::write(p.path("ctx/pkg.tar.gz"), archive.into_inner().unwrap().finish().unwrap()).unwrap();
+    let archive = oci::tar_gz(&[oci::Entry::Owned {
+        path: "pkg/readme",
+        mode: 0o640,
+        data: b"unpacked\n",
+        uid: 42,
+        gid: 42,
+        xattrs: &[],
+    }]);
+    std::fs::write(p.path("ctx/pkg.tar.gz"), archive).unwrap();
     let payload = b"downloaded\n".to_vec();
     let checksum = format!("sha256:{}", oci::sha256(&payload));
     let server = http::Server::start([("/files/tool.txt".to_string(), payload)].into());

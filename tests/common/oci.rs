@@ -105,6 +105,11 @@ pub fn tar_layer(entries: &[Entry<'_>]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// A gzip-compressed tar archive (for ADD to unpack).
+pub fn tar_gz(entries: &[Entry<'_>]) -> Vec<u8> {
+    gzip(&tar_layer(entries))
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     e.write_all(data).unwrap();
