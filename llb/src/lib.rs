@@ -5,6 +5,7 @@
 
 pub mod dockerfile;
 pub mod graph;
+pub mod patterns;
 pub mod pb;
 pub mod reference;
 
