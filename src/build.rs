@@ -40,7 +40,23 @@ pub struct Built {
     pub image: serde_json::Value,
 }
 
+/// Which engine builds Dockerfiles: `FLEDGE_BUILDKIT_MODE` = `embedded` (the default) or
+/// `daemon` (an external buildkitd at `FLEDGE_BUILDKIT_ADDR`).
+fn daemon_mode() -> Result<bool> {
+    match std::env::var("FLEDGE_BUILDKIT_MODE").as_deref() {
+        Err(_) | Ok("" | "embedded") => Ok(false),
+        Ok("daemon") => Ok(true),
+        Ok(other) => bail!("FLEDGE_BUILDKIT_MODE={other}: expected embedded or daemon"),
+    }
+}
+
 pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
+    if daemon_mode()? {
+        // The daemon parses the Dockerfile itself; a local parse first gives the same errors
+        // (file, line, what to do) as embedded mode, without a round trip.
+        dockerfile::load(request.dockerfile)?;
+        return crate::daemon_build::dockerfile(request, secrets(request.secrets)?, progress);
+    }
     let path = request.dockerfile;
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;

@@ -61,11 +61,10 @@ impl Daemon {
     pub async fn connect(address: &str) -> Result<Daemon, DaemonError> {
         let address = Address::parse(address)?;
         let unreachable = |reason: String| DaemonError::Unreachable { address: address.to_string(), reason };
-        let channel =
-            match &address {
-                Address::Unix(path) => {
-                    let path = path.clone();
-                    Endpoint::from_static("http://buildkitd")
+        let channel = match &address {
+            Address::Unix(path) => {
+                let path = path.clone();
+                Endpoint::from_static("http://buildkitd")
                         .connect_timeout(Duration::from_secs(10))
                         .connect_with_connector(tower::service_fn(move |_| {
                             let path = path.clone();
@@ -74,16 +73,16 @@ impl Daemon {
                             }
                         }))
                         .await
-                }
-                Address::Tcp { host, port } => {
-                    let url = if host.contains(':') {
-                        format!("http://[{host}]:{port}")
-                    } else {
-                        format!("http://{host}:{port}")
-                    };
-                    let endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(e.to_string()))?;
-                    let target = (host.clone(), *port);
-                    endpoint
+            }
+            Address::Tcp { host, port } => {
+                let url = if host.contains(':') {
+                    format!("http://[{host}]:{port}")
+                } else {
+                    format!("http://{host}:{port}")
+                };
+                let endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(e.to_string()))?;
+                let target = (host.clone(), *port);
+                endpoint
                         .connect_timeout(Duration::from_secs(10))
                         .connect_with_connector(tower::service_fn(move |_| {
                             let target = target.clone();
@@ -92,9 +91,9 @@ impl Daemon {
                             }
                         }))
                         .await
-                }
             }
-            .map_err(|e| unreachable(error_chain(&e)))?;
+        }
+        .map_err(|e| unreachable(error_chain(&e)))?;
         let control =
             ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         Ok(Daemon { address, control })
@@ -152,9 +151,10 @@ impl Daemon {
                 }
             }
         });
+        let mut served_task = served;
         let solved = tokio::select! {
             solved = self.control.solve(request) => solved,
-            ended = served => {
+            ended = &mut served_task => {
                 let reason = match ended {
                     Ok(Ok(())) => "the daemon ended it".to_string(),
                     Ok(Err(e)) => e,
@@ -166,6 +166,7 @@ impl Daemon {
         };
         // The status stream ends with the build; a little grace for its last updates.
         let _ = tokio::time::timeout(Duration::from_secs(5), status).await;
+        served_task.abort();
         solved.map(|r| r.into_inner()).map_err(|status| DaemonError::Solve(status.message().to_string()))
     }
 
@@ -197,7 +198,8 @@ impl Daemon {
         }
         let incoming =
             self.control.session(call).await.map_err(|status| self.rpc_error("open a session", status))?.into_inner();
-        let tunnel = Tunnel::new(incoming, to_daemon);
+        let mut tunnel = Tunnel::new(incoming, to_daemon);
+        let ended = tunnel.watch_end();
         let router = tonic::transport::Server::builder()
             .add_service(health::health_server::HealthServer::new(services::Health))
             .add_service(
@@ -214,8 +216,22 @@ impl Daemon {
             Some(credentials) => router.add_service(fs::auth_server::AuthServer::new(services::Auth { credentials })),
             None => router,
         };
-        let incoming = tokio_stream::once(Ok::<_, std::io::Error>(tunnel));
-        Ok(tokio::spawn(async move { router.serve_with_incoming(incoming).await.map_err(|e| error_chain(&e)) }))
+        // The server stops when its stream of connections ends, so after the tunnel it waits
+        // forever; the session is over when the daemon ends the tunnel (or the build returns
+        // and drops the task).
+        let incoming = tokio_stream::StreamExt::chain(
+            tokio_stream::once(Ok::<_, std::io::Error>(tunnel)),
+            tokio_stream::pending(),
+        );
+        Ok(tokio::spawn(async move {
+            tokio::select! {
+                served = router.serve_with_incoming(incoming) => served.map_err(|e| error_chain(&e)),
+                reason = ended => match reason {
+                    Ok(Some(reason)) => Err(reason),
+                    _ => Ok(()),
+                },
+            }
+        }))
     }
 }
 

@@ -23,13 +23,22 @@ pub struct Tunnel<S> {
     pending: Vec<u8>,
     offset: usize,
     outgoing: PollSender<BytesMessage>,
+    /// Told (once) when the daemon ends the stream, with the reason if it failed.
+    ended: Option<tokio::sync::oneshot::Sender<Option<String>>>,
 }
 
 impl<S> Tunnel<S> {
     /// A connection reading `incoming` and writing into `outgoing` (the request stream of the
     /// `Session` call).
     pub fn new(incoming: S, outgoing: mpsc::Sender<BytesMessage>) -> Self {
-        Tunnel { incoming, pending: Vec::new(), offset: 0, outgoing: PollSender::new(outgoing) }
+        Tunnel { incoming, pending: Vec::new(), offset: 0, outgoing: PollSender::new(outgoing), ended: None }
+    }
+
+    /// Says on the returned channel when the daemon ends the session.
+    pub fn watch_end(&mut self) -> tokio::sync::oneshot::Receiver<Option<String>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.ended = Some(tx);
+        rx
     }
 }
 
@@ -45,9 +54,18 @@ where
                     self.offset = 0;
                 }
                 Some(Err(status)) => {
-                    return Poll::Ready(Err(std::io::Error::other(format!("the session ended: {}", status.message()))));
+                    let reason = status.message().to_string();
+                    if let Some(ended) = self.ended.take() {
+                        let _ = ended.send(Some(reason.clone()));
+                    }
+                    return Poll::Ready(Err(std::io::Error::other(format!("the session ended: {reason}"))));
                 }
-                None => return Poll::Ready(Ok(())), // end of stream
+                None => {
+                    if let Some(ended) = self.ended.take() {
+                        let _ = ended.send(None);
+                    }
+                    return Poll::Ready(Ok(())); // end of stream
+                }
             }
         }
         let n = buf.remaining().min(self.pending.len() - self.offset);

@@ -1,0 +1,136 @@
+//! A Dockerfile build on an external buildkitd (`FLEDGE_BUILDKIT_MODE=daemon`): the daemon's
+//! own Dockerfile frontend builds it, reading the context and Dockerfile through the session,
+//! asking for secrets and registry credentials there, and streaming the result back as an
+//! OCI image tarball, which is imported into the store. From there it is packed exactly as
+//! an embedded build is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use fledge_buildkit::pb::control;
+use fledge_buildkit::{Daemon, Session};
+
+use crate::build::{Built, Request};
+use crate::build_progress::BuildDisplay;
+use crate::image::source::ImageSource;
+use crate::image::spec::Platform;
+use crate::image::stored::StoredImage;
+use crate::progress::Progress;
+use crate::solver::{Outcome, Reporter, Stream};
+use crate::store::Store;
+
+/// The daemon's address: `FLEDGE_BUILDKIT_ADDR`, else buildctl's default.
+fn address() -> String {
+    std::env::var("FLEDGE_BUILDKIT_ADDR")
+        .ok()
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| fledge_buildkit::address::DEFAULT.to_string())
+}
+
+pub fn dockerfile(
+    request: &Request,
+    secrets: HashMap<String, std::path::PathBuf>,
+    progress: &Progress,
+) -> Result<Built> {
+    let store = Store::open(crate::dirs::state_dir().as_deref())?;
+    let output = tempfile::Builder::new().prefix("buildkit-").suffix(".tar").tempfile_in(store.root().join("tmp"))?;
+    let dockerfile_dir =
+        request.dockerfile.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let filename = request.dockerfile.file_name().context("the Dockerfile path names no file")?.to_string_lossy();
+    let mut attrs = BTreeMap::from([("filename".to_string(), filename.into_owned())]);
+    if let Some(target) = &request.target {
+        attrs.insert("target".into(), target.clone());
+    }
+    for (key, value) in &request.build_args {
+        attrs.insert(format!("build-arg:{key}"), value.clone());
+    }
+    let exporter = control::Exporter { r#type: "oci".into(), attrs: BTreeMap::new() };
+    let solve = control::SolveRequest {
+        frontend: "dockerfile.v0".into(),
+        frontend_attrs: attrs,
+        exporter_deprecated: exporter.r#type.clone(),
+        exporters: vec![exporter],
+        ..Default::default()
+    };
+    let session = Session {
+        dirs: HashMap::from([
+            ("context".to_string(), std::path::absolute(request.context)?),
+            ("dockerfile".to_string(), std::path::absolute(dockerfile_dir)?),
+        ]),
+        secrets,
+        outputs: HashMap::from([("0".to_string(), output.path().to_path_buf())]),
+        credentials: Some(Arc::new(|host: &str| {
+            crate::image::auth::lookup(host).ok().flatten().map(|c| (c.username, c.password))
+        })),
+    };
+    let display = Arc::new(BuildDisplay::new(request.progress, progress.is_quiet()));
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let address = address();
+    runtime.block_on(async {
+        let mut daemon = Daemon::connect(&address).await?;
+        let version = daemon.info().await?;
+        tracing::info!("building on buildkitd {} at {address}", version.version);
+        let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
+        let shown = display.clone();
+        let forward = tokio::spawn(async move {
+            let mut steps = Steps::default();
+            while let Some(update) = updates.recv().await {
+                steps.show(&update, shown.as_ref());
+            }
+        });
+        let solved = daemon.solve(solve, session, events).await;
+        let _ = forward.await;
+        solved.map(|_| ()).map_err(anyhow::Error::from)
+    })?;
+    display.summary();
+    let source = ImageSource::OciLayout { path: output.path().to_path_buf(), reference: None };
+    let image = StoredImage::resolve(&store, &source, &Platform::host(), progress)
+        .context("the daemon's result is not a usable OCI image")?;
+    let layers =
+        image.manifest.layers.iter().map(|l| l.digest.parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
+    let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
+    let config_json = serde_json::from_slice(&store.read_blob(&config_digest)?)?;
+    Ok(Built { layers, config: image.config, image: config_json })
+}
+
+/// The daemon's status updates as steps: a vertex is reported when it starts and when it
+/// completes (BuildKit sends the same vertex again as it changes).
+#[derive(Default)]
+struct Steps {
+    started: HashMap<String, Option<prost_types::Timestamp>>,
+    finished: std::collections::HashSet<String>,
+}
+
+fn seconds(from: &Option<prost_types::Timestamp>, to: &prost_types::Timestamp) -> f64 {
+    from.as_ref().map_or(0.0, |from| (to.seconds - from.seconds) as f64 + f64::from(to.nanos - from.nanos) / 1e9)
+}
+
+impl Steps {
+    fn show(&mut self, update: &control::StatusResponse, reporter: &dyn Reporter) {
+        for vertex in &update.vertexes {
+            if vertex.started.is_some() && !self.started.contains_key(&vertex.digest) {
+                self.started.insert(vertex.digest.clone(), vertex.started);
+                reporter.started(&vertex.digest, &vertex.name);
+            }
+            if let Some(completed) = &vertex.completed
+                && self.finished.insert(vertex.digest.clone())
+            {
+                if !self.started.contains_key(&vertex.digest) {
+                    reporter.started(&vertex.digest, &vertex.name);
+                }
+                let outcome = match (vertex.cached, vertex.error.is_empty()) {
+                    (_, false) => Outcome::Failed(vertex.error.clone()),
+                    (true, true) => Outcome::Cached,
+                    (false, true) => Outcome::Done,
+                };
+                let began = self.started.get(&vertex.digest).copied().flatten();
+                reporter.finished(&vertex.digest, &vertex.name, &outcome, seconds(&began, completed));
+            }
+        }
+        for log in &update.logs {
+            let stream = if log.stream == 2 { Stream::Stderr } else { Stream::Stdout };
+            reporter.output(&log.vertex, stream, &log.msg);
+        }
+    }
+}

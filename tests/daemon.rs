@@ -1,0 +1,201 @@
+//! Daemon mode (`FLEDGE_BUILDKIT_MODE=daemon`) against a real buildkitd, when one is available
+//! (`buildkitd` on PATH, or `FLEDGE_TEST_BUILDKITD`), started here as root on a temporary
+//! socket with the OCI worker and Debian's runc. The same multi-stage Dockerfile (a local
+//! context, build args, a secret, --target) builds in daemon mode and in embedded mode into
+//! rootfs images with the same files. Clear errors for an unreachable daemon or a bad
+//! address are checked without one.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A buildkitd of the test's own; stopped when dropped.
+struct Buildkitd {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Buildkitd {
+    fn socket(&self) -> String {
+        format!("unix://{}", self.dir.path().join("buildkitd.sock").display())
+    }
+}
+
+impl Drop for Buildkitd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn buildkitd(registry: &str) -> Option<Buildkitd> {
+    let binary = std::env::var_os("FLEDGE_TEST_BUILDKITD").map(PathBuf::from).or_else(|| {
+        let out = Command::new("sh").args(["-c", "command -v buildkitd"]).output().ok()?;
+        out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    });
+    let Some(binary) = binary else {
+        eprintln!("skipping: no buildkitd (put one on PATH or set FLEDGE_TEST_BUILDKITD)");
+        return None;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping: buildkitd's OCI worker needs root");
+        return None;
+    }
+    if Command::new("runc").arg("--version").output().is_err() {
+        eprintln!("skipping: buildkitd's OCI worker needs runc (apt install runc)");
+        return None;
+    }
+    let dir = tempfile::Builder::new().prefix("fledge-buildkitd-").tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("buildkitd.toml"),
+        format!(
+            "[worker.oci]\nenabled = true\nsnapshotter = \"native\"\n[worker.containerd]\nenabled = false\n[registry.\"{registry}\"]\nhttp = true\ninsecure = true\n"
+        ),
+    )
+    .unwrap();
+    let socket = dir.path().join("buildkitd.sock");
+    let child = Command::new(binary)
+        .arg("--addr")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--root")
+        .arg(dir.path().join("root"))
+        .arg("--config")
+        .arg(dir.path().join("buildkitd.toml"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("buildkitd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let daemon = Buildkitd { child, dir };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "buildkitd did not start: {}",
+            std::fs::read_to_string(daemon.dir.path().join("buildkitd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(daemon)
+}
+
+/// `unsquashfs -lln` of an image: one "mode owner size path" line per entry, sorted; a
+/// directory's size (which squashfs derives from its entries) is left out. BuildKit's runc
+/// executor leaves empty `/proc` and `/sys` mount points in every RUN step's layer; those two,
+/// when empty, are left out too (the one known difference between the engines, documented).
+fn listing(image: &std::path::Path) -> Vec<String> {
+    let out = run(Command::new("unsquashfs").arg("-lln").arg(image));
+    assert_success(&out);
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // mode, uid/gid, size (or device numbers), then date, time, path
+            let path = f.get(5)?.strip_prefix("squashfs-root")?;
+            let is_dir = f[0].starts_with('d');
+            if is_dir && (path == "/proc" || path == "/sys") && f[2] == "3" {
+                return None;
+            }
+            let size = if is_dir { "-" } else { f[2] };
+            Some(format!("{} {} {size} {path}", f[0], f[1]))
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn daemon_and_embedded_builds_give_the_same_files() {
+    let Some(registry) = registry::start() else { return };
+    let Some(daemon) = buildkitd(&registry.host) else { return };
+    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
+        return;
+    };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/daemon-base");
+    let p = Project::new();
+    p.write(
+        "app/Dockerfile",
+        &format!(
+            "FROM {image} AS base\n\
+             RUN /bin/busybox --install -s /bin\n\
+             FROM base AS build\n\
+             ARG FLAVOUR=plain\n\
+             WORKDIR /src\n\
+             COPY src/ ./\n\
+             RUN --mount=type=secret,id=token cat input.txt /run/secrets/token > /built.txt && echo \"$FLAVOUR\" >> /built.txt\n\
+             FROM base AS final\n\
+             COPY --from=build /built.txt /app/built.txt\n\
+             COPY --chmod=0755 run.sh /app/\n\
+             FROM final AS unused\n\
+             RUN echo never > /never\n"
+        ),
+    );
+    p.write("app/src/input.txt", "input\n");
+    p.write("app/run.sh", "#!/bin/sh\necho run\n");
+    p.write("token", "s3cret\n");
+    let build = |mode: &str, output: &str| {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary())
+            .env("FLEDGE_BUILDKIT_MODE", mode)
+            .env("FLEDGE_BUILDKIT_ADDR", daemon.socket())
+            .env("FLEDGE_KERNEL_VMLINUX", state.join("kernel/vmlinux"))
+            .env("FLEDGE_ACCEL", "tcg")
+            .env("FLEDGE_INSECURE_REGISTRIES", &registry.host)
+            .args(["build", "app/Dockerfile", "--target", "final", "--build-arg", "FLAVOUR=spicy"])
+            .args(["--secret", "id=token,src=token", "--progress", "plain", "-o", output]);
+        let out = run(&mut cmd);
+        assert_success(&out);
+        stderr(&out)
+    };
+    let daemon_log = build("daemon", "daemon.squashfs");
+    assert!(
+        daemon_log.contains("[build 4/4] RUN") || daemon_log.contains("RUN --mount=type=secret"),
+        "live progress: {daemon_log}"
+    );
+    build("embedded", "embedded.squashfs");
+    let (from_daemon, embedded) = (listing(&p.path("daemon.squashfs")), listing(&p.path("embedded.squashfs")));
+    assert_eq!(from_daemon, embedded, "the same files, modes, owners and sizes");
+    for file in ["/app/built.txt", "/app/run.sh"] {
+        let cat = |image: &str| run(Command::new("unsquashfs").arg("-cat").arg(p.path(image)).arg(file)).stdout;
+        assert_eq!(cat("daemon.squashfs"), cat("embedded.squashfs"), "{file}");
+    }
+    let built = run(Command::new("unsquashfs").arg("-cat").arg(p.path("daemon.squashfs")).arg("/app/built.txt"));
+    assert_eq!(String::from_utf8_lossy(&built.stdout), "input\ns3cret\nspicy\n");
+}
+
+#[test]
+fn daemon_mode_errors_say_what_to_do() {
+    let p = Project::new();
+    p.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    p.write("a", "a");
+    let build = |address: &str| {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_BUILDKIT_MODE", "daemon").env("FLEDGE_BUILDKIT_ADDR", address).args([
+            "build",
+            "Dockerfile",
+            "-o",
+            "out.squashfs",
+        ]);
+        run(&mut cmd)
+    };
+    let missing = p.path("no-such.sock");
+    let out = build(&format!("unix://{}", missing.display()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot reach buildkitd at unix://") && stderr(&out).contains("FLEDGE_BUILDKIT_ADDR"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build("docker-container://buildkit");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("expected unix:///path/to/buildkitd.sock or tcp://host:port"), "{}", stderr(&out));
+    let mut cmd = p.fledge();
+    let out = run(cmd.env("FLEDGE_BUILDKIT_MODE", "remote").args(["build", "Dockerfile", "-o", "out.squashfs"]));
+    assert!(stderr(&out).contains("FLEDGE_BUILDKIT_MODE=remote: expected embedded or daemon"), "{}", stderr(&out));
+    assert!(!p.path("out.squashfs").exists(), "no artifact");
+}
