@@ -1,12 +1,15 @@
-//! A Dockerfile build with the embedded engine: the frontend lowers the Dockerfile to LLB
+//! A Dockerfile build: with the embedded engine, the frontend lowers the Dockerfile to LLB
 //! (`fledge_llb::dockerfile`), the solver runs it (`solver`), and the result is the built
-//! layers with the image configuration the frontend produced.
+//! layers with the image configuration the frontend produced; with `FLEDGE_BUILDKIT_MODE=daemon`
+//! an external buildkitd builds it (`daemon_build`). An LLB definition given as it is
+//! (`fledge build --llb`) goes the same two ways.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use fledge_llb::dockerfile::{Options, Platform};
+use fledge_llb::pb;
 
 use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
@@ -77,15 +80,46 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
     };
     let definition = fledge_llb::graph::definition(&result, None);
-    let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
-    let display = std::sync::Arc::new(BuildDisplay::new(request.progress, progress.is_quiet()));
-    let secrets = secrets(request.secrets)?;
-    let reporter = display.clone();
-    let mut solver = Solver::new(&store, request.context.to_path_buf(), machine, progress, secrets, reporter)?;
-    let layers = solver.solve(&definition)?;
-    display.summary();
+    let layers = solve(&store, &definition, request.context, request.secrets, request.progress, progress)?;
     let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
     Ok(Built { layers, config, image: converted.image })
+}
+
+/// An LLB definition (`fledge build --llb`), solved as it is, with `context` as its local
+/// source named `context`. It says nothing of an image config, so the result has an empty one.
+pub fn definition(
+    definition: &pb::Definition,
+    context: &Path,
+    secret_specs: &[String],
+    mode: ProgressMode,
+    progress: &Progress,
+) -> Result<Built> {
+    if daemon_mode()? {
+        return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, mode, progress);
+    }
+    let store = Store::open(crate::dirs::state_dir().as_deref())?;
+    let layers = solve(&store, definition, context, secret_specs, mode, progress)?;
+    let host = crate::image::spec::Platform::host();
+    let image = serde_json::json!({"architecture": host.architecture, "os": host.os, "config": {}});
+    Ok(Built { layers, config: serde_json::from_value(image.clone())?, image })
+}
+
+/// Runs `definition` on the embedded engine; returns the result's layers.
+fn solve(
+    store: &Store,
+    definition: &pb::Definition,
+    context: &Path,
+    secret_specs: &[String],
+    mode: ProgressMode,
+    progress: &Progress,
+) -> Result<Vec<Sha256Digest>> {
+    let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
+    let display = std::sync::Arc::new(BuildDisplay::new(mode, progress.is_quiet()));
+    let reporter = display.clone();
+    let mut solver = Solver::new(store, context.to_path_buf(), machine, progress, secrets(secret_specs)?, reporter)?;
+    let layers = solver.solve(definition)?;
+    display.summary();
+    Ok(layers)
 }
 
 /// `FLEDGE_VMM` (qemu, cloud-hypervisor; default qemu), as `fledge run --vmm` reads it.

@@ -179,6 +179,10 @@ pub struct BuildArgs {
     /// a layer or a cache key
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
+    /// Build an LLB definition (a pb.Definition, as `fledge debug llb --format pb` writes it)
+    /// instead of a Dockerfile; its local source `context` is --context
+    #[arg(long, value_name = "FILE")]
+    pub llb: Option<PathBuf>,
     /// Dockerfile builds: also write the built image as an OCI image layout tarball (`-o`
     /// stays the artifact's path)
     #[arg(long, value_name = "FILE")]

@@ -13,6 +13,7 @@ use fledge_buildkit::{Daemon, Session};
 
 use crate::build::{Built, Request};
 use crate::build_progress::BuildDisplay;
+use crate::cli::ProgressMode;
 use crate::image::source::ImageSource;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
@@ -33,8 +34,6 @@ pub fn dockerfile(
     secrets: HashMap<String, std::path::PathBuf>,
     progress: &Progress,
 ) -> Result<Built> {
-    let store = Store::open(crate::dirs::state_dir().as_deref())?;
-    let output = tempfile::Builder::new().prefix("buildkit-").suffix(".tar").tempfile_in(store.root().join("tmp"))?;
     let dockerfile_dir =
         request.dockerfile.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let filename = request.dockerfile.file_name().context("the Dockerfile path names no file")?.to_string_lossy();
@@ -46,25 +45,59 @@ pub fn dockerfile(
         attrs.insert(format!("build-arg:{key}"), value.clone());
     }
     let exporter = control::Exporter { r#type: "oci".into(), attrs: BTreeMap::new() };
-    let solve = control::SolveRequest {
+    let solve_request = control::SolveRequest {
         frontend: "dockerfile.v0".into(),
         frontend_attrs: attrs,
         exporter_deprecated: exporter.r#type.clone(),
         exporters: vec![exporter],
         ..Default::default()
     };
+    let dirs = HashMap::from([
+        ("context".to_string(), std::path::absolute(request.context)?),
+        ("dockerfile".to_string(), std::path::absolute(dockerfile_dir)?),
+    ]);
+    solve(solve_request, dirs, secrets, request.progress, progress)
+}
+
+/// An LLB definition, solved by the daemon as it is; its local source `context` is `context`.
+pub fn definition(
+    definition: &fledge_llb::pb::Definition,
+    context: &std::path::Path,
+    secrets: HashMap<String, std::path::PathBuf>,
+    mode: ProgressMode,
+    progress: &Progress,
+) -> Result<Built> {
+    let exporter = control::Exporter { r#type: "oci".into(), attrs: BTreeMap::new() };
+    let solve_request = control::SolveRequest {
+        definition: Some(definition.clone()),
+        exporter_deprecated: exporter.r#type.clone(),
+        exporters: vec![exporter],
+        ..Default::default()
+    };
+    let dirs = HashMap::from([("context".to_string(), std::path::absolute(context)?)]);
+    solve(solve_request, dirs, secrets, mode, progress)
+}
+
+/// Runs `solve_request` on the daemon with `dirs` and `secrets` served, and imports the OCI
+/// image it exports into the store.
+fn solve(
+    solve_request: control::SolveRequest,
+    dirs: HashMap<String, std::path::PathBuf>,
+    secrets: HashMap<String, std::path::PathBuf>,
+    mode: ProgressMode,
+    progress: &Progress,
+) -> Result<Built> {
+    let store = Store::open(crate::dirs::state_dir().as_deref())?;
+    let output = tempfile::Builder::new().prefix("buildkit-").suffix(".tar").tempfile_in(store.root().join("tmp"))?;
     let session = Session {
-        dirs: HashMap::from([
-            ("context".to_string(), std::path::absolute(request.context)?),
-            ("dockerfile".to_string(), std::path::absolute(dockerfile_dir)?),
-        ]),
+        dirs,
         secrets,
         outputs: HashMap::from([("0".to_string(), output.path().to_path_buf())]),
         credentials: Some(Arc::new(|host: &str| {
             crate::image::auth::lookup(host).ok().flatten().map(|c| (c.username, c.password))
         })),
     };
-    let display = Arc::new(BuildDisplay::new(request.progress, progress.is_quiet()));
+    let display = Arc::new(BuildDisplay::new(mode, progress.is_quiet()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let address = address();
     runtime.block_on(async {
@@ -79,7 +112,7 @@ pub fn dockerfile(
                 steps.show(&update, shown.as_ref());
             }
         });
-        let solved = daemon.solve(solve, session, events).await;
+        let solved = daemon.solve(solve_request, session, events).await;
         let _ = forward.await;
         solved.map(|_| ()).map_err(anyhow::Error::from)
     })?;

@@ -180,3 +180,54 @@ fn dockerfile_builds_reach_every_output() {
     );
     assert!(!p.path("x.tar").exists());
 }
+
+/// `fledge build --llb`: the definition `fledge debug llb --format pb` writes builds into the
+/// same files as the Dockerfile itself; a file that is not a definition is a clear error.
+#[test]
+fn an_llb_definition_builds_like_its_dockerfile() {
+    let p = Project::new();
+    p.write("ctx/Dockerfile", "FROM scratch\nCOPY --chmod=0755 tool.sh /usr/bin/tool\nWORKDIR /srv\nCOPY data/ ./\n");
+    p.write("ctx/tool.sh", "#!/bin/sh\n");
+    p.write("ctx/data/a.txt", "a\n");
+    let fledge = || {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary());
+        cmd
+    };
+    let def = run(fledge().args(["debug", "llb", "--format", "pb", "ctx/Dockerfile"]));
+    assert_success(&def);
+    std::fs::write(p.path("app.pb"), &def.stdout).unwrap();
+    assert_success(&run(fledge().args(["build", "ctx/Dockerfile", "-o", "from-dockerfile.squashfs"])));
+    assert_success(&run(fledge().args(["build", "--llb", "app.pb", "--context", "ctx", "-o", "from-llb.squashfs"])));
+    let listing = |image: &str| {
+        let out = run(Command::new("unsquashfs").arg("-lln").arg(p.path(image)));
+        // mode, owner, size and path: not the date and time columns
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                [0, 1, 2, 5].iter().filter_map(|&i| f.get(i).copied()).collect::<Vec<_>>().join(" ")
+            })
+            .collect::<Vec<_>>()
+    };
+    let from_llb = listing("from-llb.squashfs");
+    assert_eq!(listing("from-dockerfile.squashfs"), from_llb);
+    assert!(
+        from_llb.iter().any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("squashfs-root/usr/bin/tool")),
+        "{from_llb:?}"
+    );
+    assert!(from_llb.iter().any(|l| l.ends_with("squashfs-root/srv/a.txt")), "{from_llb:?}");
+
+    p.write("bad.pb", "not protobuf at all, surely");
+    let out = run(fledge().args(["build", "--llb", "bad.pb", "-o", "bad.squashfs"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("bad.pb is not an LLB definition")
+            && stderr(&out).contains("fledge debug llb --format pb"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(fledge().args(["build", "--llb", "app.pb", "ctx/Dockerfile"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--llb builds a definition as it is"), "{}", stderr(&out));
+}

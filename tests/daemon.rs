@@ -65,6 +65,7 @@ fn buildkitd(registry: &str) -> Option<Buildkitd> {
         .arg(dir.path().join("root"))
         .arg("--config")
         .arg(dir.path().join("buildkitd.toml"))
+        .args(["--allow-insecure-entitlement", "security.insecure", "--allow-insecure-entitlement", "network.host"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("buildkitd.log")).unwrap())
         .spawn()
@@ -84,8 +85,9 @@ fn buildkitd(registry: &str) -> Option<Buildkitd> {
 
 /// `unsquashfs -lln` of an image: one "mode owner size path" line per entry, sorted; a
 /// directory's size (which squashfs derives from its entries) is left out. BuildKit's runc
-/// executor leaves empty `/proc` and `/sys` mount points in every RUN step's layer; those two,
-/// when empty, are left out too (the one known difference between the engines, documented).
+/// executor leaves empty `/dev`, `/proc` and `/sys` mount points in every RUN step's layer;
+/// those, when empty, are left out too (the one known difference between the engines,
+/// documented).
 fn listing(image: &std::path::Path) -> Vec<String> {
     let out = run(Command::new("unsquashfs").arg("-lln").arg(image));
     assert_success(&out);
@@ -96,7 +98,7 @@ fn listing(image: &std::path::Path) -> Vec<String> {
             // mode, uid/gid, size (or device numbers), then date, time, path
             let path = f.get(5)?.strip_prefix("squashfs-root")?;
             let is_dir = f[0].starts_with('d');
-            if is_dir && (path == "/proc" || path == "/sys") && f[2] == "3" {
+            if is_dir && ["/dev", "/proc", "/sys"].contains(&path) && f[2] == "3" {
                 return None;
             }
             let size = if is_dir { "-" } else { f[2] };
@@ -198,4 +200,154 @@ fn daemon_mode_errors_say_what_to_do() {
     let out = run(cmd.env("FLEDGE_BUILDKIT_MODE", "remote").args(["build", "Dockerfile", "-o", "out.squashfs"]));
     assert!(stderr(&out).contains("FLEDGE_BUILDKIT_MODE=remote: expected embedded or daemon"), "{}", stderr(&out));
     assert!(!p.path("out.squashfs").exists(), "no artifact");
+}
+
+/// A BusyBox image with every applet linked in /bin, the base the golden Dockerfiles' images
+/// are mapped to.
+fn busybox_image(registry: &registry::Registry, p: &Project) -> String {
+    let bb = std::fs::read(busybox()).unwrap();
+    let list = run(Command::new(busybox()).arg("--list"));
+    let applets: Vec<String> = String::from_utf8_lossy(&list.stdout).lines().map(|a| format!("bin/{a}")).collect();
+    let mut entries = vec![oci::Entry::Dir("bin", 0o755), oci::Entry::File("bin/busybox", 0o755, &bb)];
+    entries.extend(applets.iter().filter(|a| *a != "bin/busybox").map(|a| oci::Entry::Symlink(a, "busybox")));
+    entries.extend([oci::Entry::Dir("tmp", 0o1777), oci::Entry::Dir("etc", 0o755), oci::Entry::Dir("srv", 0o755)]);
+    let layout = p.path("busybox-layout");
+    let manifest = oci::add_image(
+        &layout,
+        "amd64",
+        &[oci::tar_layer(&entries)],
+        serde_json::json!({"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]}),
+    );
+    oci::finish_layout(&layout, "v1", vec![manifest]);
+    registry.push(&layout, "v1", "fledge/golden-busybox", false);
+    format!("{}/fledge/golden-busybox:v1", registry.host)
+}
+
+/// Every golden Dockerfile of the frontend (its base images mapped to a real BusyBox image in
+/// the local registry): the definition `fledge debug llb --format pb` writes is accepted by a
+/// real `buildctl build` on stdin, and where both engines build it, the results have the same
+/// files. Runs when buildkitd and buildctl are available (`FLEDGE_TEST_BUILDCTL` or PATH).
+#[test]
+fn buildctl_accepts_fledges_definitions_and_builds_what_embedded_mode_builds() {
+    let Some(registry) = registry::start() else { return };
+    let Some(daemon) = buildkitd(&registry.host) else { return };
+    let buildctl =
+        std::env::var_os("FLEDGE_TEST_BUILDCTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("buildctl"));
+    if Command::new(&buildctl).arg("--version").output().is_err() {
+        eprintln!("skipping: no buildctl (put one on PATH or set FLEDGE_TEST_BUILDCTL)");
+        return;
+    }
+    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set");
+        return;
+    };
+    let p = Project::new();
+    let base = busybox_image(&registry, &p);
+    let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llb/tests/buildkit-golden");
+    let fledge = || {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary())
+            .env("FLEDGE_KERNEL_VMLINUX", state.join("kernel/vmlinux"))
+            .env("FLEDGE_ACCEL", "tcg");
+        cmd
+    };
+    let (mut compared, mut neither) = (Vec::new(), Vec::new());
+    std::fs::create_dir_all(p.path("cases")).unwrap();
+    let mut cases: Vec<_> =
+        std::fs::read_dir(&golden).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    cases.sort();
+    for case in cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let dir = p.path(&format!("cases/{name}"));
+        assert_success(&run(Command::new("cp").arg("-r").arg(&case).arg(&dir)));
+        let dockerfile = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+        if dockerfile.contains("example.com/") {
+            neither.push(format!(
+                "{name}: it needs example.com (a git or URL source, or an ONBUILD base only images.json has)"
+            ));
+            continue;
+        }
+        let mapped =
+            dockerfile.replace("busybox:1.36", &base).replace("debian:12-slim", &base).replace("alpine:3.20", &base);
+        std::fs::write(dir.join("Dockerfile"), mapped).unwrap();
+        let mut llb = fledge();
+        llb.args(["debug", "llb", "--format", "pb"]).arg(dir.join("Dockerfile"));
+        if let Ok(target) = std::fs::read_to_string(dir.join("target")) {
+            llb.args(["--target", target.trim()]);
+        }
+        for arg in std::fs::read_to_string(dir.join("build-args")).unwrap_or_default().lines() {
+            llb.args(["--build-arg", arg]);
+        }
+        let def = run(&mut llb);
+        if !def.status.success() {
+            // A base named through ARGs is not mapped, and the machine has no Docker Hub.
+            neither
+                .push(format!("{name}: {}", stderr(&def).lines().find(|l| l.starts_with("error")).unwrap_or_default()));
+            continue;
+        }
+        std::fs::write(dir.join("def.pb"), &def.stdout).unwrap();
+
+        let mut ctl = Command::new(&buildctl);
+        ctl.arg("--addr").arg(daemon.socket()).args(["build", "--progress", "plain"]);
+        ctl.args(["--allow", "security.insecure", "--allow", "network.host"]);
+        ctl.arg("--local")
+            .arg(format!("context={}", dir.display()))
+            .arg("--local")
+            .arg(format!("dockerfile={}", dir.display()));
+        ctl.arg("--output").arg(format!("type=oci,dest={}", dir.join("daemon.tar").display()));
+        let by_daemon = pipe_through(&mut ctl, &def.stdout);
+        let rejected = String::from_utf8_lossy(&by_daemon.stderr).into_owned();
+        assert!(
+            !rejected.contains("failed to parse") && !rejected.contains("invalid definition"),
+            "{name}: buildctl rejected the definition: {rejected}"
+        );
+        let embedded = run(fledge()
+            .arg("build")
+            .arg("--llb")
+            .arg(dir.join("def.pb"))
+            .arg("--context")
+            .arg(&dir)
+            .arg("-o")
+            .arg(dir.join("embedded.squashfs")));
+        match (by_daemon.status.success(), embedded.status.success()) {
+            (true, true) => {}
+            (false, false) => {
+                neither.push(format!(
+                    "{name}: neither engine builds it here ({})",
+                    stderr(&embedded).lines().last().unwrap_or_default()
+                ));
+                continue;
+            }
+            (daemon_ok, _) => panic!(
+                "{name}: only {} built it:\n{rejected}\n{}",
+                if daemon_ok { "buildkitd" } else { "the embedded engine" },
+                stderr(&embedded)
+            ),
+        }
+        p.write(
+            &format!("cases/{name}/fledge.toml"),
+            &format!(
+                "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"oci-layout:{}\"\n",
+                dir.join("daemon.tar").display()
+            ),
+        );
+        let packed = run(fledge()
+            .arg("build")
+            .arg("-c")
+            .arg(dir.join("fledge.toml"))
+            .arg("-o")
+            .arg(dir.join("daemon.squashfs")));
+        assert_success(&packed);
+        let (by_daemon, embedded) = (listing(&dir.join("daemon.squashfs")), listing(&dir.join("embedded.squashfs")));
+        let only = |a: &[String], b: &[String]| a.iter().filter(|l| !b.contains(l)).cloned().collect::<Vec<_>>();
+        assert!(
+            by_daemon == embedded,
+            "{name}: only from the daemon {:?}, only embedded {:?}",
+            only(&by_daemon, &embedded),
+            only(&embedded, &by_daemon)
+        );
+        compared.push(name);
+    }
+    eprintln!("compared: {compared:?}\nnot built by either engine: {neither:#?}");
+    assert!(compared.len() >= 10, "most golden Dockerfiles build on both engines: {compared:?} {neither:#?}");
 }

@@ -8,7 +8,7 @@
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use fledge_llb::patterns::{Excludes, glob_match};
+use fledge_llb::patterns::{Excludes, Includes};
 
 use crate::pb::fsutil_types::{Packet, Stat, packet::PacketType};
 
@@ -33,34 +33,21 @@ pub struct Entry {
 
 /// Which entries of a directory are sent.
 pub struct Filter {
-    includes: Vec<String>,
+    includes: Includes,
     excludes: Excludes,
 }
 
 impl Filter {
     pub fn new(includes: Vec<String>, excludes: &[String]) -> Self {
-        let includes = includes.into_iter().map(|p| p.trim_start_matches("./").trim_matches('/').to_string()).collect();
-        Filter { includes, excludes: Excludes::new(excludes) }
+        Filter { includes: Includes::new(&includes), excludes: Excludes::new(excludes) }
     }
 
-    /// Whether `path` is included: no include patterns, or one matches it or a parent of it.
     fn included(&self, path: &str) -> bool {
-        self.includes.is_empty()
-            || self.includes.iter().any(|pattern| {
-                let (pattern, parts): (Vec<&str>, Vec<&str>) =
-                    (pattern.split('/').collect(), path.split('/').collect());
-                pattern.len() <= parts.len() && pattern.iter().zip(&parts).all(|(p, n)| glob_match(p, n))
-            })
+        self.includes.includes(path)
     }
 
-    /// Whether the walk must look inside directory `path` (an include pattern may match below).
     fn may_include_below(&self, path: &str) -> bool {
-        self.includes.is_empty()
-            || self.includes.iter().any(|pattern| {
-                let pattern: Vec<&str> = pattern.split('/').collect();
-                let parts: Vec<&str> = path.split('/').collect();
-                pattern.len() > parts.len() && pattern.iter().zip(&parts).all(|(p, n)| glob_match(p, n))
-            })
+        self.includes.may_include_below(path)
     }
 }
 

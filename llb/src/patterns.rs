@@ -70,6 +70,48 @@ impl Excludes {
     }
 }
 
+/// Include patterns (`COPY --parents`, fsutil's include filter): a path is included when a
+/// pattern matches it or one of its parents; a directory is walked when a pattern may match
+/// below it.
+pub struct Includes(Vec<Vec<String>>);
+
+impl Includes {
+    pub fn new(patterns: &[String]) -> Self {
+        Includes(
+            patterns
+                .iter()
+                .map(|p| p.trim_start_matches("./").trim_matches('/').split('/').map(String::from).collect())
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether the relative `path` is included (always, without patterns).
+    pub fn includes(&self, path: &str) -> bool {
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        self.is_empty() || self.0.iter().any(|pattern| (1..=parts.len()).any(|n| matches_path(pattern, &parts[..n])))
+    }
+
+    /// Whether a pattern may match something below the directory `dir`.
+    pub fn may_include_below(&self, dir: &str) -> bool {
+        let parts: Vec<&str> = dir.split('/').filter(|p| !p.is_empty()).collect();
+        self.is_empty() || self.0.iter().any(|pattern| prefix_matches(pattern, &parts))
+    }
+}
+
+/// Whether `parts` can be the start of a path `pattern` matches.
+fn prefix_matches(pattern: &[String], parts: &[&str]) -> bool {
+    match (pattern.first().map(String::as_str), parts.first()) {
+        (_, None) => true,
+        (None, Some(_)) => false,
+        (Some("**"), _) => true,
+        (Some(p), Some(part)) => glob_match(p, part) && prefix_matches(&pattern[1..], &parts[1..]),
+    }
+}
+
 fn matches_path(pattern: &[String], parts: &[&str]) -> bool {
     match pattern.first().map(String::as_str) {
         None => parts.is_empty(),
@@ -81,6 +123,16 @@ fn matches_path(pattern: &[String], parts: &[&str]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn includes_cover_matches_their_subtrees_and_the_way_to_them() {
+        let i = Includes::new(&["app/lib/m.py".into(), "docs/*.md".into(), "deep/**/x".into()]);
+        assert!(i.includes("app/lib/m.py") && i.includes("docs/r.md") && i.includes("deep/a/b/x"));
+        assert!(!i.includes("app/lib/n.py") && !i.includes("docs/r.txt") && !i.includes("app"));
+        assert!(i.may_include_below("app") && i.may_include_below("app/lib") && i.may_include_below("deep/a"));
+        assert!(!i.may_include_below("other") && !i.may_include_below("app/bin"));
+        assert!(Includes::new(&[]).includes("anything"));
+    }
 
     #[test]
     fn globs_match_like_go() {

@@ -28,6 +28,9 @@ use crate::{agent, btrfs, busybox, compress, dirs, erofs, ext4, mappings, squash
 pub const DEFAULT_EPOCH: u32 = 1_704_067_200;
 
 pub fn run(args: &BuildArgs, progress: &Progress) -> Result<()> {
+    if let Some(llb) = &args.llb {
+        return llb_mode(args, llb, progress);
+    }
     match dockerfile(args)? {
         Some(dockerfile) => dockerfile_mode(args, &dockerfile, progress),
         None => config_mode(args, progress),
@@ -86,15 +89,51 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
         progress: args.progress,
     };
     let built = crate::build::dockerfile(&request, progress)?;
-    let name = context_name(&context);
-    export_oci(args, &built, &name, progress)?;
+    pack_direct(args, built, dockerfile, &context_name(&context), progress)
+}
+
+/// `fledge build --llb FILE`: an LLB definition (a `pb.Definition` in protobuf form, as
+/// `fledge debug llb --format pb` and BuildKit's clients write it), built as it is; its local
+/// source `context` is `--context` (default: the current directory).
+fn llb_mode(args: &BuildArgs, llb: &Path, progress: &Progress) -> Result<()> {
+    if dockerfile(args)?.is_some() || args.config.is_some() || args.target.is_some() || !args.build_args.is_empty() {
+        bail!(
+            "--llb builds a definition as it is: it takes no Dockerfile, --config, --target or --build-arg\n  = help: those belong to `fledge debug llb`, which writes the definition"
+        );
+    }
+    let bytes = std::fs::read(llb).with_context(|| format!("cannot read {}", llb.display()))?;
+    let definition = <fledge_llb::pb::Definition as prost::Message>::decode(&bytes[..]).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not an LLB definition ({e})\n  = help: write one with `fledge debug llb --format pb Dockerfile > FILE`",
+            llb.display()
+        )
+    })?;
+    let context = args.context.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !context.is_dir() {
+        bail!("build context {} is not a directory", context.display());
+    }
+    let built = crate::build::definition(&definition, &context, &args.secrets, args.progress, progress)?;
+    let stem = llb.file_stem().map(|s| output::sanitize(&s.to_string_lossy())).filter(|s| !s.is_empty());
+    pack_direct(args, built, llb, &stem.unwrap_or_else(|| "plugin".into()), progress)
+}
+
+/// Packs what a direct build (a Dockerfile or LLB) made, as the original's synthetic config
+/// says, named `name`; a finished artifact with the same inputs is not packed again.
+fn pack_direct(
+    args: &BuildArgs,
+    built: crate::build::Built,
+    source: &Path,
+    name: &str,
+    progress: &Progress,
+) -> Result<()> {
+    export_oci(args, &built, name, progress)?;
     let work = tempfile::Builder::new().prefix("fledge-direct-").tempdir()?;
     let strategy = if args.output_initramfs { Strategy::Initramfs } else { Strategy::OciRootfs };
-    let (config, template) = synthetic_config(work.path(), dockerfile, &name, strategy)?;
+    let (config, template) = synthetic_config(work.path(), source, name, strategy)?;
     let format = args.manifest_format.unwrap_or_default();
     let artifact = match config.filesystem.kind {
-        Some(kind) => rootfs_artifact_path(args, &name, kind),
-        None => initramfs_artifact_path(args, &config, &name),
+        Some(kind) => rootfs_artifact_path(args, name, kind),
+        None => initramfs_artifact_path(args, &config, name),
     };
     let store = Store::open(dirs::state_dir().as_deref())?;
     let key = artifact_key(&built, &config, format, &artifact)?;
@@ -103,7 +142,7 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
         return Ok(());
     }
     drop(store);
-    let base = Base::Built { layers: built.layers, config: built.config, name };
+    let base = Base::Built { layers: built.layers, config: built.config, name: name.to_string() };
     match strategy {
         Strategy::OciRootfs => build_rootfs(args, &config, template, format, &base, progress)?,
         Strategy::Initramfs => build_initramfs(args, &config, &template, format, Some(&base), progress)?,
@@ -187,6 +226,7 @@ fn context_name(context: &Path) -> String {
 
 /// The configuration a direct build uses, as the original Fledge synthesises it: a squashfs
 /// rootfs with the defaults and the released agent, and a manifest named after the context.
+/// `source` (the Dockerfile or LLB file) is named as its `[source] dockerfile`.
 /// It is written as files and loaded, so it gets exactly the validation and defaults of a
 /// user's own fledge.toml and manifest.toml.
 fn synthetic_config(

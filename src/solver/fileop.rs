@@ -18,6 +18,7 @@ use crate::image::flatten::{ImageLayers, flatten};
 use crate::paths::ImagePath;
 use crate::rootfs::{Attrs, FileData, Node, Tree};
 use crate::store::Store;
+use fledge_llb::patterns::Includes;
 
 /// Builds the op's layer and returns the new filesystem.
 pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value]) -> Result<Value> {
@@ -105,6 +106,20 @@ fn is_archive(path: &Path) -> Result<bool> {
     Ok(first == Some(true))
 }
 
+/// What a copy from the context walks with.
+struct ContextWalk<'w> {
+    context_dir: &'w Path,
+    /// The copy's source, which its include and exclude patterns are relative to.
+    root: &'w Path,
+    /// `.dockerignore` (relative to the context).
+    ignored: Excludes,
+    /// `--exclude` (relative to the source).
+    excludes: Excludes,
+    includes: Includes,
+    copy: &'w pb::FileActionCopy,
+    attrs: &'w Option<Attrs>,
+}
+
 /// A whiteout: the OCI layer entry that removes `path` from the layers below.
 fn whiteout(path: &ImagePath) -> Option<ImagePath> {
     let name = path.components().last()?;
@@ -127,36 +142,30 @@ fn image_path(path: &str) -> Result<ImagePath> {
 }
 
 impl Layer<'_> {
-    /// The owner a `--chown` names. Like BuildKit: a user alone gives the user's group too
-    /// (its primary group when named, the same number when numeric). Unlike BuildKit, a
-    /// name the image does not know is an error rather than root.
+    /// The owner a `--chown` names, as BuildKit resolves it: a user alone gives the user's
+    /// group too (its primary group when named, the same number when numeric), and a name the
+    /// image does not know is root, with a warning (so both engines build the same files).
     fn owner(&self, chown: &Option<pb::ChownOpt>) -> Result<Option<Attrs>> {
         let Some(chown) = chown else { return Ok(None) };
+        let unknown = |what: &str, name: &str, file: &str| {
+            tracing::warn!("{what} {name:?} is not in the image's /etc/{file}: root (0) is used, as BuildKit does");
+        };
         let (mut uid, mut gid) = (0, 0);
         match chown.user.as_ref().and_then(|o| o.user.as_ref()) {
             None => {}
             Some(pb::user_opt::User::ById(id)) => (uid, gid) = (*id, *id),
-            Some(pb::user_opt::User::ByName(named)) => {
-                let (id, group) = lookup_id(&self.read_etc("passwd")?, &named.name).with_context(|| {
-                    format!(
-                        "user {:?} is not in the image's /etc/passwd: create it first, or give a numeric id",
-                        named.name
-                    )
-                })?;
-                (uid, gid) = (id, group.unwrap_or(id));
-            }
+            Some(pb::user_opt::User::ByName(named)) => match lookup_id(&self.read_etc("passwd")?, &named.name) {
+                Some((id, group)) => (uid, gid) = (id, group.unwrap_or(id)),
+                None => unknown("user", &named.name, "passwd"),
+            },
         }
         match chown.group.as_ref().and_then(|o| o.user.as_ref()) {
             None => {}
             Some(pb::user_opt::User::ById(id)) => gid = *id,
-            Some(pb::user_opt::User::ByName(named)) => {
-                (gid, _) = lookup_id(&self.read_etc("group")?, &named.name).with_context(|| {
-                    format!(
-                        "group {:?} is not in the image's /etc/group: create it first, or give a numeric id",
-                        named.name
-                    )
-                })?;
-            }
+            Some(pb::user_opt::User::ByName(named)) => match lookup_id(&self.read_etc("group")?, &named.name) {
+                Some((id, _)) => gid = id,
+                None => unknown("group", &named.name, "group"),
+            },
         }
         Ok(Some(Attrs { uid, gid, xattrs: Vec::new() }))
     }
@@ -306,9 +315,12 @@ impl Layer<'_> {
     }
 
     fn copy_from_context(&mut self, context_dir: &Path, excludes: &[String], copy: &pb::FileActionCopy) -> Result<()> {
-        let mut patterns = excludes.to_vec();
-        patterns.extend(copy.exclude_patterns.iter().cloned());
-        let excludes = Excludes::new(&patterns);
+        let copy_excludes = Excludes::new(&copy.exclude_patterns);
+        for required in &copy.required_paths {
+            if context_dir.join(required.trim_start_matches('/')).symlink_metadata().is_err() {
+                bail!("\"{}\" not found in the build context", required.trim_start_matches('/'));
+            }
+        }
         let sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
         let several = sources.len() > 1 || copy.src.contains(['*', '?', '[']);
         let attrs = self.owner(&copy.owner)?;
@@ -326,7 +338,18 @@ impl Layer<'_> {
                     self.destination(&copy.dest, &name, several)?
                 };
                 self.put(&dest, Node::Dir { mode: Self::mode(copy, meta.mode(), true)? }, attrs.clone())?;
-                self.copy_dir(context_dir, &source, &dest, &excludes, copy, &attrs)?;
+                let walk = ContextWalk {
+                    context_dir,
+                    root: &source,
+                    ignored: Excludes::new(excludes),
+                    excludes: Excludes::new(&copy.exclude_patterns),
+                    includes: Includes::new(&copy.include_patterns),
+                    copy,
+                    attrs: &attrs,
+                };
+                self.copy_dir(&walk, &source, &dest)?;
+            } else if copy_excludes.excludes(&name) {
+                continue;
             } else if copy.attempt_unpack_docker_compatibility && meta.is_file() && is_archive(&full)? {
                 let dest = self.resolve(&image_path(&copy.dest)?)?;
                 self.unpack(&full, &dest, &attrs)?;
@@ -338,29 +361,31 @@ impl Layer<'_> {
         Ok(())
     }
 
-    fn copy_dir(
-        &mut self,
-        context_dir: &Path,
-        dir: &Path,
-        dest: &ImagePath,
-        excludes: &Excludes,
-        copy: &pb::FileActionCopy,
-        attrs: &Option<Attrs>,
-    ) -> Result<()> {
-        let mut children: Vec<_> = std::fs::read_dir(context_dir.join(dir))?.collect::<Result<_, _>>()?;
+    /// Copies the context directory `dir` into `dest`, minus what the walk's patterns leave
+    /// out (include patterns are relative to the copy's source, as `COPY --parents` makes them).
+    fn copy_dir(&mut self, walk: &ContextWalk<'_>, dir: &Path, dest: &ImagePath) -> Result<()> {
+        let mut children: Vec<_> = std::fs::read_dir(walk.context_dir.join(dir))?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for child in children {
             let relative = dir.join(child.file_name());
-            if excludes.excludes(&relative.to_string_lossy()) {
+            let below_root = relative.strip_prefix(walk.root).unwrap_or(&relative).to_string_lossy().into_owned();
+            if walk.ignored.excludes(&relative.to_string_lossy()) || walk.excludes.excludes(&below_root) {
                 continue;
             }
+            let included = walk.includes.includes(&below_root);
             let target = dest.join(&child.file_name().to_string_lossy());
             let meta = child.path().symlink_metadata()?;
-            if meta.is_dir() {
-                self.put(&target, Node::Dir { mode: Self::mode(copy, meta.mode(), true)? }, attrs.clone())?;
-                self.copy_dir(context_dir, &relative, &target, excludes, copy, attrs)?;
-            } else {
-                self.copy_entry(&child.path(), &meta, &target, copy, attrs)?;
+            if meta.is_dir() && (included || walk.includes.may_include_below(&below_root)) {
+                if included {
+                    self.put(
+                        &target,
+                        Node::Dir { mode: Self::mode(walk.copy, meta.mode(), true)? },
+                        walk.attrs.clone(),
+                    )?;
+                }
+                self.copy_dir(walk, &relative, &target)?;
+            } else if !meta.is_dir() && included {
+                self.copy_entry(&child.path(), &meta, &target, walk.copy, walk.attrs)?;
             }
         }
         Ok(())

@@ -134,6 +134,15 @@ fn base_image(store: &Store, layers: &[Sha256Digest]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Overlay's `lowerdir` order (top first) for layer directories given bottom first. A layer
+/// can recur in a stack (two steps that made the same change); overlayfs refuses a directory
+/// twice, and only the topmost occurrence matters (it applies all of its changes again over
+/// whatever came between), so the others are dropped.
+fn overlay_lowers(bottom_first: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    bottom_first.into_iter().rev().filter(|dir| seen.insert(dir.clone())).collect()
+}
+
 pub struct Guest {
     vm: BuildVm,
     /// Whether steps can have a network (QEMU's user-mode networking).
@@ -328,7 +337,7 @@ impl Guest {
         for layer in layers {
             lower.push(self.ensure(store, layer).await?);
         }
-        lower.reverse();
+        let lower = overlay_lowers(lower);
         let id = self.next;
         self.next += 1;
         let dir = format!("{WORK}/b{id}");
@@ -387,7 +396,7 @@ impl Guest {
         for layer in rest {
             lower.push(self.ensure(store, layer).await?);
         }
-        lower.reverse();
+        let mut lower = overlay_lowers(lower);
         if lower.is_empty() {
             lower.push(format!("{WORK}/empty"));
         }
@@ -427,5 +436,14 @@ impl Guest {
         // The upper is this layer in overlay form already: later steps stack on it.
         self.layers.insert(digest, upper);
         Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_recurring_layer_keeps_only_its_topmost_place() {
+        let dirs = ["base", "a", "b", "a", "c", "c"].map(String::from).to_vec();
+        assert_eq!(super::overlay_lowers(dirs), ["c", "a", "b", "base"]);
     }
 }
