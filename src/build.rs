@@ -33,7 +33,27 @@ pub struct Request<'a> {
     pub build_args: BTreeMap<String, String>,
     /// `--secret` specifications (`id=ID,src=PATH`).
     pub secrets: &'a [String],
+    pub cache: CacheFlags<'a>,
     pub progress: ProgressMode,
+}
+
+/// `--cache-to` and `--cache-from` (buildctl's `type=registry,ref=...` forms).
+#[derive(Clone, Copy, Default)]
+pub struct CacheFlags<'a> {
+    pub to: &'a [String],
+    pub from: &'a [String],
+}
+
+impl CacheFlags<'_> {
+    /// The flags are for a daemon's cache; the embedded engine keeps its own in the store.
+    fn refuse_embedded(&self) -> Result<()> {
+        if !self.to.is_empty() || !self.from.is_empty() {
+            bail!(
+                "--cache-to and --cache-from are passed to buildkitd: build with FLEDGE_BUILDKIT_MODE=daemon\n  = help: the embedded engine caches every step in its store ($FLEDGE_STATE_DIR); sharing that cache through a registry is not there yet"
+            );
+        }
+        Ok(())
+    }
 }
 
 pub struct Built {
@@ -60,6 +80,7 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         dockerfile::load(request.dockerfile)?;
         return crate::daemon_build::dockerfile(request, secrets(request.secrets)?, progress);
     }
+    request.cache.refuse_embedded()?;
     let path = request.dockerfile;
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
@@ -91,12 +112,14 @@ pub fn definition(
     definition: &pb::Definition,
     context: &Path,
     secret_specs: &[String],
+    cache: CacheFlags,
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Built> {
     if daemon_mode()? {
-        return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, mode, progress);
+        return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, cache, mode, progress);
     }
+    cache.refuse_embedded()?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
     let layers = solve(&store, definition, context, secret_specs, mode, progress)?;
     let host = crate::image::spec::Platform::host();

@@ -179,6 +179,13 @@ pub struct BuildArgs {
     /// a layer or a cache key
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
+    /// Dockerfile builds on a daemon: export the build cache (`type=registry,ref=REF`, as
+    /// buildctl's --export-cache; repeatable)
+    #[arg(long = "cache-to", value_name = "type=TYPE,KEY=VALUE,...")]
+    pub cache_to: Vec<String>,
+    /// Dockerfile builds on a daemon: import a build cache (`type=registry,ref=REF`; repeatable)
+    #[arg(long = "cache-from", value_name = "type=TYPE,KEY=VALUE,...")]
+    pub cache_from: Vec<String>,
     /// Build an LLB definition (a pb.Definition, as `fledge debug llb --format pb` writes it)
     /// instead of a Dockerfile; its local source `context` is --context
     #[arg(long, value_name = "FILE")]

@@ -7,11 +7,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use fledge_buildkit::pb::control;
 use fledge_buildkit::{Daemon, Session};
 
-use crate::build::{Built, Request};
+use crate::build::{Built, CacheFlags, Request};
 use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
 use crate::image::source::ImageSource;
@@ -50,6 +50,7 @@ pub fn dockerfile(
         frontend_attrs: attrs,
         exporter_deprecated: exporter.r#type.clone(),
         exporters: vec![exporter],
+        cache: Some(cache_options(request.cache)?),
         ..Default::default()
     };
     let dirs = HashMap::from([
@@ -64,6 +65,7 @@ pub fn definition(
     definition: &fledge_llb::pb::Definition,
     context: &std::path::Path,
     secrets: HashMap<String, std::path::PathBuf>,
+    cache: CacheFlags,
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Built> {
@@ -72,6 +74,7 @@ pub fn definition(
         definition: Some(definition.clone()),
         exporter_deprecated: exporter.r#type.clone(),
         exporters: vec![exporter],
+        cache: Some(cache_options(cache)?),
         ..Default::default()
     };
     let dirs = HashMap::from([("context".to_string(), std::path::absolute(context)?)]);
@@ -125,6 +128,36 @@ fn solve(
     let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
     let config_json = serde_json::from_slice(&store.read_blob(&config_digest)?)?;
     Ok(Built { layers, config: image.config, image: config_json })
+}
+
+/// `--cache-to`/`--cache-from` as the daemon's cache options: `type=registry,ref=REF,...`
+/// becomes an entry of that type with the other keys as its attributes.
+fn cache_options(cache: CacheFlags) -> Result<control::CacheOptions> {
+    let entries = |specs: &[String], flag: &str| -> Result<Vec<control::CacheOptionsEntry>> {
+        specs
+            .iter()
+            .map(|spec| {
+                let mut entry = control::CacheOptionsEntry::default();
+                for field in spec.split(',') {
+                    match field.split_once('=') {
+                        Some(("type", kind)) => entry.r#type = kind.to_string(),
+                        Some((key, value)) => {
+                            entry.attrs.insert(key.to_string(), value.to_string());
+                        }
+                        None => bail!("{flag} {spec}: expected KEY=VALUE fields, e.g. type=registry,ref=registry.example/app:cache"),
+                    }
+                }
+                if entry.r#type.is_empty() {
+                    bail!("{flag} {spec}: no type= given (e.g. type=registry,ref=...)");
+                }
+                Ok(entry)
+            })
+            .collect()
+    };
+    Ok(control::CacheOptions {
+        exports: entries(cache.to, "--cache-to")?,
+        imports: entries(cache.from, "--cache-from")?,
+    })
 }
 
 /// The daemon's status updates as steps: a vertex is reported when it starts and when it

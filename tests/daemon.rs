@@ -168,6 +168,29 @@ fn daemon_and_embedded_builds_give_the_same_files() {
     }
     let built = run(Command::new("unsquashfs").arg("-cat").arg(p.path("daemon.squashfs")).arg("/app/built.txt"));
     assert_eq!(String::from_utf8_lossy(&built.stdout), "input\ns3cret\nspicy\n");
+
+    // --cache-to reaches the daemon: its cache lands in the registry.
+    let cache = format!("{}/fledge/daemon-cache:1", registry.host);
+    let mut cmd = p.fledge();
+    cmd.env("FLEDGE_AGENT", agent_binary())
+        .env("FLEDGE_BUILDKIT_MODE", "daemon")
+        .env("FLEDGE_BUILDKIT_ADDR", daemon.socket())
+        .args([
+            "build",
+            "app/Dockerfile",
+            "--target",
+            "final",
+            "--secret",
+            "id=token,src=token",
+            "-o",
+            "cached.squashfs",
+        ])
+        .arg("--cache-to")
+        .arg(format!("type=registry,ref={cache},registry.insecure=true,mode=max"));
+    assert_success(&run(&mut cmd));
+    let inspect =
+        run(Command::new("skopeo").args(["inspect", "--raw", "--tls-verify=false"]).arg(format!("docker://{cache}")));
+    assert_success(&inspect);
 }
 
 #[test]
@@ -199,6 +222,10 @@ fn daemon_mode_errors_say_what_to_do() {
     let mut cmd = p.fledge();
     let out = run(cmd.env("FLEDGE_BUILDKIT_MODE", "remote").args(["build", "Dockerfile", "-o", "out.squashfs"]));
     assert!(stderr(&out).contains("FLEDGE_BUILDKIT_MODE=remote: expected embedded or daemon"), "{}", stderr(&out));
+    let out =
+        run(p.fledge().args(["build", "Dockerfile", "--cache-to", "type=registry,ref=x/y:z", "-o", "out.squashfs"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--cache-to and --cache-from are passed to buildkitd"), "{}", stderr(&out));
     assert!(!p.path("out.squashfs").exists(), "no artifact");
 }
 
@@ -350,4 +377,31 @@ fn buildctl_accepts_fledges_definitions_and_builds_what_embedded_mode_builds() {
     }
     eprintln!("compared: {compared:?}\nnot built by either engine: {neither:#?}");
     assert!(compared.len() >= 10, "most golden Dockerfiles build on both engines: {compared:?} {neither:#?}");
+}
+
+/// buildkitd dies mid-build: a clear error, exit 1, and no artifact.
+#[test]
+fn a_daemon_that_dies_mid_build_leaves_no_artifact() {
+    let Some(registry) = registry::start() else { return };
+    let Some(mut daemon) = buildkitd(&registry.host) else { return };
+    let builder = Project::new();
+    let image = layered_test_image(&registry, &builder, "fledge/daemon-dies");
+    let p = Project::new();
+    p.write("Dockerfile", &format!("FROM {image}\nRUN [\"/bin/busybox\", \"sleep\", \"60\"]\n"));
+    let mut cmd = p.fledge();
+    cmd.env("FLEDGE_AGENT", agent_binary())
+        .env("FLEDGE_BUILDKIT_MODE", "daemon")
+        .env("FLEDGE_BUILDKIT_ADDR", daemon.socket())
+        .args(["build", "Dockerfile", "--progress", "plain", "-o", "app.squashfs"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let _ = daemon.child.kill();
+    let _ = daemon.child.wait();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains("buildkitd") || text.contains("session"), "{text}");
+    assert!(!p.path("app.squashfs").exists(), "no artifact");
 }

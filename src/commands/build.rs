@@ -86,6 +86,7 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
         target: args.target.clone(),
         build_args,
         secrets: &args.secrets,
+        cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
         progress: args.progress,
     };
     let built = crate::build::dockerfile(&request, progress)?;
@@ -112,7 +113,8 @@ fn llb_mode(args: &BuildArgs, llb: &Path, progress: &Progress) -> Result<()> {
     if !context.is_dir() {
         bail!("build context {} is not a directory", context.display());
     }
-    let built = crate::build::definition(&definition, &context, &args.secrets, args.progress, progress)?;
+    let cache = crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from };
+    let built = crate::build::definition(&definition, &context, &args.secrets, cache, args.progress, progress)?;
     let stem = llb.file_stem().map(|s| output::sanitize(&s.to_string_lossy())).filter(|s| !s.is_empty());
     pack_direct(args, built, llb, &stem.unwrap_or_else(|| "plugin".into()), progress)
 }
@@ -265,9 +267,13 @@ fn config_mode(args: &BuildArgs, progress: &Progress) -> Result<()> {
     }
     let config_path = args.config.clone().unwrap_or_else(|| PathBuf::from("fledge.toml"));
     let config = BuildConfig::load(&config_path)?;
-    if config.source.dockerfile.is_none() && (!args.secrets.is_empty() || args.export_oci.is_some()) {
+    let build_only = !args.secrets.is_empty()
+        || args.export_oci.is_some()
+        || !args.cache_to.is_empty()
+        || !args.cache_from.is_empty();
+    if config.source.dockerfile.is_none() && build_only {
         bail!(
-            "--secret and --export-oci need a Dockerfile build\n  = help: pass the Dockerfile path as the argument of `fledge build`, or set [source] dockerfile in {}",
+            "--secret, --export-oci and --cache-to/--cache-from need a Dockerfile build\n  = help: pass the Dockerfile path as the argument of `fledge build`, or set [source] dockerfile in {}",
             config.file.display()
         );
     }
@@ -302,6 +308,7 @@ fn config_dockerfile(args: &BuildArgs, config: &BuildConfig, dockerfile: &Path, 
         target: config.source.target.clone(),
         build_args: config.source.build_args.clone(),
         secrets: &args.secrets,
+        cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
         progress: args.progress,
     };
     let built = crate::build::dockerfile(&request, progress)?;
