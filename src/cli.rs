@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an artifact from fledge.toml, or directly from a Dockerfile
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Manage images in the local store (pull, list, inspect, remove)
     #[command(subcommand)]
     Image(ImageCommand),
