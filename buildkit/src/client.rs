@@ -139,7 +139,7 @@ impl Daemon {
         let id = random_id();
         request.r#ref = format!("fledge-{id}");
         request.session = id.clone();
-        let served = self.open_session(&id, session).await?;
+        let mut served = self.open_session(&id, session).await?;
         let mut status_client = self.control.clone();
         let status_ref = request.r#ref.clone();
         let status = tokio::spawn(async move {
@@ -151,10 +151,9 @@ impl Daemon {
                 }
             }
         });
-        let mut served_task = served;
         let solved = tokio::select! {
             solved = self.control.solve(request) => solved,
-            ended = &mut served_task => {
+            ended = &mut served => {
                 let reason = match ended {
                     Ok(Ok(())) => "the daemon ended it".to_string(),
                     Ok(Err(e)) => e,
@@ -166,7 +165,7 @@ impl Daemon {
         };
         // The status stream ends with the build; a little grace for its last updates.
         let _ = tokio::time::timeout(Duration::from_secs(5), status).await;
-        served_task.abort();
+        served.abort();
         solved.map(|r| r.into_inner()).map_err(|status| DaemonError::Solve(status.message().to_string()))
     }
 
