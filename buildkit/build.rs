@@ -3,12 +3,13 @@
 //! LLB types (`pb.*`) are fledge-llb's, so a definition the frontend made goes out as it is.
 
 fn main() {
-    const PROTOS: [&str; 5] = [
+    const PROTOS: [&str; 6] = [
         "moby/buildkit/v1/control.proto",
         "fsutil/types/wire.proto",
         "moby/filesync/v1/filesync.proto",
         "moby/buildkit/secrets/v1/secrets.proto",
         "grpc/health/v1/health.proto",
+        "containerd/services/content/v1/content.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
     println!("cargo:rerun-if-changed=../llb/proto");

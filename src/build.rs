@@ -34,7 +34,38 @@ pub struct Request<'a> {
     /// `--secret` specifications (`id=ID,src=PATH`).
     pub secrets: &'a [String],
     pub cache: CacheFlags<'a>,
+    /// `--build-context NAME=oci-layout:PATH[:TAG|@DIGEST]`.
+    pub contexts: &'a [String],
     pub progress: ProgressMode,
+}
+
+/// The named build contexts, their images imported into the store (verified) first.
+pub fn named_contexts(store: &Store, specs: &[String], progress: &Progress) -> Result<Vec<dockerfile::NamedContext>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let help =
+                "expected NAME=oci-layout:PATH[:TAG|@DIGEST], e.g. --build-context base=oci-layout:./base-image:v1";
+            let (name, source) = spec.split_once('=').with_context(|| format!("--build-context {spec}: {help}"))?;
+            if name.is_empty() || !source.starts_with("oci-layout:") {
+                bail!("--build-context {spec}: {help} (other kinds of named context are not supported yet)");
+            }
+            let source = crate::image::source::ImageSource::parse(source, Path::new("."))
+                .map_err(|e| anyhow::anyhow!("--build-context {spec}: {e}"))?;
+            let image = crate::image::stored::StoredImage::resolve(
+                store,
+                &source,
+                &crate::image::spec::Platform::host(),
+                progress,
+            )?;
+            let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
+            Ok(dockerfile::NamedContext {
+                name: name.to_string(),
+                digest: image.record.manifest_digest()?,
+                config: serde_json::from_slice(&store.read_blob(&config_digest)?)?,
+            })
+        })
+        .collect()
 }
 
 /// `--cache-to` and `--cache-from` (buildctl's `type=registry,ref=...` forms).
@@ -84,7 +115,8 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
     let path = request.dockerfile;
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
-    let resolver = StoreResolver { store: &store, progress };
+    let contexts = named_contexts(&store, request.contexts, progress)?;
+    let resolver = StoreResolver { store: &store, progress, contexts: &contexts };
     let host = crate::image::spec::Platform::host();
     let platform = Platform { os: host.os, architecture: host.architecture, variant: host.variant.unwrap_or_default() };
     let options = Options {

@@ -44,6 +44,24 @@ pub fn dockerfile(
     for (key, value) in &request.build_args {
         attrs.insert(format!("build-arg:{key}"), value.clone());
     }
+    // Named contexts are read from Fledge's store through the session's content service.
+    let store = Store::open(crate::dirs::state_dir().as_deref())?;
+    let contexts = crate::build::named_contexts(&store, request.contexts, progress)?;
+    for context in &contexts {
+        attrs.insert(format!("context:{}", context.name), format!("oci-layout://{CONTENT_STORE}@{}", context.digest));
+    }
+    let content = (!contexts.is_empty()).then(|| {
+        let blobs = store.root().join("blobs/sha256");
+        fledge_buildkit::ContentStore {
+            id: CONTENT_STORE.into(),
+            blob: Arc::new(move |digest: &str| {
+                let hex = digest.strip_prefix("sha256:")?;
+                let path = blobs.join(hex);
+                (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && path.is_file()).then_some(path)
+            }),
+        }
+    });
+    drop(store);
     let exporter = control::Exporter { r#type: "oci".into(), attrs: BTreeMap::new() };
     let solve_request = control::SolveRequest {
         frontend: "dockerfile.v0".into(),
@@ -57,8 +75,11 @@ pub fn dockerfile(
         ("context".to_string(), std::path::absolute(request.context)?),
         ("dockerfile".to_string(), std::path::absolute(dockerfile_dir)?),
     ]);
-    solve(solve_request, dirs, secrets, request.progress, progress)
+    solve(solve_request, dirs, secrets, content, request.progress, progress)
 }
+
+/// The store id Fledge's store has in the session's content service.
+const CONTENT_STORE: &str = "fledge-store";
 
 /// An LLB definition, solved by the daemon as it is; its local source `context` is `context`.
 pub fn definition(
@@ -78,7 +99,7 @@ pub fn definition(
         ..Default::default()
     };
     let dirs = HashMap::from([("context".to_string(), std::path::absolute(context)?)]);
-    solve(solve_request, dirs, secrets, mode, progress)
+    solve(solve_request, dirs, secrets, None, mode, progress)
 }
 
 /// Runs `solve_request` on the daemon with `dirs` and `secrets` served, and imports the OCI
@@ -87,6 +108,7 @@ fn solve(
     solve_request: control::SolveRequest,
     dirs: HashMap<String, std::path::PathBuf>,
     secrets: HashMap<String, std::path::PathBuf>,
+    content: Option<fledge_buildkit::ContentStore>,
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Built> {
@@ -99,6 +121,7 @@ fn solve(
         credentials: Some(Arc::new(|host: &str| {
             crate::image::auth::lookup(host).ok().flatten().map(|c| (c.username, c.password))
         })),
+        content,
     };
     let display = Arc::new(BuildDisplay::new(mode, progress.is_quiet()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

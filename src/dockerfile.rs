@@ -46,10 +46,28 @@ fn diagnostic(file: &SourceFile, error: &ParseError) -> Diagnostic {
 pub struct StoreResolver<'a> {
     pub store: &'a crate::store::Store,
     pub progress: &'a crate::progress::Progress,
+    /// Named build contexts (`--build-context NAME=oci-layout:...`): a FROM naming one gets
+    /// that image, pinned by digest (the solver finds it in the store that way).
+    pub contexts: &'a [NamedContext],
+}
+
+/// An image given as a named build context, already in the store.
+#[derive(Debug, Clone)]
+pub struct NamedContext {
+    pub name: String,
+    pub digest: crate::digest::Sha256Digest,
+    pub config: serde_json::Value,
 }
 
 impl fledge_llb::dockerfile::ImageResolver for StoreResolver<'_> {
     fn resolve(&self, reference: &str, platform: &Platform) -> Result<ResolvedImage, String> {
+        if let Some(context) = self.contexts.iter().find(|c| c.name.eq_ignore_ascii_case(reference)) {
+            return Ok(ResolvedImage {
+                reference: format!("fledge.context/{}", context.name.to_ascii_lowercase()),
+                digest: context.digest.to_string(),
+                config: context.config.clone(),
+            });
+        }
         let image = fledge_llb::ImageRef::parse(reference).map_err(|e| e.to_string())?;
         let wanted = crate::image::spec::Platform {
             architecture: platform.architecture.clone(),

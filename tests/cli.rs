@@ -231,3 +231,36 @@ fn an_llb_definition_builds_like_its_dockerfile() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--llb builds a definition as it is"), "{}", stderr(&out));
 }
+
+/// `--build-context NAME=oci-layout:PATH`: a FROM naming it builds on that local image, with
+/// no registry; a malformed one is a clear error.
+#[test]
+fn a_named_context_from_an_oci_layout_is_a_base_without_a_registry() {
+    let p = Project::new();
+    let layer = common::oci::tar_layer(&[
+        common::oci::Entry::Dir("etc", 0o755),
+        common::oci::Entry::File("etc/base-release", 0o644, b"from the layout\n"),
+    ]);
+    let manifest =
+        common::oci::add_image(&p.path("layout"), "amd64", &[layer], serde_json::json!({"Env": ["FROM_LAYOUT=1"]}));
+    common::oci::finish_layout(&p.path("layout"), "v1", vec![manifest]);
+    p.write("ctx/Dockerfile", "FROM base\nCOPY app.txt /app/\n");
+    p.write("ctx/app.txt", "app\n");
+    let fledge = || {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary());
+        cmd
+    };
+    let context = format!("base=oci-layout:{}:v1", p.path("layout").display());
+    assert_success(&run(fledge().args(["build", "ctx/Dockerfile", "--build-context", &context, "-o", "app.squashfs"])));
+    let cat = |path: &str| run(Command::new("unsquashfs").arg("-cat").arg(p.path("app.squashfs")).arg(path)).stdout;
+    assert_eq!(cat("/etc/base-release"), b"from the layout\n");
+    assert_eq!(cat("/app/app.txt"), b"app\n");
+    let manifest = std::fs::read_to_string(p.path("app.manifest.json")).unwrap();
+    assert!(manifest.contains("FROM_LAYOUT"), "the base's config is used: {manifest}");
+
+    let out =
+        run(fledge().args(["build", "ctx/Dockerfile", "--build-context", "base=/somewhere", "-o", "bad.squashfs"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("expected NAME=oci-layout:PATH"), "{}", stderr(&out));
+}

@@ -1,8 +1,9 @@
 //! Daemon mode (`FLEDGE_BUILDKIT_MODE=daemon`) against a real buildkitd, when one is available
 //! (`buildkitd` on PATH, or `FLEDGE_TEST_BUILDKITD`), started here as root on a temporary
 //! socket with the OCI worker and Debian's runc. The same multi-stage Dockerfile (a local
-//! context, build args, a secret, --target) builds in daemon mode and in embedded mode into
-//! rootfs images with the same files. Clear errors for an unreachable daemon or a bad
+//! context, build args, a secret, --target, and a base image from a local OCI layout given as
+//! a named build context) builds in daemon mode and in embedded mode into rootfs images with
+//! the same files. Clear errors for an unreachable daemon or a bad
 //! address are checked without one.
 
 mod common;
@@ -117,13 +118,15 @@ fn daemon_and_embedded_builds_give_the_same_files() {
         eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
         return;
     };
+    // The base is a local OCI layout, given as a named build context: no registry pull.
     let builder = Project::new();
-    let image = layered_test_image(&registry, &builder, "fledge/daemon-base");
+    layered_test_image(&registry, &builder, "fledge/daemon-base");
+    let layout = format!("busybox=oci-layout:{}:v1", builder.path("layout").display());
     let p = Project::new();
     p.write(
         "app/Dockerfile",
         &format!(
-            "FROM {image} AS base\n\
+            "FROM busybox AS base\n\
              RUN /bin/busybox --install -s /bin\n\
              FROM base AS build\n\
              ARG FLAVOUR=plain\n\
@@ -149,7 +152,8 @@ fn daemon_and_embedded_builds_give_the_same_files() {
             .env("FLEDGE_ACCEL", "tcg")
             .env("FLEDGE_INSECURE_REGISTRIES", &registry.host)
             .args(["build", "app/Dockerfile", "--target", "final", "--build-arg", "FLAVOUR=spicy"])
-            .args(["--secret", "id=token,src=token", "--progress", "plain", "-o", output]);
+            .args(["--secret", "id=token,src=token", "--progress", "plain", "-o", output])
+            .args(["--build-context", &layout]);
         let out = run(&mut cmd);
         assert_success(&out);
         stderr(&out)
@@ -185,6 +189,7 @@ fn daemon_and_embedded_builds_give_the_same_files() {
             "-o",
             "cached.squashfs",
         ])
+        .args(["--build-context", &layout])
         .arg("--cache-to")
         .arg(format!("type=registry,ref={cache},registry.insecure=true,mode=max"));
     assert_success(&run(&mut cmd));

@@ -48,6 +48,8 @@ pub struct Session {
     /// Exporter index → the file its tarball is written to.
     pub outputs: HashMap<String, PathBuf>,
     pub credentials: Option<Credentials>,
+    /// An OCI content store for `oci-layout://` named contexts.
+    pub content: Option<services::ContentStore>,
 }
 
 /// Where a build's status goes while it runs.
@@ -192,6 +194,12 @@ impl Daemon {
         if session.credentials.is_some() {
             methods.push("/moby.filesync.v1.Auth/Credentials");
         }
+        if session.content.is_some() {
+            methods.extend([
+                "/containerd.services.content.v1.Content/Info",
+                "/containerd.services.content.v1.Content/Read",
+            ]);
+        }
         for method in methods {
             meta.append("x-docker-expose-session-grpc-method", value(method));
         }
@@ -213,6 +221,12 @@ impl Daemon {
             .add_service(secrets::secrets_server::SecretsServer::new(services::Secrets { files: session.secrets }));
         let router = match session.credentials {
             Some(credentials) => router.add_service(fs::auth_server::AuthServer::new(services::Auth { credentials })),
+            None => router,
+        };
+        let router = match session.content {
+            Some(store) => router.add_service(
+                crate::pb::content::content_server::ContentServer::new(store).max_encoding_message_size(MAX_MESSAGE),
+            ),
             None => router,
         };
         // The server stops when its stream of connections ends, so after the tunnel it waits

@@ -14,6 +14,7 @@ mod services;
 pub mod tunnel;
 
 pub use client::{Daemon, DaemonError, Session, SolveEvents};
+pub use services::{ContentStore, Credentials};
 
 /// Generated protobuf and gRPC code, in modules that mirror the protobuf packages (the
 /// generated code refers across packages by those paths), with short names for each.
@@ -40,6 +41,15 @@ pub mod pb {
             tonic::include_proto!("fsutil.types");
         }
     }
+    pub mod containerd {
+        pub mod services {
+            pub mod content {
+                pub mod v1 {
+                    tonic::include_proto!("containerd.services.content.v1");
+                }
+            }
+        }
+    }
     pub mod grpc {
         pub mod health {
             pub mod v1 {
@@ -47,6 +57,7 @@ pub mod pb {
             }
         }
     }
+    pub use containerd::services::content::v1 as content;
     pub use fsutil::types as fsutil_types;
     pub use grpc::health::v1 as health;
     pub use moby::buildkit::secrets::v1 as secrets;

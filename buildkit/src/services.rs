@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::filesync::{self, Filter};
 use crate::pb::fsutil_types::{Packet, packet::PacketType};
-use crate::pb::{filesync as fs, health, secrets};
+use crate::pb::{content, filesync as fs, health, secrets};
 
 /// Registry credentials for a host: (username, secret).
 pub type Credentials = Arc<dyn Fn(&str) -> Option<(String, String)> + Send + Sync>;
@@ -205,6 +205,66 @@ impl secrets::secrets_server::Secrets for Secrets {
         let data =
             tokio::fs::read(path).await.map_err(|e| Status::internal(format!("cannot read secret {id}: {e}")))?;
         Ok(Response::new(secrets::GetSecretResponse { data }))
+    }
+}
+
+/// An OCI content store the daemon reads by digest (`oci-layout://` named contexts): the
+/// blobs `blob` finds, under the store id the client named them by.
+pub struct ContentStore {
+    pub id: String,
+    pub blob: Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>,
+}
+
+impl ContentStore {
+    fn find(&self, meta: &tonic::metadata::MetadataMap, digest: &str) -> Result<PathBuf, Status> {
+        let id = meta.get("buildkit-attachable-store-id").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        // buildkitd names the store `oci:ID`.
+        if id.strip_prefix("oci:").unwrap_or(id) != self.id {
+            return Err(Status::not_found(format!("unknown store {id:?}")));
+        }
+        (self.blob)(digest).ok_or_else(|| Status::not_found(format!("content {digest} not found")))
+    }
+}
+
+#[tonic::async_trait]
+impl content::content_server::Content for ContentStore {
+    async fn info(&self, request: Request<content::InfoRequest>) -> Result<Response<content::InfoResponse>, Status> {
+        let digest = request.get_ref().digest.clone();
+        let path = self.find(request.metadata(), &digest)?;
+        let size = tokio::fs::metadata(&path).await.map_err(|e| Status::internal(e.to_string()))?.len() as i64;
+        Ok(Response::new(content::InfoResponse { info: Some(content::Info { digest, size, ..Default::default() }) }))
+    }
+
+    type ReadStream = ReceiverStream<Result<content::ReadContentResponse, Status>>;
+
+    async fn read(&self, request: Request<content::ReadContentRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let path = self.find(request.metadata(), &request.get_ref().digest)?;
+        let (offset, size) = (request.get_ref().offset.max(0) as u64, request.get_ref().size);
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncSeekExt};
+            let Ok(mut file) = tokio::fs::File::open(&path).await else { return };
+            if file.seek(std::io::SeekFrom::Start(offset)).await.is_err() {
+                return;
+            }
+            let mut left = if size > 0 { size as u64 } else { u64::MAX };
+            let mut at = offset;
+            while left > 0 {
+                let mut chunk = vec![0u8; (1 << 20).min(left) as usize];
+                let Ok(n) = file.read(&mut chunk).await else { return };
+                if n == 0 {
+                    return;
+                }
+                chunk.truncate(n);
+                let message = content::ReadContentResponse { offset: at as i64, data: chunk };
+                if tx.send(Ok(message)).await.is_err() {
+                    return;
+                }
+                at += n as u64;
+                left -= n as u64;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 

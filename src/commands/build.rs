@@ -87,6 +87,7 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
         build_args,
         secrets: &args.secrets,
         cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
+        contexts: &args.build_contexts,
         progress: args.progress,
     };
     let built = crate::build::dockerfile(&request, progress)?;
@@ -309,6 +310,7 @@ fn config_dockerfile(args: &BuildArgs, config: &BuildConfig, dockerfile: &Path, 
         build_args: config.source.build_args.clone(),
         secrets: &args.secrets,
         cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
+        contexts: &args.build_contexts,
         progress: args.progress,
     };
     let built = crate::build::dockerfile(&request, progress)?;

@@ -32,7 +32,7 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
                 None => Platform::linux_amd64(),
             };
             let store = Store::open(crate::dirs::state_dir().as_deref())?;
-            let resolver = StoreResolver { store: &store, progress };
+            let resolver = StoreResolver { store: &store, progress, contexts: &[] };
             let options = Options {
                 target: target.clone(),
                 build_args: parse_build_args(build_args)?,

@@ -32,7 +32,22 @@ impl StoredImage {
         let record = match source {
             ImageSource::Registry(image) => match store.lookup(&image.to_string())? {
                 Some(record) => record,
-                None => pull(image, platform, store, progress)?,
+                // Pinned by digest and in the store already (a named build context, or an
+                // image stored under another name): content addressing makes it that image.
+                None => match image
+                    .digest
+                    .as_ref()
+                    .and_then(|d| d.parse::<Sha256Digest>().ok())
+                    .filter(|d| store.has_blob(d))
+                {
+                    Some(digest) => ImageRecord {
+                        name: image.to_string(),
+                        digest: digest.to_string(),
+                        source: "store".into(),
+                        platform: platform.to_string(),
+                    },
+                    None => pull(image, platform, store, progress)?,
+                },
             },
             local => import(local, store, platform, progress)?,
         };
