@@ -125,8 +125,7 @@ fn daemon_and_embedded_builds_give_the_same_files() {
     let p = Project::new();
     p.write(
         "app/Dockerfile",
-        &format!(
-            "FROM busybox AS base\n\
+        "FROM busybox AS base\n\
              RUN /bin/busybox --install -s /bin\n\
              FROM base AS build\n\
              ARG FLAVOUR=plain\n\
@@ -137,8 +136,7 @@ fn daemon_and_embedded_builds_give_the_same_files() {
              COPY --from=build /built.txt /app/built.txt\n\
              COPY --chmod=0755 run.sh /app/\n\
              FROM final AS unused\n\
-             RUN echo never > /never\n"
-        ),
+             RUN echo never > /never\n",
     );
     p.write("app/src/input.txt", "input\n");
     p.write("app/run.sh", "#!/bin/sh\necho run\n");

@@ -208,11 +208,14 @@ impl secrets::secrets_server::Secrets for Secrets {
     }
 }
 
+/// Finds a blob's file by its digest (`sha256:...`).
+pub type BlobFinder = Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>;
+
 /// An OCI content store the daemon reads by digest (`oci-layout://` named contexts): the
 /// blobs `blob` finds, under the store id the client named them by.
 pub struct ContentStore {
     pub id: String,
-    pub blob: Arc<dyn Fn(&str) -> Option<PathBuf> + Send + Sync>,
+    pub blob: BlobFinder,
 }
 
 impl ContentStore {
