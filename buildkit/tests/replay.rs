@@ -1,10 +1,12 @@
 //! A whole daemon-mode build replayed without a daemon: a stand-in buildkitd answers each
 //! call with the bytes a real buildkitd sent when the build was captured
 //! (`tests/fixtures/session/`, see its README): Info, Status, Solve, and the session, whose
-//! body is the daemon's half of the nested HTTP/2 connection in which it health-checks the
-//! client, reads the `dockerfile` and `context` directories through FileSync (STAT, REQ,
-//! DATA, FIN) and sends the exported OCI tarball back through FileSend. The client under test
-//! is the real one; what it sent back is checked from its own bytes.
+//! body is the daemon's half of the nested HTTP/2 connection in which it reads the
+//! `dockerfile` and `context` directories through FileSync (STAT, REQ, DATA, FIN) and sends
+//! the exported OCI tarball back through FileSend. (The daemon health-checks a session every
+//! 5 s; this build is over before the first check, so the recording has none.) The client
+//! under test is the real one; what it sent back (its session headers and its half of the
+//! nested connection) is checked from its own bytes.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -153,11 +155,19 @@ fn without_resets(mut session: Recorded) -> Recorded {
     session
 }
 
-/// A stand-in buildkitd on `socket` that answers with the recordings; returns what the
-/// client sent on the session (the bytes of its half of the nested connection).
-async fn stand_in(socket: &Path) -> Arc<Mutex<Vec<u8>>> {
+/// What the client sent on the session: its request headers, and the bytes of its half of
+/// the nested connection.
+#[derive(Default)]
+struct Sent {
+    headers: Vec<(String, String)>,
+    bytes: Vec<u8>,
+}
+
+/// A stand-in buildkitd on `socket` that answers with the recordings (or, with
+/// `unimplemented`, answers every call as a daemon without it would).
+async fn stand_in(socket: &Path, unimplemented: bool) -> Arc<Mutex<Sent>> {
     let listener = tokio::net::UnixListener::bind(socket).unwrap();
-    let sent = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(Mutex::new(Sent::default()));
     let (session_sent, client_ended) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
     let seen = sent.clone();
     tokio::spawn(async move {
@@ -169,14 +179,29 @@ async fn stand_in(socket: &Path) -> Arc<Mutex<Vec<u8>>> {
                     let (seen, session_sent, client_ended) = (seen.clone(), session_sent.clone(), client_ended.clone());
                     async move {
                         let method = request.uri().path().rsplit('/').next().unwrap_or_default().to_string();
+                        if method == "Session" {
+                            seen.lock().unwrap().headers = request
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                                .collect();
+                        }
                         let mut body = request.into_body();
                         let reply = match method.as_str() {
+                            _ if unimplemented => {
+                                let mut reply =
+                                    hyper::Response::new(http_body_util::Empty::new().map_err(|e| match e {}).boxed());
+                                reply.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+                                reply.headers_mut().insert("grpc-status", "12".parse().unwrap());
+                                reply.headers_mut().insert("grpc-message", "unknown method".parse().unwrap());
+                                reply
+                            }
                             "Session" => {
                                 let ended = client_ended.clone();
                                 tokio::spawn(async move {
                                     while let Some(Ok(frame)) = body.frame().await {
                                         if let Some(data) = frame.data_ref() {
-                                            seen.lock().unwrap().extend_from_slice(data);
+                                            seen.lock().unwrap().bytes.extend_from_slice(data);
                                         }
                                     }
                                     ended.notify_one();
@@ -212,7 +237,7 @@ async fn stand_in(socket: &Path) -> Arc<Mutex<Vec<u8>>> {
 async fn a_captured_daemon_exchange_replays_against_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("buildkitd.sock");
-    let sent = stand_in(&socket).await;
+    let sent = stand_in(&socket, false).await;
     let mut daemon = Daemon::connect(&format!("unix://{}", socket.display())).await.unwrap();
     assert!(!daemon.info().await.unwrap().package.is_empty(), "Info answers with the daemon's package");
 
@@ -251,9 +276,21 @@ async fn a_captured_daemon_exchange_replays_against_the_client() {
 
     // FileSync: what the client sent, from its own bytes: STATs in fsutil's order, without
     // what .dockerignore leaves out, and the files' DATA.
-    let sent = sent.lock().unwrap().clone();
-    let tunnel: Vec<u8> =
-        grpc_messages(&sent).into_iter().flat_map(|m| control::BytesMessage::decode(&m[..]).unwrap().data).collect();
+    let sent = std::mem::take(&mut *sent.lock().unwrap());
+    // The session's headers: its id, shared key, and every method it serves.
+    let header =
+        |name: &str| sent.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+    assert_eq!(header("x-docker-expose-session-uuid").len(), 1, "{:?}", sent.headers);
+    assert_eq!(header("x-docker-expose-session-sharedkey").len(), 1, "{:?}", sent.headers);
+    for method in
+        ["/grpc.health.v1.Health/Check", "/moby.filesync.v1.FileSync/DiffCopy", "/moby.filesync.v1.FileSend/DiffCopy"]
+    {
+        assert!(header("x-docker-expose-session-grpc-method").contains(&method), "{method} in {:?}", sent.headers);
+    }
+    let tunnel: Vec<u8> = grpc_messages(&sent.bytes)
+        .into_iter()
+        .flat_map(|m| control::BytesMessage::decode(&m[..]).unwrap().data)
+        .collect();
     // One STAT list per DiffCopy call: each only what the daemon asked for (its follow
     // paths), in fsutil's order, and never what .dockerignore leaves out.
     let mut lists = Vec::new();
@@ -279,4 +316,15 @@ async fn a_captured_daemon_exchange_replays_against_the_client() {
         assert!(data.contains(content), "{content:?} sent in DATA: {data}");
     }
     assert!(!data.contains("never sent"), "ignored.log's content stays here");
+}
+
+/// A daemon without the calls Fledge needs: a clear error that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_without_the_needed_calls_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("buildkitd.sock");
+    stand_in(&socket, true).await;
+    let mut daemon = Daemon::connect(&format!("unix://{}", socket.display())).await.unwrap();
+    let error = daemon.info().await.unwrap_err().to_string();
+    assert!(error.contains("cannot report its version") && error.contains("BuildKit v0.13 or newer"), "{error}");
 }
