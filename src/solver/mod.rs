@@ -462,8 +462,12 @@ impl<'a> Solver<'a> {
                 source.identifier
             );
         };
+        // At hand: stored under its name, or pinned by a digest the store has.
         let at_hand = match &image {
-            crate::image::source::ImageSource::Registry(r) => self.store.lookup(&r.to_string())?.is_some(),
+            crate::image::source::ImageSource::Registry(r) => {
+                let pinned = r.digest.as_ref().and_then(|d| d.parse::<Sha256Digest>().ok());
+                self.store.lookup(&r.to_string())?.is_some() || pinned.is_some_and(|d| self.store.has_blob(&d))
+            }
             _ => true,
         };
         Ok((Value::Layers(sources::image(self.store, &image, &platform, self.progress)?), at_hand))
