@@ -34,7 +34,7 @@ pub struct Request<'a> {
     /// `--secret` specifications (`id=ID,src=PATH`).
     pub secrets: &'a [String],
     pub cache: CacheFlags<'a>,
-    /// `--build-context NAME=oci-layout:PATH[:TAG|@DIGEST]`.
+    /// `--build-context NAME=oci-layout:PATH[:TAG|@DIGEST]` or `NAME=docker-image://REF`.
     pub contexts: &'a [String],
     pub progress: ProgressMode,
 }
@@ -44,12 +44,17 @@ pub fn named_contexts(store: &Store, specs: &[String], progress: &Progress) -> R
     specs
         .iter()
         .map(|spec| {
-            let help =
-                "expected NAME=oci-layout:PATH[:TAG|@DIGEST], e.g. --build-context base=oci-layout:./base-image:v1";
+            let help = "expected NAME=oci-layout:PATH[:TAG|@DIGEST] or NAME=docker-image://REF, e.g. --build-context base=oci-layout:./base-image:v1";
             let (name, source) = spec.split_once('=').with_context(|| format!("--build-context {spec}: {help}"))?;
-            if name.is_empty() || !source.starts_with("oci-layout:") {
+            // An image from the store (pulled first when missing) or a layout; either way a
+            // daemon gets it from here.
+            let source = match source.strip_prefix("docker-image://") {
+                Some(reference) => Some(reference),
+                None => source.starts_with("oci-layout:").then_some(source),
+            };
+            let Some(source) = source.filter(|_| !name.is_empty()) else {
                 bail!("--build-context {spec}: {help} (other kinds of named context are not supported yet)");
-            }
+            };
             let source = crate::image::source::ImageSource::parse(source, Path::new("."))
                 .map_err(|e| anyhow::anyhow!("--build-context {spec}: {e}"))?;
             let image = crate::image::stored::StoredImage::resolve(

@@ -179,9 +179,10 @@ pub struct BuildArgs {
     /// a layer or a cache key
     #[arg(long = "secret", value_name = "id=ID,src=PATH")]
     pub secrets: Vec<String>,
-    /// Dockerfile builds: an image a FROM can name, from a local OCI layout, without a
-    /// registry (NAME=oci-layout:PATH[:TAG|@DIGEST]; repeatable)
-    #[arg(long = "build-context", value_name = "NAME=oci-layout:PATH")]
+    /// Dockerfile builds: an image a FROM can name, from a local OCI layout or the store,
+    /// served to a daemon from here (NAME=oci-layout:PATH[:TAG|@DIGEST] or
+    /// NAME=docker-image://REF; repeatable)
+    #[arg(long = "build-context", value_name = "NAME=SOURCE")]
     pub build_contexts: Vec<String>,
     /// Dockerfile builds on a daemon: export the build cache (`type=registry,ref=REF`, as
     /// buildctl's --export-cache; repeatable)

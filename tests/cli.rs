@@ -232,8 +232,8 @@ fn an_llb_definition_builds_like_its_dockerfile() {
     assert!(stderr(&out).contains("--llb builds a definition as it is"), "{}", stderr(&out));
 }
 
-/// `--build-context NAME=oci-layout:PATH`: a FROM naming it builds on that local image, with
-/// no registry; a malformed one is a clear error.
+/// `--build-context NAME=oci-layout:PATH` (or `NAME=docker-image://REF`): a FROM naming it
+/// builds on that image, a layout needing no registry; a malformed one is a clear error.
 #[test]
 fn a_named_context_from_an_oci_layout_is_a_base_without_a_registry() {
     let p = Project::new();
@@ -258,6 +258,22 @@ fn a_named_context_from_an_oci_layout_is_a_base_without_a_registry() {
     assert_eq!(cat("/app/app.txt"), b"app\n");
     let manifest = std::fs::read_to_string(p.path("app.manifest.json")).unwrap();
     assert!(manifest.contains("FROM_LAYOUT"), "the base's config is used: {manifest}");
+
+    // docker-image://REF: from the store, pulled into it first when missing.
+    if let Some(registry) = registry::start() {
+        registry.push(&p.path("layout"), "v1", "fledge/named-context", false);
+        let context = format!("base=docker-image://{}/fledge/named-context:v1", registry.host);
+        assert_success(&run(fledge().args([
+            "build",
+            "ctx/Dockerfile",
+            "--build-context",
+            &context,
+            "-o",
+            "pulled.squashfs",
+        ])));
+        let cat = run(Command::new("unsquashfs").arg("-cat").arg(p.path("pulled.squashfs")).arg("/etc/base-release"));
+        assert_eq!(cat.stdout, b"from the layout\n");
+    }
 
     let out =
         run(fledge().args(["build", "ctx/Dockerfile", "--build-context", "base=/somewhere", "-o", "bad.squashfs"]));
