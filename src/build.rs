@@ -18,6 +18,7 @@ use crate::dockerfile::{self, StoreResolver};
 use crate::image::spec::ImageConfig;
 use crate::microvm::Machine;
 use crate::progress::Progress;
+use crate::shared_cache;
 use crate::solver::Solver;
 use crate::store::Store;
 
@@ -73,23 +74,12 @@ pub fn named_contexts(store: &Store, specs: &[String], progress: &Progress) -> R
         .collect()
 }
 
-/// `--cache-to` and `--cache-from` (buildctl's `type=registry,ref=...` forms).
+/// `--cache-to` and `--cache-from` (buildctl's `type=registry,ref=...` forms): a daemon's
+/// cache options in daemon mode, the embedded engine's shared cache (`shared_cache`) else.
 #[derive(Clone, Copy, Default)]
 pub struct CacheFlags<'a> {
     pub to: &'a [String],
     pub from: &'a [String],
-}
-
-impl CacheFlags<'_> {
-    /// The flags are for a daemon's cache; the embedded engine keeps its own in the store.
-    fn refuse_embedded(&self) -> Result<()> {
-        if !self.to.is_empty() || !self.from.is_empty() {
-            bail!(
-                "--cache-to and --cache-from are passed to buildkitd: build with FLEDGE_BUILDKIT_MODE=daemon\n  = help: the embedded engine caches every step in its store ($FLEDGE_STATE_DIR); sharing that cache through a registry is not there yet"
-            );
-        }
-        Ok(())
-    }
 }
 
 pub struct Built {
@@ -116,7 +106,6 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         dockerfile::load(request.dockerfile)?;
         return crate::daemon_build::dockerfile(request, secrets(request.secrets)?, progress);
     }
-    request.cache.refuse_embedded()?;
     let path = request.dockerfile;
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
@@ -138,7 +127,7 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
     };
     let definition = fledge_llb::graph::definition(&result, None);
-    let layers = solve(&store, &definition, request.context, request.secrets, request.progress, progress)?;
+    let layers = solve(&store, &definition, request.context, request.secrets, request.cache, request.progress, progress)?;
     let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
     Ok(Built { layers, config, image: converted.image })
 }
@@ -156,29 +145,34 @@ pub fn definition(
     if daemon_mode()? {
         return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, cache, mode, progress);
     }
-    cache.refuse_embedded()?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
-    let layers = solve(&store, definition, context, secret_specs, mode, progress)?;
+    let layers = solve(&store, definition, context, secret_specs, cache, mode, progress)?;
     let host = crate::image::spec::Platform::host();
     let image = serde_json::json!({"architecture": host.architecture, "os": host.os, "config": {}});
     Ok(Built { layers, config: serde_json::from_value(image.clone())?, image })
 }
 
-/// Runs `definition` on the embedded engine; returns the result's layers.
+/// Runs `definition` on the embedded engine, with the shared caches `cache` names; returns
+/// the result's layers.
 fn solve(
     store: &Store,
     definition: &pb::Definition,
     context: &Path,
     secret_specs: &[String],
+    cache: CacheFlags,
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Vec<Sha256Digest>> {
     let machine = Box::new(|| Machine::choose(vmm_from_env()?, accel_from_env()?));
     let display = std::sync::Arc::new(BuildDisplay::new(mode, progress.is_quiet()));
     let reporter = display.clone();
+    let exports = shared_cache::Exports::open(cache.to)?;
+    let imported = shared_cache::Imported::load(cache.from, store, progress)?;
     let mut solver = Solver::new(store, context.to_path_buf(), machine, progress, secrets(secret_specs)?, reporter)?;
+    solver.import_cache(&imported);
     let layers = solver.solve(definition)?;
     display.summary();
+    exports.write(store, &solver.used(), &layers, progress)?;
     Ok(layers)
 }
 

@@ -67,11 +67,16 @@ impl BuildDisplay {
             state.cached
         );
         match self.mode {
-            Mode::Plain => eprintln!("\n{line}"),
-            Mode::Tty => eprintln!("{line}"),
+            Mode::Plain => say(format_args!("\n{line}")),
+            Mode::Tty => say(format_args!("{line}")),
             Mode::Quiet | Mode::Rawjson => {}
         }
     }
+}
+
+/// A line on stderr; a closed stderr (`fledge build 2>&1 | head`) must not stop the build.
+fn say(line: std::fmt::Arguments) {
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Now, as RFC 3339 UTC (BuildKit's timestamps).
@@ -99,7 +104,7 @@ impl State {
             (Mode::Tty, Some(multi)) => {
                 let _ = multi.println(format!("#{n} {text}"));
             }
-            _ => eprintln!("#{n} {:.3} {text}", started.elapsed().as_secs_f64()),
+            _ => say(format_args!("#{n} {:.3} {text}", started.elapsed().as_secs_f64())),
         }
     }
 
@@ -121,7 +126,7 @@ impl Reporter for BuildDisplay {
         let n = state.steps.len() + 1;
         state.steps.insert(id.to_string(), (n, Instant::now()));
         match self.mode {
-            Mode::Plain => eprintln!("\n#{n} {name}"),
+            Mode::Plain => say(format_args!("\n#{n} {name}")),
             Mode::Tty => {
                 let bar = ProgressBar::new_spinner()
                     .with_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
@@ -176,7 +181,7 @@ impl Reporter for BuildDisplay {
             Outcome::Failed(error) => format!("ERROR: {error}"),
         };
         match self.mode {
-            Mode::Plain => eprintln!("#{n} {verdict}"),
+            Mode::Plain => say(format_args!("#{n} {verdict}")),
             Mode::Tty => {
                 if let Some(bar) = state.bars.remove(id) {
                     let mark = if matches!(outcome, Outcome::Failed(_)) { "✘" } else { "✔" };

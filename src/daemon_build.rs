@@ -7,11 +7,12 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use fledge_buildkit::pb::control;
 use fledge_buildkit::{Daemon, Session};
 
 use crate::build::{Built, CacheFlags, Request};
+use crate::shared_cache::CacheSpec;
 use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
 use crate::image::source::ImageSource;
@@ -160,20 +161,8 @@ fn cache_options(cache: CacheFlags) -> Result<control::CacheOptions> {
         specs
             .iter()
             .map(|spec| {
-                let mut entry = control::CacheOptionsEntry::default();
-                for field in spec.split(',') {
-                    match field.split_once('=') {
-                        Some(("type", kind)) => entry.r#type = kind.to_string(),
-                        Some((key, value)) => {
-                            entry.attrs.insert(key.to_string(), value.to_string());
-                        }
-                        None => bail!("{flag} {spec}: expected KEY=VALUE fields, e.g. type=registry,ref=registry.example/app:cache"),
-                    }
-                }
-                if entry.r#type.is_empty() {
-                    bail!("{flag} {spec}: no type= given (e.g. type=registry,ref=...)");
-                }
-                Ok(entry)
+                let CacheSpec { kind, attrs } = CacheSpec::parse(flag, spec)?;
+                Ok(control::CacheOptionsEntry { r#type: kind, attrs: attrs.into_iter().collect() })
             })
             .collect()
     };

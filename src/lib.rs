@@ -36,6 +36,7 @@ pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod rootfs;
+pub mod shared_cache;
 pub mod solver;
 pub mod squashfs;
 pub mod stage;

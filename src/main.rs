@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,11 +27,11 @@ fn main() -> ExitCode {
     match result {
         Ok(status) => ExitCode::from(status),
         Err(err) if interrupt::caused(&err) => {
-            eprintln!("error: interrupted; nothing was written");
+            let _ = writeln!(std::io::stderr(), "error: interrupted; nothing was written");
             ExitCode::from(130)
         }
         Err(err) => {
-            eprintln!("error: {}", render_error(&err));
+            let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
             ExitCode::FAILURE
         }
     }

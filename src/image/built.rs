@@ -53,14 +53,26 @@ fn store_built(store: &Store, layers: &[Sha256Digest], image: &serde_json::Value
     Ok(StoredImage { record, manifest, config })
 }
 
-/// A layer blob's media type (by its compression) and diff id, remembered per blob.
-fn describe(store: &Store, layer: &Sha256Digest) -> Result<(&'static str, Sha256Digest)> {
-    let mut reader = BufReader::with_capacity(1 << 20, store.open_blob(layer)?);
-    let media_type = match reader.fill_buf()? {
+/// A layer's media type, by the compression its first bytes show.
+fn media_type_of(start: &[u8]) -> &'static str {
+    match start {
         [0x1f, 0x8b, ..] => "application/vnd.oci.image.layer.v1.tar+gzip",
         [0x28, 0xb5, 0x2f, 0xfd, ..] => "application/vnd.oci.image.layer.v1.tar+zstd",
         _ => "application/vnd.oci.image.layer.v1.tar",
-    };
+    }
+}
+
+/// A stored layer blob's media type.
+pub fn layer_media_type(store: &Store, layer: &Sha256Digest) -> Result<&'static str> {
+    let mut start = Vec::with_capacity(4);
+    store.open_blob(layer)?.take(4).read_to_end(&mut start)?;
+    Ok(media_type_of(&start))
+}
+
+/// A layer blob's media type (by its compression) and diff id, remembered per blob.
+fn describe(store: &Store, layer: &Sha256Digest) -> Result<(&'static str, Sha256Digest)> {
+    let mut reader = BufReader::with_capacity(1 << 20, store.open_blob(layer)?);
+    let media_type = media_type_of(reader.fill_buf()?);
     if media_type.ends_with(".tar") {
         return Ok((media_type, *layer));
     }

@@ -137,7 +137,8 @@ fn check_layers(image: &ImageRef, manifest: &Manifest, config: &ImageConfig) -> 
     Ok(())
 }
 
-fn fetch_blob(
+/// Brings blob `d` of `image` into the store (verified), unless it is there already.
+pub fn fetch_blob(
     session: &mut Session,
     store: &Store,
     image: &ImageRef,

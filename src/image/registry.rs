@@ -1,5 +1,5 @@
-//! A client for the OCI distribution API (pull side): manifests and blobs, with token or
-//! basic authentication negotiated from `WWW-Authenticate` challenges, credentials from
+//! A client for the OCI distribution API: pulling manifests and blobs, and pushing them
+//! (monolithic blob uploads, manifests by tag), with token or basic authentication negotiated from `WWW-Authenticate` challenges, credentials from
 //! Docker's config, and plain HTTP only for loopback registries and those listed in
 //! `FLEDGE_INSECURE_REGISTRIES` (comma-separated `host[:port]`).
 
@@ -91,39 +91,51 @@ impl Session {
         })
     }
 
-    fn send(&self, url: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
-        let mut request = self.agent.get(url);
-        if let Some(accept) = accept {
-            request = request.header("Accept", accept);
-        }
-        if let Some(auth) = &self.authorization {
-            request = request.header("Authorization", auth);
-        }
-        request.call().map_err(|e| RegistryError::Network { url: url.to_string(), reason: e.to_string() })
+    fn url(&self, path: &str) -> String {
+        format!("{}/v2/{}/{path}", self.base, self.repository)
     }
 
-    /// GET with one round of authentication when the registry asks for it.
-    fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
-        let url = format!("{}/v2/{}/{path}", self.base, self.repository);
-        let response = self.send(&url, accept)?;
-        if response.status().as_u16() != 401 || self.authorization.is_some() {
+    /// Sends a request (`send` builds it with the authorization so far), negotiating
+    /// authorization when the registry answers 401: once for a session's first request, and
+    /// again when a push needs a token of a wider scope than the pulls before it.
+    fn authorized(
+        &mut self,
+        url: &str,
+        send: impl Fn(&ureq::Agent, Option<&str>) -> Result<Response<Body>, ureq::Error>,
+    ) -> Result<Response<Body>, RegistryError> {
+        let network = |e: ureq::Error| RegistryError::Network { url: url.to_string(), reason: e.to_string() };
+        let response = send(&self.agent, self.authorization.as_deref()).map_err(network)?;
+        if response.status().as_u16() != 401 {
             return Ok(response);
         }
         let challenge =
             response.headers().get("www-authenticate").and_then(|h| h.to_str().ok()).and_then(parse_challenge);
-        self.authorization = match challenge {
+        let authorization = match challenge {
             Some(c) if c.scheme == "bearer" => Some(self.fetch_token(&c.params)?),
             Some(c) if c.scheme == "basic" => self.credentials.as_ref().map(Credentials::basic_header),
             _ => None,
         };
-        if self.authorization.is_none() {
+        if authorization.is_none() || authorization == self.authorization {
             return Err(RegistryError::Unauthorized {
                 registry: self.registry.clone(),
                 repository: self.repository.clone(),
                 status: 401,
             });
         }
-        self.send(&url, accept)
+        self.authorization = authorization;
+        send(&self.agent, self.authorization.as_deref()).map_err(network)
+    }
+
+    /// GET with authentication when the registry asks for it.
+    fn get(&mut self, path: &str, accept: Option<&str>) -> Result<Response<Body>, RegistryError> {
+        let url = self.url(path);
+        self.authorized(&url, |agent, authorization| {
+            let mut request = with_authorization(agent.get(&url), authorization);
+            if let Some(accept) = accept {
+                request = request.header("Accept", accept);
+            }
+            request.call()
+        })
     }
 
     fn fetch_token(&self, params: &std::collections::BTreeMap<String, String>) -> Result<String, RegistryError> {
@@ -177,9 +189,9 @@ impl Session {
 
     fn check(&self, response: &mut Response<Body>, what: &str) -> Result<(), RegistryError> {
         let status = response.status().as_u16();
-        let url = format!("{}/v2/{}/{what}", self.base, self.repository);
+        let url = self.url(what);
         match status {
-            200 => Ok(()),
+            200..=299 => Ok(()),
             404 => {
                 Err(RegistryError::NotFound { reference: format!("{}/{}@{what}", self.registry, self.repository), url })
             }
@@ -216,7 +228,7 @@ impl Session {
             .to_string();
         let bytes = response.body_mut().with_config().limit(MANIFEST_LIMIT).read_to_vec().map_err(|e| {
             RegistryError::Network {
-                url: format!("{}/v2/{}/{path}", self.base, self.repository),
+                url: self.url(&path),
                 reason: e.to_string(),
             }
         })?;
@@ -229,6 +241,63 @@ impl Session {
         let mut response = self.get(&path, None)?;
         self.check(&mut response, &path)?;
         Ok(response.into_body().into_with_config().limit(u64::MAX).reader())
+    }
+
+    /// Whether the repository already holds blob `digest` (a push skips it).
+    pub fn has_blob(&mut self, digest: &Sha256Digest) -> Result<bool, RegistryError> {
+        let path = format!("blobs/{digest}");
+        let url = self.url(&path);
+        let mut response =
+            self.authorized(&url, |agent, authorization| with_authorization(agent.head(&url), authorization).call())?;
+        if response.status().as_u16() == 404 {
+            return Ok(false);
+        }
+        self.check(&mut response, &path)?;
+        Ok(true)
+    }
+
+    /// Uploads blob `digest` of `size` bytes, streamed from `content`, in one request: a POST
+    /// opens the upload (and settles authorization, which a body could not be sent twice
+    /// for), a PUT of the content to its location closes it. The registry verifies the digest.
+    pub fn push_blob(&mut self, digest: &Sha256Digest, size: u64, content: &mut dyn Read) -> Result<(), RegistryError> {
+        let path = "blobs/uploads/";
+        let url = self.url(path);
+        let mut response = self.authorized(&url, |agent, authorization| {
+            with_authorization(agent.post(&url), authorization).header("Content-Length", "0").send_empty()
+        })?;
+        self.check(&mut response, path)?;
+        let location = response
+            .headers()
+            .get("location")
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| RegistryError::Config(format!("{url} opened an upload without saying where (no Location)")))?;
+        let location =
+            if location.starts_with('/') { format!("{}{location}", self.base) } else { location.to_string() };
+        let separator = if location.contains('?') { '&' } else { '?' };
+        let put = format!("{location}{separator}digest={digest}");
+        let mut response = with_authorization(self.agent.put(&put), self.authorization.as_deref())
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", size)
+            .send(ureq::SendBody::from_reader(content))
+            .map_err(|e| RegistryError::Network { url: url.clone(), reason: e.to_string() })?;
+        self.check(&mut response, &format!("blobs/{digest}"))
+    }
+
+    /// Puts a manifest (or index) of `media_type` under `reference`, a tag or its digest.
+    pub fn push_manifest(&mut self, reference: &str, media_type: &str, bytes: &[u8]) -> Result<(), RegistryError> {
+        let path = format!("manifests/{reference}");
+        let url = self.url(&path);
+        let mut response = self.authorized(&url, |agent, authorization| {
+            with_authorization(agent.put(&url), authorization).header("Content-Type", media_type).send(bytes)
+        })?;
+        self.check(&mut response, &path)
+    }
+}
+
+fn with_authorization<B>(request: ureq::RequestBuilder<B>, authorization: Option<&str>) -> ureq::RequestBuilder<B> {
+    match authorization {
+        Some(authorization) => request.header("Authorization", authorization),
+        None => request,
     }
 }
 

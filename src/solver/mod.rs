@@ -116,6 +116,16 @@ pub struct Solver<'a> {
     reporter: Arc<dyn Reporter>,
     /// Set by the first failure: the steps still running stop.
     cancelled: AtomicBool,
+    /// Records from other hosts' builds (`--cache-from`), for keys the store has none of.
+    imported: Option<&'a dyn ImportedCache>,
+    /// Every step's cache key and result layers, made or found (for `--cache-to`).
+    used: Mutex<Vec<(Sha256Digest, Vec<Sha256Digest>)>>,
+}
+
+/// Cache records from elsewhere: consulted when the store has no record of a key. `layers`
+/// brings the record's layers into the store (verified) and returns them, or `None`.
+pub trait ImportedCache: Sync {
+    fn layers(&self, key: &Sha256Digest) -> Option<Vec<Sha256Digest>>;
 }
 
 /// The kind of cache record: an op's cache key → its result layers.
@@ -197,7 +207,20 @@ impl<'a> Solver<'a> {
             runtime,
             reporter,
             cancelled: AtomicBool::new(false),
+            imported: None,
+            used: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Consults `imported` for the steps the store has no cache record of.
+    pub fn import_cache(&mut self, imported: &'a dyn ImportedCache) {
+        self.imported = Some(imported);
+    }
+
+    /// The cache key and result layers of every step the last solve made or found in a
+    /// cache, in the order they finished (sources excepted: every host resolves its own).
+    pub fn used(&self) -> Vec<(Sha256Digest, Vec<Sha256Digest>)> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Solves `definition`; returns the result's layers, bottom first.
@@ -280,7 +303,15 @@ impl<'a> Solver<'a> {
                 state = changed.wait(state).unwrap_or_else(|p| p.into_inner());
             };
             drop(state);
-            let outcome = self.evaluate(graph, &digest, inputs, vms);
+            // A panic is the step's failure: the other workers and the waiting caller must
+            // still see the step end, or the build would wait for it forever.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.evaluate(graph, &digest, inputs, vms)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
+                Err(anyhow::anyhow!("internal error in step {digest}: {}", what.unwrap_or("panic")))
+            });
             let mut state = lock();
             state.running -= 1;
             match outcome {
@@ -359,12 +390,13 @@ impl<'a> Solver<'a> {
         if let Some(lease) = lease {
             vms.give_back(lease);
         }
-        if !hit
-            && let Value::Layers(layers) = &value
+        if let Value::Layers(layers) = &value
             && !matches!(payload, pb::op::Op::Source(_))
         {
-            let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
-            self.store.write_derived(CACHE_RECORD, &key, &record)?;
+            if !hit {
+                self.remember(&key, layers)?;
+            }
+            self.used.lock().unwrap_or_else(|p| p.into_inner()).push((key, layers.clone()));
         }
         let outcome = if hit { Outcome::Cached } else { Outcome::Done };
         self.reporter.finished(digest, &name, &outcome, seconds);
@@ -380,15 +412,33 @@ impl<'a> Solver<'a> {
         Ok((value, key))
     }
 
-    /// A cached result whose layers are all still in the store.
+    /// A cached result whose layers are all still in the store, else one imported (and
+    /// then recorded here).
     fn cached(&self, key: &Sha256Digest, payload: &pb::op::Op) -> Option<Value> {
         if matches!(payload, pb::op::Op::Source(_)) {
             return None; // sources are cheap to resolve and their own cache (the store)
         }
-        let record = self.store.read_derived(CACHE_RECORD, key)?;
-        let names: Vec<String> = serde_json::from_slice(&record).ok()?;
-        let layers: Vec<Sha256Digest> = names.iter().map(|n| n.parse().ok()).collect::<Option<_>>()?;
-        layers.iter().all(|l| self.store.has_blob(l)).then_some(Value::Layers(layers))
+        let local = || {
+            let record = self.store.read_derived(CACHE_RECORD, key)?;
+            let names: Vec<String> = serde_json::from_slice(&record).ok()?;
+            let layers: Vec<Sha256Digest> = names.iter().map(|n| n.parse().ok()).collect::<Option<_>>()?;
+            layers.iter().all(|l| self.store.has_blob(l)).then_some(layers)
+        };
+        let imported = || {
+            let layers = self.imported?.layers(key)?;
+            // Not recording it only costs a second import next time.
+            if let Err(e) = self.remember(key, &layers) {
+                tracing::warn!("cannot record imported cache {key}: {e:#}");
+            }
+            Some(layers)
+        };
+        local().or_else(imported).map(Value::Layers)
+    }
+
+    /// Records `layers` as the result of the step whose cache key is `key`.
+    fn remember(&self, key: &Sha256Digest, layers: &[Sha256Digest]) -> Result<()> {
+        let record = serde_json::to_vec(&layers.iter().map(|l| l.to_string()).collect::<Vec<_>>())?;
+        Ok(self.store.write_derived(CACHE_RECORD, key, &record)?)
     }
 
     /// Runs a host op (file, merge, diff).
