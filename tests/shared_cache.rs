@@ -41,7 +41,7 @@ fn steps(out: &Output) -> (Vec<(String, bool)>, bool) {
     (steps, booted)
 }
 
-fn cached<'a>(steps: &'a [(String, bool)], needle: &str) -> Option<bool> {
+fn cached(steps: &[(String, bool)], needle: &str) -> Option<bool> {
     steps.iter().find(|(name, _)| name.contains(needle)).map(|(_, cached)| *cached)
 }
 
