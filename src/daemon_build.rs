@@ -7,8 +7,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use fledge_buildkit::pb::control;
+use fledge_buildkit::tls::Tls;
 use fledge_buildkit::{Daemon, Session};
 
 use crate::build::{Built, CacheFlags, Request};
@@ -28,6 +29,30 @@ fn address() -> String {
         .ok()
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| fledge_buildkit::address::DEFAULT.to_string())
+}
+
+/// TLS for a `tcp://` daemon, from `FLEDGE_BUILDKIT_TLS_CA`, `_CERT`, `_KEY` and
+/// `_SERVER_NAME` (buildctl's `--tlscacert`, `--tlscert`, `--tlskey`, `--tlsservername`), or
+/// `FLEDGE_BUILDKIT_TLS_DIR` holding `ca.pem`, `cert.pem` and `key.pem` (buildctl's
+/// `--tlsdir`; the single variables win). None of them set: no TLS.
+fn tls() -> Result<Option<Tls>> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let dir = var("FLEDGE_BUILDKIT_TLS_DIR");
+    let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
+    let ca = var("FLEDGE_BUILDKIT_TLS_CA").or_else(|| in_dir("ca.pem"));
+    let cert = var("FLEDGE_BUILDKIT_TLS_CERT").or_else(|| in_dir("cert.pem"));
+    let key = var("FLEDGE_BUILDKIT_TLS_KEY").or_else(|| in_dir("key.pem"));
+    let server_name = std::env::var("FLEDGE_BUILDKIT_TLS_SERVER_NAME").ok().filter(|v| !v.is_empty());
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => bail!("FLEDGE_BUILDKIT_TLS_CERT is set without FLEDGE_BUILDKIT_TLS_KEY: a client certificate needs its key"),
+        (None, Some(_)) => bail!("FLEDGE_BUILDKIT_TLS_KEY is set without FLEDGE_BUILDKIT_TLS_CERT: a client key needs its certificate"),
+    };
+    if dir.is_none() && ca.is_none() && identity.is_none() && server_name.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(Tls { ca, identity, server_name }))
 }
 
 pub fn dockerfile(
@@ -127,8 +152,9 @@ fn solve(
     let display = Arc::new(BuildDisplay::new(mode, progress.is_quiet()));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let address = address();
+    let tls = tls()?;
     runtime.block_on(async {
-        let mut daemon = Daemon::connect(&address).await?;
+        let mut daemon = Daemon::connect(&address, tls.as_ref()).await?;
         let version = daemon.info().await?;
         tracing::info!("building on buildkitd {} at {address}", version.version);
         let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();

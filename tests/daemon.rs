@@ -34,6 +34,11 @@ impl Drop for Buildkitd {
 }
 
 fn buildkitd(registry: &str) -> Option<Buildkitd> {
+    buildkitd_with(registry, &[])
+}
+
+/// A buildkitd listening on its socket and on the addresses in `extra` (with their flags).
+fn buildkitd_with(registry: &str, extra: &[String]) -> Option<Buildkitd> {
     let binary = std::env::var_os("FLEDGE_TEST_BUILDKITD").map(PathBuf::from).or_else(|| {
         let out = Command::new("sh").args(["-c", "command -v buildkitd"]).output().ok()?;
         out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
@@ -67,6 +72,7 @@ fn buildkitd(registry: &str) -> Option<Buildkitd> {
         .arg("--config")
         .arg(dir.path().join("buildkitd.toml"))
         .args(["--allow-insecure-entitlement", "security.insecure", "--allow-insecure-entitlement", "network.host"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("buildkitd.log")).unwrap())
         .spawn()
@@ -201,7 +207,7 @@ fn daemon_mode_errors_say_what_to_do() {
     let p = Project::new();
     p.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
     p.write("a", "a");
-    let build = |address: &str| {
+    let build_with = |address: &str, vars: &[(&str, &str)]| {
         let mut cmd = p.fledge();
         cmd.env("FLEDGE_BUILDKIT_MODE", "daemon").env("FLEDGE_BUILDKIT_ADDR", address).args([
             "build",
@@ -209,8 +215,10 @@ fn daemon_mode_errors_say_what_to_do() {
             "-o",
             "out.squashfs",
         ]);
+        cmd.envs(vars.iter().copied());
         run(&mut cmd)
     };
+    let build = |address: &str| build_with(address, &[]);
     let missing = p.path("no-such.sock");
     let out = build(&format!("unix://{}", missing.display()));
     assert_eq!(out.status.code(), Some(1));
@@ -225,6 +233,12 @@ fn daemon_mode_errors_say_what_to_do() {
     let mut cmd = p.fledge();
     let out = run(cmd.env("FLEDGE_BUILDKIT_MODE", "remote").args(["build", "Dockerfile", "-o", "out.squashfs"]));
     assert!(stderr(&out).contains("FLEDGE_BUILDKIT_MODE=remote: expected embedded or daemon"), "{}", stderr(&out));
+    let out = build_with("unix:///run/x.sock", &[("FLEDGE_BUILDKIT_TLS_CA", "/etc/ssl/ca.pem")]);
+    assert!(stderr(&out).contains("TLS settings are for tcp:// addresses"), "{}", stderr(&out));
+    let out = build_with("tcp://127.0.0.1:1", &[("FLEDGE_BUILDKIT_TLS_CERT", "/etc/ssl/cert.pem")]);
+    assert!(stderr(&out).contains("FLEDGE_BUILDKIT_TLS_CERT is set without FLEDGE_BUILDKIT_TLS_KEY"), "{}", stderr(&out));
+    let out = build_with("tcp://127.0.0.1:1", &[("FLEDGE_BUILDKIT_TLS_CA", "/nonexistent/ca.pem")]);
+    assert!(stderr(&out).contains("cannot read the CA certificate /nonexistent/ca.pem"), "{}", stderr(&out));
     let out = run(p.fledge().args(["build", "Dockerfile", "--cache-to", "type=gha", "-o", "out.squashfs"]));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("BuildKit's other cache backends work with FLEDGE_BUILDKIT_MODE=daemon"), "{}", stderr(&out));
@@ -379,6 +393,125 @@ fn buildctl_accepts_fledges_definitions_and_builds_what_embedded_mode_builds() {
     }
     eprintln!("compared: {compared:?}\nnot built by either engine: {neither:#?}");
     assert!(compared.len() >= 10, "most golden Dockerfiles build on both engines: {compared:?} {neither:#?}");
+}
+
+/// `openssl` with `args`, in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = run(Command::new("openssl").current_dir(dir).args(args.split_whitespace()));
+    assert!(out.status.success(), "openssl {args}: {}", stderr(&out));
+}
+
+/// A CA in `dir` (`NAME.pem`, `NAME-key.pem`), and a certificate it signs for each of
+/// `leaves` (`(name, extensions)`).
+fn certificates(dir: &std::path::Path, ca: &str, leaves: &[(&str, &str)]) {
+    openssl(dir, &format!("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={ca} -keyout {ca}-key.pem -out {ca}.pem"));
+    for (name, extensions) in leaves {
+        std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
+        openssl(dir, &format!("req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}-key.pem -out {name}.csr"));
+        openssl(
+            dir,
+            &format!("x509 -req -days 1 -in {name}.csr -CA {ca}.pem -CAkey {ca}-key.pem -CAcreateserial -extfile {name}.ext -out {name}.pem"),
+        );
+    }
+}
+
+/// A daemon on `tcp://` with TLS that demands client certificates (`--tlscacert`), as
+/// buildctl reaches it with `--tlscacert/--tlscert/--tlskey`.
+#[test]
+fn a_tls_daemon_builds_with_a_client_certificate_and_refuses_without() {
+    let Some(registry) = registry::start() else { return };
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    certificates(
+        dir,
+        "ca",
+        &[
+            ("daemon", "subjectAltName=IP:127.0.0.1,DNS:buildkitd\nextendedKeyUsage=serverAuth\n"),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ],
+    );
+    certificates(dir, "other-ca", &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let path = |name: &str| dir.join(name).display().to_string();
+    let tls = [
+        "--addr".to_string(),
+        format!("tcp://127.0.0.1:{port}"),
+        "--tlscert".into(),
+        path("daemon.pem"),
+        "--tlskey".into(),
+        path("daemon-key.pem"),
+        "--tlscacert".into(),
+        path("ca.pem"),
+    ];
+    let Some(_daemon) = buildkitd_with(&registry.host, &tls) else { return };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "buildkitd does not listen on tcp://127.0.0.1:{port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let p = Project::new();
+    p.write("Dockerfile", "FROM scratch\nCOPY a /a\n");
+    p.write("a", "over TLS\n");
+    let build = |vars: &[(&str, String)]| {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary())
+            .env("FLEDGE_BUILDKIT_MODE", "daemon")
+            .env("FLEDGE_BUILDKIT_ADDR", format!("tcp://127.0.0.1:{port}"))
+            .args(["build", "Dockerfile", "-o", "app.squashfs"]);
+        for (name, value) in vars {
+            cmd.env(name, value);
+        }
+        run(&mut cmd)
+    };
+    // buildctl's --tlsdir layout: ca.pem, cert.pem, key.pem.
+    let tls_dir = p.path("tls");
+    std::fs::create_dir(&tls_dir).unwrap();
+    std::fs::copy(dir.join("ca.pem"), tls_dir.join("ca.pem")).unwrap();
+    std::fs::copy(dir.join("client.pem"), tls_dir.join("cert.pem")).unwrap();
+    std::fs::copy(dir.join("client-key.pem"), tls_dir.join("key.pem")).unwrap();
+    let out = build(&[("FLEDGE_BUILDKIT_TLS_DIR", tls_dir.display().to_string())]);
+    assert_success(&out);
+    assert!(listing(&p.path("app.squashfs")).iter().any(|l| l.ends_with(" /a")), "the file built over TLS");
+    std::fs::remove_file(p.path("app.squashfs")).unwrap();
+
+    // The same by single variables, with the name the certificate carries.
+    let out = build(&[
+        ("FLEDGE_BUILDKIT_TLS_CA", path("ca.pem")),
+        ("FLEDGE_BUILDKIT_TLS_CERT", path("client.pem")),
+        ("FLEDGE_BUILDKIT_TLS_KEY", path("client-key.pem")),
+        ("FLEDGE_BUILDKIT_TLS_SERVER_NAME", "buildkitd".into()),
+    ]);
+    assert_success(&out);
+    std::fs::remove_file(p.path("app.squashfs")).unwrap();
+
+    for (vars, what) in [
+        (vec![("FLEDGE_BUILDKIT_TLS_CA", path("ca.pem"))], "no client certificate"),
+        (
+            vec![
+                ("FLEDGE_BUILDKIT_TLS_CA", path("other-ca.pem")),
+                ("FLEDGE_BUILDKIT_TLS_CERT", path("client.pem")),
+                ("FLEDGE_BUILDKIT_TLS_KEY", path("client-key.pem")),
+            ],
+            "a daemon certificate from another CA",
+        ),
+        (
+            vec![
+                ("FLEDGE_BUILDKIT_TLS_CA", path("ca.pem")),
+                ("FLEDGE_BUILDKIT_TLS_CERT", path("client.pem")),
+                ("FLEDGE_BUILDKIT_TLS_KEY", path("client-key.pem")),
+                ("FLEDGE_BUILDKIT_TLS_SERVER_NAME", "elsewhere".into()),
+            ],
+            "a name the certificate does not carry",
+        ),
+    ] {
+        let out = build(&vars);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains("cannot reach buildkitd") && stderr(&out).contains("check TLS"), "{what}: {}", stderr(&out));
+        assert!(!p.path("app.squashfs").exists(), "{what}: no artifact");
+    }
+    // Plain HTTP/2 to a TLS port is refused too, and says so.
+    let out = build(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
 /// buildkitd dies mid-build: a clear error, exit 1, and no artifact.

@@ -86,6 +86,14 @@ fn a_build_on_one_host_is_cached_on_another_through_a_registry() {
     log_in(&first, &cache.host, PASSWORD);
     let (made, booted) = steps(&fledge(&first, &["--cache-to", &format!("type=registry,ref={reference}")]));
     assert!(booted && made.iter().all(|(_, cached)| !cached), "{made:?}");
+    // The artifact carries the three layers the build made, not the base image's.
+    let inspect = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false", &format!("--creds={USER}:{PASSWORD}")])
+        .arg(format!("docker://{reference}")));
+    assert_success(&inspect);
+    let manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(manifest["artifactType"], "application/vnd.fledge.build-cache.v1");
+    assert_eq!(manifest["layers"].as_array().unwrap().len(), 3, "{manifest}");
 
     // Another host, with nothing in its store: every step comes from the registry's cache,
     // no VM boots, and the artifact is the same, byte for byte.

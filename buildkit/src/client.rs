@@ -14,27 +14,35 @@ use crate::address::{Address, BadAddress};
 use crate::pb::control::{self, control_client::ControlClient};
 use crate::pb::{filesync as fs, health, secrets};
 use crate::services::{self, Credentials};
+use crate::tls::{Tls, TlsError};
 use crate::tunnel::Tunnel;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Address(#[from] BadAddress),
-    #[error(
-        "cannot reach buildkitd at {address}: {reason}\n  = help: start buildkitd, or point FLEDGE_BUILDKIT_ADDR at it (unix:///path/to/buildkitd.sock or tcp://host:port); unset FLEDGE_BUILDKIT_MODE to build with the embedded engine"
-    )]
-    Unreachable { address: String, reason: String },
+    #[error("cannot reach buildkitd at {address}: {reason}\n  = help: {help}")]
+    Unreachable { address: String, reason: String, help: &'static str },
     #[error("buildkitd at {address} cannot {what}: {reason}\n  = help: Fledge needs BuildKit v0.13 or newer")]
     TooOld { address: String, what: &'static str, reason: String },
     #[error("the build failed on buildkitd: {0}")]
     Solve(String),
     #[error("the session with buildkitd closed before the build finished: {0}")]
     SessionClosed(String),
+    #[error("{0}\n  = help: FLEDGE_BUILDKIT_TLS_CA, FLEDGE_BUILDKIT_TLS_CERT and FLEDGE_BUILDKIT_TLS_KEY (or FLEDGE_BUILDKIT_TLS_DIR) name PEM files")]
+    Tls(#[from] TlsError),
+    #[error("TLS settings are for tcp:// addresses; buildkitd at {0} is reached through its socket\n  = help: unset FLEDGE_BUILDKIT_TLS_*, or point FLEDGE_BUILDKIT_ADDR at the daemon's tcp:// address")]
+    TlsOverUnix(String),
 }
+
+const UNREACHABLE_HELP: &str = "start buildkitd, or point FLEDGE_BUILDKIT_ADDR at it (unix:///path/to/buildkitd.sock or tcp://host:port); unset FLEDGE_BUILDKIT_MODE to build with the embedded engine";
+const TLS_HELP: &str = "if buildkitd is listening there, check TLS: FLEDGE_BUILDKIT_TLS_CA must be the CA that signed the daemon's certificate, FLEDGE_BUILDKIT_TLS_SERVER_NAME a name it carries, and a daemon started with --tlscacert wants FLEDGE_BUILDKIT_TLS_CERT and FLEDGE_BUILDKIT_TLS_KEY";
 
 /// A connected daemon.
 pub struct Daemon {
     address: Address,
+    /// What an unreachable daemon's error suggests (TLS settings when they are in use).
+    help: &'static str,
     control: ControlClient<Channel>,
 }
 
@@ -59,11 +67,13 @@ pub type SolveEvents = mpsc::UnboundedSender<control::StatusResponse>;
 const MAX_MESSAGE: usize = 16 << 20;
 
 impl Daemon {
-    /// Connects to the daemon at `address` and checks that it answers.
-    pub async fn connect(address: &str) -> Result<Daemon, DaemonError> {
+    /// Connects to the daemon at `address` (over TLS with `tls`) and checks that it answers.
+    pub async fn connect(address: &str, tls: Option<&Tls>) -> Result<Daemon, DaemonError> {
         let address = Address::parse(address)?;
-        let unreachable = |reason: String| DaemonError::Unreachable { address: address.to_string(), reason };
+        let help = if tls.is_some() { TLS_HELP } else { UNREACHABLE_HELP };
+        let unreachable = |reason: String| DaemonError::Unreachable { address: address.to_string(), reason, help };
         let channel = match &address {
+            Address::Unix(_) if tls.is_some() => return Err(DaemonError::TlsOverUnix(address.to_string())),
             Address::Unix(path) => {
                 let path = path.clone();
                 Endpoint::from_static("http://buildkitd")
@@ -77,12 +87,16 @@ impl Daemon {
                         .await
             }
             Address::Tcp { host, port } => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
                 let url = if host.contains(':') {
-                    format!("http://[{host}]:{port}")
+                    format!("{scheme}://[{host}]:{port}")
                 } else {
-                    format!("http://{host}:{port}")
+                    format!("{scheme}://{host}:{port}")
                 };
-                let endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(e.to_string()))?;
+                let mut endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(e.to_string()))?;
+                if let Some(tls) = tls {
+                    endpoint = endpoint.tls_config(tls.client_config(host)?).map_err(|e| unreachable(error_chain(&e)))?;
+                }
                 let target = (host.clone(), *port);
                 endpoint
                         .connect_timeout(Duration::from_secs(10))
@@ -98,7 +112,7 @@ impl Daemon {
         .map_err(|e| unreachable(error_chain(&e)))?;
         let control =
             ControlClient::new(channel).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok(Daemon { address, control })
+        Ok(Daemon { address, help, control })
     }
 
     /// The daemon's BuildKit version (`Info`, BuildKit v0.11+).
@@ -125,7 +139,7 @@ impl Daemon {
         let address = self.address.to_string();
         match status.code() {
             tonic::Code::Unimplemented => DaemonError::TooOld { address, what, reason: status.message().to_string() },
-            _ => DaemonError::Unreachable { address, reason: format!("{what}: {}", status.message()) },
+            _ => DaemonError::Unreachable { address, reason: format!("{what}: {}", status_text(&status)), help: self.help },
         }
     }
 
@@ -257,6 +271,16 @@ fn random_id() -> String {
         bytes = (nanos ^ u128::from(std::process::id())).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A status's message and what caused it (a TLS alert, a reset connection).
+fn status_text(status: &tonic::Status) -> String {
+    let message = status.message().to_string();
+    match std::error::Error::source(status).map(error_chain) {
+        Some(cause) if cause.starts_with(&message) => cause,
+        Some(cause) if !message.contains(&cause) => format!("{message}: {cause}"),
+        _ => message,
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

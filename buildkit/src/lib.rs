@@ -11,6 +11,7 @@ pub mod address;
 mod client;
 pub mod filesync;
 mod services;
+pub mod tls;
 pub mod tunnel;
 
 pub use client::{Daemon, DaemonError, Session, SolveEvents};

@@ -238,7 +238,7 @@ async fn a_captured_daemon_exchange_replays_against_the_client() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("buildkitd.sock");
     let sent = stand_in(&socket, false).await;
-    let mut daemon = Daemon::connect(&format!("unix://{}", socket.display())).await.unwrap();
+    let mut daemon = Daemon::connect(&format!("unix://{}", socket.display()), None).await.unwrap();
     assert!(!daemon.info().await.unwrap().package.is_empty(), "Info answers with the daemon's package");
 
     let context = fixtures().join("context");
@@ -324,7 +324,7 @@ async fn a_daemon_without_the_needed_calls_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("buildkitd.sock");
     stand_in(&socket, true).await;
-    let mut daemon = Daemon::connect(&format!("unix://{}", socket.display())).await.unwrap();
+    let mut daemon = Daemon::connect(&format!("unix://{}", socket.display()), None).await.unwrap();
     let error = daemon.info().await.unwrap_err().to_string();
     assert!(error.contains("cannot report its version") && error.contains("BuildKit v0.13 or newer"), "{error}");
 }

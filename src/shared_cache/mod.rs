@@ -12,7 +12,7 @@
 mod layout;
 mod registry;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result, bail};
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Sha256Digest;
 use crate::image::spec::Descriptor;
 use crate::progress::Progress;
-use crate::solver::ImportedCache;
+use crate::solver::{CacheUse, ImportedCache};
 use crate::store::Store;
 
 /// The artifact's type and its config's media type (the records).
@@ -131,8 +131,8 @@ fn open(flag: &str, spec: &CacheSpec, path_key: &str) -> Result<(Box<dyn Place>,
 struct Source {
     name: String,
     place: Mutex<Box<dyn Place>>,
-    /// Cache key → the descriptors of its result layers.
-    records: HashMap<Sha256Digest, Vec<Descriptor>>,
+    /// Cache key → its result layers, each with its descriptor when the artifact carries it.
+    records: HashMap<Sha256Digest, Vec<(Sha256Digest, Option<Descriptor>)>>,
 }
 
 /// The caches `--cache-from` names, read before the build.
@@ -163,9 +163,10 @@ impl<'a> Imported<'a> {
     }
 }
 
-/// The records of the artifact at `place`, checked: every layer a record names is one the
-/// manifest lists (so its size is known and the registry keeps it).
-fn read_records(place: &mut dyn Place) -> Result<Option<HashMap<Sha256Digest, Vec<Descriptor>>>> {
+/// The records of the artifact at `place`, each layer with its descriptor when the manifest
+/// lists it (a layer it does not list is a source's, which the importing host has when it
+/// computes the record's key).
+fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
     let Some(bytes) = place.manifest()? else { return Ok(None) };
     let manifest: CacheManifest = serde_json::from_slice(&bytes).context("its manifest is not an OCI manifest")?;
     if manifest.config.media_type != RECORDS_MEDIA_TYPE {
@@ -177,44 +178,43 @@ fn read_records(place: &mut dyn Place) -> Result<Option<HashMap<Sha256Digest, Ve
         bail!("its records blob does not match its digest {digest}");
     }
     let records: Records = serde_json::from_slice(&config).context("its records are not valid JSON")?;
-    let layers: HashMap<&str, &Descriptor> = manifest.layers.iter().map(|d| (d.digest.as_str(), d)).collect();
+    let listed: HashMap<&str, &Descriptor> = manifest.layers.iter().map(|d| (d.digest.as_str(), d)).collect();
     let mut out = HashMap::new();
     for record in records.records {
         let key = record.key.parse().map_err(|e| anyhow::anyhow!("record key {}: {e}", record.key))?;
-        let descriptors = record
+        let layers = record
             .layers
             .iter()
-            .map(|l| layers.get(l.as_str()).map(|d| (*d).clone()))
-            .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("record {key} names a layer the manifest does not list"))?;
-        out.insert(key, descriptors);
+            .map(|l| {
+                let digest = l.parse().map_err(|e| anyhow::anyhow!("record {key}: layer {l}: {e}"))?;
+                Ok((digest, listed.get(l.as_str()).map(|d| (*d).clone())))
+            })
+            .collect::<Result<_>>()?;
+        out.insert(key, layers);
     }
     Ok(Some(out))
 }
 
+type Imports = HashMap<Sha256Digest, Vec<(Sha256Digest, Option<Descriptor>)>>;
+
 impl ImportedCache for Imported<'_> {
     fn layers(&self, key: &Sha256Digest) -> Option<Vec<Sha256Digest>> {
         for source in &self.sources {
-            let Some(descriptors) = source.records.get(key) else { continue };
+            let Some(layers) = source.records.get(key) else { continue };
             let mut place = source.place.lock().unwrap_or_else(|e| e.into_inner());
-            let fetched: Result<Vec<Sha256Digest>> = descriptors
-                .iter()
-                .map(|d| {
-                    place.fetch(self.store, d, self.progress)?;
-                    d.digest.parse().map_err(anyhow::Error::msg)
-                })
-                .collect();
+            let fetched: Result<()> = layers.iter().try_for_each(|(digest, descriptor)| match descriptor {
+                Some(d) => place.fetch(self.store, d, self.progress),
+                None if self.store.has_blob(digest) => Ok(()),
+                None => bail!("its layer {digest} is neither in the cache nor here"),
+            });
             match fetched {
-                Ok(layers) => return Some(layers),
+                Ok(()) => return Some(layers.iter().map(|(digest, _)| *digest).collect()),
                 Err(e) => tracing::warn!("cache {}: record {key} not used: {e:#}", source.name),
             }
         }
         None
     }
 }
-
-/// The records a build used (made or found), for `--cache-to`.
-pub type Used = [(Sha256Digest, Vec<Sha256Digest>)];
 
 /// The caches `--cache-to` names, checked before the build so a bad flag costs no build.
 pub struct Exports {
@@ -251,12 +251,15 @@ impl Exports {
     }
 
     /// Writes the build's cache (`used`, the build's result `result`) to every target.
-    pub fn write(self, store: &Store, used: &Used, result: &[Sha256Digest], progress: &Progress) -> Result<()> {
+    pub fn write(self, store: &Store, used: &CacheUse, result: &[Sha256Digest], progress: &Progress) -> Result<()> {
         for mut target in self.targets {
-            let records: Vec<_> =
-                used.iter().filter(|(_, layers)| target.max || layers.iter().all(|l| result.contains(l))).collect();
+            let records: Vec<_> = used
+                .records
+                .iter()
+                .filter(|(_, layers)| target.max || layers.iter().all(|l| result.contains(l)))
+                .collect();
             let step = progress.step(format!("Exporting build cache to {}", target.name), None);
-            match write(store, target.place.as_mut(), &records) {
+            match write(store, target.place.as_mut(), &records, &used.sourced) {
                 Ok(sent) => step.finish(&format!("{} records, {sent} layers sent", records.len())),
                 Err(e) if target.ignore_error => tracing::warn!("--cache-to {}: not written: {e:#}", target.spec),
                 Err(e) => return Err(e.context(format!("--cache-to {}", target.spec))),
@@ -266,10 +269,15 @@ impl Exports {
     }
 }
 
-/// Writes the artifact of `records` to `place`: the layers it lacks, the records, the
-/// manifest last (so a reader never sees one whose blobs are missing). Returns how many
-/// layers were sent.
-fn write(store: &Store, place: &mut dyn Place, records: &[&(Sha256Digest, Vec<Sha256Digest>)]) -> Result<usize> {
+/// Writes the artifact of `records` to `place`: the layers it lacks (those of `sourced`
+/// aside), the records, the manifest last (so a reader never sees one whose blobs are
+/// missing). Returns how many layers were sent.
+fn write(
+    store: &Store,
+    place: &mut dyn Place,
+    records: &[&(Sha256Digest, Vec<Sha256Digest>)],
+    sourced: &HashSet<Sha256Digest>,
+) -> Result<usize> {
     let mut sorted: Vec<Record> = records
         .iter()
         .map(|(key, layers)| Record { key: key.to_string(), layers: layers.iter().map(|l| l.to_string()).collect() })
@@ -285,6 +293,9 @@ fn write(store: &Store, place: &mut dyn Place, records: &[&(Sha256Digest, Vec<Sh
             continue;
         }
         let digest: Sha256Digest = name.parse().map_err(anyhow::Error::msg)?;
+        if sourced.contains(&digest) {
+            continue;
+        }
         let size = std::fs::metadata(store.blob_path(&digest)).with_context(|| format!("layer {digest}"))?.len();
         if !place.has(&digest)? {
             place.put(&digest, size, &mut store.open_blob(&digest)?)?;

@@ -118,8 +118,19 @@ pub struct Solver<'a> {
     cancelled: AtomicBool,
     /// Records from other hosts' builds (`--cache-from`), for keys the store has none of.
     imported: Option<&'a dyn ImportedCache>,
-    /// Every step's cache key and result layers, made or found (for `--cache-to`).
-    used: Mutex<Vec<(Sha256Digest, Vec<Sha256Digest>)>>,
+    /// What the steps made or found, for `--cache-to`.
+    used: Mutex<CacheUse>,
+}
+
+/// What a solve's steps produced, for sharing its cache (`--cache-to`).
+#[derive(Default, Clone)]
+pub struct CacheUse {
+    /// Every step's cache key and result layers, made or found, in the order they finished
+    /// (sources excepted: every host resolves its own).
+    pub records: Vec<(Sha256Digest, Vec<Sha256Digest>)>,
+    /// The layers sources resolved to (base images, downloads). A record's key covers what
+    /// its sources resolved to, so a host that computes the key has these layers already.
+    pub sourced: HashSet<Sha256Digest>,
 }
 
 /// Cache records from elsewhere: consulted when the store has no record of a key. `layers`
@@ -208,7 +219,7 @@ impl<'a> Solver<'a> {
             reporter,
             cancelled: AtomicBool::new(false),
             imported: None,
-            used: Mutex::new(Vec::new()),
+            used: Mutex::new(CacheUse::default()),
         })
     }
 
@@ -217,9 +228,8 @@ impl<'a> Solver<'a> {
         self.imported = Some(imported);
     }
 
-    /// The cache key and result layers of every step the last solve made or found in a
-    /// cache, in the order they finished (sources excepted: every host resolves its own).
-    pub fn used(&self) -> Vec<(Sha256Digest, Vec<Sha256Digest>)> {
+    /// What the last solve's steps made or found.
+    pub fn used(&self) -> CacheUse {
         self.used.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
@@ -390,13 +400,16 @@ impl<'a> Solver<'a> {
         if let Some(lease) = lease {
             vms.give_back(lease);
         }
-        if let Value::Layers(layers) = &value
-            && !matches!(payload, pb::op::Op::Source(_))
-        {
-            if !hit {
-                self.remember(&key, layers)?;
+        if let Value::Layers(layers) = &value {
+            let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+            if matches!(payload, pb::op::Op::Source(_)) {
+                used.sourced.extend(layers.iter().copied());
+            } else {
+                if !hit {
+                    self.remember(&key, layers)?;
+                }
+                used.records.push((key, layers.clone()));
             }
-            self.used.lock().unwrap_or_else(|p| p.into_inner()).push((key, layers.clone()));
         }
         let outcome = if hit { Outcome::Cached } else { Outcome::Done };
         self.reporter.finished(digest, &name, &outcome, seconds);
