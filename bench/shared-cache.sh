@@ -7,8 +7,9 @@
 # host, which has the base image but no build cache, builds cold and then from the shared
 # cache ("import"): its RUN steps, which stand for a compile (a 2 s sleep and 32 MB of
 # output), are not run again; only their layers are fetched. Each run ends with a squashfs
-# rootfs, as a user of either tool needs for a microVM: Fledge writes it, buildah's image is
-# mounted and packed with `mksquashfs -comp xz` (Fledge's default). Needs root (buildah, registry).
+# rootfs, as a user of either tool needs for a microVM: Fledge writes it (fledge.toml with
+# `[source] dockerfile`), buildah's image is mounted and packed with mksquashfs; both with lz4,
+# so packing does not hide the build. Needs root (buildah, registry).
 #
 # usage: bench/shared-cache.sh [RUNS]    (default 3)
 set -euo pipefail
@@ -43,6 +44,7 @@ skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$imag
 ctx=$work/ctx && mkdir -p "$ctx"
 printf 'FROM %s\nRUN sleep 2 && head -c 33554432 /dev/zero | sha256sum > /sum && head -c 33554432 /dev/urandom > /output\nCOPY app.txt /app/\nRUN sleep 1 && cat /app/app.txt /sum > /app/built\n' "$image" >"$ctx/Dockerfile"
 echo "version 1" >"$ctx/app.txt"
+printf 'version = "1"\nstrategy = "oci_rootfs"\n[source]\ndockerfile = "Dockerfile"\n[filesystem]\ncompression = "lz4"\n' >"$ctx/fledge.toml"
 fledge_cache="127.0.0.1:$port/bench/fledge-cache:main"
 buildah_cache="127.0.0.1:$port/bench/buildah-cache"
 
@@ -65,10 +67,10 @@ bud() {
     buildah_ "$1" bud -q --layers --isolation chroot --tls-verify=false -t bench "${@:2}" "$ctx" >/dev/null
     local c m
     c=$(buildah_ "$1" from -q bench) && m=$(buildah_ "$1" mount "$c")
-    mksquashfs "$m" "$ctx/peer.squashfs" -comp xz -noappend -quiet -no-progress >/dev/null
+    mksquashfs "$m" "$ctx/peer.squashfs" -comp lz4 -noappend -quiet -no-progress >/dev/null
     buildah_ "$1" umount "$c" >/dev/null && buildah_ "$1" rm "$c" >/dev/null
 }
-build() { FLEDGE_STATE_DIR=$work/state-$1 "$fledge" build -q "$ctx/Dockerfile" -o "$ctx/out.squashfs" "${@:2}"; }
+build() { FLEDGE_STATE_DIR=$work/state-$1 "$fledge" build -q -c "$ctx/fledge.toml" -o "$ctx/out.squashfs" "${@:2}"; }
 peer_export() { forget a; bud a --cache-to "$buildah_cache"; }
 fledge_export() { forget a; build a --cache-to "type=registry,ref=$fledge_cache,mode=max"; }
 peer_cold() { forget b; bud b; }
