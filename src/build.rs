@@ -4,11 +4,11 @@
 //! an external buildkitd builds it (`daemon_build`). An LLB definition given as it is
 //! (`fledge build --llb`) goes the same two ways.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use fledge_llb::dockerfile::{Options, Platform};
+use fledge_llb::dockerfile::{LocalContext, Options, Platform};
 use fledge_llb::pb;
 
 use crate::build_progress::BuildDisplay;
@@ -40,38 +40,75 @@ pub struct Request<'a> {
     pub progress: ProgressMode,
 }
 
-/// The named build contexts, their images imported into the store (verified) first.
-pub fn named_contexts(store: &Store, specs: &[String], progress: &Progress) -> Result<Vec<dockerfile::NamedContext>> {
-    specs
-        .iter()
-        .map(|spec| {
-            let help = "expected NAME=oci-layout:PATH[:TAG|@DIGEST] or NAME=docker-image://REF, e.g. --build-context base=oci-layout:./base-image:v1";
-            let (name, source) = spec.split_once('=').with_context(|| format!("--build-context {spec}: {help}"))?;
-            // An image from the store (pulled first when missing) or a layout; either way a
-            // daemon gets it from here.
-            let source = match source.strip_prefix("docker-image://") {
-                Some(reference) => Some(reference),
-                None => source.starts_with("oci-layout:").then_some(source),
-            };
-            let Some(source) = source.filter(|_| !name.is_empty()) else {
-                bail!("--build-context {spec}: {help} (other kinds of named context are not supported yet)");
-            };
-            let source = crate::image::source::ImageSource::parse(source, Path::new("."))
-                .map_err(|e| anyhow::anyhow!("--build-context {spec}: {e}"))?;
-            let image = crate::image::stored::StoredImage::resolve(
-                store,
-                &source,
-                &crate::image::spec::Platform::host(),
-                progress,
-            )?;
-            let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
-            Ok(dockerfile::NamedContext {
-                name: name.to_string(),
-                digest: image.record.manifest_digest()?,
-                config: serde_json::from_slice(&store.read_blob(&config_digest)?)?,
-            })
-        })
-        .collect()
+/// The named build contexts: images (imported into the store, verified, first) and local
+/// directories.
+#[derive(Default)]
+pub struct NamedContexts {
+    pub images: Vec<dockerfile::NamedContext>,
+    /// Each with the directory it names.
+    pub locals: Vec<(LocalContext, PathBuf)>,
+}
+
+/// Session and source names the build's own directories use.
+const RESERVED: [&str; 2] = ["context", "dockerfile"];
+
+pub fn named_contexts(store: &Store, specs: &[String], progress: &Progress) -> Result<NamedContexts> {
+    let mut contexts = NamedContexts::default();
+    for spec in specs {
+        let help = "expected NAME=DIR, NAME=oci-layout:PATH[:TAG|@DIGEST] or NAME=docker-image://REF, e.g. --build-context base=oci-layout:./base-image:v1";
+        let (name, source) = spec.split_once('=').with_context(|| format!("--build-context {spec}: {help}"))?;
+        if name.is_empty() {
+            bail!("--build-context {spec}: {help}");
+        }
+        if !source.contains("://") && !source.starts_with("oci-layout:") {
+            if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name)) {
+                bail!("--build-context {spec}: {name:?} names the build's own directory; choose another name");
+            }
+            let dir = std::path::absolute(source)?;
+            if !dir.is_dir() {
+                bail!("--build-context {spec}: {source} is not a directory ({help})");
+            }
+            let excludes = dockerfile::local_dockerignore(&dir)?;
+            contexts.locals.push((LocalContext { name: name.to_string(), excludes }, dir));
+            continue;
+        }
+        contexts.images.push(image_context(store, spec, name, source, help, progress)?);
+    }
+    Ok(contexts)
+}
+
+/// A named context that is an image.
+fn image_context(
+    store: &Store,
+    spec: &str,
+    name: &str,
+    source: &str,
+    help: &str,
+    progress: &Progress,
+) -> Result<dockerfile::NamedContext> {
+    // An image from the store (pulled first when missing) or a layout; either way a
+    // daemon gets it from here.
+    let source = match source.strip_prefix("docker-image://") {
+        Some(reference) => Some(reference),
+        None => source.starts_with("oci-layout:").then_some(source),
+    };
+    let Some(source) = source else {
+        bail!("--build-context {spec}: {help} (other kinds of named context, such as git or https sources, are not supported yet)");
+    };
+    let source = crate::image::source::ImageSource::parse(source, Path::new("."))
+        .map_err(|e| anyhow::anyhow!("--build-context {spec}: {e}"))?;
+    let image = crate::image::stored::StoredImage::resolve(
+        store,
+        &source,
+        &crate::image::spec::Platform::host(),
+        progress,
+    )?;
+    let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
+    Ok(dockerfile::NamedContext {
+        name: name.to_string(),
+        digest: image.record.manifest_digest()?,
+        config: serde_json::from_slice(&store.read_blob(&config_digest)?)?,
+    })
 }
 
 /// `--cache-to` and `--cache-from` (buildctl's `type=registry,ref=...` forms): a daemon's
@@ -110,7 +147,7 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
     let ast = dockerfile::load(path)?;
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
     let contexts = named_contexts(&store, request.contexts, progress)?;
-    let resolver = StoreResolver { store: &store, progress, contexts: &contexts };
+    let resolver = StoreResolver { store: &store, progress, contexts: &contexts.images };
     let host = crate::image::spec::Platform::host();
     let platform = Platform { os: host.os, architecture: host.architecture, variant: host.variant.unwrap_or_default() };
     let options = Options {
@@ -120,6 +157,7 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         build_platform: platform,
         session_id: Some(SESSION.into()),
         excludes: dockerfile::dockerignore(path, request.context)?,
+        local_contexts: contexts.locals.iter().map(|(local, _)| local.clone()).collect(),
         resolver: &resolver,
     };
     let converted = fledge_llb::dockerfile::convert(&ast, &options).map_err(|e| dockerfile::convert_error(path, &e))?;
@@ -127,7 +165,9 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
     };
     let definition = fledge_llb::graph::definition(&result, None);
-    let layers = solve(&store, &definition, request.context, request.secrets, request.cache, request.progress, progress)?;
+    let mut locals = HashMap::from([("context".to_string(), request.context.to_path_buf())]);
+    locals.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
+    let layers = solve(&store, &definition, locals, request.secrets, request.cache, request.progress, progress)?;
     let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
     Ok(Built { layers, config, image: converted.image })
 }
@@ -146,7 +186,8 @@ pub fn definition(
         return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, cache, mode, progress);
     }
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
-    let layers = solve(&store, definition, context, secret_specs, cache, mode, progress)?;
+    let locals = HashMap::from([("context".to_string(), context.to_path_buf())]);
+    let layers = solve(&store, definition, locals, secret_specs, cache, mode, progress)?;
     let host = crate::image::spec::Platform::host();
     let image = serde_json::json!({"architecture": host.architecture, "os": host.os, "config": {}});
     Ok(Built { layers, config: serde_json::from_value(image.clone())?, image })
@@ -157,7 +198,7 @@ pub fn definition(
 fn solve(
     store: &Store,
     definition: &pb::Definition,
-    context: &Path,
+    locals: HashMap<String, PathBuf>,
     secret_specs: &[String],
     cache: CacheFlags,
     mode: ProgressMode,
@@ -168,7 +209,7 @@ fn solve(
     let reporter = display.clone();
     let exports = shared_cache::Exports::open(cache.to)?;
     let imported = shared_cache::Imported::load(cache.from, store, progress)?;
-    let mut solver = Solver::new(store, context.to_path_buf(), machine, progress, secrets(secret_specs)?, reporter)?;
+    let mut solver = Solver::new(store, locals, machine, progress, secrets(secret_specs)?, reporter)?;
     solver.import_cache(&imported);
     let layers = solver.solve(definition)?;
     display.summary();

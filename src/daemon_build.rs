@@ -73,10 +73,14 @@ pub fn dockerfile(
     // Named contexts are read from Fledge's store through the session's content service.
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
     let contexts = crate::build::named_contexts(&store, request.contexts, progress)?;
-    for context in &contexts {
+    for context in &contexts.images {
         attrs.insert(format!("context:{}", context.name), format!("oci-layout://{CONTENT_STORE}@{}", context.digest));
     }
-    let content = (!contexts.is_empty()).then(|| {
+    // Local directories are served in the session under their own names.
+    for (local, _) in &contexts.locals {
+        attrs.insert(format!("context:{}", local.name), format!("local:{}", local.name));
+    }
+    let content = (!contexts.images.is_empty()).then(|| {
         let blobs = store.root().join("blobs/sha256");
         fledge_buildkit::ContentStore {
             id: CONTENT_STORE.into(),
@@ -97,10 +101,11 @@ pub fn dockerfile(
         cache: Some(cache_options(request.cache)?),
         ..Default::default()
     };
-    let dirs = HashMap::from([
+    let mut dirs = HashMap::from([
         ("context".to_string(), std::path::absolute(request.context)?),
         ("dockerfile".to_string(), std::path::absolute(dockerfile_dir)?),
     ]);
+    dirs.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
     solve(solve_request, dirs, secrets, content, request.progress, progress)
 }
 

@@ -96,6 +96,20 @@ pub fn dockerignore(dockerfile: &Path, context: &Path) -> Result<Vec<String>> {
     let name = dockerfile.file_name().map(|n| format!("{}.dockerignore", n.to_string_lossy()));
     let candidates = name.into_iter().map(|n| dir.join(n)).chain([context.join(".dockerignore")]);
     let Some(path) = candidates.into_iter().find(|p| p.is_file()) else { return Ok(Vec::new()) };
+    ignore_patterns(&path)
+}
+
+/// A named local context's exclude patterns: its own `.dockerignore`.
+pub fn local_dockerignore(dir: &Path) -> Result<Vec<String>> {
+    let path = dir.join(".dockerignore");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    ignore_patterns(&path)
+}
+
+/// The patterns of a `.dockerignore` file.
+fn ignore_patterns(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text

@@ -232,6 +232,52 @@ fn an_llb_definition_builds_like_its_dockerfile() {
     assert!(stderr(&out).contains("--llb builds a definition as it is"), "{}", stderr(&out));
 }
 
+/// `--build-context NAME=DIR`: a local directory that `FROM NAME` builds on and
+/// `COPY --from=NAME` reads, with its own `.dockerignore`, cached by its content.
+#[test]
+fn a_local_directory_is_a_named_context() {
+    let p = Project::new();
+    p.write(
+        "ctx/Dockerfile",
+        "FROM assets AS files\nFROM scratch\nCOPY --from=assets /docs/readme.txt /readme.txt\nCOPY --from=files /logo.txt /logo.txt\n",
+    );
+    p.write("assets/docs/readme.txt", "read me\n");
+    p.write("assets/logo.txt", "logo\n");
+    p.write("assets/secret.txt", "kept out\n");
+    p.write("assets/.dockerignore", "secret.txt\n");
+    let build = |args: &[&str]| {
+        let mut cmd = p.fledge();
+        cmd.env("FLEDGE_AGENT", agent_binary()).args(["build", "ctx/Dockerfile"]);
+        run(cmd.args(args))
+    };
+    let assets = format!("assets={}", p.path("assets").display());
+    assert_success(&build(&["--build-context", &assets, "-o", "app.squashfs"]));
+    let cat = |path: &str| run(Command::new("unsquashfs").arg("-cat").arg(p.path("app.squashfs")).arg(path)).stdout;
+    assert_eq!(cat("/readme.txt"), b"read me\n");
+    assert_eq!(cat("/logo.txt"), b"logo\n");
+    assert_success(&build(&["--build-context", &assets, "--target", "files", "-o", "files.squashfs"]));
+    let listing = run(Command::new("unsquashfs").arg("-l").arg(p.path("files.squashfs")));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("/docs/readme.txt") && listing.contains("/logo.txt"), "{listing}");
+    assert!(!listing.contains("secret.txt"), "its .dockerignore holds: {listing}");
+
+    // A changed file is seen (the cache follows the directory's content).
+    p.write("assets/docs/readme.txt", "read me again\n");
+    assert_success(&build(&["--build-context", &assets, "-o", "app.squashfs"]));
+    assert_eq!(cat("/readme.txt"), b"read me again\n");
+
+    for (spec, needle) in [
+        (format!("context={}", p.path("assets").display()), "names the build's own directory"),
+        ("assets=./no-such-dir".to_string(), "./no-such-dir is not a directory"),
+        ("assets=git://example.com/x".to_string(), "not supported yet"),
+    ] {
+        let out = build(&["--build-context", &spec, "-o", "bad.squashfs"]);
+        assert_eq!(out.status.code(), Some(1), "{spec}");
+        assert!(stderr(&out).contains(needle), "{needle:?} in {}", stderr(&out));
+        assert!(!p.path("bad.squashfs").exists());
+    }
+}
+
 /// `--build-context NAME=oci-layout:PATH` (or `NAME=docker-image://REF`): a FROM naming it
 /// builds on that image, a layout needing no registry; a malformed one is a clear error.
 #[test]
@@ -278,5 +324,5 @@ fn a_named_context_from_an_oci_layout_is_a_base_without_a_registry() {
     let out =
         run(fledge().args(["build", "ctx/Dockerfile", "--build-context", "base=/somewhere", "-o", "bad.squashfs"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("expected NAME=oci-layout:PATH"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/somewhere is not a directory (expected NAME=DIR"), "{}", stderr(&out));
 }

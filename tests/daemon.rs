@@ -141,12 +141,18 @@ fn daemon_and_embedded_builds_give_the_same_files() {
              FROM base AS final\n\
              COPY --from=build /built.txt /app/built.txt\n\
              COPY --chmod=0755 run.sh /app/\n\
+             COPY --from=assets / /app/assets/\n\
              FROM final AS unused\n\
              RUN echo never > /never\n",
     );
     p.write("app/src/input.txt", "input\n");
     p.write("app/run.sh", "#!/bin/sh\necho run\n");
     p.write("token", "s3cret\n");
+    // A local directory as a named context, with its own .dockerignore.
+    p.write("assets/notes.txt", "notes\n");
+    p.write("assets/draft.txt", "not for the image\n");
+    p.write("assets/.dockerignore", "draft.txt\n");
+    let assets = format!("assets={}", p.path("assets").display());
     let build = |mode: &str, output: &str| {
         let mut cmd = p.fledge();
         cmd.env("FLEDGE_AGENT", agent_binary())
@@ -157,7 +163,7 @@ fn daemon_and_embedded_builds_give_the_same_files() {
             .env("FLEDGE_INSECURE_REGISTRIES", &registry.host)
             .args(["build", "app/Dockerfile", "--target", "final", "--build-arg", "FLAVOUR=spicy"])
             .args(["--secret", "id=token,src=token", "--progress", "plain", "-o", output])
-            .args(["--build-context", &layout]);
+            .args(["--build-context", &layout, "--build-context", &assets]);
         let out = run(&mut cmd);
         assert_success(&out);
         stderr(&out)
@@ -176,6 +182,8 @@ fn daemon_and_embedded_builds_give_the_same_files() {
     }
     let built = run(Command::new("unsquashfs").arg("-cat").arg(p.path("daemon.squashfs")).arg("/app/built.txt"));
     assert_eq!(String::from_utf8_lossy(&built.stdout), "input\ns3cret\nspicy\n");
+    assert!(from_daemon.iter().any(|l| l.ends_with(" /app/assets/notes.txt")), "{from_daemon:?}");
+    assert!(!from_daemon.iter().any(|l| l.contains("draft.txt")), "the context's .dockerignore holds: {from_daemon:?}");
 
     // --cache-to reaches the daemon: its cache lands in the registry.
     let cache = format!("{}/fledge/daemon-cache:1", registry.host);
@@ -193,7 +201,7 @@ fn daemon_and_embedded_builds_give_the_same_files() {
             "-o",
             "cached.squashfs",
         ])
-        .args(["--build-context", &layout])
+        .args(["--build-context", &layout, "--build-context", &assets])
         .arg("--cache-to")
         .arg(format!("type=registry,ref={cache},registry.insecure=true,mode=max"));
     assert_success(&run(&mut cmd));

@@ -73,6 +73,7 @@ fn fledge_convert(case: &Path, resolver: &Fixtures) -> dockerfile::Converted {
         build_platform: Platform::linux_amd64(),
         session_id: Some(SESSION.into()),
         excludes: Vec::new(),
+        local_contexts: Vec::new(),
         resolver,
     };
     dockerfile::convert(&ast, &options).unwrap_or_else(|e| panic!("{}: {e}", case.display()))

@@ -43,6 +43,7 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
                     dockerfile,
                     dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")),
                 )?,
+                local_contexts: Vec::new(),
                 resolver: &resolver,
             };
             let converted = fledge_llb::dockerfile::convert(&ast, &options)

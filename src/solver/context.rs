@@ -79,31 +79,31 @@ fn checksum(context: &Path, path: &Path, excludes: &Excludes, hasher: &mut Sha25
 
 /// For a FileOp's copies from the build context, one checksum per copy action of what it
 /// reads, so the op's cache key follows the copied content and nothing else.
-pub fn copied_checksums(context: &Path, op: &pb::FileOp, inputs: &[Value]) -> Result<Vec<String>> {
+pub fn copied_checksums(op: &pb::FileOp, inputs: &[Value]) -> Result<Vec<String>> {
     let mut sums = Vec::new();
     for action in &op.actions {
         let Some(pb::file_action::Action::Copy(copy)) = &action.action else { continue };
-        let Some(Value::Context { excludes }) =
+        let Some(Value::Context { dir, excludes }) =
             usize::try_from(action.secondary_input).ok().and_then(|i| inputs.get(i))
         else {
             continue;
         };
         let mut patterns = excludes.clone();
         patterns.extend(copy.exclude_patterns.iter().cloned());
-        sums.push(checksum_of(context, &copy.src, copy.allow_empty_wildcard, &patterns)?);
+        sums.push(checksum_of(dir, &copy.src, copy.allow_empty_wildcard, &patterns)?);
     }
     Ok(sums)
 }
 
 /// Checksums of the context content an exec op's bind mounts show (their `selector` paths).
-pub fn bound_checksums(context: &Path, exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<String>> {
+pub fn bound_checksums(exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<String>> {
     let mut sums = Vec::new();
     for mount in exec.mounts.iter().filter(|m| m.mount_type == pb::MountType::Bind as i32) {
-        let Some(Value::Context { excludes }) = usize::try_from(mount.input).ok().and_then(|i| inputs.get(i)) else {
+        let Some(Value::Context { dir, excludes }) = usize::try_from(mount.input).ok().and_then(|i| inputs.get(i)) else {
             continue;
         };
         let selector = if mount.selector.is_empty() { "/" } else { &mount.selector };
-        sums.push(checksum_of(context, selector, false, excludes)?);
+        sums.push(checksum_of(dir, selector, false, excludes)?);
     }
     Ok(sums)
 }

@@ -21,7 +21,7 @@ use crate::store::Store;
 use fledge_llb::patterns::Includes;
 
 /// Builds the op's layer and returns the new filesystem.
-pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value]) -> Result<Value> {
+pub fn run(store: &Store, op: &pb::FileOp, inputs: &[Value]) -> Result<Value> {
     let first = op.actions.first().context("the file op has no actions")?;
     let base: Vec<Sha256Digest> = match first.input {
         -1 => Vec::new(),
@@ -47,7 +47,7 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
             pb::file_action::Action::Mkfile(mkfile) => layer.mkfile(mkfile)?,
             pb::file_action::Action::Symlink(link) => layer.symlink(link)?,
             pb::file_action::Action::Copy(copy) => match source {
-                Some(Value::Context { excludes }) => layer.copy_from_context(context_dir, excludes, copy)?,
+                Some(Value::Context { dir, excludes }) => layer.copy_from_context(dir, excludes, copy)?,
                 Some(Value::Layers(layers)) => layer.copy_from_layers(layers, copy)?,
                 None => bail!("a copy without a source"),
             },
@@ -60,7 +60,7 @@ pub fn run(store: &Store, context_dir: &Path, op: &pb::FileOp, inputs: &[Value])
     Ok(Value::Layers(layers))
 }
 
-/// The build context (minus its `.dockerignore` patterns) as one layer, for bind mounts.
+/// A local directory (minus its `.dockerignore` patterns) as one layer, for bind mounts.
 pub fn context_layer(store: &Store, context_dir: &Path, excludes: &[String]) -> Result<Sha256Digest> {
     let copy = pb::FileActionCopy {
         src: "/".into(),
@@ -72,7 +72,8 @@ pub fn context_layer(store: &Store, context_dir: &Path, excludes: &[String]) -> 
     let action =
         pb::FileAction { input: -1, secondary_input: 0, output: 0, action: Some(pb::file_action::Action::Copy(copy)) };
     let op = pb::FileOp { actions: vec![action] };
-    match run(store, context_dir, &op, &[Value::Context { excludes: excludes.to_vec() }])? {
+    let local = Value::Context { dir: context_dir.to_path_buf(), excludes: excludes.to_vec() };
+    match run(store, &op, &[local])? {
         Value::Layers(layers) => layers.last().copied().context("copying the context made no layer"),
         Value::Context { .. } => unreachable!("file ops make layers"),
     }
@@ -556,14 +557,14 @@ mod tests {
         let op = pb::FileOp {
             actions: vec![rm("/b", false, false, 0), rm("/a/*.log", false, true, 1), rm("/gone", true, false, 2)],
         };
-        let Value::Layers(layers) = run(&store, Path::new("/"), &op, &inputs).unwrap() else { panic!() };
+        let Value::Layers(layers) = run(&store, &op, &inputs).unwrap() else { panic!() };
         assert_eq!(layers.len(), 2);
         let mut got = names(&store, &layers[1]);
         got.sort();
         assert_eq!(got, ["./.wh.b", "a", "a/.wh.x.log", "a/.wh.y.log"].map(|n| n.trim_start_matches("./").to_string()));
 
         let missing = pb::FileOp { actions: vec![rm("/nope", false, false, 0)] };
-        let error = run(&store, Path::new("/"), &missing, &inputs).unwrap_err();
+        let error = run(&store, &missing, &inputs).unwrap_err();
         assert!(format!("{error:#}").contains("rm /nope: no such file or directory"), "{error:#}");
     }
 }

@@ -19,7 +19,7 @@ mod sources;
 mod vms;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 
@@ -36,8 +36,9 @@ use crate::store::Store;
 /// An op's result.
 #[derive(Debug, Clone)]
 pub enum Value {
-    /// The build context directory (`local://context`), with its `.dockerignore` patterns.
-    Context { excludes: Vec<String> },
+    /// A local directory (`local://NAME`: the build context, or a named context), with its
+    /// `.dockerignore` patterns.
+    Context { dir: PathBuf, excludes: Vec<String> },
     /// A filesystem: layer blobs in the store, bottom first (empty = scratch).
     Layers(Vec<Sha256Digest>),
 }
@@ -46,7 +47,7 @@ impl Value {
     fn layers(&self, what: &str) -> Result<&[Sha256Digest]> {
         match self {
             Value::Layers(layers) => Ok(layers),
-            Value::Context { .. } => bail!("{what}: the build context cannot be used as a filesystem here"),
+            Value::Context { .. } => bail!("{what}: a local directory cannot be used as a filesystem here"),
         }
     }
 }
@@ -107,7 +108,9 @@ impl tokio::io::AsyncWrite for StepOutput {
 
 pub struct Solver<'a> {
     store: &'a Store,
-    context: PathBuf,
+    /// The local directories a definition may read (`local://NAME`): the build context
+    /// (`context`) and named contexts.
+    locals: HashMap<String, PathBuf>,
     progress: &'a Progress,
     find_machine: Option<Box<dyn Fn() -> Result<Machine> + Sync + 'a>>,
     /// Secret id → the host file holding it (`--secret`); never part of a cache key.
@@ -202,7 +205,7 @@ struct Schedule {
 impl<'a> Solver<'a> {
     pub fn new(
         store: &'a Store,
-        context: PathBuf,
+        locals: HashMap<String, PathBuf>,
         machine: Box<dyn Fn() -> Result<Machine> + Sync + 'a>,
         progress: &'a Progress,
         secrets: HashMap<String, PathBuf>,
@@ -211,7 +214,7 @@ impl<'a> Solver<'a> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         Ok(Solver {
             store,
-            context,
+            locals,
             progress,
             find_machine: Some(machine),
             secrets,
@@ -358,8 +361,8 @@ impl<'a> Solver<'a> {
         let inputs: Vec<Value> = inputs.into_iter().map(|(value, _)| value).collect();
         let payload = op.op.clone().with_context(|| format!("op {digest} has no payload"))?;
         let checksums = match &payload {
-            pb::op::Op::File(file) => context::copied_checksums(&self.context, file, &inputs)?,
-            pb::op::Op::Exec(exec) => context::bound_checksums(&self.context, exec, &inputs)?,
+            pb::op::Op::File(file) => context::copied_checksums(file, &inputs)?,
+            pb::op::Op::Exec(exec) => context::bound_checksums(exec, &inputs)?,
             _ => Vec::new(),
         };
         for checksum in checksums {
@@ -458,7 +461,7 @@ impl<'a> Solver<'a> {
     fn run(&self, payload: &pb::op::Op, inputs: &[Value], name: &str) -> Result<Value> {
         match payload {
             pb::op::Op::Source(_) | pb::op::Op::Exec(_) => unreachable!("evaluate runs sources and execs"),
-            pb::op::Op::File(file) => fileop::run(self.store, &self.context, file, inputs),
+            pb::op::Op::File(file) => fileop::run(self.store, file, inputs),
             pb::op::Op::Merge(merge) => {
                 let mut layers = Vec::new();
                 for input in &merge.inputs {
@@ -496,12 +499,15 @@ impl<'a> Solver<'a> {
     /// store) rather than fetched.
     fn source(&self, payload: &pb::op::Op, op: &pb::Op) -> Result<(Value, bool)> {
         let pb::op::Op::Source(source) = payload else { unreachable!("called for sources") };
-        if source.identifier.starts_with("local://") {
+        if let Some(name) = source.identifier.strip_prefix("local://") {
+            let dir = self.locals.get(name).with_context(|| {
+                format!("the build reads the local directory {name:?}, which it was not given (--build-context {name}=DIR)")
+            })?;
             let excludes = match source.attrs.get("local.excludepatterns") {
                 Some(json) => serde_json::from_str(json).context("local.excludepatterns is not a JSON list")?,
                 None => Vec::new(),
             };
-            return Ok((Value::Context { excludes }, true));
+            return Ok((Value::Context { dir: dir.clone(), excludes }, true));
         }
         if source.identifier.starts_with("http://") || source.identifier.starts_with("https://") {
             return Ok((Value::Layers(vec![sources::http(self.store, source)?]), false));
@@ -513,7 +519,7 @@ impl<'a> Solver<'a> {
             variant: (!platform.variant.is_empty()).then_some(platform.variant),
         };
         let image = if let Some(layout) = source.identifier.strip_prefix("oci-layout://") {
-            crate::image::source::ImageSource::parse(&format!("oci-layout:{layout}"), &self.context)
+            crate::image::source::ImageSource::parse(&format!("oci-layout:{layout}"), self.locals.get("context").map_or(Path::new("."), PathBuf::as_path))
                 .map_err(anyhow::Error::msg)?
         } else if let Some(reference) = source.identifier.strip_prefix("docker-image://") {
             crate::image::source::ImageSource::Registry(
@@ -548,7 +554,7 @@ impl<'a> Solver<'a> {
                 -1 => Vec::new(),
                 i => match inputs.get(i as usize).context("a bind mount's input is out of range")? {
                     Value::Layers(layers) => layers.clone(),
-                    Value::Context { excludes } => vec![fileop::context_layer(self.store, &self.context, excludes)?],
+                    Value::Context { dir, excludes } => vec![fileop::context_layer(self.store, dir, excludes)?],
                 },
             };
             binds.insert(mount.dest.clone(), layers);

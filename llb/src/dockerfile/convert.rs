@@ -29,7 +29,18 @@ pub struct Options<'a> {
     pub session_id: Option<String>,
     /// `.dockerignore` patterns for the build context.
     pub excludes: Vec<String>,
+    /// Local directories given as named contexts (`--build-context NAME=DIR`).
+    pub local_contexts: Vec<LocalContext>,
     pub resolver: &'a dyn ImageResolver,
+}
+
+/// A local directory given as a named build context: `FROM NAME` builds on its files,
+/// `COPY --from=NAME` and `RUN --mount=from=NAME` read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalContext {
+    pub name: String,
+    /// Its `.dockerignore` patterns.
+    pub excludes: Vec<String>,
 }
 
 /// The lowered build: the result and the image configuration.
@@ -174,6 +185,8 @@ pub struct Context<'a> {
     pub context_paths: Vec<String>,
     pub used_paths: Vec<String>,
     context: Option<Output>,
+    /// Named local contexts' sources, made when first used.
+    locals: BTreeMap<String, Output>,
     stages: Vec<Stage>,
     done: BTreeMap<usize, StageState>,
     global: Vars,
@@ -186,38 +199,61 @@ impl Context<'_> {
         if let Some(context) = &self.context {
             return context.clone();
         }
+        let paths = self.context_paths.clone();
+        let output = self.local_source("context", &self.options.excludes, Some(&paths), "[internal] load build context");
+        self.context = Some(output.clone());
+        output
+    }
+
+    /// The source of the named local context `name` (`--build-context NAME=DIR`), if the
+    /// build was given one.
+    pub fn named_local(&mut self, name: &str) -> Option<Output> {
+        let local = self.options.local_contexts.iter().find(|c| c.name.eq_ignore_ascii_case(name))?;
+        if let Some(output) = self.locals.get(&local.name) {
+            return Some(output.clone());
+        }
+        let title = format!("[internal] load build context {}", local.name);
+        let output = self.local_source(&local.name, &local.excludes, None, &title);
+        self.locals.insert(local.name.clone(), output.clone());
+        Some(output)
+    }
+
+    /// A `local://NAME` source read through the build's session; `followpaths` lists the
+    /// paths the build reads (for the main context).
+    fn local_source(&self, name: &str, excludes: &[String], followpaths: Option<&[String]>, title: &str) -> Output {
         let mut attrs = BTreeMap::new();
         let json_list = |v: &[String]| serde_json::to_string(v).expect("strings serialise");
-        if !self.options.excludes.is_empty() {
-            attrs.insert("local.excludepatterns".to_string(), json_list(&self.options.excludes));
+        if !excludes.is_empty() {
+            attrs.insert("local.excludepatterns".to_string(), json_list(excludes));
         }
-        let paths = &self.context_paths;
-        if !paths.is_empty() {
+        if let Some(paths) = followpaths.filter(|p| !p.is_empty()) {
             attrs.insert("local.followpaths".to_string(), json_list(paths));
         }
         match &self.options.session_id {
             Some(session) => attrs.insert("local.session".to_string(), session.clone()),
             None => attrs.insert("local.unique".to_string(), "fledge".to_string()),
         };
-        attrs.insert("local.sharedkeyhint".to_string(), "context".to_string());
+        attrs.insert("local.sharedkeyhint".to_string(), name.to_string());
         let op = pb::Op {
-            op: Some(pb::op::Op::Source(pb::SourceOp { identifier: "local://context".into(), attrs })),
+            op: Some(pb::op::Op::Source(pb::SourceOp { identifier: format!("local://{name}"), attrs })),
             constraints: Some(Default::default()),
             ..Default::default()
         };
-        let mut info = OpInfo::named("[internal] load build context");
-        info.caps = vec!["source.local", "source.local.followpaths", "source.local.sharedkeyhint"];
+        let mut info = OpInfo::named(title);
+        info.caps = vec!["source.local"];
+        if followpaths.is_some() {
+            info.caps.push("source.local.followpaths");
+        }
+        info.caps.push("source.local.sharedkeyhint");
         info.caps.push(if self.options.session_id.is_some() {
             "source.local.sessionid"
         } else {
             "source.local.unique"
         });
-        if !self.options.excludes.is_empty() {
+        if !excludes.is_empty() {
             info.caps.insert(0, "source.local.excludepatterns");
         }
-        let output = Output::new(op, Vec::new(), info, 0);
-        self.context = Some(output.clone());
-        output
+        Output::new(op, Vec::new(), info, 0)
     }
 
     /// The stage `name_or_index` refers to, if it is one.
@@ -373,6 +409,16 @@ impl Context<'_> {
             return Ok(state);
         }
         state.steps += 1;
+        if let Some(local) = self.named_local(&base) {
+            // Its files, copied onto scratch as the stage's first layer.
+            state.env.set("PATH", DEFAULT_PATH);
+            state.config().insert("Env".into(), json!([format!("PATH={DEFAULT_PATH}")]));
+            let mut info = OpInfo::named(state.step_name(&format!("FROM {base}")));
+            info.caps = vec!["file.base"];
+            info.lines = vec![(from.start_line as i32, from.end_line as i32)];
+            state.output = Some(copy::whole_directory(local, info));
+            return Ok(state);
+        }
         let (source, config, pinned) = self.image_source(&base, &platform, from)?;
         let mut info = OpInfo::named(state.step_name(&format!("FROM {pinned}")));
         info.description.insert("com.docker.dockerfile.v1.command".into(), from.original.trim().to_string());
@@ -699,6 +745,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         context_paths: Vec::new(),
         used_paths: Vec::new(),
         context: None,
+        locals: BTreeMap::new(),
         stages,
         done: BTreeMap::new(),
         global,

@@ -20,6 +20,27 @@ fn file_op(actions: Vec<pb::FileAction>) -> pb::Op {
     }
 }
 
+/// The whole of `source` (a local directory) copied onto scratch, as one layer.
+pub fn whole_directory(source: Output, info: OpInfo) -> Output {
+    let copy = pb::FileActionCopy {
+        src: "/".into(),
+        dest: "/".into(),
+        mode: -1,
+        follow_symlink: true,
+        dir_copy_contents: true,
+        create_dest_path: true,
+        timestamp: -1,
+        ..Default::default()
+    };
+    let action = pb::FileAction {
+        input: -1,
+        secondary_input: 0,
+        output: 0,
+        action: Some(pb::file_action::Action::Copy(copy)),
+    };
+    Output::new(file_op(vec![action]), vec![source], info, 0)
+}
+
 /// `--chown=user[:group]`: numbers as ids, names looked up in the destination's files.
 fn owner(spec: &str) -> Option<pb::ChownOpt> {
     if spec.is_empty() {

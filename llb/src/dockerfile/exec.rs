@@ -410,6 +410,9 @@ pub fn mount_source(cx: &mut Context<'_>, from: &str, at: &Instruction) -> Resul
     if let Some(index) = cx.stage_index(from) {
         return cx.stage_output(index)?.ok_or_else(|| error(at, format!("stage {from:?} is empty (FROM scratch)")));
     }
+    if let Some(local) = cx.named_local(from) {
+        return Ok(local);
+    }
     let platform = cx.options.platform.clone();
     let (op, _, _) = cx.image_source(from, &platform, at)?;
     Ok(Output::new(op, Vec::new(), OpInfo { caps: vec!["source.image"], ..OpInfo::default() }, 0))

@@ -13,6 +13,6 @@ mod line_parsers;
 pub mod parser;
 pub mod shell;
 
-pub use convert::{ConvertError, Converted, Options, convert};
+pub use convert::{ConvertError, Converted, LocalContext, Options, convert};
 pub use image::{ImageResolver, Platform, ResolvedImage};
 pub use parser::{Arg, Ast, Instruction, ParseError, parse};
