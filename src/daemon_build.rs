@@ -38,6 +38,9 @@ fn address() -> String {
 fn tls() -> Result<Option<Tls>> {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let dir = var("FLEDGE_BUILDKIT_TLS_DIR");
+    if let Some(dir) = dir.as_ref().filter(|d| !d.is_dir()) {
+        bail!("FLEDGE_BUILDKIT_TLS_DIR={}: not a directory (it holds ca.pem, cert.pem and key.pem)", dir.display());
+    }
     let in_dir = |file: &str| dir.as_ref().map(|d| d.join(file)).filter(|p| p.exists());
     let ca = var("FLEDGE_BUILDKIT_TLS_CA").or_else(|| in_dir("ca.pem"));
     let cert = var("FLEDGE_BUILDKIT_TLS_CERT").or_else(|| in_dir("cert.pem"));
@@ -46,8 +49,14 @@ fn tls() -> Result<Option<Tls>> {
     let identity = match (cert, key) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
-        (Some(_), None) => bail!("FLEDGE_BUILDKIT_TLS_CERT is set without FLEDGE_BUILDKIT_TLS_KEY: a client certificate needs its key"),
-        (None, Some(_)) => bail!("FLEDGE_BUILDKIT_TLS_KEY is set without FLEDGE_BUILDKIT_TLS_CERT: a client key needs its certificate"),
+        (Some(cert), None) => bail!(
+            "the client certificate {} has no key: set FLEDGE_BUILDKIT_TLS_KEY (or put key.pem beside cert.pem in FLEDGE_BUILDKIT_TLS_DIR)",
+            cert.display()
+        ),
+        (None, Some(key)) => bail!(
+            "the client key {} has no certificate: set FLEDGE_BUILDKIT_TLS_CERT (or put cert.pem beside key.pem in FLEDGE_BUILDKIT_TLS_DIR)",
+            key.display()
+        ),
     };
     if dir.is_none() && ca.is_none() && identity.is_none() && server_name.is_none() {
         return Ok(None);

@@ -151,7 +151,9 @@ pub fn fetch_blob(
         return Ok(());
     }
     let step = progress.step(format!("Pulling {what} {}", &digest.hex()[..12]), Some(d.size));
-    let mut reader = session.blob(&digest)?;
+    // One byte more than the descriptor says is enough to tell a blob is too long; a
+    // registry cannot fill the disk by sending more.
+    let mut reader = std::io::Read::take(session.blob(&digest)?, d.size.saturating_add(1));
     let mut counting = CountingReader { inner: &mut reader, step: &step };
     super::prescan::store_and_scan(store, &digest, &mut counting, |reader| {
         store.write_blob(reader, Some(Expected { digest, size: Some(d.size) }), &format!("{image} {what} {digest}"))

@@ -22,7 +22,7 @@ pub enum RegistryError {
     #[error("{reference}: not found in the registry ({url} answered 404)")]
     NotFound { reference: String, url: String },
     #[error(
-        "{registry} refused access to {repository} ({status})\n  = help: log in with `docker login {registry}` (credentials are read from ~/.docker/config.json \"auths\"), or check the repository name"
+        "{registry} refused access to {repository} ({status})\n  = help: log in with `docker login {registry}` (credentials are read from ~/.docker/config.json \"auths\"; pushing a cache needs push rights), or check the repository name"
     )]
     Unauthorized { registry: String, repository: String, status: u16 },
     #[error("{url} answered HTTP {status}: {body}")]
@@ -273,13 +273,20 @@ impl Session {
             .ok_or_else(|| RegistryError::Config(format!("{url} opened an upload without saying where (no Location)")))?;
         let location =
             if location.starts_with('/') { format!("{}{location}", self.base) } else { location.to_string() };
+        // The credentials go only where they came from; an upload sent elsewhere (storage
+        // behind the registry) goes without them, and never from HTTPS down to plain HTTP.
+        let same_origin = location.starts_with(&format!("{}/", self.base));
+        if !same_origin && self.base.starts_with("https://") && !location.starts_with("https://") {
+            return Err(RegistryError::Config(format!("{url} sent the upload to {location}, which is not HTTPS")));
+        }
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = format!("{location}{separator}digest={digest}");
-        let mut response = with_authorization(self.agent.put(&put), self.authorization.as_deref())
+        let authorization = self.authorization.as_deref().filter(|_| same_origin);
+        let mut response = with_authorization(self.agent.put(&put), authorization)
             .header("Content-Type", "application/octet-stream")
             .header("Content-Length", size)
             .send(ureq::SendBody::from_reader(content))
-            .map_err(|e| RegistryError::Network { url: url.clone(), reason: e.to_string() })?;
+            .map_err(|e| RegistryError::Network { url: put.clone(), reason: e.to_string() })?;
         self.check(&mut response, &format!("blobs/{digest}"))
     }
 

@@ -1,7 +1,10 @@
 //! A cache artifact in a local OCI image layout directory (`oci-layout`, `index.json`,
 //! `blobs/sha256/`), e.g. a directory CI keeps between runs or one carried to an air-gapped
-//! host. An export replaces `index.json` atomically and then removes the blobs the new
-//! artifact does not use, so the directory holds one cache and does not grow without bound.
+//! host. The directory holds the cache and nothing else: an export refuses a layout that lists
+//! other manifests. Writers take turns (a lock file, held from the first blob to the end);
+//! an export replaces `index.json` atomically and then removes the blobs only the previous
+//! cache used, so the directory does not grow without bound. A build reading the directory
+//! while another writes it may find a layer gone: that record is then not used (a warning).
 
 use std::collections::HashSet;
 use std::fs;
@@ -9,91 +12,107 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use sha2::{Digest, Sha256};
 
-use super::{ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, Place};
-use crate::digest::Sha256Digest;
-use crate::image::spec::Descriptor;
+use super::{ARTIFACT_TYPE, MANIFEST_LIMIT, Place, descriptor};
+use crate::digest::{HashingWriter, Sha256Digest};
+use crate::image::spec::{Descriptor, Index, Manifest, OCI_INDEX, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::store::{Expected, Store};
 
+const LOCK: &str = ".fledge-cache.lock";
+
 pub struct LayoutPlace {
     dir: PathBuf,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Index {
-    schema_version: u32,
-    manifests: Vec<IndexEntry>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IndexEntry {
-    media_type: String,
-    digest: String,
-    size: u64,
-    #[serde(default)]
-    artifact_type: Option<String>,
+    /// Held while this export writes.
+    lock: Option<fs::File>,
 }
 
 impl LayoutPlace {
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        Self { dir, lock: None }
     }
 
-    fn blob_path(&self, digest: &str) -> Result<PathBuf> {
-        let digest: Sha256Digest = digest.parse().map_err(anyhow::Error::msg)?;
-        Ok(self.dir.join("blobs/sha256").join(digest.hex()))
+    /// A place to export to, checked before the build: not a layout holding other images.
+    pub fn for_export(dir: PathBuf) -> Result<Self> {
+        let place = Self::new(dir);
+        place.refuse_foreign()?;
+        Ok(place)
     }
 
-    /// Writes `content` as blob `digest` (through a temporary file, checked, then renamed).
-    fn write_blob(&self, digest: &Sha256Digest, content: &mut dyn Read) -> Result<()> {
-        let blobs = self.dir.join("blobs/sha256");
-        fs::create_dir_all(&blobs).with_context(|| format!("cannot create {}", blobs.display()))?;
-        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&blobs)?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0; 1 << 20];
-        loop {
-            let n = content.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])?;
+    fn refuse_foreign(&self) -> Result<()> {
+        if let Some(index) = self.index()?
+            && index.manifests.iter().any(|m| m.artifact_type.as_deref() != Some(ARTIFACT_TYPE))
+        {
+            bail!(
+                "{} is an OCI layout holding other images: give type=local,dest= a directory of its own",
+                self.dir.display()
+            );
         }
-        let actual = Sha256Digest(hasher.finalize().into());
-        if actual != *digest {
-            bail!("blob {digest} read back as {actual}");
-        }
-        tmp.persist(blobs.join(digest.hex()))?;
         Ok(())
+    }
+
+    fn blob_path(&self, digest: &Sha256Digest) -> PathBuf {
+        self.dir.join("blobs/sha256").join(digest.hex())
+    }
+
+    /// The layout's index, if it has one.
+    fn index(&self) -> Result<Option<Index>> {
+        let path = self.dir.join("index.json");
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        Ok(Some(serde_json::from_slice(&bytes).with_context(|| format!("{} is not an OCI index", path.display()))?))
+    }
+
+    /// The cache's manifest descriptor in the index.
+    fn entry(index: &Index) -> Option<&Descriptor> {
+        index.manifests.iter().find(|m| m.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
+    }
+
+    /// Takes the writers' lock (once), after checking that the directory is a cache's.
+    fn lock(&mut self) -> Result<()> {
+        if self.lock.is_some() {
+            return Ok(());
+        }
+        fs::create_dir_all(self.dir.join("blobs/sha256"))
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let path = self.dir.join(LOCK);
+        let file = fs::File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+        file.lock().with_context(|| format!("cannot lock {}", path.display()))?;
+        self.refuse_foreign()?;
+        self.lock = Some(file);
+        Ok(())
+    }
+
+    /// The blobs the artifact `manifest` (whose digest is `digest`) uses.
+    fn blobs_of(manifest: &Manifest, digest: &str) -> HashSet<String> {
+        let mut used: HashSet<String> = manifest.layers.iter().map(|d| d.digest.clone()).collect();
+        used.insert(manifest.config.digest.clone());
+        used.insert(digest.to_string());
+        used
+    }
+
+    /// The blobs the cache now in the index uses (none without one).
+    fn current_blobs(&mut self) -> Result<HashSet<String>> {
+        let Some(index) = self.index()? else { return Ok(HashSet::new()) };
+        let Some(entry) = Self::entry(&index) else { return Ok(HashSet::new()) };
+        let digest = entry.digest.clone();
+        let bytes = self.read(&descriptor(OCI_MANIFEST, &digest.parse().map_err(anyhow::Error::msg)?, entry.size))?;
+        Ok(serde_json::from_slice(&bytes).map(|m: Manifest| Self::blobs_of(&m, &digest)).unwrap_or_default())
     }
 }
 
 impl Place for LayoutPlace {
     fn manifest(&mut self) -> Result<Option<Vec<u8>>> {
-        let index_path = self.dir.join("index.json");
-        let bytes = match fs::read(&index_path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", index_path.display())),
-        };
-        let index: Index =
-            serde_json::from_slice(&bytes).with_context(|| format!("{} is not an OCI index", index_path.display()))?;
-        let entry = index
-            .manifests
-            .iter()
-            .find(|m| m.artifact_type.as_deref() == Some(ARTIFACT_TYPE))
-            .with_context(|| format!("{} lists no Fledge build cache ({ARTIFACT_TYPE})", index_path.display()))?;
-        let manifest = self.read(&Descriptor {
-            media_type: entry.media_type.clone(),
-            digest: entry.digest.clone(),
-            size: entry.size,
-            platform: None,
-            annotations: Default::default(),
-        })?;
+        let Some(index) = self.index()? else { return Ok(None) };
+        let entry = Self::entry(&index)
+            .with_context(|| format!("{} lists no Fledge build cache ({ARTIFACT_TYPE})", self.dir.display()))?;
+        if entry.size > MANIFEST_LIMIT {
+            bail!("its manifest is {} bytes, more than a manifest can be", entry.size);
+        }
+        let manifest = self.read(entry)?;
         if Sha256Digest::of_bytes(&manifest).to_string() != entry.digest {
             bail!("its manifest does not match its digest {}", entry.digest);
         }
@@ -101,11 +120,11 @@ impl Place for LayoutPlace {
     }
 
     fn read(&mut self, blob: &Descriptor) -> Result<Vec<u8>> {
-        let path = self.blob_path(&blob.digest)?;
+        let path = self.blob_path(&blob.digest.parse().map_err(anyhow::Error::msg)?);
         let mut bytes = Vec::new();
         fs::File::open(&path)
             .with_context(|| format!("cannot read {}", path.display()))?
-            .take(blob.size + 1)
+            .take(blob.size.saturating_add(1))
             .read_to_end(&mut bytes)?;
         Ok(bytes)
     }
@@ -115,55 +134,59 @@ impl Place for LayoutPlace {
         if store.has_blob(&digest) {
             return Ok(());
         }
-        let path = self.blob_path(&layer.digest)?;
-        let mut file = fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let path = self.blob_path(&digest);
+        let file = fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        // One byte more than it should have is enough to tell it is too long.
+        let mut content = file.take(layer.size.saturating_add(1));
         let expected = Expected { digest, size: Some(layer.size) };
-        store.write_blob(&mut file, Some(expected), &path.display().to_string())?;
+        store.write_blob(&mut content, Some(expected), &path.display().to_string())?;
         Ok(())
     }
 
-    fn has(&mut self, digest: &Sha256Digest) -> Result<bool> {
-        Ok(self.blob_path(&digest.to_string())?.exists())
+    fn has(&mut self, digest: &Sha256Digest, size: u64) -> Result<bool> {
+        self.lock()?;
+        // A blob of the wrong size (a copy cut short) is written again.
+        Ok(fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.len() == size))
     }
 
     fn put(&mut self, digest: &Sha256Digest, _size: u64, content: &mut dyn Read) -> Result<()> {
-        self.write_blob(digest, content)
+        self.lock()?;
+        let blobs = self.dir.join("blobs/sha256");
+        let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&blobs)?;
+        let mut writer = HashingWriter::new(std::io::BufWriter::new(tmp.as_file_mut()));
+        std::io::copy(content, &mut writer)?;
+        let (actual, _, buffered) = writer.finish();
+        buffered.into_inner().map_err(|e| e.into_error())?;
+        if actual != *digest {
+            bail!("blob {digest} read back as {actual}");
+        }
+        tmp.persist(self.blob_path(digest))?;
+        Ok(())
     }
 
     fn commit(&mut self, manifest: &[u8]) -> Result<()> {
+        self.lock()?;
+        let previous = self.current_blobs()?;
         let digest = Sha256Digest::of_bytes(manifest);
-        self.write_blob(&digest, &mut &manifest[..])?;
+        self.put(&digest, manifest.len() as u64, &mut &manifest[..])?;
         fs::write(self.dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-        let index = Index {
-            schema_version: 2,
-            manifests: vec![IndexEntry {
-                media_type: MANIFEST_MEDIA_TYPE.into(),
-                digest: digest.to_string(),
-                size: manifest.len() as u64,
-                artifact_type: Some(ARTIFACT_TYPE.into()),
-            }],
-        };
+        let mut entry = descriptor(OCI_MANIFEST, &digest, manifest.len() as u64);
+        entry.artifact_type = Some(ARTIFACT_TYPE.into());
+        let index = Index { schema_version: 2, media_type: OCI_INDEX.into(), manifests: vec![entry] };
         let mut tmp = tempfile::Builder::new().prefix(".index-").tempfile_in(&self.dir)?;
         tmp.write_all(&serde_json::to_vec(&index)?)?;
         tmp.persist(self.dir.join("index.json"))?;
-        self.remove_unused(manifest, &digest)
-    }
-}
-
-impl LayoutPlace {
-    /// Removes the blobs (and leftover temporary files) that the artifact `manifest` does
-    /// not use.
-    fn remove_unused(&self, manifest: &[u8], digest: &Sha256Digest) -> Result<()> {
-        let parsed: super::CacheManifest = serde_json::from_slice(manifest)?;
-        let mut used: HashSet<String> = parsed.layers.iter().map(|d| d.digest.clone()).collect();
-        used.insert(parsed.config.digest);
-        used.insert(digest.to_string());
+        // Only what the previous cache used and this one does not, and temporary files that
+        // a writer which stopped half-way left (this one holds the lock: nobody else writes).
+        let now = Self::blobs_of(&serde_json::from_slice(manifest)?, &digest.to_string());
+        for old in previous.difference(&now) {
+            let path = self.blob_path(&old.parse().map_err(anyhow::Error::msg)?);
+            let _ = fs::remove_file(path);
+        }
         let blobs = self.dir.join("blobs/sha256");
-        for entry in fs::read_dir(&blobs)? {
-            let path = entry?.path();
-            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if !used.contains(&format!("sha256:{name}")) {
-                fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        for entry in fs::read_dir(&blobs)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = fs::remove_file(entry.path());
             }
         }
         Ok(())

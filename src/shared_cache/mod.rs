@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Sha256Digest;
-use crate::image::spec::Descriptor;
+use crate::image::spec::{Descriptor, Manifest, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::solver::{CacheUse, ImportedCache};
 use crate::store::Store;
@@ -27,7 +27,9 @@ use crate::store::Store;
 /// The artifact's type and its config's media type (the records).
 pub const ARTIFACT_TYPE: &str = "application/vnd.fledge.build-cache.v1";
 pub const RECORDS_MEDIA_TYPE: &str = "application/vnd.fledge.build-cache.records.v1+json";
-const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// A cache's manifest and records are read into memory; larger ones are refused.
+const MANIFEST_LIMIT: u64 = 4 << 20;
+const RECORDS_LIMIT: u64 = 16 << 20;
 
 /// One `--cache-to`/`--cache-from` value, `type=KIND,KEY=VALUE,...` (buildctl's form).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,17 +72,6 @@ struct Record {
     layers: Vec<String>,
 }
 
-#[derive(Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct CacheManifest {
-    schema_version: u32,
-    media_type: String,
-    #[serde(default)]
-    artifact_type: Option<String>,
-    config: Descriptor,
-    layers: Vec<Descriptor>,
-}
-
 /// Where a cache artifact lives: a registry repository or a local layout.
 trait Place: Send {
     /// The artifact's manifest, or `None` when there is no cache there yet.
@@ -89,8 +80,8 @@ trait Place: Send {
     fn read(&mut self, blob: &Descriptor) -> Result<Vec<u8>>;
     /// Brings blob `layer` into the store, verified against its digest and size.
     fn fetch(&mut self, store: &Store, layer: &Descriptor, progress: &Progress) -> Result<()>;
-    /// Whether the place has blob `digest` already.
-    fn has(&mut self, digest: &Sha256Digest) -> Result<bool>;
+    /// Whether the place has blob `digest` (of `size` bytes) already.
+    fn has(&mut self, digest: &Sha256Digest, size: u64) -> Result<bool>;
     /// Adds blob `digest` (`size` bytes from `content`).
     fn put(&mut self, digest: &Sha256Digest, size: u64, content: &mut dyn std::io::Read) -> Result<()>;
     /// Makes `manifest` the artifact of this place (the last write of an export).
@@ -110,7 +101,10 @@ fn open(flag: &str, spec: &CacheSpec, path_key: &str) -> Result<(Box<dyn Place>,
             let dir = spec.attrs.get(path_key).with_context(|| {
                 format!("{flag} type=local needs {path_key}=DIR (an OCI image layout directory)")
             })?;
-            Box::new(layout::LayoutPlace::new(dir.into()))
+            match path_key {
+                "dest" => Box::new(layout::LayoutPlace::for_export(dir.into())?),
+                _ => Box::new(layout::LayoutPlace::new(dir.into())),
+            }
         }
         other => bail!(
             "{flag} type={other}: the embedded engine shares its cache through type=registry,ref=REF or type=local,{path_key}=DIR\n  = help: BuildKit's other cache backends work with FLEDGE_BUILDKIT_MODE=daemon"
@@ -168,9 +162,12 @@ impl<'a> Imported<'a> {
 /// computes the record's key).
 fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
     let Some(bytes) = place.manifest()? else { return Ok(None) };
-    let manifest: CacheManifest = serde_json::from_slice(&bytes).context("its manifest is not an OCI manifest")?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).context("its manifest is not an OCI manifest")?;
     if manifest.config.media_type != RECORDS_MEDIA_TYPE {
         bail!("it is not a Fledge build cache (its config is {}, not {RECORDS_MEDIA_TYPE})", manifest.config.media_type);
+    }
+    if manifest.config.size > RECORDS_LIMIT {
+        bail!("its records blob is {} bytes, more than a cache's records can be", manifest.config.size);
     }
     let config = place.read(&manifest.config)?;
     let digest: Sha256Digest = manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
@@ -178,7 +175,8 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
         bail!("its records blob does not match its digest {digest}");
     }
     let records: Records = serde_json::from_slice(&config).context("its records are not valid JSON")?;
-    let listed: HashMap<&str, &Descriptor> = manifest.layers.iter().map(|d| (d.digest.as_str(), d)).collect();
+    let listed: HashMap<Sha256Digest, &Descriptor> =
+        manifest.layers.iter().filter_map(|d| Some((d.digest.parse().ok()?, d))).collect();
     let mut out = HashMap::new();
     for record in records.records {
         let key = record.key.parse().map_err(|e| anyhow::anyhow!("record key {}: {e}", record.key))?;
@@ -187,7 +185,7 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
             .iter()
             .map(|l| {
                 let digest = l.parse().map_err(|e| anyhow::anyhow!("record {key}: layer {l}: {e}"))?;
-                Ok((digest, listed.get(l.as_str()).map(|d| (*d).clone())))
+                Ok((digest, listed.get(&digest).map(|d| (*d).clone())))
             })
             .collect::<Result<_>>()?;
         out.insert(key, layers);
@@ -297,7 +295,7 @@ fn write(
             continue;
         }
         let size = std::fs::metadata(store.blob_path(&digest)).with_context(|| format!("layer {digest}"))?.len();
-        if !place.has(&digest)? {
+        if !place.has(&digest, size)? {
             place.put(&digest, size, &mut store.open_blob(&digest)?)?;
             sent += 1;
         }
@@ -306,12 +304,12 @@ fn write(
     }
     let config = serde_json::to_vec(&Records { records: sorted })?;
     let config_digest = Sha256Digest::of_bytes(&config);
-    if !place.has(&config_digest)? {
+    if !place.has(&config_digest, config.len() as u64)? {
         place.put(&config_digest, config.len() as u64, &mut config.as_slice())?;
     }
-    let manifest = CacheManifest {
+    let manifest = Manifest {
         schema_version: 2,
-        media_type: MANIFEST_MEDIA_TYPE.into(),
+        media_type: OCI_MANIFEST.into(),
         artifact_type: Some(ARTIFACT_TYPE.into()),
         config: descriptor(RECORDS_MEDIA_TYPE, &config_digest, config.len() as u64),
         layers,
@@ -327,6 +325,7 @@ fn descriptor(media_type: &str, digest: &Sha256Digest, size: u64) -> Descriptor 
         size,
         platform: None,
         annotations: BTreeMap::new(),
+        artifact_type: None,
     }
 }
 

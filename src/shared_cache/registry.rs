@@ -5,15 +5,12 @@ use std::io::Read;
 use anyhow::{Context, Result, bail};
 use fledge_llb::ImageRef;
 
-use super::{MANIFEST_MEDIA_TYPE, Place};
+use super::Place;
 use crate::digest::Sha256Digest;
 use crate::image::registry::{RegistryError, Session};
 use crate::image::spec::Descriptor;
 use crate::progress::Progress;
 use crate::store::Store;
-
-/// The records blob is small; a larger one is refused rather than read into memory.
-const RECORDS_LIMIT: u64 = 16 << 20;
 
 pub struct RegistryPlace {
     image: ImageRef,
@@ -43,12 +40,9 @@ impl Place for RegistryPlace {
     }
 
     fn read(&mut self, blob: &Descriptor) -> Result<Vec<u8>> {
-        if blob.size > RECORDS_LIMIT {
-            bail!("its records blob is {} bytes, more than a cache's records can be", blob.size);
-        }
         let digest = blob.digest.parse().map_err(anyhow::Error::msg)?;
         let mut bytes = Vec::new();
-        self.session.blob(&digest)?.take(RECORDS_LIMIT).read_to_end(&mut bytes)?;
+        self.session.blob(&digest)?.take(blob.size.saturating_add(1)).read_to_end(&mut bytes)?;
         Ok(bytes)
     }
 
@@ -57,7 +51,7 @@ impl Place for RegistryPlace {
         Ok(())
     }
 
-    fn has(&mut self, digest: &Sha256Digest) -> Result<bool> {
+    fn has(&mut self, digest: &Sha256Digest, _size: u64) -> Result<bool> {
         Ok(self.session.has_blob(digest)?)
     }
 
@@ -66,6 +60,6 @@ impl Place for RegistryPlace {
     }
 
     fn commit(&mut self, manifest: &[u8]) -> Result<()> {
-        Ok(self.session.push_manifest(&self.tag, MANIFEST_MEDIA_TYPE, manifest)?)
+        Ok(self.session.push_manifest(&self.tag, crate::image::spec::OCI_MANIFEST, manifest)?)
     }
 }

@@ -323,7 +323,9 @@ impl<'a> Solver<'a> {
             }))
             .unwrap_or_else(|panic| {
                 let what = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
-                Err(anyhow::anyhow!("internal error in step {digest}: {}", what.unwrap_or("panic")))
+                let message = format!("internal error: {}", what.unwrap_or("panic"));
+                self.reporter.finished(&digest, &graph.name_of(&digest), &Outcome::Failed(message.clone()), 0.0);
+                Err(anyhow::anyhow!("{message} in step {}", graph.name_of(&digest)))
             });
             let mut state = lock();
             state.running -= 1;
