@@ -93,16 +93,14 @@ fn image_context(
         None => source.starts_with("oci-layout:").then_some(source),
     };
     let Some(source) = source else {
-        bail!("--build-context {spec}: {help} (other kinds of named context, such as git or https sources, are not supported yet)");
+        bail!(
+            "--build-context {spec}: {help} (other kinds of named context, such as git or https sources, are not supported yet)"
+        );
     };
     let source = crate::image::source::ImageSource::parse(source, Path::new("."))
         .map_err(|e| anyhow::anyhow!("--build-context {spec}: {e}"))?;
-    let image = crate::image::stored::StoredImage::resolve(
-        store,
-        &source,
-        &crate::image::spec::Platform::host(),
-        progress,
-    )?;
+    let image =
+        crate::image::stored::StoredImage::resolve(store, &source, &crate::image::spec::Platform::host(), progress)?;
     let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;
     Ok(dockerfile::NamedContext {
         name: name.to_string(),

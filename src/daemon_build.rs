@@ -13,13 +13,13 @@ use fledge_buildkit::tls::Tls;
 use fledge_buildkit::{Daemon, Session};
 
 use crate::build::{Built, CacheFlags, Request};
-use crate::shared_cache::CacheSpec;
 use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
 use crate::image::source::ImageSource;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
 use crate::progress::Progress;
+use crate::shared_cache::CacheSpec;
 use crate::solver::{Outcome, Reporter, Stream};
 use crate::store::Store;
 

@@ -110,7 +110,7 @@ pub fn local_dockerignore(dir: &Path) -> Result<Vec<String>> {
 
 /// The patterns of a `.dockerignore` file.
 fn ignore_patterns(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text
         .lines()

@@ -251,7 +251,11 @@ fn daemon_mode_errors_say_what_to_do() {
     assert!(stderr(&out).contains("cannot read the CA certificate /nonexistent/ca.pem"), "{}", stderr(&out));
     let out = run(p.fledge().args(["build", "Dockerfile", "--cache-to", "type=gha", "-o", "out.squashfs"]));
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("BuildKit's other cache backends work with FLEDGE_BUILDKIT_MODE=daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("BuildKit's other cache backends work with FLEDGE_BUILDKIT_MODE=daemon"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!p.path("out.squashfs").exists(), "no artifact");
 }
 
@@ -414,13 +418,18 @@ fn openssl(dir: &std::path::Path, args: &str) {
 /// A CA in `dir` (`NAME.pem`, `NAME-key.pem`), and a certificate it signs for each of
 /// `leaves` (`(name, extensions)`).
 fn certificates(dir: &std::path::Path, ca: &str, leaves: &[(&str, &str)]) {
-    openssl(dir, &format!("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={ca} -keyout {ca}-key.pem -out {ca}.pem"));
+    openssl(
+        dir,
+        &format!("req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN={ca} -keyout {ca}-key.pem -out {ca}.pem"),
+    );
     for (name, extensions) in leaves {
         std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
         openssl(dir, &format!("req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}-key.pem -out {name}.csr"));
         openssl(
             dir,
-            &format!("x509 -req -days 1 -in {name}.csr -CA {ca}.pem -CAkey {ca}-key.pem -CAcreateserial -extfile {name}.ext -out {name}.pem"),
+            &format!(
+                "x509 -req -days 1 -in {name}.csr -CA {ca}.pem -CAkey {ca}-key.pem -CAcreateserial -extfile {name}.ext -out {name}.pem"
+            ),
         );
     }
 }
@@ -497,7 +506,10 @@ fn a_tls_daemon_builds_with_a_client_certificate_and_refuses_without() {
     // Without a client certificate the daemon ends the handshake: the client sees its alert
     // or, when the alert loses the race, the connection closing under it.
     for (vars, reasons) in [
-        (vec![("FLEDGE_BUILDKIT_TLS_CA", path("ca.pem"))], &["CertificateRequired", "connection closed", "broken pipe"][..]),
+        (
+            vec![("FLEDGE_BUILDKIT_TLS_CA", path("ca.pem"))],
+            &["CertificateRequired", "connection closed", "broken pipe"][..],
+        ),
         (
             vec![
                 ("FLEDGE_BUILDKIT_TLS_CA", path("other-ca.pem")),

@@ -117,8 +117,7 @@ fn a_build_on_one_host_is_cached_on_another_through_a_registry() {
 }
 
 /// A two-stage build of host steps only (no VM): stage `parts` feeds the final stage.
-const TWO_STAGES: &str =
-    "FROM scratch AS parts\nCOPY other.txt /other.txt\nFROM scratch\nCOPY --from=parts /other.txt /copied.txt\nCOPY hello.txt /hello.txt\n";
+const TWO_STAGES: &str = "FROM scratch AS parts\nCOPY other.txt /other.txt\nFROM scratch\nCOPY --from=parts /other.txt /copied.txt\nCOPY hello.txt /hello.txt\n";
 
 fn build(p: &Project, args: &[&str]) -> Output {
     let mut cmd = p.fledge();
@@ -197,7 +196,13 @@ fn cache_flags_fail_clearly_and_early() {
     common::oci::finish_layout(&p.path("images"), "v1", vec![image]);
     let dest = format!("type=local,dest={}", p.path("images").display());
     refused(&["--cache-to", &dest], "holding other images: give type=local,dest= a directory of its own");
-    refused(&["--cache-to", "type=registry,ref=127.0.0.1:1/x@sha256:0000000000000000000000000000000000000000000000000000000000000000"], "written and read by tag");
+    refused(
+        &[
+            "--cache-to",
+            "type=registry,ref=127.0.0.1:1/x@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
+        "written and read by tag",
+    );
 
     // A cache that cannot be read is a warning: the build runs its steps.
     let out = build(&p, &["--cache-from", "type=registry,ref=127.0.0.1:9/nothing:here"]);

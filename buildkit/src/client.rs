@@ -29,9 +29,13 @@ pub enum DaemonError {
     Solve(String),
     #[error("the session with buildkitd closed before the build finished: {0}")]
     SessionClosed(String),
-    #[error("{0}\n  = help: FLEDGE_BUILDKIT_TLS_CA, FLEDGE_BUILDKIT_TLS_CERT and FLEDGE_BUILDKIT_TLS_KEY (or FLEDGE_BUILDKIT_TLS_DIR) name PEM files")]
+    #[error(
+        "{0}\n  = help: FLEDGE_BUILDKIT_TLS_CA, FLEDGE_BUILDKIT_TLS_CERT and FLEDGE_BUILDKIT_TLS_KEY (or FLEDGE_BUILDKIT_TLS_DIR) name PEM files"
+    )]
     Tls(#[from] TlsError),
-    #[error("TLS settings are for tcp:// addresses; buildkitd at {0} is reached through its socket\n  = help: unset FLEDGE_BUILDKIT_TLS_*, or point FLEDGE_BUILDKIT_ADDR at the daemon's tcp:// address")]
+    #[error(
+        "TLS settings are for tcp:// addresses; buildkitd at {0} is reached through its socket\n  = help: unset FLEDGE_BUILDKIT_TLS_*, or point FLEDGE_BUILDKIT_ADDR at the daemon's tcp:// address"
+    )]
     TlsOverUnix(String),
 }
 
@@ -95,7 +99,8 @@ impl Daemon {
                 };
                 let mut endpoint = Endpoint::from_shared(url).map_err(|e| unreachable(e.to_string()))?;
                 if let Some(tls) = tls {
-                    endpoint = endpoint.tls_config(tls.client_config(host)?).map_err(|e| unreachable(error_chain(&e)))?;
+                    endpoint =
+                        endpoint.tls_config(tls.client_config(host)?).map_err(|e| unreachable(error_chain(&e)))?;
                 }
                 let target = (host.clone(), *port);
                 endpoint
@@ -139,7 +144,11 @@ impl Daemon {
         let address = self.address.to_string();
         match status.code() {
             tonic::Code::Unimplemented => DaemonError::TooOld { address, what, reason: status.message().to_string() },
-            _ => DaemonError::Unreachable { address, reason: format!("{what}: {}", status_text(&status)), help: self.help },
+            _ => DaemonError::Unreachable {
+                address,
+                reason: format!("{what}: {}", status_text(&status)),
+                help: self.help,
+            },
         }
     }
 

@@ -226,12 +226,12 @@ impl Session {
             .unwrap_or("")
             .trim()
             .to_string();
-        let bytes = response.body_mut().with_config().limit(MANIFEST_LIMIT).read_to_vec().map_err(|e| {
-            RegistryError::Network {
-                url: self.url(&path),
-                reason: e.to_string(),
-            }
-        })?;
+        let bytes = response
+            .body_mut()
+            .with_config()
+            .limit(MANIFEST_LIMIT)
+            .read_to_vec()
+            .map_err(|e| RegistryError::Network { url: self.url(&path), reason: e.to_string() })?;
         Ok((bytes, media_type))
     }
 
@@ -266,11 +266,9 @@ impl Session {
             with_authorization(agent.post(&url), authorization).header("Content-Length", "0").send_empty()
         })?;
         self.check(&mut response, path)?;
-        let location = response
-            .headers()
-            .get("location")
-            .and_then(|h| h.to_str().ok())
-            .ok_or_else(|| RegistryError::Config(format!("{url} opened an upload without saying where (no Location)")))?;
+        let location = response.headers().get("location").and_then(|h| h.to_str().ok()).ok_or_else(|| {
+            RegistryError::Config(format!("{url} opened an upload without saying where (no Location)"))
+        })?;
         let location =
             if location.starts_with('/') { format!("{}{location}", self.base) } else { location.to_string() };
         // The credentials go only where they came from; an upload sent elsewhere (storage

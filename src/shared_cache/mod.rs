@@ -98,9 +98,10 @@ fn open(flag: &str, spec: &CacheSpec, path_key: &str) -> Result<(Box<dyn Place>,
             Box::new(registry::RegistryPlace::new(flag, reference)?)
         }
         "local" => {
-            let dir = spec.attrs.get(path_key).with_context(|| {
-                format!("{flag} type=local needs {path_key}=DIR (an OCI image layout directory)")
-            })?;
+            let dir = spec
+                .attrs
+                .get(path_key)
+                .with_context(|| format!("{flag} type=local needs {path_key}=DIR (an OCI image layout directory)"))?;
             match path_key {
                 "dest" => Box::new(layout::LayoutPlace::for_export(dir.into())?),
                 _ => Box::new(layout::LayoutPlace::new(dir.into())),
@@ -164,7 +165,10 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
     let Some(bytes) = place.manifest()? else { return Ok(None) };
     let manifest: Manifest = serde_json::from_slice(&bytes).context("its manifest is not an OCI manifest")?;
     if manifest.config.media_type != RECORDS_MEDIA_TYPE {
-        bail!("it is not a Fledge build cache (its config is {}, not {RECORDS_MEDIA_TYPE})", manifest.config.media_type);
+        bail!(
+            "it is not a Fledge build cache (its config is {}, not {RECORDS_MEDIA_TYPE})",
+            manifest.config.media_type
+        );
     }
     if manifest.config.size > RECORDS_LIMIT {
         bail!("its records blob is {} bytes, more than a cache's records can be", manifest.config.size);

@@ -22,7 +22,11 @@ impl RegistryPlace {
     pub fn new(flag: &str, reference: &str) -> Result<Self> {
         let image = ImageRef::parse(reference).map_err(|e| anyhow::anyhow!("{flag} ref={reference}: {e}"))?;
         if image.digest.is_some() {
-            bail!("{flag} ref={reference}: a cache is written and read by tag, e.g. ref={}/{}:cache", image.registry, image.repository);
+            bail!(
+                "{flag} ref={reference}: a cache is written and read by tag, e.g. ref={}/{}:cache",
+                image.registry,
+                image.repository
+            );
         }
         let tag = image.tag.clone().unwrap_or_else(|| "latest".into());
         let session = Session::new(&image)?;

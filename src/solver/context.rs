@@ -99,7 +99,8 @@ pub fn copied_checksums(op: &pb::FileOp, inputs: &[Value]) -> Result<Vec<String>
 pub fn bound_checksums(exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<String>> {
     let mut sums = Vec::new();
     for mount in exec.mounts.iter().filter(|m| m.mount_type == pb::MountType::Bind as i32) {
-        let Some(Value::Context { dir, excludes }) = usize::try_from(mount.input).ok().and_then(|i| inputs.get(i)) else {
+        let Some(Value::Context { dir, excludes }) = usize::try_from(mount.input).ok().and_then(|i| inputs.get(i))
+        else {
             continue;
         };
         let selector = if mount.selector.is_empty() { "/" } else { &mount.selector };

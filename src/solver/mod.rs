@@ -318,15 +318,22 @@ impl<'a> Solver<'a> {
             drop(state);
             // A panic is the step's failure: the other workers and the waiting caller must
             // still see the step end, or the build would wait for it forever.
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.evaluate(graph, &digest, inputs, vms)
-            }))
-            .unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<String>().map(String::as_str).or(panic.downcast_ref::<&str>().copied());
-                let message = format!("internal error: {}", what.unwrap_or("panic"));
-                self.reporter.finished(&digest, &graph.name_of(&digest), &Outcome::Failed(message.clone()), 0.0);
-                Err(anyhow::anyhow!("{message} in step {}", graph.name_of(&digest)))
-            });
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.evaluate(graph, &digest, inputs, vms)))
+                    .unwrap_or_else(|panic| {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or(panic.downcast_ref::<&str>().copied());
+                        let message = format!("internal error: {}", what.unwrap_or("panic"));
+                        self.reporter.finished(
+                            &digest,
+                            &graph.name_of(&digest),
+                            &Outcome::Failed(message.clone()),
+                            0.0,
+                        );
+                        Err(anyhow::anyhow!("{message} in step {}", graph.name_of(&digest)))
+                    });
             let mut state = lock();
             state.running -= 1;
             match outcome {
@@ -503,7 +510,9 @@ impl<'a> Solver<'a> {
         let pb::op::Op::Source(source) = payload else { unreachable!("called for sources") };
         if let Some(name) = source.identifier.strip_prefix("local://") {
             let dir = self.locals.get(name).with_context(|| {
-                format!("the build reads the local directory {name:?}, which it was not given (--build-context {name}=DIR)")
+                format!(
+                    "the build reads the local directory {name:?}, which it was not given (--build-context {name}=DIR)"
+                )
             })?;
             let excludes = match source.attrs.get("local.excludepatterns") {
                 Some(json) => serde_json::from_str(json).context("local.excludepatterns is not a JSON list")?,
@@ -521,8 +530,11 @@ impl<'a> Solver<'a> {
             variant: (!platform.variant.is_empty()).then_some(platform.variant),
         };
         let image = if let Some(layout) = source.identifier.strip_prefix("oci-layout://") {
-            crate::image::source::ImageSource::parse(&format!("oci-layout:{layout}"), self.locals.get("context").map_or(Path::new("."), PathBuf::as_path))
-                .map_err(anyhow::Error::msg)?
+            crate::image::source::ImageSource::parse(
+                &format!("oci-layout:{layout}"),
+                self.locals.get("context").map_or(Path::new("."), PathBuf::as_path),
+            )
+            .map_err(anyhow::Error::msg)?
         } else if let Some(reference) = source.identifier.strip_prefix("docker-image://") {
             crate::image::source::ImageSource::Registry(
                 fledge_llb::ImageRef::parse(reference).map_err(anyhow::Error::msg)?,

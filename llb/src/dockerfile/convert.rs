@@ -200,7 +200,8 @@ impl Context<'_> {
             return context.clone();
         }
         let paths = self.context_paths.clone();
-        let output = self.local_source("context", &self.options.excludes, Some(&paths), "[internal] load build context");
+        let output =
+            self.local_source("context", &self.options.excludes, Some(&paths), "[internal] load build context");
         self.context = Some(output.clone());
         output
     }

@@ -32,12 +32,8 @@ pub fn whole_directory(source: Output, info: OpInfo) -> Output {
         timestamp: -1,
         ..Default::default()
     };
-    let action = pb::FileAction {
-        input: -1,
-        secondary_input: 0,
-        output: 0,
-        action: Some(pb::file_action::Action::Copy(copy)),
-    };
+    let action =
+        pb::FileAction { input: -1, secondary_input: 0, output: 0, action: Some(pb::file_action::Action::Copy(copy)) };
     Output::new(file_op(vec![action]), vec![source], info, 0)
 }
 
