@@ -62,3 +62,40 @@ plain_layout() {
         "$manifest" "$msize" >"$tmp/index.json"
     rm -rf "$out" && mv "$tmp" "$out"
 }
+
+# start_registry WORK: a docker-registry on 127.0.0.1 with its storage under WORK; sets
+# $port and $registry_pid (the caller's EXIT trap kills it) and waits until it answers.
+start_registry() {
+    local work=$1
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" >"$work/registry.yml"
+    docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+    registry_pid=$!
+    for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
+# push_tree TREE IMAGE WORK: the directory TREE as a one-layer image, pushed to IMAGE
+# (umoci builds it in WORK/layout, skopeo pushes it).
+push_tree() {
+    local tree=$1 image=$2 work=$3
+    umoci init --layout "$work/layout"
+    umoci new --image "$work/layout:1"
+    umoci insert --image "$work/layout:1" "$tree" / >/dev/null
+    skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
+}
+
+# dockerfile_bench_setup: what the Dockerfile build benchmarks need: buildah, the minbase
+# tree ($tree: FLEDGE_BENCH_TREE, else minbase under FLEDGE_BENCH_DIR), a release build ($fledge), the guest kernel, and the build VM's settings.
+dockerfile_bench_setup() {
+    tree=${FLEDGE_BENCH_TREE:-${FLEDGE_BENCH_DIR:-/var/cache/fledge-bench}/minbase}
+    command -v buildah >/dev/null || apt-get install -y -qq buildah >/dev/null
+    [ -d "$tree" ] || bench/initramfs-pack.sh 0 >/dev/null 2>&1 || true
+    [ -d "$tree" ] || { echo "no tree at $tree (run bench/initramfs-pack.sh once as root)" >&2; exit 1; }
+    cargo build --release --quiet
+    fledge=$(realpath target/release/fledge)
+    local kernel_state=${FLEDGE_TEST_CACHE:-$HOME/.cache/fledge-test}/kernel-state
+    FLEDGE_STATE_DIR=$kernel_state "$fledge" kernel build -q
+    export FLEDGE_KERNEL_VMLINUX=$kernel_state/kernel/vmlinux FLEDGE_ACCEL=${FLEDGE_ACCEL:-tcg}
+    FLEDGE_AGENT=$(command -v busybox)
+    export FLEDGE_AGENT
+}

@@ -18,21 +18,14 @@ fledge=$(realpath "${FLEDGE:-target/release/fledge}")
 [ -x "$fledge" ] || cargo build --release --quiet
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" >"$work/registry.yml"
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
+source "$(dirname "$0")/lib.sh"
+start_registry "$work"
 trap 'kill $registry_pid 2>/dev/null; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 
 image="127.0.0.1:$port/bench/minbase:1"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:1"
-umoci insert --image "$work/layout:1" "$tree" / >/dev/null
-skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
+push_tree "$tree" "$image" "$work"
 echo "image: $image ($(du -sm "$tree" | cut -f1) MB tree), $(nproc) cores, $runs run(s) each"
 
-source "$(dirname "$0")/lib.sh"
 
 peer() { # $1 = compressor
     rm -rf "$work/peer" && mkdir "$work/peer"

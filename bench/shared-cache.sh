@@ -15,31 +15,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
-bench_dir=${FLEDGE_BENCH_DIR:-/var/cache/fledge-bench}
-tree=${FLEDGE_BENCH_TREE:-$bench_dir/minbase}
-command -v buildah >/dev/null || apt-get install -y -qq buildah >/dev/null
-[ -d "$tree" ] || bench/initramfs-pack.sh 0 >/dev/null 2>&1 || true
-[ -d "$tree" ] || { echo "no tree at $tree (run bench/initramfs-pack.sh once as root)" >&2; exit 1; }
-cargo build --release --quiet
-fledge=$(realpath target/release/fledge)
-kernel_state=${FLEDGE_TEST_CACHE:-$HOME/.cache/fledge-test}/kernel-state
-FLEDGE_STATE_DIR=$kernel_state "$fledge" kernel build -q
-export FLEDGE_KERNEL_VMLINUX=$kernel_state/kernel/vmlinux FLEDGE_ACCEL=${FLEDGE_ACCEL:-tcg}
-export FLEDGE_AGENT=$(command -v busybox)
+source "$(dirname "$0")/lib.sh"
+dockerfile_bench_setup
 
 work=$(mktemp -d)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s/registry\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:%s\n' "$work" "$port" >"$work/registry.yml"
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-registry_pid=$!
+start_registry "$work"
 buildah_() { buildah --root "$work/buildah-$1" --runroot "$work/run-$1" "${@:2}"; }
 trap 'kill $registry_pid 2>/dev/null; for h in a b; do buildah_ $h rm --all >/dev/null 2>&1 || true; done; rm -rf "$work"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
 image="127.0.0.1:$port/bench/minbase:1"
-umoci init --layout "$work/layout"
-umoci new --image "$work/layout:1"
-umoci insert --image "$work/layout:1" "$tree" / >/dev/null
-skopeo copy --quiet --dest-tls-verify=false "oci:$work/layout:1" "docker://$image"
+push_tree "$tree" "$image" "$work"
 
 ctx=$work/ctx && mkdir -p "$ctx"
 printf 'FROM %s\nRUN sleep 2 && head -c 33554432 /dev/zero | sha256sum > /sum && head -c 33554432 /dev/urandom > /output\nCOPY app.txt /app/\nRUN sleep 1 && cat /app/app.txt /sum > /app/built\n' "$image" >"$ctx/Dockerfile"
@@ -54,7 +38,6 @@ for h in a b; do
     FLEDGE_STATE_DIR=$work/state-$h "$fledge" image pull -q "$image"
 done
 
-source "$(dirname "$0")/lib.sh"
 drop_caches() { :; }
 # A host forgets its build cache (and the layers built), keeping the base.
 forget() {

@@ -9,7 +9,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -21,17 +20,6 @@ use fledge_agent::pb;
 use fledge_vmm::Disk;
 use fledge_vmm::qemu::Accel;
 
-fn prerequisites() -> Option<PathBuf> {
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-        return None;
-    };
-    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
-        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
-        return None;
-    }
-    Some(state)
-}
 
 /// A squashfs rootfs of the layered busybox test image, built by Fledge.
 fn busybox_rootfs(registry: &registry::Registry, p: &Project) -> PathBuf {
@@ -67,7 +55,7 @@ fn in_root(args: &[&str]) -> Process {
 
 #[test]
 fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
-    let Some(state) = prerequisites() else { return };
+    let Some(state) = kernel_state() else { return };
     let Some(registry) = registry::start() else { return };
     let p = Project::new();
     let rootfs = busybox_rootfs(&registry, &p);

@@ -120,10 +120,7 @@ fn listing(image: &std::path::Path) -> Vec<String> {
 fn daemon_and_embedded_builds_give_the_same_files() {
     let Some(registry) = registry::start() else { return };
     let Some(daemon) = buildkitd(&registry.host) else { return };
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-        return;
-    };
+    let Some(state) = kernel_state() else { return };
     // The base is a local OCI layout, given as a named build context: no registry pull.
     let builder = Project::new();
     layered_test_image(&registry, &builder, "fledge/daemon-base");
@@ -294,10 +291,7 @@ fn buildctl_accepts_fledges_definitions_and_builds_what_embedded_mode_builds() {
         eprintln!("skipping: no buildctl (put one on PATH or set FLEDGE_TEST_BUILDCTL)");
         return;
     }
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set");
-        return;
-    };
+    let Some(state) = kernel_state() else { return };
     let p = Project::new();
     let base = busybox_image(&registry, &p);
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llb/tests/buildkit-golden");

@@ -13,15 +13,7 @@ use std::process::Command;
 use common::*;
 
 fn kernel() -> Option<PathBuf> {
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-        return None;
-    };
-    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
-        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
-        return None;
-    }
-    Some(state.join("kernel/vmlinux"))
+    kernel_state().map(|state| state.join("kernel/vmlinux"))
 }
 
 /// Boots `artifact` with `fledge run` and runs `script` in it; returns the console, after
@@ -70,18 +62,7 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
     // Nothing changed: every step cached, no VM.
     let steps = |p: &Project| -> Vec<(String, bool)> {
         let out = run(fledge(p, &kernel).args(["build", "Dockerfile", "-o", "app.squashfs", "--progress", "rawjson"]));
-        assert_success(&out);
-        // Every line is a status; completed vertexes say whether they were cached.
-        let mut steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let status: serde_json::Value = serde_json::from_str(l).unwrap();
-                let vertex = status["vertexes"].get(0).filter(|v| v.get("completed").is_some())?;
-                Some((vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap()))
-            })
-            .collect();
-        let booted = steps.iter().any(|(name, _)| name.starts_with("[internal] boot"));
-        steps.retain(|(name, _)| !name.starts_with("[internal]"));
+        let (steps, booted) = rawjson_steps(&out);
         assert_eq!(
             booted,
             steps.iter().any(|(name, cached)| name.contains("RUN") && !cached),

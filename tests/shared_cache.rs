@@ -23,21 +23,11 @@ fn log_in(p: &Project, registry: &str, password: &str) {
     p.write("home/.docker/config.json", &format!(r#"{{"auths": {{"{registry}": {{"auth": "{auth}"}}}}}}"#));
 }
 
-/// The steps of a `--progress rawjson` build (internal ones aside), each with whether it was
-/// cached, and whether a build VM booted.
+/// The steps of a `--progress rawjson` build and whether a VM booted; base images are
+/// sources, resolved on every host (the cache holds the steps after them), so left out.
 fn steps(out: &Output) -> (Vec<(String, bool)>, bool) {
-    assert_success(out);
-    let mut steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let status: serde_json::Value = serde_json::from_str(l).unwrap();
-            let vertex = status["vertexes"].get(0).filter(|v| v.get("completed").is_some())?;
-            Some((vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap()))
-        })
-        .collect();
-    let booted = steps.iter().any(|(name, _)| name.starts_with("[internal] boot"));
-    // Base images are sources, resolved on every host; the cache holds the steps after them.
-    steps.retain(|(name, _)| !name.starts_with("[internal]") && !name.contains("] FROM "));
+    let (mut steps, booted) = rawjson_steps(out);
+    steps.retain(|(name, _)| !name.contains("] FROM "));
     (steps, booted)
 }
 
@@ -46,15 +36,7 @@ fn cached(steps: &[(String, bool)], needle: &str) -> Option<bool> {
 }
 
 fn kernel() -> Option<PathBuf> {
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-        return None;
-    };
-    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
-        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
-        return None;
-    }
-    Some(state.join("kernel/vmlinux"))
+    kernel_state().map(|state| state.join("kernel/vmlinux"))
 }
 
 /// A host: a project with its own state and cache directories, building `dockerfile`.

@@ -217,3 +217,35 @@ pub fn layered_test_image(registry: &registry::Registry, p: &Project, repo: &str
     registry.push(&layout, "v1", repo, false);
     format!("{}/{repo}:v1", registry.host)
 }
+
+/// The guest kernel state `make test` builds (`FLEDGE_TEST_KERNEL_STATE`), when it and
+/// vhost-device-vsock are there for tests that boot build VMs; `None` after saying why not.
+pub fn kernel_state() -> Option<PathBuf> {
+    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
+        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
+        return None;
+    };
+    if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
+        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
+        return None;
+    }
+    Some(state)
+}
+
+/// The steps of a `--progress rawjson` build, in the order they completed, each with whether
+/// it was cached (internal ones aside), and whether a build VM booted.
+pub fn rawjson_steps(out: &Output) -> (Vec<(String, bool)>, bool) {
+    assert_success(out);
+    // Every line is a status; completed vertexes say whether they were cached.
+    let mut steps: Vec<(String, bool)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let status: serde_json::Value = serde_json::from_str(l).unwrap();
+            let vertex = status["vertexes"].get(0).filter(|v| v.get("completed").is_some())?;
+            Some((vertex["name"].as_str().unwrap().to_string(), vertex["cached"].as_bool().unwrap()))
+        })
+        .collect();
+    let booted = steps.iter().any(|(name, _)| name.starts_with("[internal] boot"));
+    steps.retain(|(name, _)| !name.starts_with("[internal]"));
+    (steps, booted)
+}
