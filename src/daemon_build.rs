@@ -72,7 +72,12 @@ pub fn dockerfile(
     let dockerfile_dir =
         request.dockerfile.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     let filename = request.dockerfile.file_name().context("the Dockerfile path names no file")?.to_string_lossy();
-    let mut attrs = BTreeMap::from([("filename".to_string(), filename.into_owned())]);
+    // The artifact boots on this machine, so it is built for this machine's platform, as the
+    // embedded engine builds, whatever the daemon's own is.
+    let mut attrs = BTreeMap::from([
+        ("filename".to_string(), filename.into_owned()),
+        ("platform".to_string(), crate::image::spec::Platform::host().to_string()),
+    ]);
     if let Some(target) = &request.target {
         attrs.insert("target".into(), target.clone());
     }
