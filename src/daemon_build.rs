@@ -8,20 +8,22 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use fledge_agent::chunks::ChannelReader;
 use fledge_buildkit::pb::control;
 use fledge_buildkit::tls::Tls;
-use fledge_buildkit::{Daemon, Session};
+use fledge_buildkit::{Daemon, Output, Session};
 
 use crate::build::{Built, CacheFlags, Request};
 use crate::build_progress::BuildDisplay;
 use crate::cli::ProgressMode;
-use crate::image::source::ImageSource;
+use crate::digest::Sha256Digest;
+use crate::image::import::layout_tarball;
 use crate::image::spec::Platform;
 use crate::image::stored::StoredImage;
 use crate::progress::Progress;
 use crate::shared_cache::CacheSpec;
 use crate::solver::{Outcome, Reporter, Stream};
-use crate::store::Store;
+use crate::store::{ImageRecord, Store};
 
 /// The daemon's address: `FLEDGE_BUILDKIT_ADDR`, else buildctl's default.
 fn address() -> String {
@@ -148,7 +150,8 @@ pub fn definition(
 }
 
 /// Runs `solve_request` on the daemon with `dirs` and `secrets` served, and imports the OCI
-/// image it exports into the store.
+/// image it exports into the store as it arrives (a thread reads the export while the daemon
+/// sends it: one pass, no temporary copy).
 fn solve(
     solve_request: control::SolveRequest,
     dirs: HashMap<String, std::path::PathBuf>,
@@ -158,11 +161,11 @@ fn solve(
     progress: &Progress,
 ) -> Result<Built> {
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
-    let output = tempfile::Builder::new().prefix("buildkit-").suffix(".tar").tempfile_in(store.root().join("tmp"))?;
+    let (tarball, arriving) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
     let session = Session {
         dirs,
         secrets,
-        outputs: HashMap::from([("0".to_string(), output.path().to_path_buf())]),
+        outputs: HashMap::from([("0".to_string(), Output::stream(tarball))]),
         credentials: Some(Arc::new(|host: &str| {
             crate::image::auth::lookup(host).ok().flatten().map(|c| (c.username, c.password))
         })),
@@ -172,26 +175,47 @@ fn solve(
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let address = address();
     let tls = tls()?;
-    runtime.block_on(async {
-        let mut daemon = Daemon::connect(&address, tls.as_ref()).await?;
-        let version = daemon.info().await?;
-        tracing::info!("building on buildkitd {} at {address}", version.version);
-        let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
-        let shown = display.clone();
-        let forward = tokio::spawn(async move {
-            let mut steps = Steps::default();
-            while let Some(update) = updates.recv().await {
-                steps.show(&update, shown.as_ref());
-            }
+    let manifest = std::thread::scope(|scope| -> Result<Sha256Digest> {
+        let import = scope.spawn(|| {
+            let mut export = ChannelReader::new(arriving);
+            let imported = layout_tarball(&store, &mut export, "the daemon's export", None, &Platform::host());
+            // What the importer did not read (after an error, or the tar's end padding)
+            // is still taken, so the daemon's send finishes.
+            export.drain();
+            imported
         });
-        let solved = daemon.solve(solve_request, session, events).await;
-        let _ = forward.await;
-        solved.map(|_| ()).map_err(anyhow::Error::from)
+        let solved = runtime.block_on(async {
+            let mut daemon = Daemon::connect(&address, tls.as_ref()).await?;
+            let version = daemon.info().await?;
+            tracing::info!("building on buildkitd {} at {address}", version.version);
+            let (events, mut updates) = tokio::sync::mpsc::unbounded_channel();
+            let shown = display.clone();
+            let forward = tokio::spawn(async move {
+                let mut steps = Steps::default();
+                while let Some(update) = updates.recv().await {
+                    steps.show(&update, shown.as_ref());
+                }
+            });
+            let solved = daemon.solve(solve_request, session, events).await;
+            let _ = forward.await;
+            solved.map(|_| ()).map_err(anyhow::Error::from)
+        });
+        // Ends the session's tasks, so the export stream is closed even when no export came.
+        drop(runtime);
+        let imported = import.join().map_err(|_| anyhow::anyhow!("importing the daemon's export failed (panic)"))?;
+        solved?;
+        imported.context("the daemon's result is not a usable OCI image")
     })?;
     display.summary();
-    let source = ImageSource::OciLayout { path: output.path().to_path_buf(), reference: None };
-    let image = StoredImage::resolve(&store, &source, &Platform::host(), progress)
-        .context("the daemon's result is not a usable OCI image")?;
+    // Recorded, not tagged: the build's image stays out of `fledge image ls`.
+    let host = Platform::host();
+    let record = ImageRecord {
+        name: "daemon build".into(),
+        digest: manifest.to_string(),
+        source: "build".into(),
+        platform: host.to_string(),
+    };
+    let image = StoredImage::load(&store, record)?;
     let layers =
         image.manifest.layers.iter().map(|l| l.digest.parse().map_err(anyhow::Error::msg)).collect::<Result<_>>()?;
     let config_digest = image.manifest.config.digest.parse().map_err(anyhow::Error::msg)?;

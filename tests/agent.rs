@@ -20,7 +20,6 @@ use fledge_agent::pb;
 use fledge_vmm::Disk;
 use fledge_vmm::qemu::Accel;
 
-
 /// A squashfs rootfs of the layered busybox test image, built by Fledge.
 fn busybox_rootfs(registry: &registry::Registry, p: &Project) -> PathBuf {
     let builder = Project::new();

@@ -171,6 +171,11 @@ fn daemon_and_embedded_builds_give_the_same_files() {
         "live progress: {daemon_log}"
     );
     build("embedded", "embedded.squashfs");
+    // The daemon's export went into the store without a name: `fledge image ls` lists only
+    // the named context's image.
+    let images = run(p.fledge().args(["image", "ls"]));
+    let images = String::from_utf8_lossy(&images.stdout);
+    assert_eq!(images.lines().count(), 2, "a header and the layout's image: {images}");
     let (from_daemon, embedded) = (listing(&p.path("daemon.squashfs")), listing(&p.path("embedded.squashfs")));
     assert_eq!(from_daemon, embedded, "the same files, modes, owners and sizes");
     for file in ["/app/built.txt", "/app/run.sh"] {

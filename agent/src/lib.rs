@@ -10,6 +10,7 @@ pub mod pb {
     tonic::include_proto!("fledge.agent.v1");
 }
 
+pub mod chunks;
 #[cfg(feature = "client")]
 pub mod client;
 

@@ -57,8 +57,8 @@ pub struct Session {
     pub dirs: HashMap<String, PathBuf>,
     /// Secret id → file.
     pub secrets: HashMap<String, PathBuf>,
-    /// Exporter index → the file its tarball is written to.
-    pub outputs: HashMap<String, PathBuf>,
+    /// Exporter index → where its tarball goes.
+    pub outputs: HashMap<String, services::Output>,
     pub credentials: Option<Credentials>,
     /// An OCI content store for `oci-layout://` named contexts.
     pub content: Option<services::ContentStore>,

@@ -15,7 +15,7 @@ pub mod tls;
 pub mod tunnel;
 
 pub use client::{Daemon, DaemonError, Session, SolveEvents};
-pub use services::{ContentStore, Credentials};
+pub use services::{ContentStore, Credentials, Output};
 
 /// Generated protobuf and gRPC code, in modules that mirror the protobuf packages (the
 /// generated code refers across packages by those paths), with short names for each.

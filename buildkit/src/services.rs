@@ -153,10 +153,25 @@ async fn send_file(tx: &mpsc::Sender<Result<Packet, Status>>, id: u32, path: &st
     }
 }
 
-/// Where exports arrive: the tarball an `oci`/`docker`/`tar` exporter streams back, written
-/// to the file for its exporter index.
+/// Where exports arrive: the tarball an `oci`/`docker`/`tar` exporter streams back, for its
+/// exporter index.
 pub struct FileSend {
-    pub outputs: HashMap<String, PathBuf>,
+    pub outputs: HashMap<String, Output>,
+}
+
+/// Where one exporter's tarball goes.
+pub enum Output {
+    /// A file, created (or truncated) when the export starts.
+    File(PathBuf),
+    /// A channel the tarball is sent down as it arrives, closed at its end (one export), for
+    /// a reader that consumes it meanwhile. A reader that stops early fails the export.
+    Stream(std::sync::Mutex<Option<mpsc::Sender<Vec<u8>>>>),
+}
+
+impl Output {
+    pub fn stream(sender: mpsc::Sender<Vec<u8>>) -> Self {
+        Output::Stream(std::sync::Mutex::new(Some(sender)))
+    }
 }
 
 #[tonic::async_trait]
@@ -173,17 +188,25 @@ impl fs::file_send_server::FileSend for FileSend {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("0")
             .to_string();
-        let path = self.outputs.get(&id).ok_or_else(|| Status::not_found(format!("no output for exporter {id}")))?;
-        let mut file = tokio::fs::File::create(path)
-            .await
-            .map_err(|e| Status::internal(format!("cannot write {}: {e}", path.display())))?;
+        let output = self.outputs.get(&id).ok_or_else(|| Status::not_found(format!("no output for exporter {id}")))?;
         let mut incoming = request.into_inner();
-        while let Some(message) = incoming.message().await? {
-            file.write_all(&message.data)
-                .await
-                .map_err(|e| Status::internal(format!("cannot write {}: {e}", path.display())))?;
+        match output {
+            Output::File(path) => {
+                let cannot = |e: std::io::Error| Status::internal(format!("cannot write {}: {e}", path.display()));
+                let mut file = tokio::fs::File::create(path).await.map_err(cannot)?;
+                while let Some(message) = incoming.message().await? {
+                    file.write_all(&message.data).await.map_err(cannot)?;
+                }
+                file.flush().await.map_err(cannot)?;
+            }
+            Output::Stream(sender) => {
+                let taken = sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+                let sender = taken.ok_or_else(|| Status::already_exists(format!("exporter {id} already sent")))?;
+                while let Some(message) = incoming.message().await? {
+                    sender.send(message.data).await.map_err(|_| Status::aborted("the export's reader stopped"))?;
+                }
+            }
         }
-        file.flush().await.map_err(|e| Status::internal(e.to_string()))?;
         let (_, rx) = mpsc::channel(1);
         Ok(Response::new(ReceiverStream::new(rx)))
     }

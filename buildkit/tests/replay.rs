@@ -242,10 +242,18 @@ async fn a_captured_daemon_exchange_replays_against_the_client() {
     assert!(!daemon.info().await.unwrap().package.is_empty(), "Info answers with the daemon's package");
 
     let context = fixtures().join("context");
-    let output = dir.path().join("image.tar");
+    // The export streams to a reader as it arrives, as Fledge imports it.
+    let (tarball, mut arriving) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let received = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Some(chunk) = arriving.recv().await {
+            all.extend(chunk);
+        }
+        all
+    });
     let session = Session {
         dirs: HashMap::from([("context".to_string(), context.clone()), ("dockerfile".to_string(), context)]),
-        outputs: HashMap::from([("0".to_string(), output.clone())]),
+        outputs: HashMap::from([("0".to_string(), fledge_buildkit::Output::stream(tarball))]),
         ..Session::default()
     };
     let request = control::SolveRequest {
@@ -268,8 +276,10 @@ async fn a_captured_daemon_exchange_replays_against_the_client() {
     }
     assert!(names.iter().any(|n| n.contains("COPY hello.txt")), "{names:?}");
 
-    // FileSend: the exported tarball arrived whole (an OCI layout with the copied file).
-    let mut archive = tar::Archive::new(std::fs::File::open(&output).unwrap());
+    // FileSend: the exported tarball arrived whole (an OCI layout with the copied file), and
+    // the stream ended with it.
+    let tarball = tokio::time::timeout(Duration::from_secs(5), received).await.expect("the stream ends").unwrap();
+    let mut archive = tar::Archive::new(&tarball[..]);
     let entries: Vec<String> =
         archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
     assert!(entries.iter().any(|e| e == "index.json") && entries.iter().any(|e| e == "oci-layout"), "{entries:?}");

@@ -136,21 +136,19 @@ pub fn import(
             (importer.layout(&index, reference.as_deref(), platform)?, "oci-layout")
         }
         ImageSource::OciLayout { path, reference } => {
-            let files = stream_tar_into_store(
-                store,
-                path,
-                |name| name.strip_prefix("blobs/sha256/").map(str::to_string),
-                false,
-                &["index.json"],
-            )?;
-            let importer = Importer { store, origin: path.display().to_string(), blobs: Blobs::Stored };
-            let index = files
-                .kept
-                .into_iter()
-                .next()
-                .ok_or_else(|| importer.invalid("no index.json: not an OCI layout tarball"))?
-                .1;
-            (importer.layout(&index, reference.as_deref(), platform)?, "oci-layout")
+            let file =
+                File::open(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
+            let origin = path.display().to_string();
+            (
+                layout_tarball(
+                    store,
+                    BufReader::with_capacity(1 << 20, file),
+                    &origin,
+                    reference.as_deref(),
+                    platform,
+                )?,
+                "oci-layout",
+            )
         }
         ImageSource::DockerArchive { path } => (docker_archive(store, path)?, "docker-archive"),
         ImageSource::Registry(_) => unreachable!("registry images are pulled, not imported"),
@@ -166,6 +164,31 @@ pub fn import(
     Ok(record)
 }
 
+/// An OCI layout tarball read from `reader` (a file, or a daemon's export as it arrives):
+/// its blobs go into the store, verified on the way in, and `index.json` is resolved to the
+/// manifest for `platform` (named `reference`, if given). Returns the manifest's digest;
+/// nothing is recorded in the image index.
+pub fn layout_tarball(
+    store: &Store,
+    reader: impl Read,
+    origin: &str,
+    reference: Option<&str>,
+    platform: &Platform,
+) -> Result<Sha256Digest, ImportError> {
+    let files = stream_tar_into_store(
+        store,
+        reader,
+        origin,
+        |name| name.strip_prefix("blobs/sha256/").map(str::to_string),
+        false,
+        &["index.json"],
+    )?;
+    let importer = Importer { store, origin: origin.to_string(), blobs: Blobs::Stored };
+    let index =
+        files.kept.into_iter().next().ok_or_else(|| importer.invalid("no index.json: not an OCI layout tarball"))?.1;
+    importer.layout(&index, reference, platform)
+}
+
 /// What streaming a tarball into the store found: stored files by name, and the small
 /// files asked to be kept in memory.
 struct TarContents {
@@ -173,19 +196,20 @@ struct TarContents {
     kept: Vec<(String, Vec<u8>)>,
 }
 
-/// Streams regular files of the tarball at `path` into the store. `expected` maps a member
-/// name to the hex digest its name promises (verified); other members are stored only if
-/// `store_others`. `keep` lists small members to return instead.
+/// Streams regular files of the tarball `reader` (from `origin`, for messages) into the
+/// store. `expected` maps a member name to the hex digest its name promises (verified);
+/// other members are stored only if `store_others`. `keep` lists small members to return
+/// instead.
 fn stream_tar_into_store(
     store: &Store,
-    path: &Path,
+    reader: impl Read,
+    origin: &str,
     expected: impl Fn(&str) -> Option<String>,
     store_others: bool,
     keep: &[&str],
 ) -> Result<TarContents, ImportError> {
-    let io_err = |source| ImportError::Io { path: path.display().to_string(), source };
-    let file = File::open(path).map_err(io_err)?;
-    let mut archive = tar::Archive::new(BufReader::with_capacity(1 << 20, file));
+    let io_err = |source| ImportError::Io { path: origin.to_string(), source };
+    let mut archive = tar::Archive::new(reader);
     let mut contents = TarContents { stored: Vec::new(), kept: Vec::new() };
     for entry in archive.entries().map_err(io_err)? {
         let mut entry = entry.map_err(io_err)?;
@@ -203,7 +227,7 @@ fn stream_tar_into_store(
         let want = match expected(&name) {
             Some(hex) => Some(Expected {
                 digest: format!("sha256:{hex}").parse().map_err(|e: String| ImportError::Invalid {
-                    path: path.display().to_string(),
+                    path: origin.to_string(),
                     reason: format!("{name}: {e}"),
                 })?,
                 size: Some(size),
@@ -211,7 +235,7 @@ fn stream_tar_into_store(
             None if store_others => None,
             None => continue,
         };
-        let (digest, size) = store.write_blob(&mut entry, want, &format!("{} member {name}", path.display()))?;
+        let (digest, size) = store.write_blob(&mut entry, want, &format!("{origin} member {name}"))?;
         contents.stored.push((name, digest, size));
     }
     Ok(contents)
@@ -229,9 +253,11 @@ struct DockerManifest {
 /// the first image in its `manifest.json`.
 fn docker_archive(store: &Store, path: &Path) -> Result<Sha256Digest, ImportError> {
     let invalid = |reason: String| ImportError::Invalid { path: path.display().to_string(), reason };
+    let file = File::open(path).map_err(|source| ImportError::Io { path: path.display().to_string(), source })?;
     let contents = stream_tar_into_store(
         store,
-        path,
+        BufReader::with_capacity(1 << 20, file),
+        &path.display().to_string(),
         |name| name.strip_prefix("blobs/sha256/").map(str::to_string),
         true,
         &["manifest.json"],

@@ -7,33 +7,12 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use fledge_agent::CHUNK;
+use fledge_agent::chunks::ChannelReader;
 use fledge_agent::pb::{self, put_tar_input::Input};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use super::files::{Chunks, io_error};
-
-/// A `Read` over chunks arriving on a channel (used on a blocking thread).
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.blocking_recv() {
-                Some(chunk) => (self.chunk, self.at) = (chunk, 0),
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
 
 /// Unpacks the tar that follows the header, keeping owners, modes, times and xattrs.
 pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarResponse, Status> {
@@ -44,9 +23,7 @@ pub async fn put(mut inputs: Streaming<pb::PutTarInput>) -> Result<pb::PutTarRes
     let shown = directory.display().to_string();
     std::fs::create_dir_all(&directory).map_err(io_error("cannot create", &shown))?;
     let (tx, rx) = mpsc::channel(4);
-    let unpack = tokio::task::spawn_blocking(move || {
-        unpack(ChannelReader { rx, chunk: Vec::new(), at: 0 }, &directory, oci_layer)
-    });
+    let unpack = tokio::task::spawn_blocking(move || unpack(ChannelReader::new(rx), &directory, oci_layer));
     while let Some(message) = inputs.message().await? {
         let Some(Input::Data(data)) = message.input else {
             return Err(Status::invalid_argument("only tar data may follow the directory"));
