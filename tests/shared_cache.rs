@@ -96,6 +96,21 @@ fn a_build_on_one_host_is_cached_on_another_through_a_registry() {
     assert_eq!(cached(&mixed, "RUN echo built"), Some(true), "{mixed:?}");
     assert_eq!(cached(&mixed, "COPY hello.txt"), Some(false), "{mixed:?}");
     assert_eq!(cached(&mixed, "RUN /bin/busybox cat"), Some(false), "{mixed:?}");
+
+    // The registry's copies of the layers go bad: every import fails verification, so each
+    // step runs instead (a VM is leased after all), and the artifact is still the same.
+    for layer in manifest["layers"].as_array().unwrap() {
+        let hex = &layer["digest"].as_str().unwrap()[7..];
+        let size = layer["size"].as_u64().unwrap() as usize;
+        std::fs::write(cache.blob_file(hex), vec![0u8; size]).unwrap();
+    }
+    let fourth = host(&dockerfile);
+    log_in(&fourth, &cache.host, PASSWORD);
+    let out = fledge(&fourth, &["--cache-from", &from]);
+    let (ran, booted) = steps(&out);
+    assert!(booted && ran.len() == 3 && ran.iter().all(|(_, cached)| !cached), "{ran:?}");
+    assert!(stderr(&out).contains("not used"), "{}", stderr(&out));
+    assert_eq!(artifact(&first), artifact(&fourth), "the same artifact, built");
 }
 
 /// A two-stage build of host steps only (no VM): stage `parts` feeds the final stage.

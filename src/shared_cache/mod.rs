@@ -200,12 +200,21 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
 type Imports = HashMap<Sha256Digest, Vec<(Sha256Digest, Option<Descriptor>)>>;
 
 impl ImportedCache for Imported<'_> {
+    fn has(&self, key: &Sha256Digest) -> bool {
+        self.sources.iter().any(|s| s.records.contains_key(key))
+    }
+
     fn layers(&self, key: &Sha256Digest) -> Option<Vec<Sha256Digest>> {
         for source in &self.sources {
             let Some(layers) = source.records.get(key) else { continue };
-            let mut place = source.place.lock().unwrap_or_else(|e| e.into_inner());
+            // One layer at a time per source (its connection), so steps importing at once
+            // take turns by layer rather than by step.
+            let fetch = |d: &Descriptor| {
+                let mut place = source.place.lock().unwrap_or_else(|e| e.into_inner());
+                place.fetch(self.store, d, self.progress)
+            };
             let fetched: Result<()> = layers.iter().try_for_each(|(digest, descriptor)| match descriptor {
-                Some(d) => place.fetch(self.store, d, self.progress),
+                Some(d) => fetch(d),
                 None if self.store.has_blob(digest) => Ok(()),
                 None => bail!("its layer {digest} is neither in the cache nor here"),
             });

@@ -136,10 +136,19 @@ pub struct CacheUse {
     pub sourced: HashSet<Sha256Digest>,
 }
 
-/// Cache records from elsewhere: consulted when the store has no record of a key. `layers`
-/// brings the record's layers into the store (verified) and returns them, or `None`.
+/// Cache records from elsewhere: consulted when the store has no record of a key. `has`
+/// says whether there is one (cheaply: no download); `layers` brings the record's layers
+/// into the store (verified) and returns them, or `None`.
 pub trait ImportedCache: Sync {
+    fn has(&self, key: &Sha256Digest) -> bool;
     fn layers(&self, key: &Sha256Digest) -> Option<Vec<Sha256Digest>>;
+}
+
+/// Where a step's result was found before it runs.
+enum Found {
+    Cached(Vec<Sha256Digest>),
+    Importable,
+    Missing,
 }
 
 /// The kind of cache record: an op's cache key → its result layers.
@@ -379,27 +388,34 @@ impl<'a> Solver<'a> {
         }
         let key = Sha256Digest(hasher.finalize().into());
         let name = graph.name_of(digest);
-        let cached = self.cached(&key, &payload);
+        let found = self.find(&key, &payload);
         // A RUN that runs gets its VM first (booting one is a step of its own), so the
         // step's time is its own.
-        let mut lease = match (&cached, &payload) {
-            (None, pb::op::Op::Exec(exec)) => {
-                let needs_caches = exec.mounts.iter().any(|m| m.cache_opt.is_some());
-                Some(vms.take(&root_layers(exec, &inputs)?, needs_caches, &|machine, volumes, number| {
-                    self.boot(machine, volumes, number)
-                })?)
-            }
+        let mut lease = match (&found, &payload) {
+            (Found::Missing, pb::op::Op::Exec(exec)) => Some(self.lease(vms, exec, &inputs)?),
             _ => None,
         };
         let started = std::time::Instant::now();
         self.reporter.started(digest, &name);
-        let outcome = match (cached, &payload, &mut lease) {
-            (Some(value), _, _) => Ok((value, true)),
-            (None, pb::op::Op::Source(_), _) => self.source(&payload, op),
-            (None, pb::op::Op::Exec(exec), Some(lease)) => {
-                self.exec(digest, exec, &inputs, lease.guest()).map(|v| (v, false))
+        // An import is the step's work (its time is the download's); one that fails leaves
+        // the step to run.
+        let found = match found {
+            Found::Importable => self.import(&key).map_or(Found::Missing, Found::Cached),
+            other => other,
+        };
+        let outcome = match (found, &payload) {
+            (Found::Cached(layers), _) => Ok((Value::Layers(layers), true)),
+            (_, pb::op::Op::Source(_)) => self.source(&payload, op),
+            (_, pb::op::Op::Exec(exec)) => {
+                let leased = match lease {
+                    Some(_) => Ok(()),
+                    None => self.lease(vms, exec, &inputs).map(|l| lease = Some(l)),
+                };
+                leased
+                    .and_then(|()| self.exec(digest, exec, &inputs, lease.as_mut().expect("leased above").guest()))
+                    .map(|v| (v, false))
             }
-            (None, _, _) => self.run(&payload, &inputs, &name).map(|value| (value, false)),
+            (_, _) => self.run(&payload, &inputs, &name).map(|value| (value, false)),
         };
         let seconds = started.elapsed().as_secs_f64();
         let (value, hit) = match outcome {
@@ -437,11 +453,11 @@ impl<'a> Solver<'a> {
         Ok((value, key))
     }
 
-    /// A cached result whose layers are all still in the store, else one imported (and
-    /// then recorded here).
-    fn cached(&self, key: &Sha256Digest, payload: &pb::op::Op) -> Option<Value> {
+    /// Where the step's result is: cached here (its layers all still in the store), in an
+    /// imported cache, or nowhere.
+    fn find(&self, key: &Sha256Digest, payload: &pb::op::Op) -> Found {
         if matches!(payload, pb::op::Op::Source(_)) {
-            return None; // sources are cheap to resolve and their own cache (the store)
+            return Found::Missing; // sources are cheap to resolve and their own cache (the store)
         }
         let local = || {
             let record = self.store.read_derived(CACHE_RECORD, key)?;
@@ -449,15 +465,30 @@ impl<'a> Solver<'a> {
             let layers: Vec<Sha256Digest> = names.iter().map(|n| n.parse().ok()).collect::<Option<_>>()?;
             layers.iter().all(|l| self.store.has_blob(l)).then_some(layers)
         };
-        let imported = || {
-            let layers = self.imported?.layers(key)?;
-            // Not recording it only costs a second import next time.
-            if let Err(e) = self.remember(key, &layers) {
-                tracing::warn!("cannot record imported cache {key}: {e:#}");
-            }
-            Some(layers)
-        };
-        local().or_else(imported).map(Value::Layers)
+        match local() {
+            Some(layers) => Found::Cached(layers),
+            None if self.imported.is_some_and(|i| i.has(key)) => Found::Importable,
+            None => Found::Missing,
+        }
+    }
+
+    /// The imported cache's result for `key`, its layers brought into the store and
+    /// recorded here.
+    fn import(&self, key: &Sha256Digest) -> Option<Vec<Sha256Digest>> {
+        let layers = self.imported?.layers(key)?;
+        // Not recording it only costs a second import next time.
+        if let Err(e) = self.remember(key, &layers) {
+            tracing::warn!("cannot record imported cache {key}: {e:#}");
+        }
+        Some(layers)
+    }
+
+    /// A build VM for `exec`, from the pool (booting one if none is free).
+    fn lease<'p, 'v>(&self, vms: &'p vms::Pool<'v>, exec: &pb::ExecOp, inputs: &[Value]) -> Result<vms::Lease<'p, 'v>> {
+        let needs_caches = exec.mounts.iter().any(|m| m.cache_opt.is_some());
+        vms.take(&root_layers(exec, inputs)?, needs_caches, &|machine, volumes, number| {
+            self.boot(machine, volumes, number)
+        })
     }
 
     /// Records `layers` as the result of the step whose cache key is `key`.
