@@ -231,3 +231,31 @@ fn a_registry_that_refuses_the_push_fails_the_build_without_an_artifact() {
     let (found, _) = steps(&build(&other, &["--cache-from", &to]));
     assert!(found.iter().all(|(_, cached)| *cached), "{found:?}");
 }
+
+/// Docker token authentication, as Docker Hub and most registries do it: the export needs a
+/// token for push after the pulls' token, the import one for pull; a wrong password is
+/// refused by the token server.
+#[test]
+fn a_token_registry_grants_the_push_its_own_scope() {
+    let tokens = token_server::start(USER, PASSWORD);
+    let Some(cache) = registry::start_with_tokens(&tokens) else { return };
+    let to = format!("type=registry,ref={}/cache/app:main,mode=max", cache.host);
+    let p = host(TWO_STAGES);
+    log_in(&p, &cache.host, PASSWORD);
+    assert_success(&build(&p, &["--cache-to", &to]));
+    let scopes = tokens.scopes.lock().unwrap().clone();
+    assert!(scopes.iter().any(|s| s == "repository:cache/app:pull"), "{scopes:?}");
+    assert!(scopes.iter().any(|s| s == "repository:cache/app:pull,push"), "{scopes:?}");
+
+    let other = host(TWO_STAGES);
+    log_in(&other, &cache.host, PASSWORD);
+    let (found, _) = steps(&build(&other, &["--cache-from", &to.replace(",mode=max", "")]));
+    assert!(found.len() == 3 && found.iter().all(|(_, cached)| *cached), "{found:?}");
+
+    let refused = host(TWO_STAGES);
+    log_in(&refused, &cache.host, "wrong-password");
+    let out = build(&refused, &["--cache-to", &to]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("refused access"), "{}", stderr(&out));
+    assert!(!refused.path("app.squashfs").exists(), "no artifact");
+}

@@ -20,9 +20,38 @@ pub fn start() -> Option<Registry> {
     start_with_auth(None)
 }
 
+/// A registry that demands Docker token authentication from `tokens`' server.
+pub fn start_with_tokens(tokens: &super::token_server::TokenServer) -> Option<Registry> {
+    start_with(|_| {
+        format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            tokens.realm,
+            super::token_server::SERVICE,
+            super::token_server::ISSUER,
+            tokens.cert.display()
+        )
+    })
+}
+
 /// A registry that demands Basic authentication with `user:password` (an htpasswd file made
 /// with `htpasswd -B`), when given.
 pub fn start_with_auth(auth: Option<(&str, &str)>) -> Option<Registry> {
+    start_with(|dir| {
+        let Some((user, password)) = auth else { return String::new() };
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", user, password])
+            .output()
+            .expect("htpasswd is needed (apt install apache2-utils)");
+        assert!(out.status.success());
+        let htpasswd = dir.join("htpasswd");
+        std::fs::write(&htpasswd, &out.stdout).unwrap();
+        format!("auth:\n  htpasswd:\n    realm: fledge-test\n    path: {}\n", htpasswd.display())
+    })
+}
+
+/// A registry whose configuration ends with what `auth` (given the registry's directory)
+/// returns.
+fn start_with(auth: impl FnOnce(&Path) -> String) -> Option<Registry> {
     if Command::new("docker-registry").arg("--version").output().is_err() {
         eprintln!("skipping: docker-registry is not installed (apt install docker-registry)");
         return None;
@@ -35,16 +64,7 @@ pub fn start_with_auth(auth: Option<(&str, &str)>) -> Option<Registry> {
         "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
         storage.display()
     );
-    if let Some((user, password)) = auth {
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", user, password])
-            .output()
-            .expect("htpasswd is needed (apt install apache2-utils)");
-        assert!(out.status.success());
-        let htpasswd = dir.path().join("htpasswd");
-        std::fs::write(&htpasswd, &out.stdout).unwrap();
-        yaml.push_str(&format!("auth:\n  htpasswd:\n    realm: fledge-test\n    path: {}\n", htpasswd.display()));
-    }
+    yaml.push_str(&auth(dir.path()));
     std::fs::write(&config, yaml).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
