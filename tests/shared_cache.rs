@@ -76,6 +76,11 @@ fn a_build_on_one_host_is_cached_on_another_through_a_registry() {
     let manifest: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
     assert_eq!(manifest["artifactType"], "application/vnd.fledge.build-cache.v1");
     assert_eq!(manifest["layers"].as_array().unwrap().len(), 3, "{manifest}");
+    // Compressed (zstd by default), each naming the plain layer it carries.
+    for layer in manifest["layers"].as_array().unwrap() {
+        assert!(layer["mediaType"].as_str().unwrap().ends_with("tar+zstd"), "{layer}");
+        assert!(layer["annotations"]["dev.fledge.cache.layer"].as_str().unwrap().starts_with("sha256:"), "{layer}");
+    }
 
     // Another host, with nothing in its store: every step comes from the registry's cache,
     // no VM boots, and the artifact is the same, byte for byte.
@@ -187,6 +192,7 @@ fn cache_flags_fail_clearly_and_early() {
     refused(&["--cache-to", "type=gha"], "FLEDGE_BUILDKIT_MODE=daemon");
     refused(&["--cache-to", "type=local,dest=x,mode=most"], "mode=most: expected min or max");
     refused(&["--cache-to", "type=registry"], "type=registry needs ref=");
+    refused(&["--cache-to", "type=local,dest=x,compression=estargz"], "compression=estargz: expected zstd");
     refused(&["--cache-from", "type=local"], "type=local needs src=DIR");
     // A layout holding an image is not a cache directory: exporting there would replace it.
     let image = common::oci::add_image(&p.path("images"), "amd64", &[], serde_json::json!({}));

@@ -9,6 +9,7 @@
 //! A cache that cannot be read is a warning (the build runs its steps); one that cannot be
 //! written is an error unless `ignore-error=true`, as in BuildKit.
 
+mod compressed;
 mod layout;
 mod registry;
 
@@ -23,6 +24,7 @@ use crate::image::spec::{Descriptor, Manifest, OCI_MANIFEST};
 use crate::progress::Progress;
 use crate::solver::{CacheUse, ImportedCache};
 use crate::store::Store;
+use compressed::LayerCompression;
 
 /// The artifact's type and its config's media type (the records).
 pub const ARTIFACT_TYPE: &str = "application/vnd.fledge.build-cache.v1";
@@ -112,8 +114,8 @@ fn open(flag: &str, spec: &CacheSpec, path_key: &str) -> Result<(Box<dyn Place>,
         ),
     };
     let known: &[&str] = match spec.kind.as_str() {
-        "registry" => &["ref", "mode", "ignore-error"],
-        _ => &["src", "dest", "mode", "ignore-error"],
+        "registry" => &["ref", "mode", "ignore-error", "compression"],
+        _ => &["src", "dest", "mode", "ignore-error", "compression"],
     };
     for key in spec.attrs.keys().filter(|k| !known.contains(&k.as_str())) {
         tracing::warn!("{flag} type={}: {key}= is a BuildKit option the embedded engine ignores", spec.kind);
@@ -179,8 +181,15 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
         bail!("its records blob does not match its digest {digest}");
     }
     let records: Records = serde_json::from_slice(&config).context("its records are not valid JSON")?;
-    let listed: HashMap<Sha256Digest, &Descriptor> =
-        manifest.layers.iter().filter_map(|d| Some((d.digest.parse().ok()?, d))).collect();
+    // A compressed blob is listed under the plain layer it carries.
+    let listed: HashMap<Sha256Digest, &Descriptor> = manifest
+        .layers
+        .iter()
+        .filter_map(|d| {
+            let layer = d.annotations.get(compressed::LAYER_ANNOTATION).unwrap_or(&d.digest);
+            Some((layer.parse().ok()?, d))
+        })
+        .collect();
     let mut out = HashMap::new();
     for record in records.records {
         let key = record.key.parse().map_err(|e| anyhow::anyhow!("record key {}: {e}", record.key))?;
@@ -211,7 +220,9 @@ impl ImportedCache for Imported<'_> {
             // take turns by layer rather than by step.
             let fetch = |d: &Descriptor| {
                 let mut place = source.place.lock().unwrap_or_else(|e| e.into_inner());
-                place.fetch(self.store, d, self.progress)
+                place.fetch(self.store, d, self.progress)?;
+                drop(place);
+                compressed::arrived(self.store, d).map(drop)
             };
             let fetched: Result<()> = layers.iter().try_for_each(|(digest, descriptor)| match descriptor {
                 Some(d) => fetch(d),
@@ -240,6 +251,8 @@ struct Target {
     /// whose layers are all in the result, so intermediate stages stay out.
     max: bool,
     ignore_error: bool,
+    /// How plain layers travel (`compression=`).
+    compression: LayerCompression,
 }
 
 impl Exports {
@@ -255,7 +268,9 @@ impl Exports {
                 };
                 let ignore_error = parsed.attrs.get("ignore-error").is_some_and(|v| v == "true");
                 let (place, name) = open("--cache-to", &parsed, "dest")?;
-                Ok(Target { spec: spec.clone(), place, name, max, ignore_error })
+                let compression = LayerCompression::parse(parsed.attrs.get("compression").map(String::as_str))
+                    .map_err(|e| anyhow::anyhow!("--cache-to {spec}: {e}"))?;
+                Ok(Target { spec: spec.clone(), place, name, max, ignore_error, compression })
             })
             .collect::<Result<_>>()?;
         Ok(Self { targets })
@@ -270,7 +285,7 @@ impl Exports {
                 .filter(|(_, layers)| target.max || layers.iter().all(|l| result.contains(l)))
                 .collect();
             let step = progress.step(format!("Exporting build cache to {}", target.name), None);
-            match write(store, target.place.as_mut(), &records, &used.sourced) {
+            match write(store, target.place.as_mut(), &records, &used.sourced, target.compression) {
                 Ok(sent) => step.finish(&format!("{} records, {sent} layers sent", records.len())),
                 Err(e) if target.ignore_error => tracing::warn!("--cache-to {}: not written: {e:#}", target.spec),
                 Err(e) => return Err(e.context(format!("--cache-to {}", target.spec))),
@@ -288,6 +303,7 @@ fn write(
     place: &mut dyn Place,
     records: &[&(Sha256Digest, Vec<Sha256Digest>)],
     sourced: &HashSet<Sha256Digest>,
+    compression: LayerCompression,
 ) -> Result<usize> {
     let mut sorted: Vec<Record> = records
         .iter()
@@ -298,22 +314,20 @@ fn write(
     // Layers in the order the sorted records first name them: the same build gives the
     // same manifest whichever order its steps finished in.
     let mut layers: Vec<Descriptor> = Vec::new();
+    let mut seen = HashSet::new();
     let mut sent = 0;
     for name in sorted.iter().flat_map(|r| &r.layers) {
-        if layers.iter().any(|d| &d.digest == name) {
-            continue;
-        }
         let digest: Sha256Digest = name.parse().map_err(anyhow::Error::msg)?;
-        if sourced.contains(&digest) {
+        if sourced.contains(&digest) || !seen.insert(digest) {
             continue;
         }
-        let size = std::fs::metadata(store.blob_path(&digest)).with_context(|| format!("layer {digest}"))?.len();
-        if !place.has(&digest, size)? {
-            place.put(&digest, size, &mut store.open_blob(&digest)?)?;
+        let carried = compressed::carried(store, &digest, compression)?;
+        let blob: Sha256Digest = carried.digest.parse().map_err(anyhow::Error::msg)?;
+        if !place.has(&blob, carried.size)? {
+            place.put(&blob, carried.size, &mut store.open_blob(&blob)?)?;
             sent += 1;
         }
-        let media_type = crate::image::built::layer_media_type(store, &digest)?;
-        layers.push(descriptor(media_type, &digest, size));
+        layers.push(carried);
     }
     let config = serde_json::to_vec(&Records { records: sorted })?;
     let config_digest = Sha256Digest::of_bytes(&config);
