@@ -16,8 +16,10 @@ use crate::digest::Sha256Digest;
 use crate::image::spec::Descriptor;
 use crate::store::{Expected, Store};
 
-/// The annotation naming the plain layer a compressed blob carries.
+/// The annotations naming the plain layer a compressed blob carries, and its size (which
+/// bounds the decompression).
 pub const LAYER_ANNOTATION: &str = "dev.fledge.cache.layer";
+const SIZE_ANNOTATION: &str = "dev.fledge.cache.layer.size";
 /// Derived record of a plain layer: its compressed copy (`zstd sha256:…`).
 const COMPRESSED_RECORD: &str = "cache-compressed-v1";
 const PLAIN_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -74,7 +76,10 @@ pub fn carried(store: &Store, layer: &Sha256Digest, compression: LayerCompressio
         }
     };
     let mut carried = descriptor(&format!("{PLAIN_TAR}+{}", compression.name()), &compressed, size(&compressed)?);
-    carried.annotations = BTreeMap::from([(LAYER_ANNOTATION.to_string(), layer.to_string())]);
+    carried.annotations = BTreeMap::from([
+        (LAYER_ANNOTATION.to_string(), layer.to_string()),
+        (SIZE_ANNOTATION.to_string(), size(layer)?.to_string()),
+    ]);
     Ok(carried)
 }
 
@@ -96,23 +101,43 @@ fn compress(store: &Store, layer: &Sha256Digest, compression: LayerCompression) 
         let stored = store.write_blob(&mut compressed, None, &format!("compressed {layer}"));
         drop(compressed);
         let written = writer.join().map_err(|_| anyhow::anyhow!("compressing {layer} failed (panic)"))?;
+        // The store's error first (a full disk, say: the writer then only saw the pipe
+        // close). A blob stored from a writer that failed is cut short; nothing refers to it
+        // and a prune removes it.
+        let (digest, _) = stored?;
         written.with_context(|| format!("compressing {layer}"))?;
-        Ok(stored?.0)
+        Ok(digest)
     })
 }
 
-/// The plain layer a fetched blob stands for: itself, or (when annotated) the layer it
-/// decompresses to, written into the store and checked against the annotation.
+/// The plain layer a blob stands for: the blob itself, or (when annotated) the layer named
+/// by its annotation.
+pub fn layer_of(blob: &Descriptor) -> Result<Sha256Digest> {
+    blob.annotations.get(LAYER_ANNOTATION).unwrap_or(&blob.digest).parse().map_err(anyhow::Error::msg)
+}
+
+/// After a fetch of `blob`: the plain layer it carries, decompressed into the store (at most
+/// the annotated size) and checked against the annotated digest; the blob is then known as
+/// that layer's compressed copy.
 pub fn arrived(store: &Store, blob: &Descriptor) -> Result<Sha256Digest> {
     let digest: Sha256Digest = blob.digest.parse().map_err(anyhow::Error::msg)?;
-    let Some(layer) = blob.annotations.get(LAYER_ANNOTATION) else { return Ok(digest) };
-    let layer: Sha256Digest = layer.parse().map_err(anyhow::Error::msg)?;
-    if !store.has_blob(&layer) {
-        let reader = crate::image::flatten::decompress(BufReader::with_capacity(1 << 20, store.open_blob(&digest)?))?;
-        let mut reader = reader;
-        store.write_blob(&mut reader, Some(Expected { digest: layer, size: None }), &format!("cache layer {layer}"))?;
+    if !blob.annotations.contains_key(LAYER_ANNOTATION) {
+        return Ok(digest);
     }
-    let name = if blob.media_type.ends_with("+gzip") { "gzip" } else { "zstd" };
+    let layer = layer_of(blob)?;
+    let size: u64 = blob
+        .annotations
+        .get(SIZE_ANNOTATION)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("blob {digest} does not say the size of the layer it carries"))?;
+    let plain = crate::image::flatten::decompress(BufReader::with_capacity(1 << 20, store.open_blob(&digest)?))?;
+    let mut bounded = std::io::Read::take(plain, size.saturating_add(1));
+    let expected = Expected { digest: layer, size: Some(size) };
+    store.write_blob(&mut bounded, Some(expected), &format!("cache layer {layer}"))?;
+    let name = match crate::image::built::layer_media_type(store, &digest)? {
+        media if media.ends_with("+gzip") => "gzip",
+        _ => "zstd",
+    };
     store.write_derived(COMPRESSED_RECORD, &layer, format!("{name} {digest}").as_bytes())?;
     Ok(layer)
 }

@@ -182,14 +182,8 @@ fn read_records(place: &mut dyn Place) -> Result<Option<Imports>> {
     }
     let records: Records = serde_json::from_slice(&config).context("its records are not valid JSON")?;
     // A compressed blob is listed under the plain layer it carries.
-    let listed: HashMap<Sha256Digest, &Descriptor> = manifest
-        .layers
-        .iter()
-        .filter_map(|d| {
-            let layer = d.annotations.get(compressed::LAYER_ANNOTATION).unwrap_or(&d.digest);
-            Some((layer.parse().ok()?, d))
-        })
-        .collect();
+    let listed: HashMap<Sha256Digest, &Descriptor> =
+        manifest.layers.iter().filter_map(|d| Some((compressed::layer_of(d).ok()?, d))).collect();
     let mut out = HashMap::new();
     for record in records.records {
         let key = record.key.parse().map_err(|e| anyhow::anyhow!("record key {}: {e}", record.key))?;
@@ -225,8 +219,8 @@ impl ImportedCache for Imported<'_> {
                 compressed::arrived(self.store, d).map(drop)
             };
             let fetched: Result<()> = layers.iter().try_for_each(|(digest, descriptor)| match descriptor {
+                _ if self.store.has_blob(digest) => Ok(()),
                 Some(d) => fetch(d),
-                None if self.store.has_blob(digest) => Ok(()),
                 None => bail!("its layer {digest} is neither in the cache nor here"),
             });
             match fetched {

@@ -43,12 +43,30 @@ pub fn matches(context: &Path, src: &str, allow_empty: bool) -> Result<Vec<PathB
     Ok(found)
 }
 
-/// Content checksum of `path` (inside `context`) and everything below it.
-fn checksum(context: &Path, path: &Path, excludes: &Excludes, hasher: &mut Sha256) -> Result<()> {
+/// What a checksum leaves out: `.dockerignore` patterns (relative to the context) and a
+/// copy's `--exclude` patterns (relative to the source it copies, `root`), as the copy
+/// itself applies them.
+struct Skip<'a> {
+    ignored: &'a Excludes,
+    excluded: &'a Excludes,
+    root: &'a Path,
+}
+
+impl Skip<'_> {
+    fn skips(&self, path: &Path) -> bool {
+        let below = path.strip_prefix(self.root).ok().filter(|p| !p.as_os_str().is_empty());
+        self.ignored.excludes(&path.to_string_lossy())
+            || below.is_some_and(|below| self.excluded.excludes(&below.to_string_lossy()))
+    }
+}
+
+/// Content checksum of `path` (inside `context`) and everything below it. With `follow`, a
+/// symlink at `path` itself counts as what it points to, as a copy that follows it copies.
+fn checksum(context: &Path, path: &Path, skip: &Skip, follow: bool, hasher: &mut Sha256) -> Result<()> {
     let full = context.join(path);
-    let meta = full.symlink_metadata()?;
+    let meta = if follow { full.metadata()? } else { full.symlink_metadata()? };
     let name = path.to_string_lossy();
-    if excludes.excludes(&name) {
+    if skip.skips(path) {
         return Ok(());
     }
     hasher.update(name.as_bytes());
@@ -56,6 +74,7 @@ fn checksum(context: &Path, path: &Path, excludes: &Excludes, hasher: &mut Sha25
     hasher.update(meta.permissions().mode().to_le_bytes());
     if meta.file_type().is_symlink() {
         hasher.update(std::fs::read_link(&full)?.as_os_str().as_encoded_bytes());
+        hasher.update([0]);
     } else if meta.is_file() {
         hasher.update(meta.len().to_le_bytes());
         let mut file = std::fs::File::open(&full)?;
@@ -71,7 +90,7 @@ fn checksum(context: &Path, path: &Path, excludes: &Excludes, hasher: &mut Sha25
         let mut children: Vec<_> = std::fs::read_dir(&full)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for child in children {
-            checksum(context, &path.join(child.file_name()), excludes, hasher)?;
+            checksum(context, &path.join(child.file_name()), skip, false, hasher)?;
         }
     }
     Ok(())
@@ -88,9 +107,8 @@ pub fn copied_checksums(op: &pb::FileOp, inputs: &[Value]) -> Result<Vec<String>
         else {
             continue;
         };
-        let mut patterns = excludes.clone();
-        patterns.extend(copy.exclude_patterns.iter().cloned());
-        sums.push(checksum_of(dir, &copy.src, copy.allow_empty_wildcard, &patterns)?);
+        let copied = Copied { src: &copy.src, allow_empty: copy.allow_empty_wildcard, follow: copy.follow_symlink };
+        sums.push(checksum_of(dir, &copied, excludes, &copy.exclude_patterns)?);
     }
     Ok(sums)
 }
@@ -104,17 +122,28 @@ pub fn bound_checksums(exec: &pb::ExecOp, inputs: &[Value]) -> Result<Vec<String
             continue;
         };
         let selector = if mount.selector.is_empty() { "/" } else { &mount.selector };
-        sums.push(checksum_of(dir, selector, false, excludes)?);
+        let shown = Copied { src: selector, allow_empty: false, follow: false };
+        sums.push(checksum_of(dir, &shown, excludes, &[])?);
     }
     Ok(sums)
 }
 
-/// The checksum of what `src` (a path or wildcard) names in the context, minus `excludes`.
-fn checksum_of(context: &Path, src: &str, allow_empty: bool, excludes: &[String]) -> Result<String> {
-    let excludes = Excludes::new(excludes);
+/// What a step reads from a local directory: a path or wildcard, whether a wildcard may
+/// match nothing, and whether a symlink it names is followed.
+struct Copied<'a> {
+    src: &'a str,
+    allow_empty: bool,
+    follow: bool,
+}
+
+/// The checksum of what `copied` names in the context, minus `ignored` (`.dockerignore`)
+/// and `excluded` (`--exclude`, relative to each matched source).
+fn checksum_of(context: &Path, copied: &Copied, ignored: &[String], excluded: &[String]) -> Result<String> {
+    let (ignored, excluded) = (Excludes::new(ignored), Excludes::new(excluded));
     let mut hasher = Sha256::new();
-    for path in matches(context, src, allow_empty)? {
-        checksum(context, &path, &excludes, &mut hasher)?;
+    for path in matches(context, copied.src, copied.allow_empty)? {
+        let skip = Skip { ignored: &ignored, excluded: &excluded, root: &path };
+        checksum(context, &path, &skip, copied.follow, &mut hasher)?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -129,7 +158,9 @@ mod tests {
         std::fs::write(dir.path().join("a.txt"), "one").unwrap();
         let sum = |d: &Path| {
             let mut h = Sha256::new();
-            checksum(d, Path::new("a.txt"), &Excludes::new(&[]), &mut h).unwrap();
+            let none = Excludes::new(&[]);
+            let skip = Skip { ignored: &none, excluded: &none, root: Path::new("a.txt") };
+            checksum(d, Path::new("a.txt"), &skip, false, &mut h).unwrap();
             hex::encode(h.finalize())
         };
         let before = sum(dir.path());
@@ -141,5 +172,30 @@ mod tests {
         assert!(matches(dir.path(), "/missing", true).is_err());
         assert!(matches(dir.path(), "/*.none", true).unwrap().is_empty());
         assert_eq!(matches(dir.path(), "/*.txt", false).unwrap(), [PathBuf::from("a.txt")]);
+    }
+
+    #[test]
+    fn checksums_see_what_the_copy_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("target.txt"), "one").unwrap();
+        std::os::unix::fs::symlink("target.txt", d.join("link.txt")).unwrap();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/f"), "f").unwrap();
+        std::fs::write(d.join("sub/g"), "g").unwrap();
+        let sum = |src: &str, follow: bool, excluded: &[&str]| {
+            let excluded: Vec<String> = excluded.iter().map(|e| e.to_string()).collect();
+            checksum_of(d, &Copied { src, allow_empty: false, follow }, &[], &excluded).unwrap()
+        };
+        // A followed link is its target's content; a link kept as a link is its target name.
+        let (followed, kept) = (sum("link.txt", true, &[]), sum("link.txt", false, &[]));
+        std::fs::write(d.join("target.txt"), "two").unwrap();
+        assert_ne!(sum("link.txt", true, &[]), followed);
+        assert_eq!(sum("link.txt", false, &[]), kept);
+        // --exclude is relative to the copied source, as the copy applies it.
+        let (relative, rooted) = (sum("sub", false, &["f"]), sum("sub", false, &["sub/f"]));
+        std::fs::write(d.join("sub/f"), "f changed").unwrap();
+        assert_eq!(sum("sub", false, &["f"]), relative, "an excluded file busts nothing");
+        assert_ne!(sum("sub", false, &["sub/f"]), rooted, "sub/f is not a path below sub");
     }
 }
