@@ -10,7 +10,7 @@ use crate::diagnostic::{Diagnostic, SourceFile};
 
 /// Reads and parses `path`.
 pub fn load(path: &Path) -> Result<Ast> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
+    let bytes = read_in_dir(path).with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
     let text = String::from_utf8_lossy(&bytes).into_owned();
     parse(&text).map_err(|e| diagnostic(&SourceFile::new(path, text), &e).into())
 }
@@ -21,7 +21,7 @@ pub fn convert_error(path: &Path, error: &fledge_llb::dockerfile::ConvertError) 
         // Not about one line (e.g. an unknown --target).
         return anyhow::anyhow!("{}: {}", path.display(), error.message);
     }
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = read_in_dir(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
     let error = ParseError { line: error.line, column: 0, message: error.message.clone() };
     diagnostic(&SourceFile::new(path, text), &error).into()
 }
@@ -92,25 +92,47 @@ impl fledge_llb::dockerfile::ImageResolver for StoreResolver<'_> {
 /// `.dockerignore` in the context. Comments, blank lines and a BOM are skipped; each pattern
 /// is cleaned and loses a leading `/`, as BuildKit reads them.
 pub fn dockerignore(dockerfile: &Path, context: &Path) -> Result<Vec<String>> {
-    let dir = dockerfile.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dockerfile.file_name().map(|n| format!("{}.dockerignore", n.to_string_lossy()));
-    let candidates = name.into_iter().map(|n| dir.join(n)).chain([context.join(".dockerignore")]);
-    let Some(path) = candidates.into_iter().find(|p| p.is_file()) else { return Ok(Vec::new()) };
-    ignore_patterns(&path)
+    let beside =
+        dockerfile.file_name().map(|n| dir_of(dockerfile).join(format!("{}.dockerignore", n.to_string_lossy())));
+    match beside.filter(|path| is_file_in_dir(path)) {
+        Some(path) => ignore_patterns(&path),
+        None => local_dockerignore(context),
+    }
 }
 
 /// A named local context's exclude patterns: its own `.dockerignore`.
 pub fn local_dockerignore(dir: &Path) -> Result<Vec<String>> {
     let path = dir.join(".dockerignore");
-    if !path.is_file() {
+    if !is_file_in_dir(&path) {
         return Ok(Vec::new());
     }
     ignore_patterns(&path)
 }
 
+/// The directory a file name is relative to (`.` for a bare name).
+fn dir_of(path: &Path) -> &Path {
+    path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Reads `path` with a symlink at its name resolved inside its own directory, as BuildKit
+/// reads a Dockerfile or ignore file from the directory it transfers: a link out of that
+/// directory is not followed out of it.
+pub fn read_in_dir(path: &Path) -> std::io::Result<Vec<u8>> {
+    let name = path.file_name().ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    crate::confined::read(dir_of(path), Path::new(name))
+}
+
+/// Whether `path` is a regular file, a symlink at its name resolved inside its directory.
+fn is_file_in_dir(path: &Path) -> bool {
+    let Some(name) = path.file_name() else { return false };
+    let dir = dir_of(path);
+    crate::confined::resolve(dir, Path::new(name), true).is_ok_and(|real| dir.join(real).is_file())
+}
+
 /// The patterns of a `.dockerignore` file.
 fn ignore_patterns(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = read_in_dir(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     Ok(text
         .lines()

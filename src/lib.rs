@@ -13,6 +13,7 @@ pub mod cli;
 pub mod commands;
 pub mod compress;
 pub mod config;
+pub mod confined;
 pub mod daemon_build;
 pub mod diagnostic;
 pub mod digest;

@@ -182,6 +182,20 @@ mod tests {
         assert_eq!(entries[0].stat.mode & go_mode::DIR, go_mode::DIR);
         assert_eq!(entries[3].stat.size, 5);
         assert!(entries[3].file.is_some() && entries[0].file.is_none());
+        assert!(entries[7].file.is_none(), "a link is sent as a link, never as its target's bytes");
+    }
+
+    #[test]
+    fn links_out_of_the_directory_are_sent_as_links() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), "secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("file")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("dir")).unwrap();
+        let follow = Filter::new(vec!["file".into(), "dir/secret".into()], &[]);
+        let entries = walk(dir.path(), &follow).unwrap();
+        assert_eq!(paths(&entries), ["file"], "nothing below a linked directory");
+        assert!(entries[0].file.is_none() && entries[0].stat.mode & go_mode::SYMLINK != 0);
     }
 
     #[test]

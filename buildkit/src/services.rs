@@ -132,9 +132,11 @@ impl fs::file_sync_server::FileSync for FileSync {
     }
 }
 
-/// A file's bytes as DATA packets, then an empty one.
+/// A file's bytes as DATA packets, then an empty one. The walk listed `path` as a regular
+/// file; it is opened without following a link at its name, so a file swapped for a link
+/// since is refused rather than read from outside the directory.
 async fn send_file(tx: &mpsc::Sender<Result<Packet, Status>>, id: u32, path: &std::path::Path) -> Result<(), ()> {
-    let mut file = match tokio::fs::File::open(path).await {
+    let mut file = match tokio::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).await {
         Ok(file) => file,
         Err(e) => {
             let _ = tx.send(Err(Status::internal(format!("cannot read {}: {e}", path.display())))).await;

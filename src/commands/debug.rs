@@ -51,7 +51,7 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
             let Some(result) = converted.result else {
                 bail!("the target stage is empty (FROM scratch with nothing added): there is no LLB to print");
             };
-            let text = std::fs::read(dockerfile)?;
+            let text = dockerfile::read_in_dir(dockerfile)?;
             let definition = graph::definition(&result, Some(("Dockerfile", &text)));
             let mut out = std::io::stdout().lock();
             match format {

@@ -17,30 +17,48 @@ fn has_wildcard(text: &str) -> bool {
     text.contains(['*', '?', '['])
 }
 
-/// The context paths a copy source names (`/a/*.txt`), sorted; an error when a path
-/// without wildcards does not exist.
+/// The context paths a copy source names (`/a/*.txt`), sorted, each resolved inside the
+/// context (`crate::confined`) but for its last component, which keeps the name the copy
+/// gives it; an error when a path without wildcards does not exist.
 pub fn matches(context: &Path, src: &str, allow_empty: bool) -> Result<Vec<PathBuf>> {
     let mut found = vec![PathBuf::new()];
     for part in src.split('/').filter(|p| !p.is_empty() && *p != ".") {
         let mut next = Vec::new();
         for base in &found {
             if has_wildcard(part) {
-                let Ok(entries) = std::fs::read_dir(context.join(base)) else { continue };
+                let dir = crate::confined::resolve(context, base, true)?;
+                let Ok(entries) = std::fs::read_dir(context.join(&dir)) else { continue };
                 let mut names: Vec<String> =
                     entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
                 names.sort();
-                next.extend(names.into_iter().filter(|n| glob_match(part, n)).map(|n| base.join(n)));
+                next.extend(names.into_iter().filter(|n| glob_match(part, n)).map(|n| dir.join(n)));
             } else {
                 next.push(base.join(part));
             }
         }
         found = next;
     }
-    found.retain(|p| context.join(p).symlink_metadata().is_ok());
-    if found.is_empty() && !(allow_empty && has_wildcard(src)) {
+    let mut resolved = Vec::new();
+    for path in found {
+        let path = crate::confined::resolve(context, &path, false)?;
+        if context.join(&path).symlink_metadata().is_ok() {
+            resolved.push(path);
+        }
+    }
+    if resolved.is_empty() && !(allow_empty && has_wildcard(src)) {
         bail!("failed to compute cache key: \"{src}\" not found in the build context");
     }
-    Ok(found)
+    Ok(resolved)
+}
+
+/// A matched source as a copy reads it: with `follow`, a symlink at the source itself is
+/// followed (inside the context); the path stays relative to the context.
+pub fn followed(context: &Path, source: &Path, follow: bool) -> Result<PathBuf> {
+    let path = if follow { crate::confined::resolve(context, source, true)? } else { source.to_path_buf() };
+    if context.join(&path).symlink_metadata().is_err() {
+        bail!("failed to compute cache key: \"{}\" not found in the build context", path.display());
+    }
+    Ok(path)
 }
 
 /// What a checksum leaves out: `.dockerignore` patterns (relative to the context) and a
@@ -60,11 +78,11 @@ impl Skip<'_> {
     }
 }
 
-/// Content checksum of `path` (inside `context`) and everything below it. With `follow`, a
-/// symlink at `path` itself counts as what it points to, as a copy that follows it copies.
-fn checksum(context: &Path, path: &Path, skip: &Skip, follow: bool, hasher: &mut Sha256) -> Result<()> {
+/// Content checksum of `path` (inside `context`, its links already resolved as the copy
+/// resolves them) and everything below it; links below it count as links.
+fn checksum(context: &Path, path: &Path, skip: &Skip, hasher: &mut Sha256) -> Result<()> {
     let full = context.join(path);
-    let meta = if follow { full.metadata()? } else { full.symlink_metadata()? };
+    let meta = full.symlink_metadata()?;
     let name = path.to_string_lossy();
     if skip.skips(path) {
         return Ok(());
@@ -90,7 +108,7 @@ fn checksum(context: &Path, path: &Path, skip: &Skip, follow: bool, hasher: &mut
         let mut children: Vec<_> = std::fs::read_dir(&full)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for child in children {
-            checksum(context, &path.join(child.file_name()), skip, false, hasher)?;
+            checksum(context, &path.join(child.file_name()), skip, hasher)?;
         }
     }
     Ok(())
@@ -142,8 +160,9 @@ fn checksum_of(context: &Path, copied: &Copied, ignored: &[String], excluded: &[
     let (ignored, excluded) = (Excludes::new(ignored), Excludes::new(excluded));
     let mut hasher = Sha256::new();
     for path in matches(context, copied.src, copied.allow_empty)? {
+        let path = followed(context, &path, copied.follow)?;
         let skip = Skip { ignored: &ignored, excluded: &excluded, root: &path };
-        checksum(context, &path, &skip, copied.follow, &mut hasher)?;
+        checksum(context, &path, &skip, &mut hasher)?;
     }
     Ok(hex::encode(hasher.finalize()))
 }
@@ -160,7 +179,7 @@ mod tests {
             let mut h = Sha256::new();
             let none = Excludes::new(&[]);
             let skip = Skip { ignored: &none, excluded: &none, root: Path::new("a.txt") };
-            checksum(d, Path::new("a.txt"), &skip, false, &mut h).unwrap();
+            checksum(d, Path::new("a.txt"), &skip, &mut h).unwrap();
             hex::encode(h.finalize())
         };
         let before = sum(dir.path());

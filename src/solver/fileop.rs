@@ -318,18 +318,21 @@ impl Layer<'_> {
     fn copy_from_context(&mut self, context_dir: &Path, excludes: &[String], copy: &pb::FileActionCopy) -> Result<()> {
         let copy_excludes = Excludes::new(&copy.exclude_patterns);
         for required in &copy.required_paths {
-            if context_dir.join(required.trim_start_matches('/')).symlink_metadata().is_err() {
-                bail!("\"{}\" not found in the build context", required.trim_start_matches('/'));
+            let required = Path::new(required.trim_start_matches('/'));
+            if context_dir.join(crate::confined::resolve(context_dir, required, false)?).symlink_metadata().is_err() {
+                bail!("\"{}\" not found in the build context", required.display());
             }
         }
         let sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
         let several = sources.len() > 1 || copy.src.contains(['*', '?', '[']);
         let attrs = self.owner(&copy.owner)?;
-        for source in sources {
+        for named in sources {
+            // Read where the copy reads (a followed link, inside the context); named as given.
+            let source = context::followed(context_dir, &named, copy.follow_symlink)?;
             let full = context_dir.join(&source);
-            let meta = if copy.follow_symlink { std::fs::metadata(&full) } else { std::fs::symlink_metadata(&full) }
+            let meta = std::fs::symlink_metadata(&full)
                 .with_context(|| format!("cannot read {} in the build context", source.display()))?;
-            let name = source.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            let name = named.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
             if meta.is_dir() {
                 // A directory's contents go into the destination (merged, for several
                 // sources), or the directory itself goes there without dir_copy_contents.
