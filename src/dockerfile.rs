@@ -22,8 +22,13 @@ pub fn convert_error(path: &Path, error: &fledge_llb::dockerfile::ConvertError) 
         return anyhow::anyhow!("{}: {}", path.display(), error.message);
     }
     let text = std::fs::read_to_string(path).unwrap_or_default();
+    let help = error.help.clone();
     let error = ParseError { line: error.line, column: 0, message: error.message.clone() };
-    diagnostic(&SourceFile::new(path, text), &error).into()
+    let diagnostic = diagnostic(&SourceFile::new(path, text), &error);
+    match help {
+        Some(help) => diagnostic.help(help).into(),
+        None => diagnostic.into(),
+    }
 }
 
 /// A parse error as a diagnostic quoting the line.

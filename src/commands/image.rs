@@ -111,9 +111,9 @@ fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
         _ => "import",
     };
     let name = source.to_string();
-    store
-        .lookup(&name)?
-        .with_context(|| format!("{name} is not in the store\n  = help: {get} it with `fledge image {get} {reference}`"))
+    store.lookup(&name)?.with_context(|| {
+        format!("{name} is not in the store\n  = help: {get} it with `fledge image {get} {reference}`")
+    })
 }
 
 /// What `reference` names: a registry image, or an `oci-layout:`/`docker-archive:` file.

@@ -256,7 +256,10 @@ impl Validator<'_> {
                 None
             }
         };
-        let manifest_format = self.setting(&raw.manifest_format, "manifest_format", "\"fledge\"").and_then(|f| match f.get_ref().parse() {
+        let manifest_format = self.setting(&raw.manifest_format, "manifest_format", "\"fledge\"").and_then(|f| match f
+            .get_ref()
+            .parse()
+        {
             Ok(format) => Some(format),
             Err(msg) => {
                 self.error(span(f), msg, None);
@@ -418,7 +421,9 @@ impl Validator<'_> {
             }
         });
         let dockerfile_path = dockerfile.and_then(|d| self.host_path(d, "dockerfile", true));
-        let context = self.setting(&source.context, "source.context", "the Dockerfile's directory").and_then(|c| self.host_path(c, "build context", false));
+        let context = self
+            .setting(&source.context, "source.context", "the Dockerfile's directory")
+            .and_then(|c| self.host_path(c, "build context", false));
         let busybox = self.busybox(strategy, source)?;
         Some(Source {
             image: image_ref,
@@ -497,7 +502,8 @@ impl Validator<'_> {
             (Strategy::OciRootfs, None) => None,
         };
         let compression = packing.and_then(|packing| {
-            let name = raw.and_then(|f| self.setting(&f.compression, "filesystem.compression", "the format's first compressor"));
+            let name = raw
+                .and_then(|f| self.setting(&f.compression, "filesystem.compression", "the format's first compressor"));
             let level = raw.and_then(|f| f.compression_level.as_ref());
             match compression::resolve(packing, name.map(|n| n.get_ref().as_str()), level.map(|l| *l.get_ref())) {
                 Ok(c) => c,
