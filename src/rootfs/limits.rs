@@ -75,8 +75,8 @@ fn shorten(path: &str) -> String {
     if path.len() <= SHOWN {
         return path.to_string();
     }
-    let head = path.floor_char_boundary(SHOWN * 2 / 3);
-    let tail = path.ceil_char_boundary(path.len() - SHOWN / 3);
+    let head = (0..=SHOWN * 2 / 3).rev().find(|&i| path.is_char_boundary(i)).unwrap_or(0);
+    let tail = (path.len() - SHOWN / 3..=path.len()).find(|&i| path.is_char_boundary(i)).unwrap_or(path.len());
     format!("{}…{}", &path[..head], &path[tail..])
 }
 
