@@ -162,7 +162,9 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
     let Some(result) = converted.result else {
         bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
     };
-    let definition = fledge_llb::graph::definition(&result, None);
+    // The Dockerfile goes into the definition's source map, so a failing step names its line.
+    let text = std::fs::read(path).with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
+    let definition = fledge_llb::graph::definition(&result, Some((&path.display().to_string(), &text)));
     let mut locals = HashMap::from([("context".to_string(), request.context.to_path_buf())]);
     locals.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
     let layers = solve(&store, &definition, locals, request.secrets, request.cache, request.progress, progress)?;

@@ -31,6 +31,16 @@ impl SourceFile {
         (line, col)
     }
 
+    /// The bytes of 1-based `line`, without its newline; `None` past the end.
+    pub fn line_span(&self, line: usize) -> Option<Range<usize>> {
+        let start: usize = self.text.split_inclusive('\n').take(line.checked_sub(1)?).map(str::len).sum();
+        if start >= self.text.len() && line > 1 {
+            return None;
+        }
+        let len = self.text[start..].find('\n').unwrap_or(self.text.len() - start);
+        Some(start..start + len)
+    }
+
     fn line_text(&self, line: usize) -> &str {
         self.text.lines().nth(line - 1).unwrap_or("")
     }

@@ -22,21 +22,25 @@ pub fn convert_error(path: &Path, error: &fledge_llb::dockerfile::ConvertError) 
         return anyhow::anyhow!("{}: {}", path.display(), error.message);
     }
     let text = read_in_dir(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let help = error.help.clone();
     let error = ParseError { line: error.line, column: 0, message: error.message.clone() };
-    diagnostic(&SourceFile::new(path, text), &error).into()
+    let diagnostic = diagnostic(&SourceFile::new(path, text), &error);
+    match help {
+        Some(help) => diagnostic.help(help).into(),
+        None => diagnostic.into(),
+    }
 }
 
 /// A parse error as a diagnostic quoting the line.
 fn diagnostic(file: &SourceFile, error: &ParseError) -> Diagnostic {
-    let line_start: usize = file.text.split_inclusive('\n').take(error.line.saturating_sub(1)).map(str::len).sum();
-    let line_len = file.text[line_start..].find('\n').unwrap_or(file.text.len() - line_start);
-    let span = if error.column > 0 {
-        let at = (line_start + error.column - 1).min(line_start + line_len);
-        at..(at + 1).min(line_start + line_len).max(at)
-    } else {
-        line_start..line_start + line_len
-    };
-    let span = (!file.text.is_empty()).then_some(span);
+    let span = file.line_span(error.line.max(1)).filter(|_| !file.text.is_empty()).map(|line| {
+        if error.column > 0 {
+            let at = (line.start + error.column - 1).min(line.end);
+            at..(at + 1).min(line.end).max(at)
+        } else {
+            line
+        }
+    });
     Diagnostic::new(file, span, format!("Dockerfile: {}", error.message))
         .help("see https://docs.docker.com/reference/dockerfile/ for the instruction's syntax")
 }

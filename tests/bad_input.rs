@@ -78,6 +78,35 @@ fn cases() -> Vec<Case> {
             &["unknown key `mapping`", "did you mean `mappings`?"],
         ),
         case(
+            "empty overlay_size",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"oci-layout:none\"\n[filesystem]\noverlay_size = \"\"\n",
+            &[
+                "'filesystem.overlay_size' is empty",
+                "fledge.toml:6:16",
+                "remove the line to use the default (\\\"1G\\\")",
+            ],
+        ),
+        case(
+            "empty filesystem type",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"oci-layout:none\"\n[filesystem]\ntype = \"\"\n",
+            &["'filesystem.type' is empty", "fledge.toml:6:8"],
+        ),
+        case(
+            "empty compression",
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n[source]\nimage = \"oci-layout:none\"\n[filesystem]\ncompression = \" \"\n",
+            &["'filesystem.compression' is empty", "fledge.toml:6:15"],
+        ),
+        case(
+            "empty init path",
+            "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[init]\npath = \"\"\n",
+            &["'init.path' is empty", "fledge.toml:9:8"],
+        ),
+        case(
+            "empty manifest_format",
+            "version = \"1\"\nstrategy = \"initramfs\"\nmanifest_format = \"\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nbusybox_path = \"{busybox}\"\n",
+            &["'manifest_format' is empty", "fledge.toml:3:19"],
+        ),
+        case(
             "init none and path",
             "version = \"1\"\nstrategy = \"initramfs\"\n[source]\nbusybox_path = \"{busybox}\"\n[init]\nnone = true\npath = \"agent\"\n",
             &["[init] cannot specify both none=true and path", "fledge.toml:5:1"],
@@ -467,4 +496,82 @@ fn every_bad_input_is_a_located_error_with_no_output() {
         }
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n\n{}", failures.len(), cases.len(), failures.join("\n\n"));
+}
+
+/// Runs `fledge ARGS` in `p` and checks a failure: exit 1, an `error: ` line, no panic, every
+/// `expect` in stderr, no `refuse` in it, and no new file in the project directory.
+fn assert_refused(p: &Project, cmd: &mut std::process::Command, expect: &[&str], refuse: &[&str]) {
+    let outputs = || -> Vec<String> {
+        p.listing().into_iter().filter(|n| !["cache", "home", "state"].contains(&n.as_str())).collect()
+    };
+    let before = outputs();
+    let out = run(cmd);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("error: ")) && !err.contains("panicked"), "{err}");
+    for needle in expect {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    for needle in refuse {
+        assert!(!err.contains(needle), "`{needle}` should not be in:\n{err}");
+    }
+    assert_eq!(outputs(), before, "nothing is written:\n{err}");
+}
+
+#[test]
+fn image_commands_on_files_point_at_import_and_pull_refuses_them() {
+    let p = Project::new();
+    assert_refused(
+        &p,
+        p.fledge().args(["image", "inspect", "oci-layout:layout:v1"]),
+        &["is not in the store", "fledge image import oci-layout:layout:v1"],
+        &["fledge image pull"],
+    );
+    assert_refused(
+        &p,
+        p.fledge().args(["image", "pull", "oci-layout:layout:v1"]),
+        &["oci-layout:layout:v1 names a file, not a registry", "fledge image import oci-layout:layout:v1"],
+        &["https://", "Resolving"],
+    );
+    assert_refused(
+        &p,
+        p.fledge().args(["image", "pull", "docker-archive:app.tar"]),
+        &["fledge image import docker-archive:app.tar"],
+        &["https://"],
+    );
+}
+
+#[test]
+fn a_missing_copy_source_names_the_dockerfile_line() {
+    let p = Project::new();
+    p.write("Dockerfile", "FROM scratch\n# a comment\nCOPY missing.txt /missing.txt\n");
+    assert_refused(
+        &p,
+        p.fledge().args(["build", "Dockerfile"]),
+        &["\"/missing.txt\" not found in the build context", "--> Dockerfile:3", "COPY missing.txt /missing.txt"],
+        &[],
+    );
+}
+
+#[test]
+fn copy_from_a_name_that_is_no_stage_says_the_image_pull_failed_and_lists_the_stages() {
+    let p = Project::new();
+    p.write("Dockerfile", "FROM scratch AS builder\nFROM scratch\nCOPY --from=nostage /x /y\n");
+    // Docker Hub is reached through a proxy on a closed loopback port: nothing leaves the host.
+    let mut cmd = p.fledge();
+    for var in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        cmd.env(var, "http://127.0.0.1:1");
+    }
+    cmd.env_remove("NO_PROXY").env_remove("no_proxy").args(["build", "Dockerfile"]);
+    assert_refused(
+        &p,
+        &mut cmd,
+        &[
+            "pulling image \"nostage\" failed",
+            "--> Dockerfile:3",
+            "if you meant a build stage, no stage named \"nostage\" exists",
+            "\"builder\"",
+        ],
+        &["instruction's syntax"],
+    );
 }

@@ -385,23 +385,61 @@ fn long_names_escaping_links_and_a_merged_usr_bin_stay_inside_the_image() {
     assert!(list.iter().all(|(_, l)| l.contains("1970-01-02 00:00")), "{list:#?}");
 }
 
+/// The config of a build of `oci-layout:layout:v1` packed as `kind` (an initramfs, or a
+/// rootfs of that filesystem type).
+fn layout_config(kind: &str) -> String {
+    let agent = "[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n";
+    match kind {
+        "initramfs" => format!(
+            "version = \"1\"\nstrategy = \"initramfs\"\n{agent}[source]\nimage = \"oci-layout:layout:v1\"\nbusybox_path = \"{}\"\n",
+            busybox()
+        ),
+        _ => format!(
+            "version = \"1\"\nstrategy = \"oci_rootfs\"\n{agent}[source]\nimage = \"oci-layout:layout:v1\"\n[filesystem]\ntype = \"{kind}\"\n"
+        ),
+    }
+}
+
 #[test]
-fn ext4_refuses_a_name_it_cannot_hold_and_writes_nothing() {
-    let p = Project::new();
-    let layout = p.path("layout");
+fn every_packer_refuses_names_linux_cannot_hold_and_writes_nothing() {
     let name = "n".repeat(300);
-    let layer = common::oci::tar_layer(&[common::oci::Entry::File(&format!("opt/{name}"), 0o644, b"x")]);
-    let manifest = add_image(&layout, "amd64", &[layer], json!({}));
-    finish_layout(&layout, "v1", vec![manifest]);
-    fs::copy(agent_binary(), p.path("agent")).unwrap();
-    p.write("manifest.toml", "name = \"x\"\nversion = \"1\"\nruntime = \"x\"\n");
-    p.write("fledge.toml", "version = \"1\"\nstrategy = \"oci_rootfs\"\n[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n[source]\nimage = \"oci-layout:layout:v1\"\n[filesystem]\ntype = \"ext4\"\n");
-    let out = run(p.fledge().args(["build", "-o", "x.img"]));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("/opt/{name}")) && stderr.contains("at most 255 bytes"), "{stderr}");
-    let left: Vec<_> = fs::read_dir(p.path(".")).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("x.")), "no output left: {left:?}");
+    let target = format!("/{}", "t".repeat(5000));
+    let deep: Vec<String> = (0..25).map(|i| format!("{i:02}{}", "d".repeat(198))).collect();
+    let deep = format!("opt/{}/f", deep.join("/"));
+    let long_name = format!("opt/{name}");
+    // (what is wrong, the layer's entry, what the error must say)
+    let defects: [(&str, common::oci::Entry<'_>, [&str; 2]); 3] = [
+        ("a 300-byte name", common::oci::Entry::File(&long_name, 0o644, b"x"), ["/opt/nnnnnnnnnn", "255 bytes"]),
+        ("a 5000-byte link target", common::oci::Entry::Symlink("opt/link", &target), ["/opt/link", "4095 bytes"]),
+        ("a 5000-byte path", common::oci::Entry::File(&deep, 0o644, b"x"), ["/opt/00dddddddd", "4095 bytes"]),
+    ];
+    let mut failures = Vec::new();
+    for (defect, entry, expect) in defects {
+        let p = Project::new();
+        let manifest = add_image(&p.path("layout"), "amd64", &[common::oci::tar_layer(&[entry])], json!({}));
+        finish_layout(&p.path("layout"), "v1", vec![manifest]);
+        fs::copy(agent_binary(), p.path("agent")).unwrap();
+        p.write("manifest.toml", "name = \"x\"\nversion = \"1\"\nruntime = \"x\"\n");
+        for (kind, out) in
+            [("squashfs", "x.squashfs"), ("ext4", "x.img"), ("erofs", "x.erofs"), ("initramfs", "x.cpio.gz")]
+        {
+            p.write("fledge.toml", &layout_config(kind));
+            let outputs = || -> Vec<String> {
+                p.listing().into_iter().filter(|n| !["cache", "home", "state"].contains(&n.as_str())).collect()
+            };
+            let before = outputs();
+            let result = run(p.fledge().args(["build", "-o", out]));
+            let stderr = String::from_utf8_lossy(&result.stderr);
+            let after = outputs();
+            if result.status.code() != Some(1) || !expect.iter().all(|e| stderr.contains(e)) || after != before {
+                failures.push(format!(
+                    "{kind} with {defect}: exit {:?}, files {after:?} (before {before:?}), expected {expect:?} in:\n{stderr}",
+                    result.status.code()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]

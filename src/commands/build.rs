@@ -19,7 +19,7 @@ use crate::output::{self, Pending};
 use crate::paths::ImagePath;
 use crate::progress::Progress;
 use crate::rootfs::walk::{LayerSource, NoLayers};
-use crate::rootfs::{FileData, Node, Tree};
+use crate::rootfs::{FileData, Node, Tree, limits};
 use crate::store::Store;
 use crate::{agent, btrfs, busybox, compress, dirs, erofs, ext4, mappings, squashfs};
 
@@ -403,6 +403,7 @@ fn build_initramfs(
     let template = &template;
     let tree =
         initramfs::assemble(&Parts { busybox: &busybox, init: &config.init, agent, mappings: &config.mappings }, base)?;
+    limits::check(&tree)?;
 
     let suffix = compress::initramfs_format(compression.compressor);
     let artifact_path = initramfs_artifact_path(args, config, &template.name);
@@ -460,6 +461,7 @@ fn build_rootfs(
         tree.replace(&kestrel, Node::File { mode: 0o755, data: FileData::Host(agent_path) })?;
     }
     mappings::apply(&mut tree, &config.mappings)?;
+    limits::check(&tree)?;
 
     let artifact_path = rootfs_artifact_path(args, &stem, kind);
     let manifest_path = output::manifest_path(&artifact_path);

@@ -20,13 +20,18 @@ pub fn run(command: &ImageCommand, progress: &Progress) -> Result<()> {
     let store = Store::open(dirs::state_dir().as_deref())?;
     match command {
         ImageCommand::Pull { reference, platform } => {
+            if !matches!(source(reference)?, ImageSource::Registry(_)) {
+                bail!(
+                    "{reference} names a file, not a registry image\n  = help: use `fledge image import {reference}`"
+                );
+            }
             let image = ImageRef::parse(reference)?;
             let record = pull(&image, &platform_or_host(platform.as_deref())?, &store, progress)?;
             progress.say(&format!("Pulled {} ({})", record.name, record.digest));
             println!("{}", record.digest);
         }
         ImageCommand::Import { source, platform } => {
-            let source = ImageSource::parse(source, &std::env::current_dir()?).map_err(anyhow::Error::msg)?;
+            let source = self::source(source)?;
             if let ImageSource::Registry(r) = &source {
                 bail!(
                     "{r} is a registry reference\n  = help: use `fledge image pull {r}`, or name a file as oci-layout:PATH or docker-archive:PATH"
@@ -100,14 +105,26 @@ fn platform_or_host(platform: Option<&str>) -> Result<Platform> {
 }
 
 fn find(store: &Store, reference: &str) -> Result<ImageRecord> {
-    let name = store_name(reference)?;
-    store.lookup(&name)?.with_context(|| format!("{name} is not in the store\n  = help: pull it with `fledge image pull {reference}`, or import a file with `fledge image import`"))
+    let source = source(reference)?;
+    let get = match source {
+        ImageSource::Registry(_) => "pull",
+        _ => "import",
+    };
+    let name = source.to_string();
+    store.lookup(&name)?.with_context(|| {
+        format!("{name} is not in the store\n  = help: {get} it with `fledge image {get} {reference}`")
+    })
+}
+
+/// What `reference` names: a registry image, or an `oci-layout:`/`docker-archive:` file.
+fn source(reference: &str) -> Result<ImageSource> {
+    ImageSource::parse(reference, &std::env::current_dir()?).map_err(anyhow::Error::msg)
 }
 
 /// The name an image is recorded under: the normalised reference, or `oci-layout:`/
 /// `docker-archive:` with an absolute path.
 fn store_name(reference: &str) -> Result<String> {
-    Ok(ImageSource::parse(reference, &std::env::current_dir()?).map_err(anyhow::Error::msg)?.to_string())
+    Ok(source(reference)?.to_string())
 }
 
 /// `fledge prune`.

@@ -187,6 +187,18 @@ impl Validator<'_> {
         value.as_ref().filter(|v| !v.get_ref().trim().is_empty())
     }
 
+    /// A setting whose absence means its default: written but empty (or blank) it is an error
+    /// at its line, not silently the default.
+    fn setting<'v>(&mut self, value: &'v Option<S<String>>, key: &str, default: &str) -> Option<&'v S<String>> {
+        let value = value.as_ref()?;
+        if value.get_ref().trim().is_empty() {
+            let help = format!("remove the line to use the default ({default}), or give a value");
+            self.error(span(value), format!("'{key}' is empty"), Some(&help));
+            return None;
+        }
+        Some(value)
+    }
+
     /// Resolves a host path against the config directory and checks that it exists.
     fn host_path(&mut self, value: &S<String>, what: &str, want_file: bool) -> Option<PathBuf> {
         let path = self.dir.join(value.get_ref());
@@ -244,7 +256,10 @@ impl Validator<'_> {
                 None
             }
         };
-        let manifest_format = Self::text(&raw.manifest_format).and_then(|f| match f.get_ref().parse() {
+        let manifest_format = self.setting(&raw.manifest_format, "manifest_format", "\"fledge\"").and_then(|f| match f
+            .get_ref()
+            .parse()
+        {
             Ok(format) => Some(format),
             Err(msg) => {
                 self.error(span(f), msg, None);
@@ -276,7 +291,7 @@ impl Validator<'_> {
             return Some(InitMode::Default);
         };
         let none = init.get_ref().none.as_ref().is_some_and(|n| *n.get_ref());
-        match (none, Self::text(&init.get_ref().path)) {
+        match (none, self.setting(&init.get_ref().path, "init.path", "Fledge's own init")) {
             (true, Some(_)) => {
                 self.error(span(init), "[init] cannot specify both none=true and path", Some("pick one init mode"));
                 None
@@ -406,7 +421,9 @@ impl Validator<'_> {
             }
         });
         let dockerfile_path = dockerfile.and_then(|d| self.host_path(d, "dockerfile", true));
-        let context = Self::text(&source.context).and_then(|c| self.host_path(c, "build context", false));
+        let context = self
+            .setting(&source.context, "source.context", "the Dockerfile's directory")
+            .and_then(|c| self.host_path(c, "build context", false));
         let busybox = self.busybox(strategy, source)?;
         Some(Source {
             image: image_ref,
@@ -420,8 +437,8 @@ impl Validator<'_> {
 
     fn busybox(&mut self, strategy: Strategy, source: &RawSource) -> Option<BusyboxSource> {
         let sha256 = self.checksum(&source.busybox_sha256);
-        let url = Self::text(&source.busybox_url);
-        match Self::text(&source.busybox_path) {
+        let url = self.setting(&source.busybox_url, "source.busybox_url", "the pinned BusyBox download");
+        match self.setting(&source.busybox_path, "source.busybox_path", "the pinned BusyBox download") {
             Some(path) if strategy == Strategy::Initramfs => {
                 if let Some(url) = url {
                     self.error(
@@ -435,7 +452,7 @@ impl Validator<'_> {
             _ => {
                 let url = url.map_or(DEFAULT_BUSYBOX_URL.to_string(), |u| u.get_ref().clone());
                 if !paths::is_http_url(&url) {
-                    let s = Self::text(&source.busybox_url).and_then(span);
+                    let s = source.busybox_url.as_ref().and_then(span);
                     self.error(
                         s,
                         format!("'source.busybox_url' must be an http:// or https:// URL, got '{url}'"),
@@ -459,7 +476,7 @@ impl Validator<'_> {
 
     fn filesystem(&mut self, strategy: Strategy, fs: Option<&S<RawFilesystem>>) -> (Filesystem, Option<Compression>) {
         let raw = fs.map(|f| f.get_ref());
-        let kind_value = raw.and_then(|f| Self::text(&f.kind));
+        let kind_value = raw.and_then(|f| self.setting(&f.kind, "filesystem.type", "\"squashfs\""));
         let kind = match (strategy, kind_value) {
             (Strategy::Initramfs, Some(k)) => {
                 self.error(
@@ -485,7 +502,8 @@ impl Validator<'_> {
             (Strategy::OciRootfs, None) => None,
         };
         let compression = packing.and_then(|packing| {
-            let name = raw.and_then(|f| Self::text(&f.compression));
+            let name = raw
+                .and_then(|f| self.setting(&f.compression, "filesystem.compression", "the format's first compressor"));
             let level = raw.and_then(|f| f.compression_level.as_ref());
             match compression::resolve(packing, name.map(|n| n.get_ref().as_str()), level.map(|l| *l.get_ref())) {
                 Ok(c) => c,
@@ -499,7 +517,7 @@ impl Validator<'_> {
                 }
             }
         });
-        let overlay_size = match raw.and_then(|f| Self::text(&f.overlay_size)) {
+        let overlay_size = match raw.and_then(|f| self.setting(&f.overlay_size, "filesystem.overlay_size", "\"1G\"")) {
             Some(size) if paths::parse_size(size.get_ref()).is_none() => {
                 self.error(
                     span(size),

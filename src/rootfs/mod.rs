@@ -2,6 +2,7 @@
 //! from) and never materialised on the host. Packers stream it into cpio, squashfs, etc., so
 //! ownership is always root and nothing depends on the host's users or umask.
 
+pub mod limits;
 pub mod tar;
 mod tree;
 pub mod walk;

@@ -127,6 +127,7 @@ fn base_image(store: &Store, layers: &[Sha256Digest]) -> Result<PathBuf> {
     let image_layers = crate::image::flatten::ImageLayers::from_digests(store, layers.to_vec());
     let mut tree = crate::rootfs::Tree::default();
     crate::image::flatten::flatten(&image_layers, &mut tree)?;
+    crate::rootfs::limits::check(&tree)?;
     let tmp = tempfile::Builder::new().prefix("base-").suffix(".squashfs").tempfile_in(&dir)?;
     let lz4 = crate::config::Compression { compressor: crate::config::Compressor::Lz4, level: None };
     crate::squashfs::write(&tree, &image_layers, tmp.path(), lz4, 0, &mut |_| {})?;

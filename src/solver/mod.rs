@@ -15,6 +15,7 @@ mod chmod;
 mod context;
 mod fileop;
 mod guest;
+mod located;
 mod sources;
 mod vms;
 
@@ -159,6 +160,8 @@ struct Graph {
     ops: HashMap<String, (pb::Op, Vec<u8>)>,
     order: Vec<String>,
     metadata: HashMap<String, pb::OpMetadata>,
+    /// Where each op is written, to show a failure at its line.
+    sources: located::SourceMap,
 }
 
 impl Graph {
@@ -171,7 +174,8 @@ impl Graph {
             order.push(digest.clone());
             ops.insert(digest, (op, bytes.clone()));
         }
-        Ok(Graph { ops, order, metadata: definition.metadata.clone().into_iter().collect() })
+        let metadata = definition.metadata.clone().into_iter().collect();
+        Ok(Graph { ops, order, metadata, sources: located::SourceMap::new(definition) })
     }
 
     fn inputs(&self, digest: &str) -> impl Iterator<Item = &str> {
@@ -353,7 +357,7 @@ impl<'a> Solver<'a> {
                     self.cancelled.store(true, Ordering::SeqCst);
                     // The first failure is the build's; the cancellations it causes are not.
                     if state.failure.is_none() {
-                        state.failure = Some(e);
+                        state.failure = Some(graph.sources.locate(&digest, e));
                     }
                 }
             }

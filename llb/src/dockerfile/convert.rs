@@ -55,10 +55,22 @@ pub struct Converted {
 pub struct ConvertError {
     pub line: usize,
     pub message: String,
+    /// What to do, when more is known than "check the instruction's syntax".
+    pub help: Option<String>,
+}
+
+impl ConvertError {
+    pub fn new(line: usize, message: impl Into<String>) -> Self {
+        Self { line, message: message.into(), help: None }
+    }
+
+    pub fn with_help(self, help: impl Into<String>) -> Self {
+        Self { help: Some(help.into()), ..self }
+    }
 }
 
 fn fail<T>(instruction: &Instruction, message: impl Into<String>) -> Result<T, ConvertError> {
-    Err(ConvertError { line: instruction.start_line, message: message.into() })
+    Err(ConvertError::new(instruction.start_line, message))
 }
 
 /// A stage as written.
@@ -141,7 +153,7 @@ impl StageState {
 
     /// Expands one word against the stage's variables.
     pub fn expand(&self, lexer: &Lexer, word: &str, at: &Instruction) -> Result<String, ConvertError> {
-        lexer.process_word(word, &self.env).map_err(|e| ConvertError { line: at.start_line, message: e.to_string() })
+        lexer.process_word(word, &self.env).map_err(|e| ConvertError::new(at.start_line, e.to_string()))
     }
 
     /// `path` against the working directory, keeping a trailing `/`.
@@ -280,11 +292,8 @@ impl Context<'_> {
         platform: &Platform,
         at: &Instruction,
     ) -> Result<(pb::Op, Value, String), ConvertError> {
-        let resolved = self
-            .options
-            .resolver
-            .resolve(reference, platform)
-            .map_err(|e| ConvertError { line: at.start_line, message: e })?;
+        let resolved =
+            self.options.resolver.resolve(reference, platform).map_err(|e| self.pull_failed(reference, e, at))?;
         let pinned = if resolved.reference.contains('@') {
             resolved.reference.clone()
         } else {
@@ -307,6 +316,22 @@ impl Context<'_> {
         Ok((op, resolved.config, pinned))
     }
 
+    /// Why `reference` could not be had as an image; a name that could be a stage's gets a
+    /// hint that no stage has it, as BuildKit treats any other name as an image.
+    fn pull_failed(&self, reference: &str, error: String, at: &Instruction) -> ConvertError {
+        let failed = ConvertError::new(at.start_line, format!("pulling image {reference:?} failed: {error}"));
+        let stage_like = reference.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !stage_like {
+            return failed;
+        }
+        let names: Vec<String> = self.stages.iter().filter_map(|s| s.name.as_ref()).map(|n| format!("{n:?}")).collect();
+        let stages = match (names.is_empty(), self.stages.len()) {
+            (true, n) => format!("the stages have no names; refer to one by its index, 0 to {}", n - 1),
+            (false, n) => format!("stages: {}; by index: 0 to {}", names.join(", "), n - 1),
+        };
+        failed.with_help(format!("if you meant a build stage, no stage named {reference:?} exists ({stages})"))
+    }
+
     fn lower(&mut self, index: usize) -> Result<(), ConvertError> {
         if self.done.contains_key(&index) {
             return Ok(());
@@ -324,13 +349,17 @@ impl Context<'_> {
         let triggers = string_list(&state.image["config"]["OnBuild"]);
         state.config().remove("OnBuild");
         for trigger in triggers {
-            let parsed = super::parse(&trigger).map_err(|e| ConvertError {
-                line: from.start_line,
-                message: format!("the base image's ONBUILD trigger {trigger:?}: {}", e.message),
+            let parsed = super::parse(&trigger).map_err(|e| {
+                ConvertError::new(
+                    from.start_line,
+                    format!("the base image's ONBUILD trigger {trigger:?}: {}", e.message),
+                )
             })?;
-            let [mut instruction] = <[Instruction; 1]>::try_from(parsed.instructions).map_err(|_| ConvertError {
-                line: from.start_line,
-                message: format!("the base image's ONBUILD trigger {trigger:?} is not one instruction"),
+            let [mut instruction] = <[Instruction; 1]>::try_from(parsed.instructions).map_err(|_| {
+                ConvertError::new(
+                    from.start_line,
+                    format!("the base image's ONBUILD trigger {trigger:?} is not one instruction"),
+                )
             })?;
             if matches!(instruction.keyword().as_str(), "onbuild" | "from" | "maintainer") {
                 return fail(
@@ -356,13 +385,13 @@ impl Context<'_> {
         let base = self
             .lexer
             .process_word(&words[0], &self.global)
-            .map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+            .map_err(|e| ConvertError::new(from.start_line, e.to_string()))?;
         let platform = match flags.get("platform") {
             Some(p) => {
                 let p = self
                     .lexer
                     .process_word(p, &self.global)
-                    .map_err(|e| ConvertError { line: from.start_line, message: e.to_string() })?;
+                    .map_err(|e| ConvertError::new(from.start_line, e.to_string()))?;
                 Platform::parse(&p).or_else(|e| fail(from, e))?
             }
             None => self.options.platform.clone(),
@@ -675,12 +704,12 @@ pub fn check_syntax(ast: &Ast) -> Result<(), ConvertError> {
     if matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream") {
         return Ok(());
     }
-    Err(ConvertError {
-        line: 1,
-        message: format!(
+    Err(ConvertError::new(
+        1,
+        format!(
             "the `# syntax={syntax}` directive asks for another frontend; Fledge has BuildKit's Dockerfile frontend built in and cannot run frontend images (remove the directive, or name docker/dockerfile)"
         ),
-    })
+    ))
 }
 
 /// Lowers `ast` for `options`.
@@ -713,17 +742,17 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
             _ if !stages.is_empty() => stages.last_mut().expect("a stage").body.push(instruction.clone()),
             "arg" => {
                 for word in instructions::words(instruction) {
-                    let (name, default) =
-                        match word.split_once('=') {
-                            Some((n, d)) => (
-                                n,
-                                Some(lexer.process_word(d, &global).map_err(|e| ConvertError {
-                                    line: instruction.start_line,
-                                    message: e.to_string(),
-                                })?),
+                    let (name, default) = match word.split_once('=') {
+                        Some((n, d)) => (
+                            n,
+                            Some(
+                                lexer
+                                    .process_word(d, &global)
+                                    .map_err(|e| ConvertError::new(instruction.start_line, e.to_string()))?,
                             ),
-                            None => (word.as_str(), None),
-                        };
+                        ),
+                        None => (word.as_str(), None),
+                    };
                     if let Some(value) = options.build_args.get(name).cloned().or(default) {
                         global.set(name, &value);
                     }
@@ -738,7 +767,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         }
     }
     if stages.is_empty() {
-        return Err(ConvertError { line: 1, message: "the Dockerfile has no FROM instruction".into() });
+        return Err(ConvertError::new(1, "the Dockerfile has no FROM instruction"));
     }
     let mut context = Context {
         options,
@@ -756,7 +785,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
             .stages
             .iter()
             .position(|s| s.name.as_deref() == Some(name.to_ascii_lowercase().as_str()))
-            .ok_or_else(|| ConvertError { line: 0, message: format!("target stage {name:?} could not be found") })?,
+            .ok_or_else(|| ConvertError::new(0, format!("target stage {name:?} could not be found")))?,
         None => context.stages.len() - 1,
     };
     context.context_paths = sorted(copy::context_paths(&context, target));

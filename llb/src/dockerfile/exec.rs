@@ -10,7 +10,7 @@ use crate::graph::{OpInfo, Output, dedup_inputs};
 use crate::pb;
 
 fn error(at: &Instruction, message: impl Into<String>) -> ConvertError {
-    ConvertError { line: at.start_line, message: message.into() }
+    ConvertError::new(at.start_line, message)
 }
 
 /// One `--mount` as written (keys lower-cased, values expanded).

@@ -1,0 +1,129 @@
+//! The limits every image Fledge packs must fit, checked over the whole [`Tree`] before any
+//! packer writes a byte, so no packer truncates a name, fails half-way on a temporary file,
+//! or writes an entry the booted kernel cannot create.
+//!
+//! One rule for every format, the strictest of them (documented in docs/configuration.md,
+//! "Limits"):
+//! - a name holds at most 255 bytes: Linux's `NAME_MAX`, and what ext4, erofs and btrfs
+//!   store (mksquashfs would silently cut a longer one to 256; the kernel cannot create it
+//!   from an initramfs);
+//! - a path, from the image root, holds at most 4095 bytes: `PATH_MAX` less its NUL, the
+//!   longest name an initramfs entry may have and the longest path one system call takes;
+//! - a symlink target holds at most 4095 bytes: what `symlink(2)` accepts and what ext4's
+//!   4 KiB blocks hold;
+//! - a name is never empty, `.` or `..`, and holds no `/` or NUL byte.
+
+use crate::paths::ImagePath;
+use crate::rootfs::{Node, Tree};
+
+/// Longest name of one entry, in bytes (`NAME_MAX`).
+pub const NAME_MAX: usize = 255;
+/// Longest absolute path and symlink target, in bytes (`PATH_MAX` without its NUL).
+pub const PATH_MAX: usize = 4095;
+
+/// How long a path may be shown in an error before its middle is elided.
+const SHOWN: usize = 160;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error(
+        "{path}: the name is {len} bytes long; Linux file names hold at most {NAME_MAX} bytes\n  = help: shorten the name where it comes from (the image layer, the Dockerfile or [mappings]); no filesystem Fledge writes can hold it"
+    )]
+    NameTooLong { path: String, len: usize },
+    #[error(
+        "{path}: the path is {len} bytes long; Linux paths hold at most {PATH_MAX} bytes\n  = help: shorten the directory names or nest the entry less deeply where it comes from (the image layer, the Dockerfile or [mappings])"
+    )]
+    PathTooLong { path: String, len: usize },
+    #[error(
+        "{path}: the symlink target is {len} bytes long; Linux symlinks hold at most {PATH_MAX} bytes\n  = help: point the link at a shorter path where it comes from (the image layer or the Dockerfile)"
+    )]
+    TargetTooLong { path: String, len: usize },
+    #[error("{path}: {name:?} is not a file name (names are not empty, `.` or `..`, and hold no `/` or NUL byte)")]
+    BadName { path: String, name: String },
+}
+
+/// Checks every entry of `tree` against the limits above; the first entry that breaks one is
+/// the error.
+pub fn check(tree: &Tree) -> Result<(), LimitError> {
+    tree.iter().try_for_each(|(path, node)| check_entry(path, node))
+}
+
+fn check_entry(path: &ImagePath, node: &Node) -> Result<(), LimitError> {
+    let shown = || shorten(&path.to_string());
+    if let Some(name) = path.file_name() {
+        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+            return Err(LimitError::BadName { path: shown(), name: name.to_string() });
+        }
+        if name.len() > NAME_MAX {
+            return Err(LimitError::NameTooLong { path: shown(), len: name.len() });
+        }
+    }
+    let len = path.components().iter().map(|c| c.len() + 1).sum();
+    if len > PATH_MAX {
+        return Err(LimitError::PathTooLong { path: shown(), len });
+    }
+    match node {
+        Node::Symlink { target } if target.len() > PATH_MAX => {
+            Err(LimitError::TargetTooLong { path: shown(), len: target.len() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `path` as an error shows it: whole when short, else its start and end around `…`.
+fn shorten(path: &str) -> String {
+    if path.len() <= SHOWN {
+        return path.to_string();
+    }
+    let head = (0..=SHOWN * 2 / 3).rev().find(|&i| path.is_char_boundary(i)).unwrap_or(0);
+    let tail = (path.len() - SHOWN / 3..=path.len()).find(|&i| path.is_char_boundary(i)).unwrap_or(path.len());
+    format!("{}…{}", &path[..head], &path[tail..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rootfs::FileData;
+
+    fn tree_with(path: &str, node: Node) -> Tree {
+        let mut tree = Tree::default();
+        tree.insert(&ImagePath::parse(path).unwrap(), node).unwrap();
+        tree
+    }
+
+    fn file() -> Node {
+        Node::File { mode: 0o644, data: FileData::Bytes(b"x".as_slice().into()) }
+    }
+
+    #[test]
+    fn limits_are_inclusive() {
+        let at = format!("/{}", "n".repeat(NAME_MAX));
+        assert_eq!(check(&tree_with(&at, file())), Ok(()));
+        let over = format!("/{}", "n".repeat(NAME_MAX + 1));
+        assert!(matches!(check(&tree_with(&over, file())), Err(LimitError::NameTooLong { len: 256, .. })));
+        let target = "t".repeat(PATH_MAX);
+        assert_eq!(check(&tree_with("/l", Node::Symlink { target: target.clone() })), Ok(()));
+        let long = Node::Symlink { target: target + "t" };
+        assert!(matches!(check(&tree_with("/l", long)), Err(LimitError::TargetTooLong { len: 4096, .. })));
+    }
+
+    #[test]
+    fn a_path_counts_its_slashes() {
+        // 16 components of "/" + 255 bytes = 4096 bytes; 15 and a shorter last one fit.
+        let parts: Vec<String> = (0..16).map(|_| "p".repeat(NAME_MAX)).collect();
+        let fits = format!("/{}/{}", parts[..15].join("/"), "p".repeat(254));
+        assert_eq!(fits.len(), PATH_MAX);
+        assert_eq!(check(&tree_with(&fits, file())), Ok(()));
+        let over = format!("/{}", parts.join("/"));
+        assert!(matches!(check(&tree_with(&over, file())), Err(LimitError::PathTooLong { len: 4096, .. })));
+    }
+
+    #[test]
+    fn long_paths_are_shown_by_their_ends() {
+        let path = format!("/{}/end", "é".repeat(300));
+        let shown = shorten(&path);
+        assert!(shown.starts_with("/éé") && shown.ends_with("éé/end") && shown.contains('…'), "{shown}");
+        assert!(shown.len() < SHOWN + 8);
+        assert_eq!(shorten("/short"), "/short");
+    }
+}
