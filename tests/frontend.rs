@@ -92,7 +92,11 @@ fn stage_cycles_and_deep_nesting_are_located_errors_not_aborts() {
     ];
     for (file, text, message, line) in cases {
         p.write(file, &text);
-        let before = p.listing();
+        let listing = || -> Vec<String> {
+            // The state directory (the store) is Fledge's own, opened before lowering.
+            p.listing().into_iter().filter(|n| !["state", "cache", "home"].contains(&n.as_str())).collect()
+        };
+        let before = listing();
         for args in [vec!["debug", "llb", file], vec!["build", file, "-o", "out.squashfs"]] {
             let out = run(p.fledge().args(&args));
             let err = stderr(&out);
@@ -100,7 +104,7 @@ fn stage_cycles_and_deep_nesting_are_located_errors_not_aborts() {
             assert_eq!(out.status.code(), Some(1), "{args:?}: {shown}");
             assert!(err.contains(message) && err.contains(&format!("{file}:{line}:")), "{args:?}: {shown}");
             assert!(!err.contains("overflow") && !err.contains("panicked"), "{args:?}: {shown}");
-            assert_eq!(p.listing(), before, "{args:?} left files behind");
+            assert_eq!(listing(), before, "{args:?} left files behind");
         }
     }
 }

@@ -89,12 +89,19 @@ fn nested_onbuild_is_a_parse_error_at_any_depth() {
 #[test]
 fn deeply_nested_substitutions_are_a_located_error() {
     let word = format!("{}x{}", "${a:-".repeat(DEEP), "}".repeat(DEEP));
-    for text in [format!("FROM scratch\nENV v={word}\n"), format!("FROM scratch\nRUN echo \"{word}\"\n")] {
+    for text in [format!("FROM scratch\nENV v={word}\n"), format!("FROM scratch\nCOPY --chown=\"{word}\" a b\n")] {
         let (line, message) = error(&text);
         assert_eq!(line, 2);
         assert!(message.contains("nested more than"), "{}", &message[..message.len().min(300)]);
         assert!(message.len() < 1000, "the error quotes the whole 20,000-deep word: {} bytes", message.len());
     }
+    // RUN's shell form is the shell's to expand (as in BuildKit); lexing it for the step's
+    // name must not recurse, and a heredoc on it cannot be found, which is an error.
+    let run = convert(&format!("FROM scratch\nCOPY a /a\nRUN echo {word}\n")).unwrap();
+    assert!(run.result.is_some());
+    let (line, message) = error(&format!("FROM scratch\nRUN echo {word} <<EOF\nbody\nEOF\n"));
+    assert_eq!(line, 2);
+    assert!(message.contains("nested more than"), "{}", &message[..message.len().min(300)]);
     // Moderate nesting still expands as BuildKit does.
     let word = format!("{}x{}", "${a:-".repeat(50), "}".repeat(50));
     let converted = convert(&format!("FROM scratch\nENV v={word}\n")).unwrap();
