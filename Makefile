@@ -9,7 +9,7 @@ FLEDGE := target/release/fledge
 DEMO := examples/hello
 OUT := out
 
-.PHONY: all deps build demo test bench lint clean
+.PHONY: all deps build demo test bench fuzz lint clean
 
 all: build
 
@@ -64,6 +64,14 @@ bench: build
 	bench/rootfs-writers.sh 5
 	bench/memory.sh
 	bench/boot.sh 10
+
+# A long fuzzing run (`make test` runs a short one, fuzz/tests/harness.rs): FUZZ_RUNS inputs
+# per target at low priority; crashing inputs are saved under fuzz/crashes/.
+FUZZ_RUNS ?= 40000
+FUZZ_SEED ?= $(shell date +%s)
+fuzz:
+	$(CARGO) build --locked -p fledge-fuzz
+	nice -n 19 target/debug/fledge-fuzz all --runs $(FUZZ_RUNS) --seed $(FUZZ_SEED)
 
 lint:
 	$(CARGO) fmt --all --check

@@ -62,3 +62,49 @@ fn debug_llb_lowers_a_dockerfile_with_a_registry_base_image() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("target stage \"nope\" could not be found"), "{}", stderr(&out));
 }
+
+/// Stage cycles and user-controlled nesting are located errors from both commands, before
+/// any image, VM or network is needed (every stage is `FROM scratch`), never an abort.
+#[test]
+fn stage_cycles_and_deep_nesting_are_located_errors_not_aborts() {
+    let p = Project::new();
+    let deep = format!("{}x{}", "${a:-".repeat(20_000), "}".repeat(20_000));
+    let cases = [
+        (
+            "Cycle",
+            "FROM scratch AS b\nCOPY --from=b /a /b\n".to_string(),
+            "circular dependency detected on stage: b",
+            2,
+        ),
+        (
+            "Mutual",
+            "FROM scratch AS a\nCOPY --from=b /x /x\nFROM scratch AS b\nCOPY --from=a /y /y\n".to_string(),
+            "circular dependency detected on stage: a",
+            2,
+        ),
+        (
+            "Joined",
+            "FROM scratch AS b\nCOPY --from=b /a /b \\\nFROM scratch\n".to_string(),
+            "circular dependency detected on stage: b",
+            2,
+        ),
+        ("Nested", format!("FROM scratch\nENV v={deep}\n"), "nested more than", 2),
+    ];
+    for (file, text, message, line) in cases {
+        p.write(file, &text);
+        let listing = || -> Vec<String> {
+            // The state directory (the store) is Fledge's own, opened before lowering.
+            p.listing().into_iter().filter(|n| !["state", "cache", "home"].contains(&n.as_str())).collect()
+        };
+        let before = listing();
+        for args in [vec!["debug", "llb", file], vec!["build", file, "-o", "out.squashfs"]] {
+            let out = run(p.fledge().args(&args));
+            let err = stderr(&out);
+            let shown = &err[..err.len().min(2000)];
+            assert_eq!(out.status.code(), Some(1), "{args:?}: {shown}");
+            assert!(err.contains(message) && err.contains(&format!("{file}:{line}:")), "{args:?}: {shown}");
+            assert!(!err.contains("overflow") && !err.contains("panicked"), "{args:?}: {shown}");
+            assert_eq!(listing(), before, "{args:?} left files behind");
+        }
+    }
+}

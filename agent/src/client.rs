@@ -320,7 +320,8 @@ async fn feed_exec(
 }
 
 /// Checks and delivers an exec's outputs: `started`, then output, then exactly one `exit`.
-async fn read_exec_outputs(
+/// (Public for the fuzzing harness, which feeds it hostile streams.)
+pub async fn read_exec_outputs(
     outputs: &mut (impl Stream<Item = std::result::Result<pb::ExecOutput, tonic::Status>> + Unpin),
     stdout: &mut (dyn AsyncWrite + Send + Unpin),
     stderr: &mut (dyn AsyncWrite + Send + Unpin),
@@ -389,7 +390,8 @@ async fn finish_upload<T>(
 }
 
 /// Copies a stream of chunks into `out`, refusing more than `limit` bytes in total.
-async fn copy_chunks(
+/// (Public for the fuzzing harness, which feeds it hostile streams.)
+pub async fn copy_chunks(
     mut chunks: impl Stream<Item = std::result::Result<pb::Chunk, tonic::Status>> + Unpin,
     out: &mut (dyn AsyncWrite + Send + Unpin),
     limit: u64,

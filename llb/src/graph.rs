@@ -23,6 +23,19 @@ struct Vertex {
     lines: Vec<(i32, i32)>,
 }
 
+/// A chain of ops is as long as the Dockerfile makes it: dropping the last one frees the
+/// vertices it alone holds one by one, instead of recursing down the chain.
+impl Drop for Vertex {
+    fn drop(&mut self) {
+        let mut pending = std::mem::take(&mut self.inputs);
+        while let Some(input) = pending.pop() {
+            if let Some(mut vertex) = Arc::into_inner(input.vertex) {
+                pending.append(&mut vertex.inputs);
+            }
+        }
+    }
+}
+
 /// One output of an op.
 #[derive(Debug, Clone)]
 pub struct Output {
@@ -91,8 +104,9 @@ impl Output {
     /// the op's input order (Go's FileOp visits the base, then the sources from the last
     /// action back to the first).
     pub fn visiting(self, order: Vec<Output>) -> Output {
-        let vertex = Arc::try_unwrap(self.vertex).expect("called on a new output");
-        Output { vertex: Arc::new(Vertex { inputs: order, ..vertex }), index: self.index }
+        let mut vertex = Arc::try_unwrap(self.vertex).expect("called on a new output");
+        vertex.inputs = order;
+        Output { vertex: Arc::new(vertex), index: self.index }
     }
 
     /// Another output of the same op.
@@ -165,18 +179,35 @@ pub fn definition(result: &Output, source: Option<(&str, &[u8])>) -> pb::Definit
     def
 }
 
+/// Lists `root` and every vertex it depends on, each after its inputs (depth-first, inputs
+/// in order), with an explicit stack: the graph is as deep as the Dockerfile is long.
 fn visit(
-    vertex: &Arc<Vertex>,
+    root: &Arc<Vertex>,
     seen: &mut HashSet<String>,
     def: &mut pb::Definition,
     locations: &mut BTreeMap<String, pb::Locations>,
 ) {
-    if !seen.insert(vertex.digest.clone()) {
+    if !seen.insert(root.digest.clone()) {
         return;
     }
-    for input in &vertex.inputs {
-        visit(&input.vertex, seen, def, locations);
+    // Each entry is a vertex and how many of its inputs have been visited.
+    let mut stack: Vec<(&Arc<Vertex>, usize)> = vec![(root, 0)];
+    while let Some((vertex, next)) = stack.last_mut() {
+        let vertex: &Arc<Vertex> = vertex;
+        if let Some(input) = vertex.inputs.get(*next) {
+            *next += 1;
+            if seen.insert(input.vertex.digest.clone()) {
+                stack.push((&input.vertex, 0));
+            }
+            continue;
+        }
+        stack.pop();
+        list(vertex, def, locations);
     }
+}
+
+/// Adds `vertex` to the definition, with its metadata and source lines.
+fn list(vertex: &Vertex, def: &mut pb::Definition, locations: &mut BTreeMap<String, pb::Locations>) {
     def.def.push(vertex.bytes.clone());
     def.metadata.insert(vertex.digest.clone(), vertex.metadata.clone());
     let ranges = vertex.lines.iter().map(|&(start, end)| pb::Range {

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 
 use super::image::{ImageResolver, Platform};
 use super::instructions::{self, Flags};
-use super::parser::{Ast, Instruction};
+use super::parser::{Arg, Ast, Instruction};
 use super::shell::{Env, Lexer};
+use super::stage_graph::{self, Dependency};
 use super::{copy, exec};
 use crate::graph::{OpInfo, Output};
 use crate::pb;
@@ -200,7 +201,12 @@ pub struct Context<'a> {
     /// Named local contexts' sources, made when first used.
     locals: BTreeMap<String, Output>,
     stages: Vec<Stage>,
+    /// Stage names (lower case) to their index.
+    names: BTreeMap<String, usize>,
     done: BTreeMap<usize, StageState>,
+    /// Stages being lowered: reaching one again is a cycle (one only an image's ONBUILD
+    /// trigger makes, since the others are found before lowering).
+    lowering: Vec<usize>,
     global: Vars,
 }
 
@@ -272,16 +278,34 @@ impl Context<'_> {
     /// The stage `name_or_index` refers to, if it is one.
     pub fn stage_index(&self, name_or_index: &str) -> Option<usize> {
         let lower = name_or_index.to_ascii_lowercase();
-        if let Some(i) = self.stages.iter().position(|s| s.name.as_deref() == Some(lower.as_str())) {
+        if let Some(&i) = self.names.get(&lower) {
             return Some(i);
         }
         lower.parse::<usize>().ok().filter(|&i| i < self.stages.len())
     }
 
-    /// The final state of stage `index`, lowering it first if needed.
-    pub fn stage_output(&mut self, index: usize) -> Result<Option<Output>, ConvertError> {
-        self.lower(index)?;
+    /// The final state of stage `index` (needed by `at`), lowering it first if needed.
+    pub fn stage_output(&mut self, index: usize, at: &Instruction) -> Result<Option<Output>, ConvertError> {
+        self.lower(index, at.start_line)?;
         Ok(self.done[&index].output.clone())
+    }
+
+    /// How BuildKit names stage `index` in errors.
+    fn stage_label(&self, index: usize) -> String {
+        self.stages[index].name.clone().unwrap_or_else(|| format!("stage-{index}"))
+    }
+
+    fn circular(&self, index: usize, line: usize) -> ConvertError {
+        ConvertError::new(line, format!("circular dependency detected on stage: {}", self.stage_label(index)))
+    }
+
+    /// Lowers `target` and the stages it needs, those first, so lowering one stage never
+    /// recurses into a chain of others.
+    fn lower_with_dependencies(&mut self, target: usize) -> Result<(), ConvertError> {
+        for index in stage_graph::lowering_order(self.stages.len(), target, |i| self.dependencies(i)) {
+            self.lower(index, self.stages[index].from.start_line)?;
+        }
+        Ok(())
     }
 
     /// An image as a source op (for FROM and COPY --from=image), its config and the pinned
@@ -332,10 +356,21 @@ impl Context<'_> {
         failed.with_help(format!("if you meant a build stage, no stage named {reference:?} exists ({stages})"))
     }
 
-    fn lower(&mut self, index: usize) -> Result<(), ConvertError> {
+    /// Lowers stage `index`, needed by the instruction at `line`.
+    fn lower(&mut self, index: usize, line: usize) -> Result<(), ConvertError> {
         if self.done.contains_key(&index) {
             return Ok(());
         }
+        if self.lowering.contains(&index) {
+            return Err(self.circular(index, line));
+        }
+        self.lowering.push(index);
+        let result = self.lower_stage(index);
+        self.lowering.pop();
+        result
+    }
+
+    fn lower_stage(&mut self, index: usize) -> Result<(), ConvertError> {
         let from = self.stages[index].from.clone();
         let body = self.stages[index].body.clone();
         let name = self.stages[index].name.clone();
@@ -421,7 +456,7 @@ impl Context<'_> {
             steps,
         };
         if let Some(parent) = self.stage_index(&base).filter(|&i| i < index) {
-            self.lower(parent)?;
+            self.lower(parent, from.start_line)?;
             let parent = &self.done[&parent];
             state.output = parent.output.clone();
             state.env = parent.env.clone();
@@ -718,6 +753,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
     let lexer = Lexer::new(ast.escape);
     let mut global = platform_args(options);
     let mut stages: Vec<Stage> = Vec::new();
+    let mut names = BTreeMap::new();
     for instruction in &ast.instructions {
         match instruction.keyword().as_str() {
             "from" => {
@@ -733,7 +769,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
                     }
                 };
                 if let Some(n) = &name
-                    && stages.iter().any(|s| s.name.as_deref() == Some(n))
+                    && names.insert(n.clone(), stages.len()).is_some()
                 {
                     return fail(instruction, format!("duplicate stage name {n:?}"));
                 }
@@ -777,9 +813,14 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         context: None,
         locals: BTreeMap::new(),
         stages,
+        names,
         done: BTreeMap::new(),
+        lowering: Vec::new(),
         global,
     };
+    if let Some(cycle) = stage_graph::find_cycle(context.stages.len(), |i| context.dependencies(i)) {
+        return Err(context.circular(cycle.stage, cycle.line));
+    }
     let target = match &options.target {
         Some(name) => context
             .stages
@@ -789,7 +830,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         None => context.stages.len() - 1,
     };
     context.context_paths = sorted(copy::context_paths(&context, target));
-    context.lower(target)?;
+    context.lower_with_dependencies(target)?;
     let used = sorted(std::mem::take(&mut context.used_paths));
     if used != context.context_paths {
         // A base image's ONBUILD trigger copied from the context: lower again with the
@@ -797,28 +838,40 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         context.context_paths = used;
         context.context = None;
         context.done.clear();
-        context.lower(target)?;
+        context.lower_with_dependencies(target)?;
     }
     let state = context.done.remove(&target).expect("lowered");
     Ok(Converted { result: state.output, image: state.image })
 }
 
 impl Context<'_> {
-    /// Stages `index` depends on (FROM, COPY --from, RUN --mount from), for pruning.
-    pub fn dependencies(&self, index: usize) -> Vec<usize> {
+    /// The stages stage `index` needs, each with the line that needs it: its FROM (a name
+    /// only refers to an earlier stage), `COPY --from` and `RUN --mount=from=` in its
+    /// body, and those in the ONBUILD triggers of the stage it builds on (they run at its
+    /// FROM). References are matched as lowering matches them.
+    pub fn dependencies(&self, index: usize) -> Vec<Dependency> {
         let stage = &self.stages[index];
-        let mut refs = Vec::new();
-        let base = instructions::words(&stage.from).first().cloned().unwrap_or_default();
-        refs.push(base);
-        for instruction in &stage.body {
-            if let Ok(flags) = instructions::flags(instruction) {
-                refs.extend(flags.get("from").map(String::from));
-                for mount in flags.all("mount") {
-                    refs.extend(mount.split(',').filter_map(|kv| kv.strip_prefix("from=")).map(String::from));
-                }
-            }
+        let from = stage.from.start_line;
+        let base = instructions::words(&stage.from).first().and_then(|b| self.lexer.process_word(b, &self.global).ok());
+        let parent = base.and_then(|b| self.stage_index(&b)).filter(|&i| i < index);
+        let mut found: Vec<Dependency> = parent.iter().map(|&stage| Dependency { stage, line: from }).collect();
+        let triggers =
+            parent.into_iter().flat_map(|p| self.stages[p].body.iter()).filter_map(|i| match i.args.first() {
+                Some(Arg::Nested(trigger)) if i.keyword() == "onbuild" => Some((trigger.as_ref(), from)),
+                _ => None,
+            });
+        let own = stage.body.iter().map(|i| (i, i.start_line));
+        for (instruction, line) in own.chain(triggers) {
+            let Ok(flags) = instructions::flags(instruction) else { continue };
+            let mounts = flags.all("mount").iter().filter_map(|m| exec::mount_from(m));
+            let refs = flags.get("from").into_iter().chain(mounts);
+            found.extend(refs.filter_map(|r| self.stage_index(r)).map(|stage| Dependency { stage, line }));
         }
-        refs.iter().filter_map(|r| self.stage_index(r)).filter(|&i| i != index).collect()
+        found
+    }
+
+    pub fn stage_count(&self) -> usize {
+        self.stages.len()
     }
 
     /// The instructions of stage `index`.

@@ -410,11 +410,13 @@ pub fn mkdir_workdir(state: &mut StageState, name: String, at: &Instruction) {
 /// the client for only these).
 pub fn context_paths(cx: &Context<'_>, target: usize) -> Vec<String> {
     let mut reachable = vec![target];
+    let mut seen = vec![false; cx.stage_count()];
+    seen[target] = true;
     let mut at = 0;
     while at < reachable.len() {
         for dep in cx.dependencies(reachable[at]) {
-            if !reachable.contains(&dep) {
-                reachable.push(dep);
+            if !std::mem::replace(&mut seen[dep.stage], true) {
+                reachable.push(dep.stage);
             }
         }
         at += 1;

@@ -40,13 +40,22 @@ fn parse_bool(key: &str, value: Option<&str>, at: &Instruction) -> Result<bool, 
     }
 }
 
+/// The fields of a `--mount` value: each key (trimmed, lower case) and its value as written.
+fn mount_fields(text: &str) -> impl Iterator<Item = (&str, String, Option<&str>)> {
+    text.split(',').map(|field| match field.split_once('=') {
+        Some((k, v)) => (field, k.trim().to_ascii_lowercase(), Some(v)),
+        None => (field, field.trim().to_ascii_lowercase(), None),
+    })
+}
+
+/// The stage or image a `--mount` value reads from (`from=`), as written.
+pub fn mount_from(text: &str) -> Option<&str> {
+    mount_fields(text).filter(|(_, key, _)| key == "from").find_map(|(_, _, value)| value)
+}
+
 fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instruction) -> Result<MountSpec, ConvertError> {
     let mut spec = MountSpec { kind: "bind".into(), ..Default::default() };
-    for field in text.split(',') {
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(v)),
-            None => (field.trim().to_ascii_lowercase(), None),
-        };
+    for (field, key, value) in mount_fields(text) {
         // `from` names a stage or image and is not expanded.
         let expanded = match value {
             Some(v) if key != "from" => Some(state.expand(&cx.lexer, v, at)?),
@@ -408,7 +417,7 @@ fn cache_root(spec: &MountSpec) -> Output {
 /// The stage or image a mount or copy reads from.
 pub fn mount_source(cx: &mut Context<'_>, from: &str, at: &Instruction) -> Result<Output, ConvertError> {
     if let Some(index) = cx.stage_index(from) {
-        return cx.stage_output(index)?.ok_or_else(|| error(at, format!("stage {from:?} is empty (FROM scratch)")));
+        return cx.stage_output(index, at)?.ok_or_else(|| error(at, format!("stage {from:?} is empty (FROM scratch)")));
     }
     if let Some(local) = cx.named_local(from) {
         return Ok(local);

@@ -22,8 +22,13 @@ pub struct Heredoc {
 /// The heredocs a line opens, in order.
 pub fn from_line(line: &str) -> Result<Vec<Heredoc>, String> {
     let lexer = Lexer { raw_quotes: true, raw_escapes: true, ..Lexer::new('\\') };
-    // BuildKit ignores lexing errors here: a line that does not lex has no heredocs.
-    let words = lexer.process_words(line, &NoEnv).unwrap_or_default();
+    // BuildKit ignores lexing errors here: a line that does not lex has no heredocs. A line
+    // too deep for this lexer does lex in BuildKit, so that one is an error.
+    let words = match lexer.process_words(line, &NoEnv) {
+        Ok(words) => words,
+        Err(e) if e.is_too_deep() => return Err(e.to_string()),
+        Err(_) => Vec::new(),
+    };
     words.iter().filter_map(|word| parse(word).transpose()).collect()
 }
 

@@ -268,9 +268,16 @@ fn health_config(rest: &str) -> Parsed {
     Ok((args, json))
 }
 
+/// ONBUILD's instruction. BuildKit's parser nests `ONBUILD ONBUILD ...` (and its instruction
+/// parser then rejects it); rejecting it here keeps the nesting one level deep whatever the
+/// line says.
 fn sub_command(rest: &str, directives: &Directives) -> Result<Vec<Arg>, String> {
     if rest.is_empty() {
         return Ok(Vec::new());
+    }
+    let keyword = rest.split(is_split_space).next().unwrap_or_default();
+    if keyword.eq_ignore_ascii_case("onbuild") {
+        return Err("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed".into());
     }
     Ok(vec![Arg::Nested(Box::new(instruction(rest, directives)?))])
 }

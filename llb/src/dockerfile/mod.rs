@@ -12,6 +12,7 @@ pub mod instructions;
 mod line_parsers;
 pub mod parser;
 pub mod shell;
+mod stage_graph;
 
 pub use convert::{ConvertError, Converted, LocalContext, Options, convert};
 pub use image::{ImageResolver, Platform, ResolvedImage};

@@ -6,6 +6,9 @@
 //! BuildKit's behaviour is the specification, including its corners: a trailing escape is
 //! dropped, `$` before a non-name is literal, `$1` expands to nothing, and an escape inside
 //! double quotes only escapes `"`, `$` and itself.
+//!
+//! One deliberate difference: `${}` nested more than [`MAX_NESTING`] deep is an error
+//! (BuildKit's Go stack grows without bound; ours does not, and each level recurses).
 
 use std::collections::BTreeSet;
 use std::iter::Peekable;
@@ -37,11 +40,34 @@ impl Env for Vec<String> {
     }
 }
 
+/// How deep `${...${...}}` may nest: far beyond any real Dockerfile, far within the stack.
+pub const MAX_NESTING: usize = 200;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("failed to process \"{source_text}\": {message}")]
+#[error("failed to process \"{}\": {message}", shown(source_text))]
 pub struct ShellError {
     pub source_text: String,
     pub message: String,
+}
+
+impl ShellError {
+    /// The input nests `${}` more than [`MAX_NESTING`] deep.
+    pub fn is_too_deep(&self) -> bool {
+        self.message == too_deep()
+    }
+}
+
+fn too_deep() -> String {
+    format!("variable substitutions are nested more than {MAX_NESTING} deep")
+}
+
+/// The input as an error quotes it: a long one (a generated word can be megabytes) is cut.
+fn shown(text: &str) -> String {
+    const LIMIT: usize = 200;
+    match text.char_indices().nth(LIMIT) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
 }
 
 /// The lexer's options (BuildKit's `Lex`).
@@ -84,6 +110,7 @@ impl Lexer {
             lexer: *self,
             matched: BTreeSet::new(),
             unmatched: BTreeSet::new(),
+            depth: 0,
         };
         match word.process_until(&[], self.raw_escapes) {
             Ok((text, words)) => Ok(Expansion { word: text, words, matched: word.matched, unmatched: word.unmatched }),
@@ -150,6 +177,8 @@ struct ShellWord<'a> {
     lexer: Lexer,
     matched: BTreeSet<String>,
     unmatched: BTreeSet<String>,
+    /// How many `${` are open (each is a level of recursion).
+    depth: usize,
 }
 
 type Step<T> = Result<T, String>;
@@ -301,6 +330,17 @@ impl ShellWord<'_> {
             });
         }
         self.chars.next();
+        if self.depth == MAX_NESTING {
+            return Err(too_deep());
+        }
+        self.depth += 1;
+        let result = self.process_braces();
+        self.depth -= 1;
+        result
+    }
+
+    /// `${...}` after the `${`.
+    fn process_braces(&mut self) -> Step<String> {
         match self.peek() {
             None => return Err("syntax error: missing '}'".into()),
             Some('{' | '}' | ':') => return Err("syntax error: bad substitution".into()),
