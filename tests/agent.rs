@@ -54,8 +54,8 @@ fn in_root(args: &[&str]) -> Process {
 
 #[test]
 fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
-    let Some(state) = kernel_state() else { return };
-    let Some(registry) = registry::start() else { return };
+    let state = need!(kernel_state());
+    let registry = need!(registry::start());
     let p = Project::new();
     let rootfs = busybox_rootfs(&registry, &p);
     let runtime = tokio::runtime::Runtime::new().unwrap();

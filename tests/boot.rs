@@ -3,7 +3,7 @@
 //! status, which becomes `fledge run`'s, and powers the machine off.
 //!
 //! Needs `qemu-system-x86_64` and a kernel: `FLEDGE_TEST_KERNEL`, else the cached one from
-//! `scripts/fetch-test-kernel.sh` (`make test` sets this up). Skips, saying why, without them.
+//! `scripts/fetch-test-kernel.sh` (`make test` sets this up). Without them each test is skipped, saying why (tests/allowed-skips.txt).
 
 mod common;
 
@@ -23,10 +23,6 @@ fn kernel() -> Option<PathBuf> {
         .output()
         .ok()?;
     out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-}
-
-fn qemu_available() -> bool {
-    Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Boots `initramfs` with `fledge run` (extra `args` after it); returns the console output
@@ -53,20 +49,16 @@ fn c_program(p: &Project, name: &str, source: &str) -> PathBuf {
     out
 }
 
-macro_rules! require_boot_tools {
-    () => {{
-        if !qemu_available() {
-            eprintln!("skipping: qemu-system-x86_64 is not installed (apt install qemu-system-x86)");
-            return;
-        }
-        match kernel() {
-            Some(k) => k,
-            None => {
-                eprintln!("skipping: no test kernel (set FLEDGE_TEST_KERNEL or run scripts/fetch-test-kernel.sh)");
-                return;
-            }
-        }
-    }};
+/// The kernel to boot, when QEMU is installed and a kernel is there; else the test is skipped.
+fn boot_tools() -> Result<PathBuf, Skipped> {
+    qemu()?;
+    kernel().ok_or_else(|| skip("no test kernel (set FLEDGE_TEST_KERNEL or run scripts/fetch-test-kernel.sh)"))
+}
+
+/// Skips the test when QEMU is not installed.
+fn qemu() -> Result<(), Skipped> {
+    let installed = Command::new("qemu-system-x86_64").arg("--version").output().is_ok_and(|o| o.status.success());
+    if installed { Ok(()) } else { Err(skip("qemu-system-x86_64 is not installed (apt install qemu-system-x86)")) }
 }
 
 fn project(init_table: &str) -> Project {
@@ -84,7 +76,7 @@ fn project(init_table: &str) -> Project {
 
 #[test]
 fn default_mode_runs_the_agent_reports_its_status_and_powers_off() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(
         &p,
@@ -112,7 +104,7 @@ int main(void) {
 
 #[test]
 fn custom_init_mode_runs_the_users_script_under_fledge_init() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[init]\npath = \"my-init.sh\"\n");
     p.write_mode("my-init.sh", b"#!/bin/sh\necho \"custom init, parent $PPID, $(ls /dev/console)\"\nexit 7\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "custom.cpio.gz"])));
@@ -124,7 +116,7 @@ fn custom_init_mode_runs_the_users_script_under_fledge_init() {
 
 #[test]
 fn orphans_are_reaped_and_a_killed_workload_reports_its_signal() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     // The agent leaves an orphan behind, then dies of SIGKILL: init must reap the orphan,
     // report 128+9 and still power off.
@@ -153,7 +145,7 @@ int main(void) {
 
 #[test]
 fn poweroff_inside_the_guest_powers_off() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[init]\npath = \"my-init.sh\"\n");
     p.write_mode("my-init.sh", b"#!/bin/sh\necho asking for power-off\npoweroff\nsleep 30\necho STILL ALIVE\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "off.cpio.gz"])));
@@ -167,8 +159,8 @@ fn poweroff_inside_the_guest_powers_off() {
 
 #[test]
 fn an_initramfs_made_from_a_registry_image_boots_with_its_files_and_owners() {
-    let kernel = require_boot_tools!();
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(boot_tools());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/bootable");
     let p = Project::new();
@@ -189,7 +181,7 @@ fn an_initramfs_made_from_a_registry_image_boots_with_its_files_and_owners() {
 
 #[test]
 fn a_command_after_dashes_replaces_the_workload_and_its_status_is_returned() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(&p, "agent", "int main(void) { return 0; }");
     assert_success(&run(p.fledge().args(["build", "-o", "cmd.cpio.gz"])));
@@ -209,7 +201,7 @@ fn a_command_after_dashes_replaces_the_workload_and_its_status_is_returned() {
 
 #[test]
 fn a_hanging_guest_is_stopped_at_the_timeout_and_leaves_nothing_behind() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(&p, "agent", "#include <unistd.h>\nint main(void) { for (;;) pause(); }");
     assert_success(&run(p.fledge().args(["build", "-o", "hang.cpio.gz"])));
@@ -244,7 +236,7 @@ fn run_refuses_what_it_cannot_boot_with_a_clear_error() {
 
 #[test]
 fn auto_acceleration_probes_kvm_once_and_remembers_the_answer() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(&p, "agent", "int main(void) { return 5; }");
     assert_success(&run(p.fledge().args(["build", "-o", "auto.cpio.gz"])));
@@ -274,7 +266,7 @@ fn auto_acceleration_probes_kvm_once_and_remembers_the_answer() {
 
 #[test]
 fn ctrl_c_stops_the_guest_and_exits_130_leaving_nothing_behind() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(
         &p,
@@ -313,7 +305,7 @@ fn ctrl_c_stops_the_guest_and_exits_130_leaving_nothing_behind() {
 
 #[test]
 fn with_init_none_the_status_comes_from_the_kernels_panic() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[init]\nnone = true\n[mappings]\n\"my-init\" = \"/init\"\n");
     p.write_mode("my-init", b"#!/bin/sh\necho \"own init, pid $$\"\nexit 3\n", 0o755);
     assert_success(&run(p.fledge().args(["build", "-o", "none.cpio.gz"])));
@@ -324,7 +316,7 @@ fn with_init_none_the_status_comes_from_the_kernels_panic() {
 
 #[test]
 fn cloud_hypervisor_missing_is_a_clear_error() {
-    let kernel = require_boot_tools!();
+    let kernel = need!(boot_tools());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(&p, "agent", "int main(void) { return 0; }");
     assert_success(&run(p.fledge().args(["build", "-o", "ch.cpio.gz"])));
@@ -339,10 +331,7 @@ fn cloud_hypervisor_missing_is_a_clear_error() {
 
 #[test]
 fn a_kernel_qemu_cannot_load_fails_fast_with_qemus_reason() {
-    if !qemu_available() {
-        eprintln!("skipping: qemu-system-x86_64 is not installed");
-        return;
-    }
+    need!(qemu());
     let p = project("[agent]\nsource_strategy = \"local\"\npath = \"agent\"\n");
     c_program(&p, "agent", "int main(void) { return 0; }");
     assert_success(&run(p.fledge().args(["build", "-o", "k.cpio.gz"])));

@@ -33,27 +33,24 @@ impl Drop for Buildkitd {
     }
 }
 
-fn buildkitd(registry: &str) -> Option<Buildkitd> {
+fn buildkitd(registry: &str) -> Result<Buildkitd, Skipped> {
     buildkitd_with(registry, &[])
 }
 
 /// A buildkitd listening on its socket and on the addresses in `extra` (with their flags).
-fn buildkitd_with(registry: &str, extra: &[String]) -> Option<Buildkitd> {
+fn buildkitd_with(registry: &str, extra: &[String]) -> Result<Buildkitd, Skipped> {
     let binary = std::env::var_os("FLEDGE_TEST_BUILDKITD").map(PathBuf::from).or_else(|| {
         let out = Command::new("sh").args(["-c", "command -v buildkitd"]).output().ok()?;
         out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
     });
     let Some(binary) = binary else {
-        eprintln!("skipping: no buildkitd (put one on PATH or set FLEDGE_TEST_BUILDKITD)");
-        return None;
+        return Err(skip("no buildkitd (put one on PATH or set FLEDGE_TEST_BUILDKITD)"));
     };
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipping: buildkitd's OCI worker needs root");
-        return None;
+        return Err(skip("buildkitd's OCI worker needs root"));
     }
     if Command::new("runc").arg("--version").output().is_err() {
-        eprintln!("skipping: buildkitd's OCI worker needs runc (apt install runc)");
-        return None;
+        return Err(skip("buildkitd's OCI worker needs runc (apt install runc)"));
     }
     let dir = tempfile::Builder::new().prefix("fledge-buildkitd-").tempdir().unwrap();
     std::fs::write(
@@ -87,7 +84,7 @@ fn buildkitd_with(registry: &str, extra: &[String]) -> Option<Buildkitd> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    Some(daemon)
+    Ok(daemon)
 }
 
 /// `unsquashfs -lln` of an image: one "mode owner size path" line per entry, sorted; a
@@ -118,9 +115,9 @@ fn listing(image: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn daemon_and_embedded_builds_give_the_same_files() {
-    let Some(registry) = registry::start() else { return };
-    let Some(daemon) = buildkitd(&registry.host) else { return };
-    let Some(state) = kernel_state() else { return };
+    let registry = need!(registry::start());
+    let daemon = need!(buildkitd(&registry.host));
+    let state = need!(kernel_state());
     // The base is a local OCI layout, given as a named build context: no registry pull.
     let builder = Project::new();
     layered_test_image(&registry, &builder, "fledge/daemon-base");
@@ -288,15 +285,15 @@ fn busybox_image(registry: &registry::Registry, p: &Project) -> String {
 /// files. Runs when buildkitd and buildctl are available (`FLEDGE_TEST_BUILDCTL` or PATH).
 #[test]
 fn buildctl_accepts_fledges_definitions_and_builds_what_embedded_mode_builds() {
-    let Some(registry) = registry::start() else { return };
-    let Some(daemon) = buildkitd(&registry.host) else { return };
+    let registry = need!(registry::start());
+    let daemon = need!(buildkitd(&registry.host));
     let buildctl =
         std::env::var_os("FLEDGE_TEST_BUILDCTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("buildctl"));
-    if Command::new(&buildctl).arg("--version").output().is_err() {
-        eprintln!("skipping: no buildctl (put one on PATH or set FLEDGE_TEST_BUILDCTL)");
-        return;
-    }
-    let Some(state) = kernel_state() else { return };
+    skip_unless!(
+        Command::new(&buildctl).arg("--version").output().is_ok(),
+        "no buildctl (put one on PATH or set FLEDGE_TEST_BUILDCTL)"
+    );
+    let state = need!(kernel_state());
     let p = Project::new();
     let base = busybox_image(&registry, &p);
     let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("llb/tests/buildkit-golden");
@@ -437,7 +434,7 @@ fn certificates(dir: &std::path::Path, ca: &str, leaves: &[(&str, &str)]) {
 /// buildctl reaches it with `--tlscacert/--tlscert/--tlskey`.
 #[test]
 fn a_tls_daemon_builds_with_a_client_certificate_and_refuses_without() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path();
     certificates(
@@ -461,7 +458,7 @@ fn a_tls_daemon_builds_with_a_client_certificate_and_refuses_without() {
         "--tlscacert".into(),
         path("ca.pem"),
     ];
-    let Some(_daemon) = buildkitd_with(&registry.host, &tls) else { return };
+    let _daemon = need!(buildkitd_with(&registry.host, &tls));
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "buildkitd does not listen on tcp://127.0.0.1:{port}");
@@ -543,8 +540,8 @@ fn a_tls_daemon_builds_with_a_client_certificate_and_refuses_without() {
 /// buildkitd dies mid-build: a clear error, exit 1, and no artifact.
 #[test]
 fn a_daemon_that_dies_mid_build_leaves_no_artifact() {
-    let Some(registry) = registry::start() else { return };
-    let Some(mut daemon) = buildkitd(&registry.host) else { return };
+    let registry = need!(registry::start());
+    let mut daemon = need!(buildkitd(&registry.host));
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/daemon-dies");
     let p = Project::new();

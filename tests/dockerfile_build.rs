@@ -12,10 +12,6 @@ use std::process::Command;
 
 use common::*;
 
-fn kernel() -> Option<PathBuf> {
-    kernel_state().map(|state| state.join("kernel/vmlinux"))
-}
-
 /// Boots `artifact` with `fledge run` and runs `script` in it; returns the console, after
 /// checking that the script succeeded.
 fn look_inside(p: &Project, kernel: &std::path::Path, artifact: &str, timeout: u32, script: &str) -> String {
@@ -34,8 +30,8 @@ fn fledge(p: &Project, kernel: &std::path::Path) -> Command {
 
 #[test]
 fn a_dockerfile_builds_into_a_rootfs_that_boots() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-base");
     let p = Project::new();
@@ -94,8 +90,8 @@ fn a_dockerfile_builds_into_a_rootfs_that_boots() {
 
 #[test]
 fn a_failing_run_step_stops_the_build_with_its_output_and_exit_code() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-fails");
     let p = Project::new();
@@ -122,8 +118,8 @@ fn a_failing_run_step_stops_the_build_with_its_output_and_exit_code() {
 
 #[test]
 fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-mounts");
     let p = Project::new();
@@ -179,8 +175,8 @@ fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
 
 #[test]
 fn run_steps_have_a_network_unless_they_ask_for_none() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let server = http::Server::start([("/file".to_string(), b"served by the host\n".to_vec())].into());
     let port = server.base.rsplit(':').next().unwrap().to_string();
     let builder = Project::new();
@@ -210,8 +206,8 @@ fn run_steps_have_a_network_unless_they_ask_for_none() {
 
 #[test]
 fn two_clean_builds_give_byte_identical_artifacts() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-twice");
     let artifact = |_: usize| {
@@ -231,8 +227,8 @@ fn two_clean_builds_give_byte_identical_artifacts() {
 #[test]
 fn killing_a_build_mid_run_leaves_no_vm_and_a_usable_store() {
     use std::time::{Duration, Instant};
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-killed");
     for signal in [nix::sys::signal::Signal::SIGINT, nix::sys::signal::Signal::SIGKILL] {
@@ -295,8 +291,8 @@ fn killing_a_build_mid_run_leaves_no_vm_and_a_usable_store() {
 /// boots and is checked from inside.
 #[test]
 fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-stages");
     let p = Project::new();
@@ -369,14 +365,8 @@ fn multi_stage_builds_reach_only_their_target_and_bind_other_stages() {
 }
 
 /// The Debian minbase layout `make test` makes with debootstrap (scripts/test-debian-image.sh).
-fn debian_layout() -> Option<PathBuf> {
-    match std::env::var_os("FLEDGE_TEST_DEBIAN_LAYOUT").filter(|v| !v.is_empty()) {
-        Some(layout) => Some(PathBuf::from(layout)),
-        None => {
-            eprintln!("skipping: FLEDGE_TEST_DEBIAN_LAYOUT is not set (make test debootstraps one as root)");
-            None
-        }
-    }
+fn debian_layout() -> Result<PathBuf, Skipped> {
+    env_path("FLEDGE_TEST_DEBIAN_LAYOUT", "make test debootstraps one as root")
 }
 
 /// A multi-stage build on a real distribution: a Debian minbase made with debootstrap and
@@ -385,9 +375,9 @@ fn debian_layout() -> Option<PathBuf> {
 /// failing dpkg step reports its output and exit code.
 #[test]
 fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
-    let Some(kernel) = kernel() else { return };
-    let Some(layout) = debian_layout() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let layout = need!(debian_layout());
+    let registry = need!(registry::start());
     registry.push(&layout, "minbase", "fledge/debian", false);
     let debian = format!("{}/fledge/debian:minbase", registry.host);
     let p = Project::new();
@@ -451,8 +441,8 @@ fn a_debian_multi_stage_build_boots_with_its_users_and_files() {
 /// RUN steps overlap in time, as the rawjson timestamps show, and both results arrive.
 #[test]
 fn independent_stages_run_in_parallel_on_separate_vms() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/build-parallel");
     let p = Project::new();
@@ -506,8 +496,8 @@ fn independent_stages_run_in_parallel_on_separate_vms() {
 /// stack as overlay lowers.
 #[test]
 fn an_image_with_many_layers_builds_on_a_shared_vm() {
-    let Some(kernel) = kernel() else { return };
-    let Some(registry) = registry::start() else { return };
+    let kernel = need!(built_vmlinux());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let small = layered_test_image(&registry, &builder, "fledge/build-small");
     let busybox = std::fs::read(busybox()).unwrap();

@@ -32,7 +32,7 @@ fn cat(image: &std::path::Path, path: &str) -> String {
 
 #[test]
 fn copy_and_add_honour_owners_modes_stages_and_archives() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let p = Project::new();
     let base = oci::tar_layer(&[
         oci::Entry::Dir("etc", 0o755),

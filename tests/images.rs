@@ -34,9 +34,7 @@ fn fledge_image(p: &Project, args: &[&str]) -> Output {
 
 #[test]
 fn pull_stores_a_verified_image_that_then_works_offline() {
-    let Some(mut registry) = registry::start() else {
-        return;
-    };
+    let mut registry = need!(registry::start());
     let p = Project::new();
     let layout = p.path("layout");
     let manifest = add_image(&layout, "amd64", &busybox_layers(), run_config());
@@ -74,9 +72,7 @@ fn pull_stores_a_verified_image_that_then_works_offline() {
 
 #[test]
 fn an_index_resolves_to_the_requested_platform() {
-    let Some(registry) = registry::start() else {
-        return;
-    };
+    let registry = need!(registry::start());
     let p = Project::new();
     let layout = p.path("layout");
     let amd64 = add_image(&layout, "amd64", &busybox_layers()[1..], run_config());
@@ -105,9 +101,7 @@ fn an_index_resolves_to_the_requested_platform() {
 
 #[test]
 fn a_tampered_blob_is_refused_and_never_stored() {
-    let Some(registry) = registry::start() else {
-        return;
-    };
+    let registry = need!(registry::start());
     let p = Project::new();
     let layout = p.path("layout");
     let layers = busybox_layers();
@@ -143,9 +137,7 @@ fn a_tampered_blob_is_refused_and_never_stored() {
 
 #[test]
 fn unknown_tags_and_bad_references_are_clear_errors() {
-    let Some(registry) = registry::start() else {
-        return;
-    };
+    let registry = need!(registry::start());
     let p = Project::new();
     let out = fledge_image(&p, &["pull", &format!("{}/fledge/nothing:v9", registry.host)]);
     assert_eq!(out.status.code(), Some(1));
@@ -274,7 +266,7 @@ fn export_round_trips_and_prune_collects_what_no_image_uses() {
 
 #[test]
 fn credentials_from_docker_config_open_a_protected_registry() {
-    let Some(registry) = registry::start_with_auth(Some(("fledge", "s3cret"))) else { return };
+    let registry = need!(registry::start_with_auth(Some(("fledge", "s3cret"))));
     let p = Project::new();
     let (layout, digest) = layout_with_image(&p);
     registry.push_as(&layout, "v1", "private/app", false, Some("fledge:s3cret"));

@@ -3,23 +3,14 @@
 //! found through the state directory like any user's.
 //!
 //! Needs `FLEDGE_TEST_KERNEL_STATE` (the state directory `make test` built the kernel in) and
-//! QEMU; skips, saying why, without them.
+//! QEMU; without them each test is skipped, saying why (tests/allowed-skips.txt).
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn kernel_state() -> Option<PathBuf> {
-    let state = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from);
-    if state.is_none() {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-    }
-    state
-}
 
 fn fledge_with_state(p: &Project, state: &std::path::Path) -> Command {
     let mut cmd = p.fledge();
@@ -29,7 +20,7 @@ fn fledge_with_state(p: &Project, state: &std::path::Path) -> Command {
 
 #[test]
 fn a_built_kernel_is_reused_and_boots_an_initramfs() {
-    let Some(state) = kernel_state() else { return };
+    let state = need!(built_kernel_state());
     let p = Project::new();
     let started = Instant::now();
     let out = run(fledge_with_state(&p, &state).args(["kernel", "build"]));
@@ -75,8 +66,8 @@ fn a_missing_source_tarball_is_a_clear_error() {
 
 #[test]
 fn rootfs_images_boot_read_only_under_a_writable_overlay() {
-    let Some(state) = kernel_state() else { return };
-    let Some(registry) = registry::start() else { return };
+    let state = need!(built_kernel_state());
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/runnable");
     let p = Project::new();
@@ -119,16 +110,10 @@ fn rootfs_images_boot_read_only_under_a_writable_overlay() {
 
 #[test]
 fn a_debian_kernel_package_is_imported_with_the_modules_guests_need() {
-    let Some(kernel) = std::env::var_os("FLEDGE_TEST_KERNEL").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL is not set (make test fetches Debian's cloud kernel)");
-        return;
-    };
+    let kernel = need!(env_path("FLEDGE_TEST_KERNEL", "make test fetches Debian's cloud kernel"));
     let deb = kernel.parent().unwrap().join("package.deb");
-    if !deb.is_file() {
-        eprintln!("skipping: {} is missing (scripts/fetch-test-kernel.sh keeps it)", deb.display());
-        return;
-    }
-    let Some(registry) = registry::start() else { return };
+    skip_unless!(deb.is_file(), "{} is missing (scripts/fetch-test-kernel.sh keeps it)", deb.display());
+    let registry = need!(registry::start());
     let p = Project::new();
     let state = p.path("imported");
     let out = run(fledge_with_state(&p, &state).arg("kernel").arg("import").arg(&deb));

@@ -44,7 +44,7 @@ fn line<'a>(list: &'a [(String, String)], path: &str) -> Option<&'a str> {
 
 #[test]
 fn an_image_from_the_registry_becomes_a_squashfs_with_layers_applied() {
-    let Some(mut registry) = registry::start() else { return };
+    let mut registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/rootfs");
     let p = project_for(&image);
@@ -101,7 +101,7 @@ fn an_image_from_the_registry_becomes_a_squashfs_with_layers_applied() {
 
 #[test]
 fn a_layer_with_parent_paths_is_refused_and_nothing_is_written() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let p = Project::new();
     let layout = p.path("layout");
     let manifest = add_image(&layout, "amd64", &[raw_name_layer("../../escape", b"x")], json!({}));
@@ -119,7 +119,7 @@ fn a_layer_with_parent_paths_is_refused_and_nothing_is_written() {
 
 #[test]
 fn a_non_root_user_pulls_and_builds_squashfs() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/nonroot");
     let p = project_for(&image);
@@ -142,7 +142,7 @@ fn a_non_root_user_pulls_and_builds_squashfs() {
 
 #[test]
 fn an_initramfs_overlays_the_image_under_busybox_init_and_agent() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/overlay");
     let p = Project::new();
@@ -177,7 +177,7 @@ fn debugfs(image: &std::path::Path, request: &str) -> String {
 
 #[test]
 fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/ext4");
     let p = project_for(&image);
@@ -216,16 +216,14 @@ fn ext4_images_keep_owners_modes_links_and_xattrs_without_root() {
 /// device (the test's own privilege; Fledge never mounts) and check the layered test image's
 /// owners, xattrs, hard links, devices and whiteouts.
 fn kernel_reads(fstype: &str, img: &std::path::Path, mnt: &std::path::Path, devices: bool) {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping the kernel mount check: needs root for a loop device");
-        return;
-    }
+    skip_unless!(nix::unistd::Uid::effective().is_root(), "the kernel mount check needs root for a loop device");
     fs::create_dir_all(mnt).unwrap();
     let mount = run(Command::new("mount").args(["-t", fstype, "-o", "loop,ro"]).arg(img).arg(mnt));
-    if !mount.status.success() {
-        eprintln!("skipping the kernel mount check: {}", String::from_utf8_lossy(&mount.stderr).trim());
-        return;
-    }
+    skip_unless!(
+        mount.status.success(),
+        "the kernel mount check cannot mount {fstype}: {}",
+        String::from_utf8_lossy(&mount.stderr).trim()
+    );
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let meta = |p: &str| fs::symlink_metadata(mnt.join(p));
     let checks = std::panic::catch_unwind(|| {
@@ -285,7 +283,7 @@ fn build_as(p: &Project, unprivileged: bool, out: &str) -> std::process::Output 
 
 #[test]
 fn erofs_images_have_full_fidelity_as_root_and_say_why_not_otherwise() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/erofs");
     let p = project_for(&image);
@@ -444,7 +442,7 @@ fn every_packer_refuses_names_linux_cannot_hold_and_writes_nothing() {
 
 #[test]
 fn btrfs_needs_root_and_xfs_says_why_it_is_not_available() {
-    let Some(registry) = registry::start() else { return };
+    let registry = need!(registry::start());
     let builder = Project::new();
     let image = layered_test_image(&registry, &builder, "fledge/legacy");
     let p = project_for(&image);
@@ -459,10 +457,7 @@ fn btrfs_needs_root_and_xfs_says_why_it_is_not_available() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("btrfs images need root"), "{out:?}");
     assert!(!p.path("user.img").exists() && !p.path("user.manifest.json").exists());
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping the btrfs build: needs root");
-        return;
-    }
+    skip_unless!(nix::unistd::Uid::effective().is_root(), "the btrfs build needs root");
     let out = build_as(&p, false, "dev.img");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/dev/null is a device node"), "{out:?}");
 

@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use common::*;
@@ -35,10 +35,6 @@ fn cached(steps: &[(String, bool)], needle: &str) -> Option<bool> {
     steps.iter().find(|(name, _)| name.contains(needle)).map(|(_, cached)| *cached)
 }
 
-fn kernel() -> Option<PathBuf> {
-    kernel_state().map(|state| state.join("kernel/vmlinux"))
-}
-
 /// A host: a project with its own state and cache directories, building `dockerfile`.
 fn host(dockerfile: &str) -> Project {
     let p = Project::new();
@@ -50,9 +46,9 @@ fn host(dockerfile: &str) -> Project {
 
 #[test]
 fn a_build_on_one_host_is_cached_on_another_through_a_registry() {
-    let Some(kernel) = kernel() else { return };
-    let Some(images) = registry::start() else { return };
-    let Some(cache) = registry::start_with_auth(Some((USER, PASSWORD))) else { return };
+    let kernel = need!(built_vmlinux());
+    let images = need!(registry::start());
+    let cache = need!(registry::start_with_auth(Some((USER, PASSWORD))));
     let base = layered_test_image(&images, &Project::new(), "fledge/cache-base");
     let dockerfile = format!(
         "FROM {base}\nRUN echo built > /built.txt\nCOPY hello.txt /\nRUN /bin/busybox cat /hello.txt /built.txt > /both.txt\n"
@@ -216,7 +212,7 @@ fn cache_flags_fail_clearly_and_early() {
 
 #[test]
 fn a_registry_that_refuses_the_push_fails_the_build_without_an_artifact() {
-    let Some(cache) = registry::start_with_auth(Some((USER, PASSWORD))) else { return };
+    let cache = need!(registry::start_with_auth(Some((USER, PASSWORD))));
     let p = host(TWO_STAGES);
     log_in(&p, &cache.host, "wrong-password");
     let to = format!("type=registry,ref={}/cache/app:main", cache.host);
@@ -244,7 +240,7 @@ fn a_registry_that_refuses_the_push_fails_the_build_without_an_artifact() {
 #[test]
 fn a_token_registry_grants_the_push_its_own_scope() {
     let tokens = token_server::start(USER, PASSWORD);
-    let Some(cache) = registry::start_with_tokens(&tokens) else { return };
+    let cache = need!(registry::start_with_tokens(&tokens));
     let to = format!("type=registry,ref={}/cache/app:main,mode=max", cache.host);
     let p = host(TWO_STAGES);
     log_in(&p, &cache.host, PASSWORD);

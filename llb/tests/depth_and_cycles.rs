@@ -22,7 +22,7 @@ impl ImageResolver for NoImages {
 }
 
 fn convert(text: &str) -> Result<Converted, ConvertError> {
-    let ast = dockerfile::parse(text).map_err(|e| ConvertError { line: e.line, message: e.message })?;
+    let ast = dockerfile::parse(text).map_err(|e| ConvertError::new(e.line, e.message))?;
     let options = Options {
         target: None,
         build_args: BTreeMap::new(),

@@ -7,6 +7,9 @@ pub mod oci;
 pub mod registry;
 pub mod token_server;
 
+#[allow(unused_imports)] // each test binary uses a different subset
+pub use fledge_test_support::{Skipped, need, skip, skip_unless};
+
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -220,17 +223,33 @@ pub fn layered_test_image(registry: &registry::Registry, p: &Project, repo: &str
 }
 
 /// The guest kernel state `make test` builds (`FLEDGE_TEST_KERNEL_STATE`), when it and
-/// vhost-device-vsock are there for tests that boot build VMs; `None` after saying why not.
-pub fn kernel_state() -> Option<PathBuf> {
-    let Some(state) = std::env::var_os("FLEDGE_TEST_KERNEL_STATE").map(PathBuf::from) else {
-        eprintln!("skipping: FLEDGE_TEST_KERNEL_STATE is not set (make test builds the kernel and sets it)");
-        return None;
-    };
+/// vhost-device-vsock are there for tests that boot build VMs; else the test is skipped.
+pub fn kernel_state() -> Result<PathBuf, Skipped> {
+    let state = built_kernel_state()?;
     if Command::new("vhost-device-vsock").arg("--help").output().is_err() {
-        eprintln!("skipping: vhost-device-vsock is not installed (cargo install vhost-device-vsock)");
-        return None;
+        return Err(skip("vhost-device-vsock is not installed (cargo install vhost-device-vsock)"));
     }
-    Some(state)
+    Ok(state)
+}
+
+/// The `vmlinux` in [`kernel_state`], for tests that boot build VMs and what they built.
+pub fn built_vmlinux() -> Result<PathBuf, Skipped> {
+    kernel_state().map(|state| state.join("kernel/vmlinux"))
+}
+
+/// The guest kernel state `make test` builds (`FLEDGE_TEST_KERNEL_STATE`); else the test is
+/// skipped.
+pub fn built_kernel_state() -> Result<PathBuf, Skipped> {
+    env_path("FLEDGE_TEST_KERNEL_STATE", "make test builds the kernel and sets it")
+}
+
+/// The path the environment variable `var` names; else the test is skipped, saying
+/// `<var> is not set (<how>)`.
+pub fn env_path(var: &str, how: &str) -> Result<PathBuf, Skipped> {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => Err(skip(format!("{var} is not set ({how})"))),
+    }
 }
 
 /// The steps of a `--progress rawjson` build, in the order they completed, each with whether

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fledge_test_support::{Skipped, skip};
+
 pub struct Registry {
     pub host: String,
     pub storage: PathBuf,
@@ -15,13 +17,13 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
-/// `None` (after saying why) when the registry binary is not installed.
-pub fn start() -> Option<Registry> {
+/// A registry, or the test skipped when the registry binary is not installed.
+pub fn start() -> Result<Registry, Skipped> {
     start_with_auth(None)
 }
 
 /// A registry that demands Docker token authentication from `tokens`' server.
-pub fn start_with_tokens(tokens: &super::token_server::TokenServer) -> Option<Registry> {
+pub fn start_with_tokens(tokens: &super::token_server::TokenServer) -> Result<Registry, Skipped> {
     start_with(|_| {
         format!(
             "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
@@ -35,7 +37,7 @@ pub fn start_with_tokens(tokens: &super::token_server::TokenServer) -> Option<Re
 
 /// A registry that demands Basic authentication with `user:password` (an htpasswd file made
 /// with `htpasswd -B`), when given.
-pub fn start_with_auth(auth: Option<(&str, &str)>) -> Option<Registry> {
+pub fn start_with_auth(auth: Option<(&str, &str)>) -> Result<Registry, Skipped> {
     start_with(|dir| {
         let Some((user, password)) = auth else { return String::new() };
         let out = Command::new("htpasswd")
@@ -51,10 +53,9 @@ pub fn start_with_auth(auth: Option<(&str, &str)>) -> Option<Registry> {
 
 /// A registry whose configuration ends with what `auth` (given the registry's directory)
 /// returns.
-fn start_with(auth: impl FnOnce(&Path) -> String) -> Option<Registry> {
+fn start_with(auth: impl FnOnce(&Path) -> String) -> Result<Registry, Skipped> {
     if Command::new("docker-registry").arg("--version").output().is_err() {
-        eprintln!("skipping: docker-registry is not installed (apt install docker-registry)");
-        return None;
+        return Err(skip("docker-registry is not installed (apt install docker-registry)"));
     }
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -80,7 +81,7 @@ fn start_with(auth: impl FnOnce(&Path) -> String) -> Option<Registry> {
         assert!(Instant::now() < deadline, "docker-registry did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Some(registry)
+    Ok(registry)
 }
 
 impl Registry {

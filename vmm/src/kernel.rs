@@ -46,6 +46,15 @@ fn in_dir(dir: &Path, origin: KernelOrigin) -> Option<Kernel> {
 
 /// Finds the kernel; `env` reads environment variables (injected for tests).
 pub fn discover(state_dir: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Kernel, KernelError> {
+    discover_in(state_dir, Path::new(SYSTEM_KERNEL_DIR), env)
+}
+
+/// [`discover`] with `system_dir` standing for [`SYSTEM_KERNEL_DIR`] (injected for tests).
+fn discover_in(
+    state_dir: Option<&Path>,
+    system_dir: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Kernel, KernelError> {
     let mut from_env = Kernel { vmlinux: None, bzimage: None, origin: KernelOrigin::Environment };
     for (var, slot) in [(VMLINUX_VAR, &mut from_env.vmlinux), (BZIMAGE_VAR, &mut from_env.bzimage)] {
         if let Some(value) = env(var).filter(|v| !v.is_empty()) {
@@ -63,7 +72,7 @@ pub fn discover(state_dir: Option<&Path>, env: impl Fn(&str) -> Option<String>) 
     let candidates = state_dir
         .map(|s| (s.join("kernel"), KernelOrigin::StateDir))
         .into_iter()
-        .chain([(PathBuf::from(SYSTEM_KERNEL_DIR), KernelOrigin::System)]);
+        .chain([(system_dir.to_path_buf(), KernelOrigin::System)]);
     for (dir, origin) in candidates {
         if let Some(kernel) = in_dir(&dir, origin) {
             return Ok(kernel);
@@ -106,14 +115,12 @@ mod tests {
 
     #[test]
     fn not_found_lists_where_it_looked() {
-        if Path::new(SYSTEM_KERNEL_DIR).exists() {
-            eprintln!("skipping: {SYSTEM_KERNEL_DIR} exists on this machine");
-            return;
-        }
         let state = tempfile::tempdir().unwrap();
-        let err = discover(Some(state.path()), no_env).unwrap_err().to_string();
+        let system = tempfile::tempdir().unwrap();
+        let err = discover_in(Some(state.path()), system.path(), no_env).unwrap_err().to_string();
         assert!(
-            err.contains(&state.path().join("kernel").display().to_string()) && err.contains(SYSTEM_KERNEL_DIR),
+            err.contains(&state.path().join("kernel").display().to_string())
+                && err.contains(&system.path().display().to_string()),
             "{err}"
         );
     }

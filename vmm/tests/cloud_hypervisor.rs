@@ -109,12 +109,10 @@ fn the_client_handles_a_recorded_cloud_hypervisor_exchange() {
 #[test]
 fn the_client_works_against_a_real_cloud_hypervisor_when_one_is_installed() {
     let ch = CloudHypervisor::from_env();
-    if std::process::Command::new(&ch.binary).arg("--version").output().is_err() {
-        eprintln!(
-            "skipping: no cloud-hypervisor binary (set CLOUDHYPERVISOR); the recorded exchange covers the client"
-        );
-        return;
-    }
+    fledge_test_support::skip_unless!(
+        std::process::Command::new(&ch.binary).arg("--version").output().is_ok(),
+        "no cloud-hypervisor binary (set CLOUDHYPERVISOR); the recorded exchange covers the client"
+    );
     let process = ch.start().unwrap();
     let kernel = process.dir().join("vmlinux");
     std::fs::write(&kernel, b"not booted").unwrap();
