@@ -5,6 +5,7 @@
 pub mod http;
 pub mod oci;
 pub mod registry;
+pub mod throttle;
 pub mod token_server;
 
 use std::fs;
