@@ -1,6 +1,7 @@
 # The two commands (see README.md):
 #   make demo   install host packages, build Fledge, build the example initramfs
 #   make test   run the whole test suite (what CI runs through .ci/run)
+#   make stress the stress tests at full strength (tests/stress.rs; make test runs a reduced set)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -9,7 +10,7 @@ FLEDGE := target/release/fledge
 DEMO := examples/hello
 OUT := out
 
-.PHONY: all deps build demo test bench fuzz lint clean
+.PHONY: all deps build demo test stress bench fuzz lint clean
 
 all: build
 
@@ -65,6 +66,14 @@ test: deps
 		$(CARGO) test --locked --workspace 2>&1 | tee target/test.log || status=$$?; \
 	scripts/test-total.sh target/test.log $(SKIPS); \
 	exit $$status
+
+# Issue 14's stress tests at full strength: 20 runs of 3-5 concurrent builds and a prune on
+# one store, and every kill point (tests/stress.rs). Same caches and variables as make test.
+stress: deps
+	$(CARGO) build --locked --workspace
+	FLEDGE_STATE_DIR=$(TEST_CACHE)/kernel-state target/debug/fledge kernel build
+	FLEDGE_STRESS=full FLEDGE_TEST_KERNEL_STATE=$(TEST_CACHE)/kernel-state \
+		$(CARGO) test --locked --test stress -- --nocapture --test-threads 1
 
 bench: build
 	bench/initramfs-pack.sh

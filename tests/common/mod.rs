@@ -5,6 +5,7 @@
 pub mod http;
 pub mod oci;
 pub mod registry;
+pub mod throttle;
 pub mod token_server;
 
 #[allow(unused_imports)] // each test binary uses a different subset

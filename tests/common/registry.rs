@@ -1,6 +1,6 @@
 //! A real registry for tests: Debian's `docker-registry` (the CNCF distribution server) on
 //! 127.0.0.1, with its storage in a temporary directory; killed when dropped. Images are
-//! pushed into it with `skopeo`.
+//! pushed into it with `skopeo`. It also dies with the thread that started it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -67,13 +67,18 @@ fn start_with(auth: impl FnOnce(&Path) -> String) -> Result<Registry, Skipped> {
     );
     yaml.push_str(&auth(dir.path()));
     std::fs::write(&config, yaml).unwrap();
-    let child = Command::new("docker-registry")
-        .arg("serve")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new("docker-registry");
+    cmd.arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null());
+    // It dies with the thread that started it, even when no drop runs (a registry kept in a
+    // static for a whole test binary is started from a thread that lives as long as it).
+    // SAFETY: prctl is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
     let host = format!("127.0.0.1:{port}");
     let registry = Registry { host, storage, child, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(20);
