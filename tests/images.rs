@@ -291,3 +291,32 @@ fn base64_encode(text: &str) -> String {
     let out = run(std::process::Command::new("sh").arg("-c").arg(format!("printf %s '{text}' | base64 -w0")));
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A descriptor is checked even when the store already holds its blob: a second layout that
+/// names the same layer with another size is refused, and nothing repeats the false size.
+#[test]
+fn a_descriptor_with_a_false_size_is_refused_when_the_blob_is_stored() {
+    let p = Project::new();
+    let (layout, _) = layout_with_image(&p);
+    assert_success(&fledge_image(&p, &["import", "oci-layout:layout:v1"]));
+    // The same blobs, with the first layer's size raised by one in a new manifest.
+    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+    let blob = |hex: &str| layout.join("blobs/sha256").join(hex);
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(blob(&manifest_digest)).unwrap()).unwrap();
+    let size = manifest["layers"][0]["size"].as_u64().unwrap();
+    manifest["layers"][0]["size"] = json!(size + 1);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let hex = oci::sha256(&bytes);
+    std::fs::write(blob(&hex), &bytes).unwrap();
+    let top = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{hex}"),
+        "size": bytes.len(), "annotations": {"org.opencontainers.image.ref.name": "lying"}});
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [top]})).unwrap(),
+    )
+    .unwrap();
+    let out = fledge_image(&p, &["import", "oci-layout:layout:lying"]);
+    assert_eq!(out.status.code(), Some(1), "a false size was accepted: {}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("expected {}", size + 1)), "{}", stderr(&out));
+}
