@@ -68,6 +68,7 @@ impl Importer<'_> {
         if !self.store.has_blob(&digest) {
             return Err(self.invalid(format!("blob {digest} is missing from the layout")));
         }
+        self.store.check_size(&digest, d.size, &format!("{} blob {digest}", self.origin))?;
         Ok(digest)
     }
 

@@ -148,7 +148,7 @@ pub fn fetch_blob(
 ) -> Result<(), PullError> {
     let digest = digest_of(image, d)?;
     if store.has_blob(&digest) {
-        return Ok(());
+        return Ok(store.check_size(&digest, d.size, &format!("{image} {what} {digest}"))?);
     }
     let step = progress.step(format!("Pulling {what} {}", &digest.hex()[..12]), Some(d.size));
     // One byte more than the descriptor says is enough to tell a blob is too long; a

@@ -100,6 +100,17 @@ impl Store {
         self.blob_path(digest).is_file()
     }
 
+    /// Checks that the stored blob `digest` has the size a descriptor gives it (a blob
+    /// already in the store is checked against every descriptor that names it).
+    pub fn check_size(&self, digest: &Sha256Digest, expected: u64, what: &str) -> Result<(), StoreError> {
+        let path = self.blob_path(digest);
+        let actual = fs::metadata(&path).map_err(io_err(&path))?.len();
+        if actual != expected {
+            return Err(StoreError::SizeMismatch { what: what.to_string(), expected, actual });
+        }
+        Ok(())
+    }
+
     /// Opens a stored blob for reading.
     pub fn open_blob(&self, digest: &Sha256Digest) -> Result<File, StoreError> {
         let path = self.blob_path(digest);
@@ -123,15 +134,10 @@ impl Store {
         expected: Option<Expected>,
         what: &str,
     ) -> Result<(Sha256Digest, u64), StoreError> {
-        if let Some(e) = expected
-            && self.has_blob(&e.digest)
-        {
-            // Already present (and verified when it was written): drain nothing, reuse it.
-            return Ok((
-                e.digest,
-                fs::metadata(self.blob_path(&e.digest)).map_err(io_err(&self.blob_path(&e.digest)))?.len(),
-            ));
-        }
+        // Always read the whole stream and verify it, even when the blob is already stored
+        // (another process may have stored it meanwhile): a caller scanning the same bytes
+        // (the prescan) must see all of them, and a descriptor's size is checked whatever the
+        // store holds. Renaming over an existing blob replaces it with the same bytes.
         let tmp_dir = self.root.join("tmp");
         let mut tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
         let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
