@@ -63,7 +63,7 @@ pub fn write(
     if let Some((path, _)) = tree.iter().find(|(_, node)| device(node)) {
         return Err(BtrfsError::DeviceNode(path.to_string()));
     }
-    let staged = stage(tree, layers, dest, progress).map_err(io_at(dest))?;
+    let staged = stage(tree, layers, progress).map_err(io_at(dest))?;
     staged.apply_metadata(true).map_err(|(path, e)| io_at(&path)(e))?;
     let file = std::fs::File::create(dest).map_err(io_at(dest))?;
     let size = image_size(staged.content_bytes, fs_config);
@@ -72,7 +72,7 @@ pub fn write(
         crate::output::preallocate(&file, size).map_err(io_at(dest))?;
     }
     drop(file);
-    let out = Command::new("mkfs.btrfs")
+    let out = crate::interrupt::dies_with_parent(&mut Command::new("mkfs.btrfs"))
         .args(["-q", "-f", "-U", &tree_uuid(tree), "--rootdir"])
         .arg(&staged.root)
         .arg(dest)

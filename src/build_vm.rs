@@ -67,7 +67,7 @@ impl BuildVm {
         (cpus, memory_mib): (u32, u32),
         network: bool,
     ) -> Result<BuildVm> {
-        let work = tempfile::Builder::new().prefix("fledge-vm-").tempdir()?;
+        let work = tempfile::Builder::new().prefix("vm-").tempdir_in(crate::scratch::state_tmp()?)?;
         let initrd = work.path().join("init.cpio.lz4");
         crate::initramfs::init_only(&initrd, crate::guest_init::WITH_AGENT)
             .context("cannot write the build VM's initramfs")?;

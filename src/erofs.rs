@@ -43,12 +43,13 @@ pub fn write(
     progress: &mut dyn FnMut(u64),
 ) -> Result<u64, ErofsError> {
     let root = is_root();
-    let staged = stage(tree, layers, dest, progress).map_err(io_at(dest))?;
+    let staged = stage(tree, layers, progress).map_err(io_at(dest))?;
     if !root && let Some((entry, why)) = staged.needs_root() {
         return Err(ErofsError::NeedsRoot { path: entry.path.to_string(), why });
     }
     staged.apply_metadata(root).map_err(|(path, e)| io_at(&path)(e))?;
     let mut cmd = Command::new("mkfs.erofs");
+    crate::interrupt::dies_with_parent(&mut cmd);
     cmd.arg("--quiet").arg(format!("-T{mtime}")).arg(format!("-U{}", tree_uuid(tree)));
     if !root {
         cmd.arg("--all-root");

@@ -79,3 +79,20 @@ impl<R: io::Read> io::Read for Checked<R> {
         self.0.read(buf)
     }
 }
+
+/// Makes the child `cmd` starts die with the thread that starts it (`PR_SET_PDEATHSIG`), so a
+/// packer does not go on writing after Fledge was killed, even by SIGKILL. For children that
+/// the starting thread waits for, as every packer's is.
+pub fn dies_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+    // async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}

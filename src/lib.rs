@@ -37,6 +37,7 @@ pub mod output;
 pub mod paths;
 pub mod progress;
 pub mod rootfs;
+pub mod scratch;
 pub mod shared_cache;
 pub mod solver;
 pub mod squashfs;

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
     };
+    fledge::scratch::release_all();
     match result {
         Ok(status) => ExitCode::from(status),
         Err(err) if interrupt::caused(&err) => {

@@ -99,8 +99,9 @@ impl Pending {
         fs::create_dir_all(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display())))?;
         let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        sweep_partials(&dir, &name);
         let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
+            .prefix(&format!(".{name}.{}.", std::process::id()))
             .suffix(".partial")
             .tempfile_in(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write in {}: {e}", dir.display())))?;
@@ -131,6 +132,23 @@ impl Pending {
 }
 
 /// Reserves `len` bytes of disk for `file` up front (`[filesystem] preallocate`).
+/// Removes the `.NAME.PID.*.partial` files beside an output whose writer is gone (killed
+/// before it could remove its own), so they do not pile up beside the artifact. A file of a
+/// live process, or of a name this version did not write, is left alone.
+fn sweep_partials(dir: &Path, name: &str) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    let prefix = format!(".{name}.");
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix(&prefix).filter(|_| file.ends_with(".partial")) else { continue };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            tracing::debug!("removing {}, left by a build that was killed", entry.path().display());
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 pub fn preallocate(file: &fs::File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: a valid open descriptor; fallocate only reserves space.

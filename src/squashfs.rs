@@ -60,7 +60,7 @@ pub fn write(
         _ => 0o755,
     };
     let root_attrs = tree.attrs(&root);
-    let mut child = Command::new("mksquashfs")
+    let mut child = crate::interrupt::dies_with_parent(&mut Command::new("mksquashfs"))
         .arg("-")
         .arg(dest)
         .args(["-tar", "-noappend", "-no-progress", "-quiet"])

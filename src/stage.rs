@@ -168,10 +168,11 @@ impl Stage {
     }
 }
 
-/// Stages `tree` in a new directory beside `dest`.
-pub fn stage(tree: &Tree, layers: &dyn LayerSource, dest: &Path, progress: &mut dyn FnMut(u64)) -> io::Result<Stage> {
-    let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let work = tempfile::Builder::new().prefix(".fledge-stage-").tempdir_in(parent)?;
+/// Stages `tree` in a new 0700 directory of this process's scratch area under the state
+/// directory (`crate::scratch`): never beside the output, where other users may traverse, and
+/// swept by the next build if this one is killed.
+pub fn stage(tree: &Tree, layers: &dyn LayerSource, progress: &mut dyn FnMut(u64)) -> io::Result<Stage> {
+    let work = tempfile::Builder::new().prefix("stage-").tempdir_in(crate::scratch::state_tmp()?)?;
     let root = work.path().join("root");
     fs::create_dir(&root)?;
     let mut stage = Stage { work, root, entries: Vec::new(), content_bytes: 0, data_bytes: 0 };

@@ -503,7 +503,7 @@ impl Layer<'_> {
 
     /// Writes the layer as a tar blob into the store.
     fn store(&self) -> Result<Sha256Digest> {
-        let tmp = tempfile::Builder::new().prefix("layer-").tempfile_in(self.store.root().join("tmp"))?;
+        let tmp = tempfile::Builder::new().prefix("layer-").tempfile_in(self.store.tmp_dir()?)?;
         let layers = self.source_layers();
         crate::rootfs::tar::write_tree(&self.tree, &layers, std::io::BufWriter::new(tmp.reopen()?), 0, &mut |_| {})?;
         let (digest, _) = self.store.write_blob(&mut tmp.reopen()?, None, "a file step's layer")?;

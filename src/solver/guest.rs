@@ -79,7 +79,7 @@ impl Volumes {
         caches_dir: &Path,
         volumes: &[CacheVolume],
     ) -> Result<Volumes> {
-        let dir = tempfile::Builder::new().prefix("fledge-build-").tempdir()?;
+        let dir = tempfile::Builder::new().prefix("build-").tempdir_in(crate::scratch::state_tmp()?)?;
         let scratch = dir.path().join("scratch.ext4");
         empty_ext4(&scratch, (0o755, 0, 0))?;
         let mut disks = vec![Disk { path: scratch, read_only: false, serial: Some("fledge-work".into()) }];
@@ -429,7 +429,7 @@ impl Guest {
             bail!("process {:?} did not complete successfully: exit code: {}", meta.args, status.code());
         }
         self.vm.agent().unmount(&root, Vec::new()).await?;
-        let diff = tempfile::Builder::new().prefix("diff-").tempfile_in(store.root().join("tmp"))?;
+        let diff = tempfile::Builder::new().prefix("diff-").tempfile_in(store.tmp_dir()?)?;
         let mut file = tokio::fs::File::from_std(diff.reopen()?);
         self.vm.agent().get_layer_diff(&upper, &mut file, MAX_DIFF).await?;
         drop(file);

@@ -57,7 +57,7 @@ pub fn http(store: &Store, source: &pb::SourceOp) -> Result<Sha256Digest> {
     let file = ImagePath::root().join(&filename);
     tree.insert(&file, Node::File { mode: mode & 0o7777, data: FileData::Host(path) })?;
     tree.set_attrs(&file, Attrs { uid: id("http.uid")?, gid: id("http.gid")?, xattrs: Vec::new() });
-    let tmp = tempfile::Builder::new().prefix("http-").tempfile_in(store.root().join("tmp"))?;
+    let tmp = tempfile::Builder::new().prefix("http-").tempfile_in(store.tmp_dir()?)?;
     let writer = std::io::BufWriter::new(tmp.reopen()?);
     crate::rootfs::tar::write_tree(&tree, &crate::rootfs::walk::NoLayers, writer, 0, &mut |_| {})?;
     let (digest, _) = store.write_blob(&mut tmp.reopen()?, None, "a downloaded file's layer")?;

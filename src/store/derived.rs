@@ -26,7 +26,7 @@ impl Store {
         let dest = self.derived_path(kind, digest);
         let dir = dest.parent().expect("derived records live in a directory");
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let tmp_dir = self.root.join("tmp");
+        let tmp_dir = self.tmp_dir()?;
         let mut tmp = tempfile::Builder::new().prefix("derived-").tempfile_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
         tmp.write_all(data).map_err(io_err(&tmp_dir))?;
         tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;

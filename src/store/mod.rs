@@ -22,6 +22,7 @@ mod prune;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::digest::{HashingWriter, Sha256Digest};
 
@@ -61,16 +62,23 @@ pub struct Expected {
 
 pub struct Store {
     root: PathBuf,
-    _lock: File,
 }
 
+/// The store locks this process holds, by store root. A process keeps its lock from its
+/// first open of a store until it exits, so a `prune` (which needs the lock exclusively)
+/// never runs between two phases of one build, e.g. after its steps stored their layers and
+/// before it packs them.
+static LEASES: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
 impl Store {
-    /// Opens (creating if needed) the store in `state_dir`, holding a shared lock.
+    /// Opens (creating if needed) the store in `state_dir`; this process shares it with others
+    /// from now until it exits.
     pub fn open(state_dir: Option<&Path>) -> Result<Self, StoreError> {
         Self::open_with(state_dir, false)
     }
 
-    /// Opens the store with an exclusive lock (waits for every other user to finish).
+    /// Opens the store for this process alone (waits for every other process using it to
+    /// exit; an earlier shared open of this process is turned into the exclusive one).
     pub fn open_exclusive(state_dir: Option<&Path>) -> Result<Self, StoreError> {
         Self::open_with(state_dir, true)
     }
@@ -82,10 +90,33 @@ impl Store {
             fs::create_dir_all(&path).map_err(io_err(&path))?;
         }
         let lock_path = root.join("lock");
-        let lock =
-            File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
-        if exclusive { lock.lock() } else { lock.lock_shared() }.map_err(io_err(&lock_path))?;
-        Ok(Self { root, _lock: lock })
+        let mut leases = LEASES.lock().unwrap_or_else(|e| e.into_inner());
+        let held = leases.iter().position(|(r, _)| *r == root);
+        let lock = match held {
+            Some(i) => &leases[i].1,
+            None => {
+                let lock = File::options()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&lock_path)
+                    .map_err(io_err(&lock_path))?;
+                lock.lock_shared().map_err(io_err(&lock_path))?;
+                leases.push((root.clone(), lock));
+                &leases.last().expect("just pushed").1
+            }
+        };
+        if exclusive {
+            lock.lock().map_err(io_err(&lock_path))?;
+        }
+        Ok(Self { root })
+    }
+
+    /// This process's directory for temporary files of the store (see `crate::scratch`):
+    /// on the store's filesystem, so a finished file is renamed into place.
+    pub fn tmp_dir(&self) -> Result<PathBuf, StoreError> {
+        let parent = self.root.join("tmp");
+        crate::scratch::dir(&parent).map_err(io_err(&parent))
     }
 
     pub fn root(&self) -> &Path {
@@ -138,7 +169,7 @@ impl Store {
         // (another process may have stored it meanwhile): a caller scanning the same bytes
         // (the prescan) must see all of them, and a descriptor's size is checked whatever the
         // store holds. Renaming over an existing blob replaces it with the same bytes.
-        let tmp_dir = self.root.join("tmp");
+        let tmp_dir = self.tmp_dir()?;
         let mut tmp = tempfile::Builder::new().prefix("blob-").tempfile_in(&tmp_dir).map_err(io_err(&tmp_dir))?;
         let mut writer = HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut()));
         copy(reader, &mut writer).map_err(|source| StoreError::Io { path: what.to_string(), source })?;
@@ -204,7 +235,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
         assert!(!store.has_blob(&Sha256Digest::of_bytes(b"tampered")));
-        assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0, "no temporary file left");
+        assert_eq!(fs::read_dir(store.tmp_dir().unwrap()).unwrap().count(), 1, "no temporary file left but the lock");
         assert_eq!(fs::read_dir(store.root().join("blobs/sha256")).unwrap().count(), 1);
     }
 
