@@ -62,7 +62,7 @@ fn probe_key(kernel: &Path) -> String {
 }
 
 fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
-    let dir = tempfile::Builder::new().prefix("fledge-kvm-probe-").tempdir()?;
+    let dir = tempfile::Builder::new().prefix("kvm-probe-").tempdir_in(crate::scratch::state_tmp()?)?;
     let initrd = dir.path().join("probe.cpio.gz");
     crate::initramfs::init_only(&initrd, crate::guest_init::BINARY)?;
     let spec = VmSpec {
@@ -75,6 +75,7 @@ fn probe(kernel: &Path, acpi: bool) -> anyhow::Result<bool> {
         acpi,
         vsock_cid: None,
         network: false,
+        work_dir: dir.path().to_path_buf(),
     };
     let mut vm = Qemu::new(Accel::Kvm).launch(&spec)?;
     let mut console = vm.take_console().expect("a new VM has its console");

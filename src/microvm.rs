@@ -64,6 +64,7 @@ impl Machine {
             acpi: self.kernel.acpi,
             vsock_cid: None,
             network: false,
+            work_dir: work.to_path_buf(),
         })
     }
 }

@@ -448,7 +448,7 @@ fn wait_gone(procs: &[Proc], dir: &Path) -> Aftermath {
 /// The event after which a build is killed.
 #[derive(Clone, Copy, Debug)]
 enum Trigger {
-    /// A temporary blob (`store/tmp/blob-*`) exists: a download is under way.
+    /// A temporary blob (`store/tmp/<process>/blob-*`) exists: a download is under way.
     BlobDownloading,
     /// At least this many blobs are stored.
     BlobsStored(usize),
@@ -456,7 +456,7 @@ enum Trigger {
     EntryListsStored(usize),
     /// A `.NAME.*.partial` file is beside the output (packing).
     Partial,
-    /// A `.fledge-stage-*` directory is beside the output (staging for a packer).
+    /// A staging directory (`state/tmp/<process>/stage-*`) exists (staging for a packer).
     Staging,
     /// A process of this name (its `comm`) runs under the build.
     Child(&'static str),
@@ -471,9 +471,12 @@ impl Trigger {
                 .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
                 .unwrap_or_default()
         };
+        // Names one level below `dir`: each process has its own directory there.
+        let nested =
+            |dir: &str| -> Vec<String> { names(dir).iter().flat_map(|d| names(&format!("{dir}/{d}"))).collect() };
         let out = format!("out/{}", running.kind.name());
         match self {
-            Trigger::BlobDownloading => names("state/store/tmp").iter().any(|n| n.starts_with("blob-")),
+            Trigger::BlobDownloading => nested("state/store/tmp").iter().any(|n| n.starts_with("blob-")),
             Trigger::BlobsStored(n) => names("state/store/blobs/sha256").len() >= n,
             Trigger::EntryListsStored(n) => {
                 names("state/store/derived")
@@ -483,7 +486,7 @@ impl Trigger {
                     >= n
             }
             Trigger::Partial => names(&out).iter().any(|n| n.starts_with('.') && n.ends_with(".partial")),
-            Trigger::Staging => names(&out).iter().any(|n| n.starts_with(".fledge-stage-")),
+            Trigger::Staging => nested("state/tmp").iter().any(|n| n.starts_with("stage-")),
             Trigger::Child(comm) => descendants(running.child.id() as i32).iter().any(|c| c.comm == comm),
             Trigger::Stderr(text) => fs::read_to_string(&running.stderr).is_ok_and(|s| s.contains(text)),
         }

@@ -163,9 +163,10 @@ impl CloudHypervisor {
         Self { binary: binary.unwrap_or_else(|| PathBuf::from("cloud-hypervisor")) }
     }
 
-    /// Starts the VMM with its API socket, without a VM.
-    pub fn start(&self) -> Result<Process, VmmError> {
-        let dir = tempfile::Builder::new().prefix("fledge-ch-").tempdir().map_err(VmmError::io("a VM directory"))?;
+    /// Starts the VMM with its API socket (in a new directory below `work_dir`), without a VM.
+    pub fn start(&self, work_dir: &Path) -> Result<Process, VmmError> {
+        let dir =
+            tempfile::Builder::new().prefix("ch-").tempdir_in(work_dir).map_err(VmmError::io("a VM directory"))?;
         let socket = dir.path().join("api.sock");
         let mut arg = std::ffi::OsString::from("path=");
         arg.push(&socket);
@@ -250,7 +251,7 @@ impl Backend for CloudHypervisor {
                 "Cloud Hypervisor has no user-mode networking (it needs a tap device); use --vmm qemu (FLEDGE_VMM=qemu) for guests that need a network".into(),
             ));
         }
-        let process = self.start()?;
+        let process = self.start(&spec.work_dir)?;
         let vsock = spec.vsock_cid.map(|_| process.dir().join("vsock.sock"));
         process.api.create(&vm_config(spec, vsock.as_deref()))?;
         process.api.boot()?;
@@ -305,6 +306,7 @@ mod tests {
             acpi: true,
             vsock_cid: Some(3),
             network: false,
+            work_dir: "/w".into(),
         };
         let config = vm_config(&spec, Some(Path::new("/d/vsock.sock")));
         assert_eq!(config["payload"]["kernel"], "/k/vmlinux");

@@ -45,6 +45,9 @@ pub struct VmSpec {
     /// User-mode networking (NAT inside the VMM, no root, no tap): the guest's virtio-net
     /// interface reaches the host at 10.0.2.2 and resolves names through 10.0.2.3.
     pub network: bool,
+    /// The directory the VMM keeps its sockets and files in (in a directory of its own
+    /// below it, removed when the VM stops); the caller chooses where temporary files live.
+    pub work_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -129,7 +129,10 @@ impl Backend for Qemu {
     }
 
     fn launch(&self, spec: &VmSpec) -> Result<Box<dyn Vm>, VmmError> {
-        let dir = tempfile::Builder::new().prefix("fledge-vm-").tempdir().map_err(VmmError::io("a VM directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix("qemu-")
+            .tempdir_in(&spec.work_dir)
+            .map_err(VmmError::io("a VM directory"))?;
         let qmp_path = dir.path().join("qmp.sock");
         let vhost_user = dir.path().join("vhost-user.sock");
         let vsock_uds = dir.path().join("vsock.uds");
@@ -333,6 +336,7 @@ mod tests {
             acpi: true,
             vsock_cid: None,
             network: false,
+            work_dir: std::env::temp_dir(),
         }
     }
 

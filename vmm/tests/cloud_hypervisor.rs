@@ -77,6 +77,7 @@ fn spec(kernel: &str) -> VmSpec {
         acpi: true,
         vsock_cid: None,
         network: false,
+        work_dir: std::env::temp_dir(),
     }
 }
 
@@ -113,7 +114,7 @@ fn the_client_works_against_a_real_cloud_hypervisor_when_one_is_installed() {
         std::process::Command::new(&ch.binary).arg("--version").output().is_ok(),
         "no cloud-hypervisor binary (set CLOUDHYPERVISOR); the recorded exchange covers the client"
     );
-    let process = ch.start().unwrap();
+    let process = ch.start(&std::env::temp_dir()).unwrap();
     let kernel = process.dir().join("vmlinux");
     std::fs::write(&kernel, b"not booted").unwrap();
     exercise(&process.api, kernel.to_str().unwrap());
