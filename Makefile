@@ -63,7 +63,7 @@ test: deps
 	debian=$$(FLEDGE_TEST_CACHE=$(TEST_CACHE) scripts/test-debian-image.sh); \
 	status=0; \
 	FLEDGE_TEST_SKIPS=$(SKIPS) FLEDGE_TEST_KERNEL=$$kernel FLEDGE_TEST_KERNEL_STATE=$(TEST_CACHE)/kernel-state FLEDGE_TEST_DEBIAN_LAYOUT=$$debian \
-		$(CARGO) test --locked --workspace 2>&1 | tee target/test.log || status=$$?; \
+		$(CARGO) test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
 	scripts/test-total.sh target/test.log $(SKIPS); \
 	exit $$status
 

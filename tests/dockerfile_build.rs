@@ -245,7 +245,8 @@ fn killing_a_build_mid_run_leaves_no_vm_and_a_usable_store() {
         // Wait until the step runs (its VM is up), then interrupt the build.
         let deadline = Instant::now() + Duration::from_secs(120);
         let ours = || -> Vec<String> {
-            let marker = p.path("tmp").display().to_string();
+            // The VM's sockets and disks live under the state directory.
+            let marker = p.path("state").display().to_string();
             std::fs::read_dir("/proc")
                 .unwrap()
                 .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())

@@ -549,10 +549,17 @@ impl<'a> Solver<'a> {
                     "the build reads the local directory {name:?}, which it was not given (--build-context {name}=DIR)"
                 )
             })?;
-            let excludes = match source.attrs.get("local.excludepatterns") {
+            let mut excludes: Vec<String> = match source.attrs.get("local.excludepatterns") {
                 Some(json) => serde_json::from_str(json).context("local.excludepatterns is not a JSON list")?,
                 None => Vec::new(),
             };
+            // Fledge's own state (the store, running builds' temporary files and VM sockets)
+            // is never part of an image, even when the state directory lies in the context.
+            let state = self.store.root().parent().and_then(|s| std::path::absolute(s).ok());
+            let inside = state.zip(std::path::absolute(dir).ok()).and_then(|(s, d)| {
+                s.strip_prefix(&d).ok().filter(|r| !r.as_os_str().is_empty()).map(|r| r.to_string_lossy().into_owned())
+            });
+            excludes.extend(inside);
             return Ok((Value::Context { dir: dir.clone(), excludes }, true));
         }
         if source.identifier.starts_with("http://") || source.identifier.starts_with("https://") {
