@@ -21,8 +21,11 @@ static CLAIMS: Mutex<Vec<(PathBuf, PathBuf, File)>> = Mutex::new(Vec::new());
 /// This process's directory below `parent`, claimed (and the parent swept) on first use.
 pub fn dir(parent: &Path) -> io::Result<PathBuf> {
     let mut claims = CLAIMS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, dir, _)) = claims.iter().find(|(p, _, _)| p == parent) {
-        return Ok(dir.clone());
+    if let Some(i) = claims.iter().position(|(p, _, _)| p == parent) {
+        if claims[i].1.is_dir() {
+            return Ok(claims[i].1.clone());
+        }
+        claims.remove(i); // the whole parent was removed (a state dir deleted): claim anew
     }
     fs::create_dir_all(parent)?;
     sweep(parent)?;
