@@ -440,6 +440,81 @@ fn every_packer_refuses_names_linux_cannot_hold_and_writes_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// A layer of `entries` tar entries: directories `d0000`… of up to 1023 empty files each.
+fn wide_layer(entries: usize) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::with_capacity(entries * 512 + 1024));
+    let (mut written, mut dir) = (0, 0);
+    while written < entries {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        builder.append_data(&mut h, format!("d{dir:04}"), &[][..]).unwrap();
+        written += 1;
+        for file in 0..1023.min(entries - written) {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            builder.append_data(&mut h, format!("d{dir:04}/f{file:04}"), &[][..]).unwrap();
+            written += 1;
+        }
+        dir += 1;
+    }
+    builder.into_inner().unwrap()
+}
+
+#[test]
+fn layers_at_the_limits_flatten_and_one_past_them_is_refused() {
+    // "/d" 2046 times and "/ff": a 4095-byte path 2047 components deep, the deepest a path
+    // of one-byte names can be. One byte more, or one component more, is past the limit.
+    let deep = |dirs: usize, last: &str| format!("{}{last}", "d/".repeat(dirs));
+    let (at_limit, longer, deeper) = (deep(2046, "ff"), deep(2046, "fff"), deep(2047, "f"));
+    let max_entries = 1 << 20;
+    // (what, the layer, the error it must get, or None if it must build)
+    let cases: Vec<(&str, Vec<u8>, Option<[&str; 2]>)> = vec![
+        ("a 4095-byte path, 2047 deep", common::oci::tar_layer(&[common::oci::Entry::File(&at_limit, 0o644, b"x")]), None),
+        ("a 4096-byte path", common::oci::tar_layer(&[common::oci::Entry::File(&longer, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),
+        ("a path 2048 deep", common::oci::tar_layer(&[common::oci::Entry::File(&deeper, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),
+        ("1048576 entries", wide_layer(max_entries), None),
+        ("1048577 entries", wide_layer(max_entries + 1), Some(["more than 1048576 entries", "entry 1048577"])),
+    ];
+    let mut failures = Vec::new();
+    for (what, layer, refused) in cases {
+        let p = Project::new();
+        let manifest = common::oci::add_plain_image(&p.path("layout"), &[layer]);
+        finish_layout(&p.path("layout"), "v1", vec![manifest]);
+        fs::copy(agent_binary(), p.path("agent")).unwrap();
+        p.write("manifest.toml", "name = \"x\"\nversion = \"1\"\nruntime = \"x\"\n");
+        p.write("fledge.toml", &layout_config("ext4"));
+        let started = std::time::Instant::now();
+        let out = run(p.fledge().args(["build", "-o", "x.img"]));
+        eprintln!("{what}: {:?}", started.elapsed());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let built = p.path("x.img").exists();
+        match refused {
+            None if !out.status.success() || !built => failures.push(format!("{what}: did not build:\n{stderr}")),
+            Some(expect) if out.status.code() != Some(1) || built || !expect.iter().all(|e| stderr.contains(e)) => {
+                failures.push(format!("{what}: exit {:?}, artifact {built}, expected {expect:?} in:\n{stderr}", out.status.code()))
+            }
+            _ => {}
+        }
+        if refused.is_none() && built && what.contains("deep") {
+            let listing = debugfs(&p.path("x.img"), &format!("stat /{at_limit}"));
+            if !listing.contains("Type: regular") {
+                failures.push(format!("{what}: /{} is not in the image:\n{listing}", &at_limit[..40]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 #[test]
 fn btrfs_needs_root_and_xfs_says_why_it_is_not_available() {
     let registry = need!(registry::start());

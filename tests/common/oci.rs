@@ -124,6 +124,15 @@ fn put_blob(layout: &Path, data: &[u8]) -> String {
 
 /// Writes one image (config + gzip layers) into `layout`; returns its manifest descriptor.
 pub fn add_image(layout: &Path, arch: &str, layers: &[Vec<u8>], run_config: Value) -> Value {
+    add_image_as(layout, arch, layers, run_config, true)
+}
+
+/// [`add_image`] with uncompressed layers (a big layer costs no compression time).
+pub fn add_plain_image(layout: &Path, layers: &[Vec<u8>]) -> Value {
+    add_image_as(layout, "amd64", layers, json!({}), false)
+}
+
+fn add_image_as(layout: &Path, arch: &str, layers: &[Vec<u8>], run_config: Value, compress: bool) -> Value {
     std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     std::fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let diff_ids: Vec<String> = layers.iter().map(|l| format!("sha256:{}", sha256(l))).collect();
@@ -134,9 +143,12 @@ pub fn add_image(layout: &Path, arch: &str, layers: &[Vec<u8>], run_config: Valu
     .unwrap();
     let layer_descs: Vec<Value> = layers
         .iter()
-        .map(|l| {
-            let gz = gzip(l);
-            json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put_blob(layout, &gz), "size": gz.len()})
+        .map(|l| match compress {
+            true => {
+                let gz = gzip(l);
+                json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": put_blob(layout, &gz), "size": gz.len()})
+            }
+            false => json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": put_blob(layout, l), "size": l.len()}),
         })
         .collect();
     let manifest = serde_json::to_vec(&json!({
