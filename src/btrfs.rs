@@ -60,7 +60,7 @@ pub fn write(
         return Err(BtrfsError::NeedsRoot);
     }
     let device = |node: &Node| matches!(node, Node::Special { kind: SpecialKind::Char | SpecialKind::Block, .. });
-    if let Some((path, _)) = tree.iter().find(|(_, node)| device(node)) {
+    if let Some(crate::rootfs::Entry { path, .. }) = tree.iter().find(|e| device(e.node)) {
         return Err(BtrfsError::DeviceNode(path.to_string()));
     }
     let staged = stage(tree, layers, progress).map_err(io_at(dest))?;

@@ -183,7 +183,7 @@ pub fn stage(tree: &Tree, layers: &dyn LayerSource, progress: &mut dyn FnMut(u64
 /// A stable id from what the tree holds, for filesystem UUIDs and hash seeds.
 pub fn tree_id(tree: &Tree) -> [u8; 32] {
     let mut h = Sha256::new();
-    for (path, node) in tree.iter() {
+    for crate::rootfs::Entry { path, node, .. } in tree.iter() {
         h.update(path.to_string().as_bytes());
         h.update(format!("{node:?}").as_bytes());
     }

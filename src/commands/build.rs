@@ -409,7 +409,7 @@ fn build_initramfs(
     let artifact_path = initramfs_artifact_path(args, config, &template.name);
     let manifest_path = output::manifest_path(&artifact_path);
 
-    let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
+    let total: u64 = tree.iter().filter_map(|e| file_len(e.node)).sum();
     let step = progress.step(format!("Packing {}", artifact_path.display()), Some(total));
     let mut pending = Pending::new(&artifact_path)?;
     let writer = HashingWriter::new(BufWriter::with_capacity(1 << 20, pending.file()));
@@ -465,7 +465,7 @@ fn build_rootfs(
 
     let artifact_path = rootfs_artifact_path(args, &stem, kind);
     let manifest_path = output::manifest_path(&artifact_path);
-    let total: u64 = tree.iter().filter_map(|(_, n)| file_len(n)).sum();
+    let total: u64 = tree.iter().filter_map(|e| file_len(e.node)).sum();
     let step = progress.step(format!("Writing {}", artifact_path.display()), Some(total));
     let pending = Pending::new(&artifact_path)?;
     let mut advance = |n| step.advance(n);

@@ -76,7 +76,7 @@ fn plan(tree: &Tree) -> Result<Plan, Ext4Error> {
     let mut content = LOST_FOUND_BLOCKS as u64;
     let (mut names, mut name_bytes, mut dirs) = (0u64, 0u64, 0u64);
     let mut counted = std::collections::HashSet::new();
-    for (path, node) in tree.iter() {
+    for crate::rootfs::Entry { path, node, attrs } in tree.iter() {
         if let Some(name) = path.file_name() {
             if name.len() > dir::MAX_NAME {
                 let (path, name, len) = (path.to_string(), name.to_string(), name.len());
@@ -85,7 +85,6 @@ fn plan(tree: &Tree) -> Result<Plan, Ext4Error> {
             names += 1;
             name_bytes += name.len() as u64;
         }
-        let attrs = tree.attrs(path);
         if !attrs.xattrs.is_empty() {
             xattr::block(&attrs.xattrs, 1).map_err(|source| Ext4Error::Xattr { path: path.to_string(), source })?;
             content += 1;

@@ -10,7 +10,7 @@
 //! paths are taken relative to the image root, and symlinks are only data: resolution inside
 //! the tree never leaves the image.
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::io::{self, BufRead, BufReader, Read};
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Sha256Digest;
 use crate::image::spec::Manifest;
 use crate::paths::ImagePath;
+use crate::rootfs::limits::{self, LimitError};
 use crate::rootfs::walk::LayerSource;
 use crate::rootfs::{Attrs, FileData, Node, SpecialKind, Tree, TreeError};
 use crate::store::{Store, StoreError};
@@ -30,6 +31,8 @@ pub enum FlattenError {
     Read { layer: u32, digest: String, source: io::Error },
     #[error("layer {layer} ({digest}): entry '{path}': {source}")]
     Tree { layer: u32, digest: String, path: String, source: TreeError },
+    #[error("layer {layer} ({digest}): {source}")]
+    Limit { layer: u32, digest: String, source: LimitError },
     #[error("layer {layer} ({digest}): entry '{path}' has unsupported type {kind:?}")]
     Unsupported { layer: u32, digest: String, path: String, kind: tar::EntryType },
     #[error(transparent)]
@@ -143,6 +146,10 @@ impl LayerId<'_> {
         FlattenError::Hostile { layer: self.layer, digest: self.digest.to_string(), path: path.to_string(), problem }
     }
 
+    fn limit(&self, source: LimitError) -> FlattenError {
+        FlattenError::Limit { layer: self.layer, digest: self.digest.to_string(), source }
+    }
+
     fn tree(&self, path: &str, source: TreeError) -> FlattenError {
         FlattenError::Tree { layer: self.layer, digest: self.digest.to_string(), path: path.to_string(), source }
     }
@@ -154,10 +161,12 @@ pub(super) fn scan(reader: impl Read, id: &LayerId<'_>) -> Result<Vec<Entry>, Fl
     let mut entries = Vec::new();
     for (index, entry) in archive.entries().map_err(|e| id.read(e))?.enumerate() {
         crate::interrupt::check().map_err(|e| id.read(e))?;
+        limits::check_count(index + 1).map_err(|e| id.limit(e))?;
         let mut entry = entry.map_err(|e| id.read(e))?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
-        entry_path(&raw).map_err(|problem| id.hostile(&name, problem))?;
+        let path = entry_path(&raw).map_err(|problem| id.hostile(&name, problem))?;
+        limits::check_path(&path).map_err(|e| id.limit(e))?;
         let header = entry.header();
         let mode = header.mode().map_err(|e| id.read(e))? & 0o7777;
         let (uid, gid) = (header.uid().map_err(|e| id.read(e))? as u32, header.gid().map_err(|e| id.read(e))? as u32);
@@ -217,8 +226,9 @@ fn layer_entries(layers: &ImageLayers<'_>, i: usize, id: &LayerId<'_>) -> Result
 /// Applies one layer's entries to `tree`: whiteouts and opaque markers remove what lower
 /// layers put there; everything else replaces what was at its path.
 fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_>) -> Result<(), FlattenError> {
-    let mut added: HashSet<ImagePath> = HashSet::new();
+    let mut added: BTreeSet<ImagePath> = BTreeSet::new();
     for entry in entries {
+        crate::interrupt::check().map_err(|e| id.read(e))?;
         let path = entry_path(entry.name.as_bytes()).map_err(|problem| id.hostile(&entry.name, problem))?;
         let tree_err = |source| id.tree(&entry.name, source);
         let name = path.file_name().unwrap_or("");
@@ -226,11 +236,7 @@ fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_
 
         if name == OPAQUE {
             let dir = tree.resolve(&parent(), true).map_err(tree_err)?;
-            for below in tree.descendants(&dir) {
-                if !added.iter().any(|a| a.starts_with(&below) || below.starts_with(a)) {
-                    tree.remove(&below);
-                }
-            }
+            make_opaque(tree, &dir, &added);
             continue;
         }
         if let Some(hidden) = name.strip_prefix(WHITEOUT) {
@@ -272,6 +278,27 @@ fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_
         added.insert(placed);
     }
     Ok(())
+}
+
+/// Removes what lower layers put below `dir`: everything but the entries this layer `added`,
+/// what lies below them and the directories that lead to them. One pass in path order, so
+/// the work grows with the entries, not with entries times additions.
+fn make_opaque(tree: &mut Tree, dir: &ImagePath, added: &BTreeSet<ImagePath>) {
+    let mut kept_or_gone: Option<ImagePath> = None;
+    for below in tree.descendants(dir) {
+        if kept_or_gone.as_ref().is_some_and(|done| below.starts_with(done)) {
+            continue;
+        }
+        if added.contains(&below) {
+            kept_or_gone = Some(below);
+            continue;
+        }
+        let leads_to_added = added.range(&below..).next().is_some_and(|a| a.starts_with(&below));
+        if !leads_to_added {
+            tree.remove(&below);
+            kept_or_gone = Some(below);
+        }
+    }
 }
 
 /// Applies every layer of `layers`, bottom first, to `tree`.

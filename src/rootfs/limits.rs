@@ -11,7 +11,10 @@
 //!   longest name an initramfs entry may have and the longest path one system call takes;
 //! - a symlink target holds at most 4095 bytes: what `symlink(2)` accepts and what ext4's
 //!   4 KiB blocks hold;
-//! - a name is never empty, `.` or `..`, and holds no `/` or NUL byte.
+//! - a name is never empty, `.` or `..`, and holds no `/` or NUL byte;
+//! - one image layer holds at most [`MAX_LAYER_ENTRIES`] entries (checked as the layer is
+//!   read, with its names and path lengths, so a hostile layer is refused before it costs
+//!   memory or time).
 
 use crate::paths::ImagePath;
 use crate::rootfs::{Node, Tree};
@@ -20,6 +23,11 @@ use crate::rootfs::{Node, Tree};
 pub const NAME_MAX: usize = 255;
 /// Longest absolute path and symlink target, in bytes (`PATH_MAX` without its NUL).
 pub const PATH_MAX: usize = 4095;
+
+/// Most entries one image layer may hold: a million files and more is what the largest
+/// published images hold in all their layers together, and the flattened tree of so many
+/// entries takes a few hundred MB of memory.
+pub const MAX_LAYER_ENTRIES: usize = 1 << 20;
 
 /// How long a path may be shown in an error before its middle is elided.
 const SHOWN: usize = 160;
@@ -38,6 +46,10 @@ pub enum LimitError {
         "{path}: the symlink target is {len} bytes long; Linux symlinks hold at most {PATH_MAX} bytes\n  = help: point the link at a shorter path where it comes from (the image layer or the Dockerfile)"
     )]
     TargetTooLong { path: String, len: usize },
+    #[error(
+        "the layer holds more than {MAX_LAYER_ENTRIES} entries (entry {entries} was refused)\n  = help: split the content over several layers (one layer per RUN or COPY step)"
+    )]
+    TooManyEntries { entries: usize },
     #[error("{path}: {name:?} is not a file name (names are not empty, `.` or `..`, and hold no `/` or NUL byte)")]
     BadName { path: String, name: String },
 }
@@ -45,10 +57,22 @@ pub enum LimitError {
 /// Checks every entry of `tree` against the limits above; the first entry that breaks one is
 /// the error.
 pub fn check(tree: &Tree) -> Result<(), LimitError> {
-    tree.iter().try_for_each(|(path, node)| check_entry(path, node))
+    tree.iter().try_for_each(|e| check_entry(&e.path, e.node))
 }
 
 fn check_entry(path: &ImagePath, node: &Node) -> Result<(), LimitError> {
+    check_path(path)?;
+    match node {
+        Node::Symlink { target } if target.len() > PATH_MAX => {
+            Err(LimitError::TargetTooLong { path: shorten(&path.to_string()), len: target.len() })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks the names and the length of one path (its depth is bounded by its length: at most
+/// 2048 components fit in [`PATH_MAX`] bytes).
+pub fn check_path(path: &ImagePath) -> Result<(), LimitError> {
     let shown = || shorten(&path.to_string());
     if let Some(name) = path.file_name() {
         if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
@@ -62,12 +86,15 @@ fn check_entry(path: &ImagePath, node: &Node) -> Result<(), LimitError> {
     if len > PATH_MAX {
         return Err(LimitError::PathTooLong { path: shown(), len });
     }
-    match node {
-        Node::Symlink { target } if target.len() > PATH_MAX => {
-            Err(LimitError::TargetTooLong { path: shown(), len: target.len() })
-        }
-        _ => Ok(()),
+    Ok(())
+}
+
+/// Checks the number of entries read so far from one image layer.
+pub fn check_count(entries: usize) -> Result<(), LimitError> {
+    if entries > MAX_LAYER_ENTRIES {
+        return Err(LimitError::TooManyEntries { entries });
     }
+    Ok(())
 }
 
 /// `path` as an error shows it: whole when short, else its start and end around `…`.

@@ -7,4 +7,4 @@ pub mod tar;
 mod tree;
 pub mod walk;
 
-pub use tree::{Attrs, FileData, Node, SpecialKind, Tree, TreeError};
+pub use tree::{Attrs, Entry, FileData, Node, SpecialKind, Tree, TreeError};

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek};
 
-use super::tree::{Attrs, FileData, Node, Tree};
+use super::tree::{Attrs, Entry, FileData, Node, Tree};
 use crate::interrupt;
 use crate::paths::ImagePath;
 
@@ -66,7 +66,7 @@ impl LayerSource for NoLayers {
 }
 
 type Group<'t> = (&'t FileData, u32);
-type Names<'t> = Vec<(&'t ImagePath, &'t Node)>;
+type Names<'t> = Vec<(ImagePath, &'t Node, &'t Attrs)>;
 
 /// Streams `tree` into `sink`; `progress` receives file bytes as they pass.
 pub fn walk(
@@ -76,38 +76,37 @@ pub fn walk(
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let mut links: HashMap<Group<'_>, u32> = HashMap::new();
-    for (_, node) in tree.iter() {
+    for Entry { node, .. } in tree.iter() {
         if let Node::File { mode, data } = node
             && data.linkable()
         {
             *links.entry((data, *mode)).or_insert(0) += 1;
         }
     }
-    let mut first: HashMap<Group<'_>, &ImagePath> = HashMap::new();
+    let mut first: HashMap<Group<'_>, ImagePath> = HashMap::new();
     let mut from_layers: BTreeMap<(u32, u64), Names<'_>> = BTreeMap::new();
 
-    for (path, node) in tree.iter() {
+    for Entry { path, node, attrs } in tree.iter() {
         interrupt::check()?;
-        let attrs = tree.attrs(path);
         let Node::File { mode, data } = node else {
-            sink.entry(path, node, attrs, Payload::None)?;
+            sink.entry(&path, node, attrs, Payload::None)?;
             continue;
         };
         let group = (data, *mode);
         let count = links.get(&group).copied().unwrap_or(1);
         if let Some(to) = first.get(&group) {
-            sink.entry(path, node, attrs, Payload::Link { to, links: count })?;
+            sink.entry(&path, node, attrs, Payload::Link { to, links: count })?;
             continue;
         }
         match data {
             FileData::Layer { layer, index, .. } => {
-                from_layers.entry((*layer, *index)).or_default().push((path, node));
+                from_layers.entry((*layer, *index)).or_default().push((path, node, attrs));
                 continue;
             }
             FileData::Bytes(bytes) => {
                 let mut reader = &bytes[..];
                 sink.entry(
-                    path,
+                    &path,
                     node,
                     attrs,
                     Payload::Data { reader: &mut reader, size: bytes.len() as u64, links: 1 },
@@ -118,7 +117,7 @@ pub fn walk(
                 let file = File::open(host).map_err(context)?;
                 let size = file.metadata().map_err(context)?.len();
                 let mut reader = Exact { inner: file.take(size), left: size, progress: &mut *progress };
-                sink.entry(path, node, attrs, Payload::Data { reader: &mut reader, size, links: count })
+                sink.entry(&path, node, attrs, Payload::Data { reader: &mut reader, size, links: count })
                     .map_err(context)?;
             }
         }
@@ -141,7 +140,7 @@ pub fn walk(
             }
             let (_, names) = wanted.next().expect("peeked");
             let mut entry = entry?;
-            emit_layer_file(tree, sink, &mut entry, &names, &links, &mut first, progress)?;
+            emit_layer_file(sink, &mut entry, &names, &links, &mut first, progress)?;
         }
         if let Some((index, names)) = wanted.next() {
             return Err(io::Error::new(
@@ -157,26 +156,24 @@ pub fn walk(
 /// different inodes; the entry can be read only once, so it is spooled to a temporary file
 /// in that (rare) case.
 fn emit_layer_file<'t>(
-    tree: &'t Tree,
     sink: &mut dyn Sink,
     entry: &mut dyn Read,
-    names: &[(&'t ImagePath, &'t Node)],
+    names: &[(ImagePath, &'t Node, &'t Attrs)],
     links: &HashMap<Group<'t>, u32>,
-    first: &mut HashMap<Group<'t>, &'t ImagePath>,
+    first: &mut HashMap<Group<'t>, ImagePath>,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<()> {
     let mut spool: Option<File> = None;
-    if names.iter().any(|(_, n)| n != &names[0].1) {
+    if names.iter().any(|(_, n, _)| *n != names[0].1) {
         let mut file = tempfile::tempfile()?;
         io::copy(entry, &mut file)?;
         spool = Some(file);
     }
-    for (path, node) in names {
+    for (path, node, attrs) in names {
         let Node::File { mode, data } = node else { unreachable!("only files are queued") };
         let FileData::Layer { size, .. } = data else { unreachable!("only layer data is queued") };
         let group = (data, *mode);
         let count = links.get(&group).copied().unwrap_or(1);
-        let attrs = tree.attrs(path);
         if let Some(to) = first.get(&group) {
             sink.entry(path, node, attrs, Payload::Link { to, links: count })?;
             continue;
@@ -191,7 +188,7 @@ fn emit_layer_file<'t>(
         let mut reader = Exact { inner: source.take(*size), left: *size, progress: &mut *progress };
         sink.entry(path, node, attrs, Payload::Data { reader: &mut reader, size: *size, links: count })?;
         // Later names of this group become links; other groups read the spool.
-        first.insert(group, path);
+        first.insert(group, path.clone());
     }
     Ok(())
 }
