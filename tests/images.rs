@@ -292,6 +292,31 @@ fn base64_encode(text: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Adds to `layout` an image named `tag` made from the layout's first image with its
+/// manifest and config changed by `edit` (the blobs stay the same).
+fn relabel(layout: &std::path::Path, tag: &str, edit: impl Fn(&mut Value, &mut Value)) {
+    let blob = |hex: &str| layout.join("blobs/sha256").join(hex.trim_start_matches("sha256:"));
+    let put = |value: &Value| -> (String, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let hex = oci::sha256(&bytes);
+        std::fs::write(blob(&hex), &bytes).unwrap();
+        (format!("sha256:{hex}"), bytes.len())
+    };
+    let mut index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let first = index["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let mut manifest: Value = serde_json::from_slice(&std::fs::read(blob(&first)).unwrap()).unwrap();
+    let config_digest = manifest["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: Value = serde_json::from_slice(&std::fs::read(blob(&config_digest)).unwrap()).unwrap();
+    edit(&mut manifest, &mut config);
+    let (digest, size) = put(&config);
+    manifest["config"]["digest"] = json!(digest);
+    manifest["config"]["size"] = json!(size);
+    let (digest, size) = put(&manifest);
+    index["manifests"].as_array_mut().unwrap().push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest, "size": size, "annotations": {"org.opencontainers.image.ref.name": tag}}));
+    std::fs::write(layout.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
 /// A descriptor is checked even when the store already holds its blob: a second layout that
 /// names the same layer with another size is refused, and nothing repeats the false size.
 #[test]
@@ -299,24 +324,68 @@ fn a_descriptor_with_a_false_size_is_refused_when_the_blob_is_stored() {
     let p = Project::new();
     let (layout, _) = layout_with_image(&p);
     assert_success(&fledge_image(&p, &["import", "oci-layout:layout:v1"]));
-    // The same blobs, with the first layer's size raised by one in a new manifest.
-    let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let blob = |hex: &str| layout.join("blobs/sha256").join(hex);
-    let mut manifest: Value = serde_json::from_slice(&std::fs::read(blob(&manifest_digest)).unwrap()).unwrap();
-    let size = manifest["layers"][0]["size"].as_u64().unwrap();
-    manifest["layers"][0]["size"] = json!(size + 1);
-    let bytes = serde_json::to_vec(&manifest).unwrap();
-    let hex = oci::sha256(&bytes);
-    std::fs::write(blob(&hex), &bytes).unwrap();
-    let top = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{hex}"),
-        "size": bytes.len(), "annotations": {"org.opencontainers.image.ref.name": "lying"}});
-    std::fs::write(
-        layout.join("index.json"),
-        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [top]})).unwrap(),
-    )
-    .unwrap();
+    relabel(&layout, "lying", |manifest, _| {
+        manifest["layers"][0]["size"] = json!(manifest["layers"][0]["size"].as_u64().unwrap() + 1);
+    });
+    let size = {
+        let index: Value = serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let first = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(layout.join("blobs/sha256").join(first)).unwrap()).unwrap();
+        manifest["layers"][0]["size"].as_u64().unwrap()
+    };
     let out = fledge_image(&p, &["import", "oci-layout:layout:lying"]);
     assert_eq!(out.status.code(), Some(1), "a false size was accepted: {}", stderr(&out));
     assert!(stderr(&out).contains(&format!("expected {}", size + 1)), "{}", stderr(&out));
+}
+
+/// A config whose diff_ids do not name the layers' uncompressed content, or name another
+/// number of layers, is refused on import and on pull, whether the store holds the layers
+/// already or not, and the image is not recorded.
+#[test]
+fn a_config_whose_diff_ids_do_not_match_the_layers_is_refused() {
+    let mut registry = need!(registry::start());
+    let p = Project::new();
+    let (layout, _) = layout_with_image(&p);
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    relabel(&layout, "swapped", |_, config| {
+        let ids = config["rootfs"]["diff_ids"].as_array_mut().unwrap();
+        ids.swap(0, 1);
+    });
+    relabel(&layout, "wrong", |_, config| config["rootfs"]["diff_ids"][0] = json!(wrong));
+    relabel(&layout, "short", |_, config| {
+        config["rootfs"]["diff_ids"].as_array_mut().unwrap().pop();
+    });
+    let mut failures = Vec::new();
+    let mut check = |p: &Project, what: &str, source: &str, expect: &str| {
+        let out = fledge_image(p, &["import", source]);
+        if out.status.code() != Some(1) || !stderr(&out).contains(expect) {
+            failures.push(format!("{what}: exit {:?}, expected {expect:?} in: {}", out.status.code(), stderr(&out)));
+        }
+        let inspect = fledge_image(p, &["inspect", source]);
+        if inspect.status.success() {
+            failures.push(format!("{what}: the refused image was recorded"));
+        }
+    };
+    // A fresh store, then one that holds the layers already (from the honest image).
+    for stored in [false, true] {
+        let p2 = Project::new();
+        if stored {
+            assert_success(&run(p2.fledge().args(["image", "import"]).arg(format!("oci-layout:{}:v1", layout.display()))));
+        }
+        let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
+        let when = if stored { "layers stored" } else { "fresh store" };
+        check(&p2, &format!("swapped diff_ids, {when}"), &source("swapped"), "rootfs.diff_ids[0]");
+        check(&p2, &format!("a wrong diff_id, {when}"), &source("wrong"), &wrong);
+        check(&p2, &format!("one diff_id missing, {when}"), &source("short"), "rootfs.diff_ids lists");
+    }
+    // Pulled from a registry: the same checks on the way in.
+    registry.push(&layout, "wrong", "fledge/wrong", false);
+    let reference = format!("{}/fledge/wrong:wrong", registry.host);
+    let out = run(p.fledge().args(["image", "pull", &reference]));
+    if out.status.code() != Some(1) || !stderr(&out).contains(&wrong) {
+        failures.push(format!("pull: exit {:?}: {}", out.status.code(), stderr(&out)));
+    }
+    registry.stop();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
