@@ -178,7 +178,9 @@ fn solve(
     let manifest = std::thread::scope(|scope| -> Result<Sha256Digest> {
         let import = scope.spawn(|| {
             let mut export = ChannelReader::new(arriving);
-            let imported = layout_tarball(&store, &mut export, "the daemon's export", None, &Platform::host());
+            let imported = layout_tarball(&store, &mut export, "the daemon's export", None, &Platform::host())
+                .map_err(anyhow::Error::from)
+                .and_then(|digest| Ok(crate::image::diff_ids::check_stored(&store, &digest).map(|()| digest)?));
             // What the importer did not read (after an error, or the tar's end padding)
             // is still taken, so the daemon's send finishes.
             export.drain();

@@ -154,6 +154,8 @@ pub fn import(
         ImageSource::DockerArchive { path } => (docker_archive(store, path)?, "docker-archive"),
         ImageSource::Registry(_) => unreachable!("registry images are pulled, not imported"),
     };
+    super::diff_ids::check_stored(store, &digest)
+        .map_err(|e| ImportError::Invalid { path: source.to_string(), reason: e.to_string() })?;
     let record = ImageRecord {
         name: source.to_string(),
         digest: digest.to_string(),

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod built;
+pub mod diff_ids;
 pub mod export;
 pub mod flatten;
 pub mod import;

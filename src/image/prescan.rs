@@ -3,11 +3,13 @@
 //! layer's entry list already recorded and the build reads each layer only once more (to
 //! pack it). The record is written only after the blob's digest was verified; if the scan
 //! fails (a hostile or unreadable layer), nothing is recorded and flattening reports the
-//! problem as usual.
+//! problem as usual. The same pass hashes the uncompressed stream: the layer's diff_id,
+//! which the pull then checks against the config without reading the layer again.
 
 use std::io::{self, BufReader, Read};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
+use super::diff_ids::{self, Hashing};
 use super::flatten::{ENTRIES_RECORD, LayerId, decompress, scan};
 use crate::digest::Sha256Digest;
 use crate::store::Store;
@@ -69,16 +71,21 @@ pub fn store_and_scan<T, E>(
         let scanner = s.spawn(move || {
             let chunks = Chunks { rx, current: Vec::new(), at: 0 };
             let id = LayerId { layer: 0, digest };
-            scan(decompress(BufReader::with_capacity(1 << 20, chunks)).ok()?, &id).ok()
+            let mut stream = Hashing::new(decompress(BufReader::with_capacity(1 << 20, chunks)).ok()?);
+            let entries = scan(&mut stream, &id).ok()?;
+            Some((entries, stream.finish().ok()?))
         });
         let stored = store_blob(&mut Tee { inner: reader, tx: Some(tx) });
-        let entries = scanner.join().ok().flatten();
+        let scanned = scanner.join().ok().flatten();
         if stored.is_ok()
-            && let Some(entries) = entries
-            && let Ok(record) = serde_json::to_vec(&entries)
-            && let Err(e) = store.write_derived(ENTRIES_RECORD, digest, &record)
+            && let Some((entries, diff_id)) = scanned
         {
-            tracing::debug!("cannot record the entries of layer {digest}: {e}");
+            diff_ids::record(store, digest, &diff_id);
+            if let Ok(record) = serde_json::to_vec(&entries)
+                && let Err(e) = store.write_derived(ENTRIES_RECORD, digest, &record)
+            {
+                tracing::debug!("cannot record the entries of layer {digest}: {e}");
+            }
         }
         stored
     })

@@ -5,7 +5,7 @@
 use fledge_llb::ImageRef;
 
 use super::registry::{RegistryError, Session};
-use super::spec::{Descriptor, Document, ImageConfig, Manifest, Platform, parse_document};
+use super::spec::{Descriptor, Document, ImageConfig, Platform, parse_document};
 use crate::digest::Sha256Digest;
 use crate::progress::Progress;
 use crate::store::{Expected, ImageRecord, Store, StoreError};
@@ -100,10 +100,10 @@ pub fn pull(
             ),
         ));
     }
-    check_layers(image, &manifest, &config)?;
     for (i, layer) in manifest.layers.iter().enumerate() {
         fetch_blob(&mut session, store, image, layer, &format!("layer {}/{}", i + 1, manifest.layers.len()), progress)?;
     }
+    super::diff_ids::check(store, &manifest, &config).map_err(|e| invalid(image, e.to_string()))?;
     store.write_bytes(&bytes, Some(Expected { digest, size: Some(bytes.len() as u64) }), "manifest")?;
     let record = ImageRecord {
         name: image.to_string(),
@@ -121,20 +121,6 @@ pub(crate) fn choose_platform<'a>(manifests: &'a [Descriptor], wanted: &Platform
     candidates()
         .find(|d| d.platform.as_ref().is_some_and(|p| p.variant == wanted.variant))
         .or_else(|| candidates().next())
-}
-
-fn check_layers(image: &ImageRef, manifest: &Manifest, config: &ImageConfig) -> Result<(), PullError> {
-    if !config.rootfs.diff_ids.is_empty() && config.rootfs.diff_ids.len() != manifest.layers.len() {
-        return Err(invalid(
-            image,
-            format!(
-                "the manifest lists {} layers but the config {}",
-                manifest.layers.len(),
-                config.rootfs.diff_ids.len()
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// Brings blob `d` of `image` into the store (verified), unless it is there already.
