@@ -440,6 +440,9 @@ fn every_packer_refuses_names_linux_cannot_hold_and_writes_nothing() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// What a layer is, the layer, and the error it must get (or `None`: it must build).
+type LimitCase = (&'static str, Vec<u8>, Option<[&'static str; 2]>);
+
 /// A layer of `entries` tar entries: directories `d0000`… of up to 1023 empty files each.
 fn wide_layer(entries: usize) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::with_capacity(entries * 512 + 1024));
@@ -477,8 +480,7 @@ fn layers_at_the_limits_flatten_and_one_past_them_is_refused() {
     let deep = |dirs: usize, last: &str| format!("{}{last}", "d/".repeat(dirs));
     let (at_limit, longer, deeper) = (deep(2046, "ff"), deep(2046, "fff"), deep(2047, "f"));
     let max_entries = 1 << 20;
-    // (what, the layer, the error it must get, or None if it must build)
-    let cases: Vec<(&str, Vec<u8>, Option<[&str; 2]>)> = vec![
+    let cases: Vec<LimitCase> = vec![
         ("a 4095-byte path, 2047 deep", common::oci::tar_layer(&[common::oci::Entry::File(&at_limit, 0o644, b"x")]), None),
         ("a 4096-byte path", common::oci::tar_layer(&[common::oci::Entry::File(&longer, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),
         ("a path 2048 deep", common::oci::tar_layer(&[common::oci::Entry::File(&deeper, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),

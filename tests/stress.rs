@@ -6,6 +6,9 @@
 //!   they pull. Every artifact must equal, byte for byte, the one the same build makes alone
 //!   on a fresh state directory, and a build after them must too (a store poisoned by a race
 //!   makes every later build wrong).
+//! - **Stop**: at some of those points the build gets SIGTERM or SIGINT instead; it must exit
+//!   128 + the signal (within a generous deadline that only catches a hang; the time it took
+//!   is printed), its temporary files already gone, and everything below holds too.
 //! - **Kill**: a build is SIGKILLed at a point chosen by an event (a blob being downloaded,
 //!   a layer's entry list stored, a `.partial` or staging directory beside the output, a
 //!   packer or VM process started, a RUN step's output), sometimes after a fixed delay. Then
@@ -32,6 +35,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
+use nix::sys::signal::Signal;
 
 /// Replies from the registry reach Fledge this long after each request, at this rate per
 /// connection.
@@ -493,7 +497,8 @@ impl Trigger {
     }
 }
 
-/// One kill point: which build, on a fresh or an already filled store, killed when.
+/// One kill point: which build, on a fresh or an already filled store, killed when and
+/// how (SIGKILL, or SIGTERM/SIGINT, which the build must honour by stopping cleanly).
 #[derive(Clone, Copy, Debug)]
 struct KillPoint {
     kind: Kind,
@@ -501,14 +506,30 @@ struct KillPoint {
     warm: bool,
     trigger: Trigger,
     delay_ms: u64,
+    signal: Signal,
 }
 
 const fn point(kind: Kind, warm: bool, trigger: Trigger, delay_ms: u64) -> KillPoint {
-    KillPoint { kind, warm, trigger, delay_ms }
+    KillPoint { kind, warm, trigger, delay_ms, signal: Signal::SIGKILL }
 }
 
-/// The reduced set (`make test`): every phase once: pull, flatten, each packer, staging, RUN.
-const REDUCED_POINTS: [KillPoint; 10] = [
+/// A kill point where the build is asked to stop by `signal`.
+const fn stop(kind: Kind, warm: bool, trigger: Trigger, delay_ms: u64, signal: Signal) -> KillPoint {
+    KillPoint { kind, warm, trigger, delay_ms, signal }
+}
+
+/// How long a build may take to stop after SIGTERM or SIGINT before it counts as hung. Not a
+/// speed target (Fledge stops within a second or two; the times are printed): only a hang
+/// fails the test.
+const STOP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The reduced set (`make test`): every phase once: pull, flatten, each packer, staging, RUN;
+/// and SIGTERM or SIGINT in pull, pack and RUN.
+const REDUCED_POINTS: [KillPoint; 14] = [
+    stop(Kind::Squashfs, false, Trigger::BlobDownloading, 300, Signal::SIGTERM),
+    stop(Kind::Squashfs, true, Trigger::Child("mksquashfs"), 100, Signal::SIGINT),
+    stop(Kind::Ext4, true, Trigger::Partial, 100, Signal::SIGTERM),
+    stop(Kind::Dockerfile, true, Trigger::Stderr(RUN_MARKER), 500, Signal::SIGTERM),
     point(Kind::Squashfs, false, Trigger::BlobDownloading, 300),
     point(Kind::Squashfs, false, Trigger::EntryListsStored(1), 0),
     point(Kind::Squashfs, true, Trigger::Partial, 200),
@@ -522,7 +543,15 @@ const REDUCED_POINTS: [KillPoint; 10] = [
 ];
 
 /// The full set (`make stress`) adds these to the reduced one.
-const MORE_POINTS: [KillPoint; 24] = [
+const MORE_POINTS: [KillPoint; 32] = [
+    stop(Kind::Squashfs, false, Trigger::EntryListsStored(1), 0, Signal::SIGTERM),
+    stop(Kind::Squashfs, true, Trigger::Partial, 200, Signal::SIGTERM),
+    stop(Kind::Erofs, true, Trigger::Staging, 0, Signal::SIGTERM),
+    stop(Kind::Erofs, true, Trigger::Child("mkfs.erofs"), 0, Signal::SIGINT),
+    stop(Kind::Initramfs, true, Trigger::Partial, 0, Signal::SIGTERM),
+    stop(Kind::Dockerfile, false, Trigger::BlobDownloading, 300, Signal::SIGINT),
+    stop(Kind::Dockerfile, true, Trigger::Child("qemu-system-x86"), 1000, Signal::SIGTERM),
+    stop(Kind::Dockerfile, true, Trigger::Stderr(RUN_MARKER), 2000, Signal::SIGINT),
     point(Kind::Squashfs, false, Trigger::BlobDownloading, 0),
     point(Kind::Squashfs, false, Trigger::BlobDownloading, 1000),
     point(Kind::Squashfs, false, Trigger::BlobsStored(1), 0),
@@ -588,8 +617,10 @@ fn kill_at(fx: &Fixture, kp: KillPoint, logs: &Path, n: usize) -> Vec<String> {
     failures
 }
 
-/// Waits for the kill point's trigger and delay, then SIGKILLs the build; returns the
-/// processes it had started, or why the point was missed.
+/// Waits for the kill point's trigger and delay, then signals the build; returns the
+/// processes it had started, or why the point was missed or the build did not stop as it
+/// must (SIGKILL: killed; SIGTERM/SIGINT: exit 128 + the signal, having removed its
+/// temporary files).
 fn kill_when(kp: KillPoint, p: &Project, mut running: Running) -> Result<Vec<Proc>, String> {
     let deadline = Instant::now() + TRIGGER_TIMEOUT;
     while !kp.trigger.fired(p, &running) {
@@ -606,10 +637,32 @@ fn kill_when(kp: KillPoint, p: &Project, mut running: Running) -> Result<Vec<Pro
     std::thread::sleep(Duration::from_millis(kp.delay_ms));
     let pid = running.child.id() as i32;
     let children = descendants(pid);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
-    let status = running.child.wait().unwrap();
-    if status.signal() != Some(9) {
-        return Err(format!("the build ended ({status}) before the kill\n{}", tail(&running.stderr)));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), kp.signal).unwrap();
+    let signalled = Instant::now();
+    let status = loop {
+        if let Some(status) = running.child.try_wait().unwrap() {
+            break status;
+        }
+        if signalled.elapsed() > STOP_DEADLINE {
+            let _ = running.child.kill();
+            let _ = running.child.wait();
+            return Err(format!("the build did not stop within {STOP_DEADLINE:?} of {}", kp.signal));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if kp.signal == Signal::SIGKILL {
+        if status.signal() != Some(9) {
+            return Err(format!("the build ended ({status}) before the kill\n{}", tail(&running.stderr)));
+        }
+        return Ok(children);
+    }
+    eprintln!("  stopped {:.2} s after {}", signalled.elapsed().as_secs_f64(), kp.signal);
+    if status.code() != Some(128 + kp.signal as i32) {
+        return Err(format!("after {} the build ended with {status}, not exit {}\n{}", kp.signal, 128 + kp.signal as i32, tail(&running.stderr)));
+    }
+    let temporaries = state_temporaries(p);
+    if !temporaries.is_empty() || Trigger::Partial.fired(p, &running) {
+        return Err(format!("the build stopped by {} left temporary files: {temporaries:?} or a .partial", kp.signal));
     }
     Ok(children)
 }
