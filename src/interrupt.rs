@@ -1,29 +1,46 @@
 //! Ctrl-C and SIGTERM handling: the first signal sets a flag that long-running loops poll, so
 //! they stop, their temporary files are removed by the normal error path, and the process
-//! exits 130 with nothing half-written left behind. A second signal exits at once, after
+//! exits 130 (SIGINT) or 143 (SIGTERM) with nothing half-written left behind. A second signal exits at once, after
 //! removing the temporary files registered here.
 
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+/// The signal that asked us to stop (SIGINT or SIGTERM), 0 while none came.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
 static TEMP_FILES: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
 
-/// Installs the handler (once per process).
+/// Installs the handler (once per process): a thread that receives SIGINT and SIGTERM.
 pub fn install() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            if let Ok(files) = TEMP_FILES.lock() {
-                for f in files.iter() {
-                    let _ = std::fs::remove_file(f);
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else { return };
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+                if let Ok(files) = TEMP_FILES.lock() {
+                    for f in files.iter() {
+                        let _ = std::fs::remove_file(f);
+                    }
                 }
+                std::process::exit(128 + signal);
             }
-            std::process::exit(130);
         }
     });
+}
+
+fn interrupted() -> bool {
+    SIGNAL.load(Ordering::SeqCst) != 0
+}
+
+/// The exit status after a signal stopped the work, as a shell reports it: 128 + the
+/// signal's number (130 for Ctrl-C, 143 for SIGTERM).
+pub fn exit_status() -> u8 {
+    let signal = SIGNAL.load(Ordering::SeqCst);
+    u8::try_from(128 + if signal == 0 { SIGINT } else { signal }).unwrap_or(130)
 }
 
 /// The error that stops work after a signal. It is deliberately not
@@ -34,7 +51,7 @@ pub struct Interrupted;
 
 /// An [`Interrupted`] error if the user asked us to stop.
 pub fn check() -> io::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if interrupted() {
         return Err(io::Error::other(Interrupted));
     }
     Ok(())
@@ -50,10 +67,11 @@ pub fn annotate(err: io::Error, what: impl std::fmt::Display) -> io::Error {
     if is_interrupt(&err) { err } else { io::Error::new(err.kind(), format!("{what}: {err}")) }
 }
 
-/// True if `err` is (or was caused by) an interruption.
-pub fn caused(err: &anyhow::Error) -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-        && err.chain().any(|c| c.is::<Interrupted>() || c.downcast_ref::<io::Error>().is_some_and(is_interrupt))
+/// True once a signal asked us to stop. Work that fails after it failed because of it (its
+/// loop saw the flag, a child lost its input, a stream was cut), whatever error that
+/// surfaced as through the layers above, so the failure is reported as the interruption.
+pub fn requested() -> bool {
+    interrupted()
 }
 
 /// Remembers a temporary file to delete if a second signal forces an immediate exit.

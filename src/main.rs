@@ -27,9 +27,9 @@ fn main() -> ExitCode {
     fledge::scratch::release_all();
     match result {
         Ok(status) => ExitCode::from(status),
-        Err(err) if interrupt::caused(&err) => {
+        Err(_) if interrupt::requested() => {
             let _ = writeln!(std::io::stderr(), "error: interrupted; nothing was written");
-            ExitCode::from(130)
+            ExitCode::from(interrupt::exit_status())
         }
         Err(err) => {
             let _ = writeln!(std::io::stderr(), "error: {}", render_error(&err));
