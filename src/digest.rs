@@ -1,7 +1,9 @@
 //! SHA-256 digests: parsing user-written checksums and hashing streams.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::str::FromStr;
 
 use sha2::{Digest as _, Sha256};
@@ -25,6 +27,44 @@ impl Sha256Digest {
         let len = io::copy(&mut reader, &mut hasher)?;
         Ok((hasher.finish().0, len))
     }
+
+    /// Hashes a file as `of_reader` would, without reading its holes: a sparse filesystem
+    /// image is mostly holes, and reading one makes the kernel zero every page of it (a
+    /// 4.5 GB ext4 image of 278 MB data took 12 s to read, most of it zeroing). Holes are
+    /// hashed from a zero buffer instead. A file system without SEEK_DATA reads whole.
+    pub fn of_sparse_file(file: &mut File) -> io::Result<(Self, u64)> {
+        const ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let len = file.metadata()?.len();
+        let mut hasher = HashingWriter::new(io::sink());
+        let mut at = 0;
+        while at < len {
+            // ENXIO: no data after `at`; any other error (no SEEK_DATA): read from `at`.
+            let data = seek(file, at, libc::SEEK_DATA)
+                .unwrap_or_else(|e| if e.raw_os_error() == Some(libc::ENXIO) { len } else { at });
+            let mut zeros = data - at;
+            while zeros > 0 {
+                let n = zeros.min(ZEROS.len() as u64);
+                io::Write::write_all(&mut hasher, &ZEROS[..n as usize])?;
+                zeros -= n;
+            }
+            if data == len {
+                break;
+            }
+            let hole = seek(file, data, libc::SEEK_HOLE).unwrap_or(len);
+            file.seek(SeekFrom::Start(data))?;
+            io::copy(&mut (&mut *file).take(hole - data), &mut hasher)?;
+            at = hole;
+        }
+        let (digest, hashed, _) = hasher.finish();
+        Ok((digest, hashed))
+    }
+}
+
+/// `lseek` with a `whence` std does not offer (SEEK_DATA, SEEK_HOLE).
+fn seek(file: &File, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+    // SAFETY: lseek only reads the descriptor, which `file` keeps open.
+    let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+    if at < 0 { Err(io::Error::last_os_error()) } else { Ok(at as u64) }
 }
 
 impl fmt::Display for Sha256Digest {
@@ -99,6 +139,29 @@ mod tests {
         assert_eq!(d, Sha256Digest::of_bytes(b""));
         assert_eq!(EMPTY.to_uppercase().parse::<Sha256Digest>().unwrap(), d);
         assert_eq!(d.to_string(), format!("sha256:{EMPTY}"));
+    }
+
+    #[test]
+    fn a_sparse_file_hashes_as_its_bytes() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        // A hole first, data across a hole, data at the very end, and a trailing hole.
+        for (writes, len) in [
+            (vec![(5 << 20, &b"abc"[..])], 9 << 20),
+            (vec![(0, &b"x"[..]), (3 << 20, &b"yz"[..]), ((8 << 20) - 1, &b"w"[..])], 8 << 20),
+            (vec![], 1 << 20),
+            (vec![(0, &b"whole"[..])], 5),
+        ] {
+            let mut file = File::create(&path).unwrap();
+            file.set_len(len).unwrap();
+            for (at, bytes) in writes {
+                file.seek(SeekFrom::Start(at)).unwrap();
+                file.write_all(bytes).unwrap();
+            }
+            let expected = Sha256Digest::of_reader(File::open(&path).unwrap()).unwrap();
+            assert_eq!(Sha256Digest::of_sparse_file(&mut File::open(&path).unwrap()).unwrap(), expected);
+        }
     }
 
     #[test]

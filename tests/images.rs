@@ -371,7 +371,10 @@ fn a_config_whose_diff_ids_do_not_match_the_layers_is_refused() {
     for stored in [false, true] {
         let p2 = Project::new();
         if stored {
-            assert_success(&run(p2.fledge().args(["image", "import"]).arg(format!("oci-layout:{}:v1", layout.display()))));
+            assert_success(&run(p2
+                .fledge()
+                .args(["image", "import"])
+                .arg(format!("oci-layout:{}:v1", layout.display()))));
         }
         let source = |tag: &str| format!("oci-layout:{}:{tag}", layout.display());
         let when = if stored { "layers stored" } else { "fresh store" };

@@ -481,9 +481,21 @@ fn layers_at_the_limits_flatten_and_one_past_them_is_refused() {
     let (at_limit, longer, deeper) = (deep(2046, "ff"), deep(2046, "fff"), deep(2047, "f"));
     let max_entries = 1 << 20;
     let cases: Vec<LimitCase> = vec![
-        ("a 4095-byte path, 2047 deep", common::oci::tar_layer(&[common::oci::Entry::File(&at_limit, 0o644, b"x")]), None),
-        ("a 4096-byte path", common::oci::tar_layer(&[common::oci::Entry::File(&longer, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),
-        ("a path 2048 deep", common::oci::tar_layer(&[common::oci::Entry::File(&deeper, 0o644, b"x")]), Some(["4096 bytes", "at most 4095"])),
+        (
+            "a 4095-byte path, 2047 deep",
+            common::oci::tar_layer(&[common::oci::Entry::File(&at_limit, 0o644, b"x")]),
+            None,
+        ),
+        (
+            "a 4096-byte path",
+            common::oci::tar_layer(&[common::oci::Entry::File(&longer, 0o644, b"x")]),
+            Some(["4096 bytes", "at most 4095"]),
+        ),
+        (
+            "a path 2048 deep",
+            common::oci::tar_layer(&[common::oci::Entry::File(&deeper, 0o644, b"x")]),
+            Some(["4096 bytes", "at most 4095"]),
+        ),
         ("1048576 entries", wide_layer(max_entries), None),
         ("1048577 entries", wide_layer(max_entries + 1), Some(["more than 1048576 entries", "entry 1048577"])),
     ];
@@ -503,7 +515,10 @@ fn layers_at_the_limits_flatten_and_one_past_them_is_refused() {
         match refused {
             None if !out.status.success() || !built => failures.push(format!("{what}: did not build:\n{stderr}")),
             Some(expect) if out.status.code() != Some(1) || built || !expect.iter().all(|e| stderr.contains(e)) => {
-                failures.push(format!("{what}: exit {:?}, artifact {built}, expected {expect:?} in:\n{stderr}", out.status.code()))
+                failures.push(format!(
+                    "{what}: exit {:?}, artifact {built}, expected {expect:?} in:\n{stderr}",
+                    out.status.code()
+                ))
             }
             _ => {}
         }

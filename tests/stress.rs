@@ -658,7 +658,12 @@ fn kill_when(kp: KillPoint, p: &Project, mut running: Running) -> Result<Vec<Pro
     }
     eprintln!("  stopped {:.2} s after {}", signalled.elapsed().as_secs_f64(), kp.signal);
     if status.code() != Some(128 + kp.signal as i32) {
-        return Err(format!("after {} the build ended with {status}, not exit {}\n{}", kp.signal, 128 + kp.signal as i32, tail(&running.stderr)));
+        return Err(format!(
+            "after {} the build ended with {status}, not exit {}\n{}",
+            kp.signal,
+            128 + kp.signal as i32,
+            tail(&running.stderr)
+        ));
     }
     let temporaries = state_temporaries(p);
     if !temporaries.is_empty() || Trigger::Partial.fired(p, &running) {

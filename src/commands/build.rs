@@ -478,7 +478,7 @@ fn build_rootfs(
         FsType::Btrfs => btrfs::write(&tree, &layers, pending.path(), &config.filesystem, &mut advance)?,
         _ => ext4::write(&tree, &layers, pending.path(), &config.filesystem, mtime, &mut advance)?,
     };
-    let (checksum, size) = Sha256Digest::of_reader(std::fs::File::open(pending.path())?)?;
+    let (checksum, size) = Sha256Digest::of_sparse_file(&mut std::fs::File::open(pending.path())?)?;
     step.finish(&format!("{} entries, {} → {}", tree.len(), human(packed), human(size)));
 
     let template = with_image_defaults(template, &image_config);

@@ -79,10 +79,10 @@ pub fn check(store: &Store, manifest: &Manifest, config: &ImageConfig) -> Result
         return Err(DiffIdError::Count { layers: manifest.layers.len(), diff_ids: claimed.len() });
     }
     for (index, (layer, claimed)) in manifest.layers.iter().zip(claimed).enumerate() {
-        let digest: Sha256Digest = layer.digest.parse().map_err(|reason| StoreError::CorruptIndex {
-            path: format!("layer {}", layer.digest),
-            reason,
-        })?;
+        let digest: Sha256Digest = layer
+            .digest
+            .parse()
+            .map_err(|reason| StoreError::CorruptIndex { path: format!("layer {}", layer.digest), reason })?;
         let actual = diff_id(store, &digest).map_err(|source| match source {
             Failure::Store(e) => DiffIdError::Store(e),
             Failure::Read(source) => DiffIdError::Read { layer: index + 1, digest, source },
@@ -108,7 +108,8 @@ fn diff_id(store: &Store, digest: &Sha256Digest) -> Result<Sha256Digest, Failure
         return Ok(recorded);
     }
     let mut reader = BufReader::with_capacity(1 << 20, store.open_blob(digest).map_err(Failure::Store)?);
-    let compressed = matches!(reader.fill_buf().map_err(Failure::Read)?, [0x1f, 0x8b, ..] | [0x28, 0xb5, 0x2f, 0xfd, ..]);
+    let compressed =
+        matches!(reader.fill_buf().map_err(Failure::Read)?, [0x1f, 0x8b, ..] | [0x28, 0xb5, 0x2f, 0xfd, ..]);
     if !compressed {
         return Ok(*digest);
     }
