@@ -45,13 +45,21 @@ time_pair() {
 # plain_layout DIR OUT: an OCI layout at OUT with DIR as its one uncompressed layer (tag 1),
 # so Fledge reads exactly the tree another tool reads from DIR, with nothing to decompress.
 plain_layout() {
-    local dir=$1 out=$2 tmp=$2.tmp
-    rm -rf "$tmp" && mkdir -p "$tmp/blobs/sha256"
-    tar -C "$dir" --sort=name --numeric-owner --xattrs -cf "$tmp/layer.tar" .
+    local dir=$1 out=$2
+    rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+    tar -C "$dir" --sort=name --numeric-owner --xattrs -cf "$out.tmp/layer.tar" .
+    tar_layout "$out.tmp/layer.tar" "$out"
+}
+
+# tar_layout TAR OUT: an OCI layout at OUT with the tar file TAR (moved into it) as its one
+# uncompressed layer (tag 1).
+tar_layout() {
+    local tmp=$2.tmp out=$2
+    mkdir -p "$tmp/blobs/sha256"
     local layer size config msize manifest
-    layer=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
-    size=$(stat -c %s "$tmp/layer.tar")
-    mv "$tmp/layer.tar" "$tmp/blobs/sha256/$layer"
+    layer=$(sha256sum "$1" | cut -d' ' -f1)
+    size=$(stat -c %s "$1")
+    mv "$1" "$tmp/blobs/sha256/$layer"
     blob() { local d; d=$(printf '%s' "$1" | sha256sum | cut -d' ' -f1); printf '%s' "$1" >"$tmp/blobs/sha256/$d"; echo "$d"; }
     config=$(blob "{\"architecture\":\"amd64\",\"os\":\"linux\",\"config\":{},\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[\"sha256:$layer\"]}}")
     local m="{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$config\",\"size\":$(stat -c %s "$tmp/blobs/sha256/$config")},\"layers\":[{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$layer\",\"size\":$size}]}"

@@ -72,8 +72,9 @@ pub fn write(
         crate::output::preallocate(&file, size).map_err(io_at(dest))?;
     }
     drop(file);
+    let uuid = tree_uuid(tree).map_err(io_at(dest))?;
     let out = crate::interrupt::dies_with_parent(&mut Command::new("mkfs.btrfs"))
-        .args(["-q", "-f", "-U", &tree_uuid(tree), "--rootdir"])
+        .args(["-q", "-f", "-U", &uuid, "--rootdir"])
         .arg(&staged.root)
         .arg(dest)
         .output()

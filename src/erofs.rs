@@ -50,7 +50,7 @@ pub fn write(
     staged.apply_metadata(root).map_err(|(path, e)| io_at(&path)(e))?;
     let mut cmd = Command::new("mkfs.erofs");
     crate::interrupt::dies_with_parent(&mut cmd);
-    cmd.arg("--quiet").arg(format!("-T{mtime}")).arg(format!("-U{}", tree_uuid(tree)));
+    cmd.arg("--quiet").arg(format!("-T{mtime}")).arg(format!("-U{}", tree_uuid(tree).map_err(io_at(dest))?));
     if !root {
         cmd.arg("--all-root");
     }

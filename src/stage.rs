@@ -181,17 +181,18 @@ pub fn stage(tree: &Tree, layers: &dyn LayerSource, progress: &mut dyn FnMut(u64
 }
 
 /// A stable id from what the tree holds, for filesystem UUIDs and hash seeds.
-pub fn tree_id(tree: &Tree) -> [u8; 32] {
+pub fn tree_id(tree: &Tree) -> io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     for crate::rootfs::Entry { path, node, .. } in tree.iter() {
+        crate::interrupt::check()?;
         h.update(path.to_string().as_bytes());
         h.update(format!("{node:?}").as_bytes());
     }
-    h.finalize().into()
+    Ok(h.finalize().into())
 }
 
 /// [`tree_id`] as UUID text.
-pub fn tree_uuid(tree: &Tree) -> String {
-    let hex = hex::encode(&tree_id(tree)[..16]);
-    format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+pub fn tree_uuid(tree: &Tree) -> io::Result<String> {
+    let hex = hex::encode(&tree_id(tree)?[..16]);
+    Ok(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32]))
 }

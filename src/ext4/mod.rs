@@ -77,6 +77,7 @@ fn plan(tree: &Tree) -> Result<Plan, Ext4Error> {
     let (mut names, mut name_bytes, mut dirs) = (0u64, 0u64, 0u64);
     let mut counted = std::collections::HashSet::new();
     for crate::rootfs::Entry { path, node, attrs } in tree.iter() {
+        crate::interrupt::check()?;
         if let Some(name) = path.file_name() {
             if name.len() > dir::MAX_NAME {
                 let (path, name, len) = (path.to_string(), name.to_string(), name.len());
@@ -351,6 +352,7 @@ impl Writer<'_> {
         let mut dirs = std::mem::take(&mut self.dirs);
         let mut per_group = vec![0u16; self.geo.groups as usize];
         for d in &mut dirs {
+            crate::interrupt::check()?;
             d.entries.sort();
             let bytes = dir::encode(d.inode, d.parent, &d.entries, d.min_blocks);
             let n = blocks(bytes.len() as u64);
@@ -391,6 +393,7 @@ impl Writer<'_> {
         let last_inode = self.inodes.len() as u32;
         let usage = Usage { next: self.alloc.next(), last_inode, dirs: per_group };
         for g in 0..geo.groups {
+            crate::interrupt::check()?;
             let first = (g * geo.inodes_per_group) as usize;
             let last = (first + geo.inodes_per_group as usize).min(self.inodes.len());
             if first < last {
@@ -445,7 +448,7 @@ pub fn write(
     if fs_config.preallocate {
         crate::output::preallocate(&file, geo.blocks * BLOCK)?;
     }
-    let id = tree_id(tree);
+    let id = tree_id(tree)?;
     let uuid: [u8; 16] = id[..16].try_into().expect("16 bytes");
     let hash_seed: [u8; 16] =
         Sha256::digest([&id[..], b"ext4 directory hash seed"].concat())[..16].try_into().expect("16 bytes");

@@ -77,6 +77,7 @@ pub fn walk(
 ) -> io::Result<()> {
     let mut links: HashMap<Group<'_>, u32> = HashMap::new();
     for Entry { node, .. } in tree.iter() {
+        interrupt::check()?;
         if let Node::File { mode, data } = node
             && data.linkable()
         {
