@@ -473,6 +473,13 @@ fn wide_layer(entries: usize) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
+/// A layer of `n` files `/cI/d/d/…/f`, each 2041 components deep, in separate chains.
+fn chains_layer(n: usize) -> Vec<u8> {
+    let paths: Vec<String> = (0..n).map(|i| format!("c{i}/{}f", "d/".repeat(2039))).collect();
+    let entries: Vec<_> = paths.iter().map(|p| common::oci::Entry::File(p, 0o644, b"")).collect();
+    common::oci::tar_layer(&entries)
+}
+
 /// Starts `fledge build -o x.img` in `p`, sends SIGTERM 300 ms after the progress line
 /// starting with `phase`, and returns what went wrong: the build must exit 143 within a
 /// deadline that only catches a hang (the time it took is printed) and leave nothing beside
@@ -539,6 +546,18 @@ fn layers_at_the_limits_flatten_and_one_past_them_is_refused() {
         ),
         ("1048576 entries", wide_layer(max_entries), None),
         ("1048577 entries", wide_layer(max_entries + 1), Some(["more than 1048576 entries", "entry 1048577"])),
+        // A few KiB of layer per chain imply 2041 directories each: the directories count as
+        // entries the layer adds, and their paths (4 MiB a chain) count towards the image's.
+        (
+            "1024 chains 2041 deep",
+            chains_layer(1024),
+            Some(["adds more than 1048576 entries", "parent directories its entries imply"]),
+        ),
+        (
+            "40 chains 2041 deep",
+            chains_layer(40),
+            Some(["paths add up to more than 134217728 bytes", "nest the content less deeply"]),
+        ),
     ];
     let mut failures = Vec::new();
     for (what, layer, refused) in cases {
