@@ -202,7 +202,9 @@ struct Writer<'g> {
     /// Index `n` is inode `n + 1`; `None` for unused reserved inodes (1–10 always exist).
     inodes: Vec<Option<Inode>>,
     dirs: Vec<DirRecord>,
-    dir_of: HashMap<ImagePath, usize>,
+    /// Directories by path, spelled out: a path as a string takes its length in memory,
+    /// as components it took ten times that, which a deep tree multiplies.
+    dir_of: HashMap<String, usize>,
     /// Files other names will link to.
     linked: HashMap<ImagePath, u32>,
     /// Distinct xattr sets and the inodes that carry each.
@@ -254,7 +256,7 @@ impl Writer<'_> {
     /// The directory holding `path` (walk writes every directory before its entries).
     fn parent_dir(&self, path: &ImagePath) -> io::Result<usize> {
         path.parent()
-            .and_then(|parent| self.dir_of.get(&parent).copied())
+            .and_then(|parent| self.dir_of.get(&parent.to_string()).copied())
             .ok_or_else(|| io::Error::other(format!("{path}: its directory was not written before it")))
     }
 
@@ -266,7 +268,7 @@ impl Writer<'_> {
     }
 
     fn new_dir(&mut self, path: &ImagePath, inode: u32, parent: u32, min_blocks: usize) {
-        self.dir_of.insert(path.clone(), self.dirs.len());
+        self.dir_of.insert(path.to_string(), self.dirs.len());
         self.dirs.push(DirRecord { inode, parent, entries: Vec::new(), min_blocks });
     }
 

@@ -227,8 +227,10 @@ fn layer_entries(layers: &ImageLayers<'_>, i: usize, id: &LayerId<'_>) -> Result
 /// layers put there; everything else replaces what was at its path.
 fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_>) -> Result<(), FlattenError> {
     let mut added: BTreeSet<ImagePath> = BTreeSet::new();
+    let created_before = tree.created();
     for entry in entries {
         crate::interrupt::check().map_err(|e| id.read(e))?;
+        limits::check_growth(tree, created_before).map_err(|e| id.limit(e))?;
         let path = entry_path(entry.name.as_bytes()).map_err(|problem| id.hostile(&entry.name, problem))?;
         let tree_err = |source| id.tree(&entry.name, source);
         let name = path.file_name().unwrap_or("");
@@ -277,7 +279,7 @@ fn apply(entries: Vec<Entry>, layer_index: u32, tree: &mut Tree, id: &LayerId<'_
         tree.set_attrs(&placed, attrs);
         added.insert(placed);
     }
-    Ok(())
+    limits::check_growth(tree, created_before).map_err(|e| id.limit(e))
 }
 
 /// Removes what lower layers put below `dir`: everything but the entries this layer `added`,
@@ -307,6 +309,7 @@ pub fn flatten(layers: &ImageLayers<'_>, tree: &mut Tree) -> Result<(), FlattenE
         let id = LayerId { layer: i as u32 + 1, digest };
         let entries = layer_entries(layers, i, &id)?;
         apply(entries, i as u32, tree, &id)?;
+        limits::check_path_bytes(tree).map_err(|e| id.limit(e))?;
     }
     Ok(())
 }

@@ -14,7 +14,12 @@
 //! - a name is never empty, `.` or `..`, and holds no `/` or NUL byte;
 //! - one image layer holds at most [`MAX_LAYER_ENTRIES`] entries (checked as the layer is
 //!   read, with its names and path lengths, so a hostile layer is refused before it costs
-//!   memory or time).
+//!   memory or time), and adds at most as many to the image, the parent directories its
+//!   entries imply included (checked as it is applied);
+//! - the image's paths add up to at most [`MAX_PATH_BYTES`] (checked after each layer): a
+//!   4 KiB entry `c/d/d/…/f` implies 2047 directories whose paths add up to 4 MiB, and
+//!   everything that lists the tree (the packers' tar and cpio headers, the checks) spells
+//!   them out, so a few KiB of layer must not cost minutes and gigabytes.
 
 use crate::paths::ImagePath;
 use crate::rootfs::{Node, Tree};
@@ -28,6 +33,10 @@ pub const PATH_MAX: usize = 4095;
 /// published images hold in all their layers together, and the flattened tree of so many
 /// entries takes a few hundred MB of memory.
 pub const MAX_LAYER_ENTRIES: usize = 1 << 20;
+
+/// Most bytes the absolute paths of all an image's entries may add up to: 2^20 entries with
+/// paths of 128 bytes, more than the largest published images hold.
+pub const MAX_PATH_BYTES: u64 = 1 << 27;
 
 /// How long a path may be shown in an error before its middle is elided.
 const SHOWN: usize = 160;
@@ -50,6 +59,14 @@ pub enum LimitError {
         "the layer holds more than {MAX_LAYER_ENTRIES} entries (entry {entries} was refused)\n  = help: split the content over several layers (one layer per RUN or COPY step)"
     )]
     TooManyEntries { entries: usize },
+    #[error(
+        "the layer adds more than {MAX_LAYER_ENTRIES} entries to the image, counting the parent directories its entries imply\n  = help: split the content over several layers, or nest it less deeply"
+    )]
+    AddsTooManyEntries,
+    #[error(
+        "the image's paths add up to more than {MAX_PATH_BYTES} bytes (every entry's absolute path, parent directories included)\n  = help: deep directory chains repeated are the usual cause; nest the content less deeply"
+    )]
+    TooManyPathBytes,
     #[error("{path}: {name:?} is not a file name (names are not empty, `.` or `..`, and hold no `/` or NUL byte)")]
     BadName { path: String, name: String },
 }
@@ -93,6 +110,23 @@ pub fn check_path(path: &ImagePath) -> Result<(), LimitError> {
 pub fn check_count(entries: usize) -> Result<(), LimitError> {
     if entries > MAX_LAYER_ENTRIES {
         return Err(LimitError::TooManyEntries { entries });
+    }
+    Ok(())
+}
+
+/// Checks what applying one layer did to `tree`: `created_before` is [`Tree::created`] before
+/// the layer.
+pub fn check_growth(tree: &Tree, created_before: u64) -> Result<(), LimitError> {
+    if tree.created() - created_before > MAX_LAYER_ENTRIES as u64 {
+        return Err(LimitError::AddsTooManyEntries);
+    }
+    Ok(())
+}
+
+/// Checks the sum of the paths of `tree` (after a layer is applied).
+pub fn check_path_bytes(tree: &Tree) -> Result<(), LimitError> {
+    if tree.path_bytes(MAX_PATH_BYTES) > MAX_PATH_BYTES {
+        return Err(LimitError::TooManyPathBytes);
     }
     Ok(())
 }

@@ -104,12 +104,14 @@ pub struct Tree {
     slots: Vec<Option<Slot>>,
     free: Vec<Id>,
     live: usize,
+    /// Entries ever created, implied parent directories included (never decreases).
+    created: u64,
 }
 
 impl Default for Tree {
     fn default() -> Self {
         let root = Slot { node: Node::Dir { mode: 0o755 }, attrs: None, children: BTreeMap::new() };
-        Self { slots: vec![Some(root)], free: Vec::new(), live: 1 }
+        Self { slots: vec![Some(root)], free: Vec::new(), live: 1, created: 0 }
     }
 }
 
@@ -156,6 +158,7 @@ impl Tree {
     fn alloc(&mut self, node: Node) -> Id {
         let slot = Slot { node, attrs: None, children: BTreeMap::new() };
         self.live += 1;
+        self.created += 1;
         match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(slot);
@@ -213,6 +216,31 @@ impl Tree {
 
     pub fn len(&self) -> usize {
         self.live
+    }
+
+    /// How many entries were ever created in this tree, implied parent directories
+    /// included: what a layer adds is the difference across applying it.
+    pub fn created(&self) -> u64 {
+        self.created
+    }
+
+    /// The bytes of every entry's absolute path added up (what iterating the tree, or a
+    /// tar or cpio of it, spells out), counted up to just past `limit`: linear in the
+    /// entries, whatever their depth.
+    pub fn path_bytes(&self, limit: u64) -> u64 {
+        let mut total = 0;
+        let mut pending = vec![(ROOT, 0u64)];
+        while let Some((id, len)) = pending.pop() {
+            for (name, &child) in &self.slot(id).children {
+                let child_len = len + 1 + name.len() as u64;
+                total += child_len;
+                if total > limit {
+                    return total;
+                }
+                pending.push((child, child_len));
+            }
+        }
+        total
     }
 
     pub fn is_empty(&self) -> bool {
