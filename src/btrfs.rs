@@ -73,11 +73,12 @@ pub fn write(
     }
     drop(file);
     let uuid = tree_uuid(tree).map_err(io_at(dest))?;
-    let out = crate::interrupt::dies_with_parent(&mut Command::new("mkfs.btrfs"))
+    let mut cmd = Command::new("mkfs.btrfs");
+    crate::interrupt::dies_with_parent(&mut cmd)
         .args(["-q", "-f", "-U", &uuid, "--rootdir"])
         .arg(&staged.root)
-        .arg(dest)
-        .output()
+        .arg(dest);
+    let out = crate::interrupt::output(&mut cmd)
         .map_err(|e| if e.kind() == io::ErrorKind::NotFound { BtrfsError::Missing } else { io_at(dest)(e) })?;
     if !out.status.success() {
         return Err(BtrfsError::Failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));

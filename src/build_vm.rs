@@ -91,7 +91,14 @@ impl BuildVm {
             console.follow(vm.take_console().expect("a new VM has its console"));
             let socket = vm.vsock_socket().expect("the spec asked for vsock").to_path_buf();
             let started = Instant::now();
-            match AgentClient::connect(&socket, DEFAULT_PORT, AGENT_TIMEOUT).await {
+            let connected = tokio::select! {
+                connected = AgentClient::connect(&socket, DEFAULT_PORT, AGENT_TIMEOUT) => connected,
+                () = crate::interrupt::stopped() => {
+                    let _ = vm.stop();
+                    return Err(std::io::Error::other(crate::interrupt::Interrupted).into());
+                }
+            };
+            match connected {
                 Ok(agent) => {
                     tracing::debug!("build VM agent ready after {:?}", started.elapsed());
                     return Ok(BuildVm { vm, agent, console, _work: work });

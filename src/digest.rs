@@ -43,6 +43,7 @@ impl Sha256Digest {
                 .unwrap_or_else(|e| if e.raw_os_error() == Some(libc::ENXIO) { len } else { at });
             let mut zeros = data - at;
             while zeros > 0 {
+                crate::interrupt::check()?;
                 let n = zeros.min(ZEROS.len() as u64);
                 io::Write::write_all(&mut hasher, &ZEROS[..n as usize])?;
                 zeros -= n;
@@ -52,7 +53,7 @@ impl Sha256Digest {
             }
             let hole = seek(file, data, libc::SEEK_HOLE).unwrap_or(len);
             file.seek(SeekFrom::Start(data))?;
-            io::copy(&mut (&mut *file).take(hole - data), &mut hasher)?;
+            io::copy(&mut crate::interrupt::Checked((&mut *file).take(hole - data)), &mut hasher)?;
             at = hole;
         }
         let (digest, hashed, _) = hasher.finish();

@@ -59,10 +59,7 @@ pub fn write(
         Some(Compression { compressor: Compressor::Lz4, .. }) => cmd.arg("-zlz4"),
         _ => &mut cmd,
     };
-    let out = cmd
-        .arg(dest)
-        .arg(&staged.root)
-        .output()
+    let out = crate::interrupt::output(cmd.arg(dest).arg(&staged.root))
         .map_err(|e| if e.kind() == io::ErrorKind::NotFound { ErofsError::Missing } else { io_at(dest)(e) })?;
     if !out.status.success() {
         return Err(ErofsError::Failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));

@@ -114,3 +114,53 @@ pub fn dies_with_parent(cmd: &mut std::process::Command) -> &mut std::process::C
         })
     }
 }
+
+/// Waits for `child` while honouring a stop request: on SIGINT or SIGTERM the child is
+/// killed and reaped, and the wait fails with [`Interrupted`]. For packers, which can run
+/// for minutes on their own after their input ended.
+pub fn wait(child: &mut std::process::Child) -> io::Result<std::process::ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if interrupted() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(Interrupted));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// [`std::process::Command::output`] that honours a stop request as [`wait`] does (stdin
+/// is null; stdout and stderr are collected).
+pub fn output(cmd: &mut std::process::Command) -> io::Result<std::process::Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let status = wait(&mut child)?;
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Completes once a signal asked us to stop: for racing an await that has no natural point
+/// to check the flag (a VM booting, a connection being made) with `tokio::select!`.
+pub async fn stopped() {
+    while !interrupted() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

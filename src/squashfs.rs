@@ -93,7 +93,7 @@ pub fn write(
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&stdin), libc::F_SETPIPE_SZ, 1 << 20) };
     let written =
         crate::rootfs::tar::write_tree(tree, layers, BufWriter::with_capacity(1 << 20, stdin), mtime.into(), progress);
-    let status = child.wait()?;
+    let status = crate::interrupt::wait(&mut child)?;
     let stderr = collector.join().unwrap_or_default();
     match written {
         Ok(bytes) if status.success() => Ok(bytes),

@@ -7,6 +7,8 @@
 //! [`AgentError::Protocol`].
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -259,9 +261,22 @@ impl AgentClient {
     }
 }
 
+/// Sets its flag when dropped: the future that owns it was dropped (or finished).
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// The connector: a hybrid-vsock handshake (blocking, with retries) off the async threads.
+/// Dropping the future stops the retries, so a caller that gave up (Ctrl-C while a VM
+/// boots) does not leave a blocking task that holds the runtime open until the timeout.
 async fn hybrid_vsock(uds: PathBuf, port: u32, timeout: Duration) -> std::io::Result<TokioIo<tokio::net::UnixStream>> {
-    let stream = tokio::task::spawn_blocking(move || fledge_vmm::vsock::connect(&uds, port, timeout))
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancelled.clone());
+    let stream = tokio::task::spawn_blocking(move || fledge_vmm::vsock::connect(&uds, port, timeout, &cancelled))
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)?;

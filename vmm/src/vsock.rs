@@ -6,6 +6,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::VmmError;
@@ -30,11 +31,16 @@ fn attempt(uds: &Path, port: u32, deadline: Instant) -> Option<UnixStream> {
     Some(stream)
 }
 
-/// Connects to vsock `port` in the guest through the VMM's hybrid socket `uds`.
-pub fn connect(uds: &Path, port: u32, timeout: Duration) -> Result<UnixStream, VmmError> {
+/// Connects to vsock `port` in the guest through the VMM's hybrid socket `uds`, retrying
+/// until `timeout` or until `cancelled` is set (whoever waited is gone: the attempts stop
+/// within a pause, so a runtime shutting down does not wait for the timeout).
+pub fn connect(uds: &Path, port: u32, timeout: Duration, cancelled: &AtomicBool) -> Result<UnixStream, VmmError> {
     let deadline = Instant::now() + timeout;
     let mut pause = FIRST_PAUSE;
     loop {
+        if cancelled.load(Ordering::SeqCst) {
+            return Err(VmmError::Protocol(format!("connecting to vsock port {port} was cancelled")));
+        }
         if let Some(stream) = attempt(uds, port, deadline) {
             return Ok(stream);
         }
@@ -80,7 +86,7 @@ mod tests {
     fn retries_until_the_guest_listens_and_keeps_what_follows_the_reply() {
         let dir = tempfile::tempdir().unwrap();
         let uds = vmm(dir.path(), 3);
-        let mut stream = connect(&uds, 1024, Duration::from_secs(5)).unwrap();
+        let mut stream = connect(&uds, 1024, Duration::from_secs(5), &AtomicBool::new(false)).unwrap();
         let mut rest = String::new();
         stream.read_to_string(&mut rest).unwrap();
         assert_eq!(rest, "hello from the guest");
@@ -90,7 +96,8 @@ mod tests {
     fn gives_up_at_the_deadline_with_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
-        let err = connect(&dir.path().join("absent.uds"), 1024, Duration::from_millis(300)).unwrap_err();
+        let err = connect(&dir.path().join("absent.uds"), 1024, Duration::from_millis(300), &AtomicBool::new(false))
+            .unwrap_err();
         assert!(err.to_string().contains("did not accept vsock port 1024"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
     }
