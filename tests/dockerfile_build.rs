@@ -536,3 +536,83 @@ fn an_image_with_many_layers_builds_on_a_shared_vm() {
     let cat = run(Command::new("unsquashfs").arg("-cat").arg(p.path("app.squashfs")).arg("/count"));
     assert_eq!(String::from_utf8_lossy(&cat.stdout).trim(), "40");
 }
+
+/// The entries of the last layer of the OCI layout tarball `image`: (path, mode) pairs, and
+/// the bytes of `file` in it.
+fn last_layer(image: &std::path::Path, file: &str) -> (Vec<(String, u32)>, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    tar::Archive::new(std::fs::File::open(image).unwrap()).unpack(dir.path()).unwrap();
+    let blob = |digest: &str| dir.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
+    let json = |digest: &str| serde_json::from_slice::<serde_json::Value>(&std::fs::read(blob(digest)).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+    let manifest = json(index["manifests"][0]["digest"].as_str().unwrap());
+    let layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut std::fs::File::open(blob(&layer)).unwrap(), &mut raw).unwrap();
+    let plain = if raw.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&raw[..]), &mut out).unwrap();
+        out
+    } else {
+        raw
+    };
+    let (mut entries, mut bytes) = (Vec::new(), Vec::new());
+    for entry in tar::Archive::new(&plain[..]).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().trim_end_matches('/').to_string();
+        if path == file {
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+        }
+        entries.push((path, entry.header().mode().unwrap()));
+    }
+    entries.sort();
+    (entries, bytes)
+}
+
+/// What BuildKit v0.32.2 (991535e0973488b6a429096d21fa13f81f2d89d8, OCI worker, runc 1.1.5)
+/// built from these Dockerfiles on 2026-12-06: the RUN step sees /proc, the devices, /sys and
+/// its hostname; its layer holds none of it, only the mount points runc created where the
+/// base had none.
+#[test]
+fn run_steps_have_proc_dev_and_sys_as_buildkit_gives_them_and_no_layer_holds_them() {
+    let kernel = need!(built_vmlinux());
+    const PROBE: &str = "set -e; echo x > /dev/null; /bin/busybox grep -c ^Name: /proc/self/status > /probe; \
+        /bin/busybox ls /dev/shm /sys >/dev/null; /bin/busybox hostname >> /probe; /bin/busybox readlink /dev/stdin >> /probe; \
+        for d in null zero full random urandom tty; do /bin/busybox test -c /dev/$d; done; echo ok >> /probe";
+    let p = Project::new();
+    std::fs::copy(busybox(), p.path("busybox")).unwrap();
+    p.write("base/dev/console", "console\n");
+    std::fs::create_dir_all(p.path("base/proc")).unwrap();
+    std::fs::create_dir_all(p.path("base/sys")).unwrap();
+    let run = format!("RUN [\"/bin/busybox\",\"sh\",\"-c\",\"{PROBE}\"]\n");
+    // A base without /dev, /proc and /sys, and one that holds them (and a file in /dev).
+    let cases = [
+        ("bare", "", vec![("dev", 0o755), ("probe", 0o644), ("proc", 0o755), ("sys", 0o755)]),
+        ("holding", "COPY base/ /\n", vec![("probe", 0o644)]),
+    ];
+    let mut failures = Vec::new();
+    for (name, extra, expected) in cases {
+        p.write(&format!("{name}.Dockerfile"), &format!("FROM scratch\nCOPY busybox /bin/busybox\n{extra}{run}"));
+        let out = common::run(fledge(&p, &kernel).args([
+            "build",
+            &format!("{name}.Dockerfile"),
+            "-o",
+            &format!("{name}.squashfs"),
+            "--export-oci",
+            &format!("{name}.tar"),
+        ]));
+        if !out.status.success() {
+            failures.push(format!("{name}: the build failed:\n{}", stderr(&out)));
+            continue;
+        }
+        let (entries, probe) = last_layer(&p.path(&format!("{name}.tar")), "probe");
+        let expected: Vec<(String, u32)> = expected.into_iter().map(|(n, m)| (n.to_string(), m)).collect();
+        if entries != expected {
+            failures.push(format!("{name}: the RUN layer holds {entries:?}, BuildKit's {expected:?}"));
+        }
+        if probe != b"1\nbuildkitsandbox\n/proc/self/fd/0\nok\n" {
+            failures.push(format!("{name}: the step saw {:?}", String::from_utf8_lossy(&probe)));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
