@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
 use super::children::{self, Ended};
+use super::sandbox::Sandbox;
 use super::user;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -61,6 +62,8 @@ struct Confinement {
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
     no_network: bool,
+    /// The environment of a build step: every process with a root of its own gets it.
+    sandbox: Option<Sandbox>,
 }
 
 fn c_path(path: &Path) -> Result<CString, Status> {
@@ -81,7 +84,12 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     let host_cwd = root.join(cwd.trim_start_matches('/'));
     std::fs::create_dir_all(&host_cwd)
         .map_err(|e| Status::failed_precondition(format!("cannot create the working directory {cwd}: {e}")))?;
+    let sandbox = (root != Path::new("/"))
+        .then(|| Sandbox::prepare(&root))
+        .transpose()
+        .map_err(|e| Status::failed_precondition(format!("cannot prepare the step's /proc, /dev and /sys: {e}")))?;
     let confinement = Confinement {
+        sandbox,
         root: (root != Path::new("/")).then(|| c_path(&root)).transpose()?,
         cwd: c_path(Path::new(cwd))?,
         uid: identity.uid,
@@ -128,8 +136,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 }
 
 /// Runs in the child between fork and exec: no blocked signals (PID 1 blocks the ones it
-/// waits for, and a mask survives exec), a network namespace of its own when asked, the new
-/// root, the working directory, a session of
+/// waits for, and a mask survives exec), a network namespace of its own when asked, a build
+/// step's environment (namespaces, /proc, /dev, /sys), the new root, the working directory, a session of
 /// its own (so the whole tree can be killed), then the identity (groups before the uid,
 /// which drops the right to change them).
 fn confine(c: &Confinement) -> std::io::Result<()> {
@@ -142,6 +150,9 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
         check(libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()))?;
         if c.no_network {
             check(libc::unshare(libc::CLONE_NEWNET))?;
+        }
+        if let Some(sandbox) = &c.sandbox {
+            sandbox.enter()?;
         }
         if let Some(root) = &c.root {
             check(libc::chroot(root.as_ptr()))?;

@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod mount;
 mod net;
+mod sandbox;
 mod server;
 mod service;
 mod tarball;

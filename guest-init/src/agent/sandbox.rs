@@ -1,0 +1,175 @@
+//! The environment every build step runs in, as runc gives a BuildKit step (containerd's
+//! default spec as BuildKit v0.32 applies it; the facts are in docs/compatibility.md):
+//! mount, UTS and IPC namespaces of its own; `/proc`; a tmpfs `/dev` holding `null`, `zero`,
+//! `full`, `random`, `urandom` and `tty`, the links `fd`, `stdin`, `stdout`, `stderr` and
+//! `ptmx`, and the mounts `/dev/pts` (a new devpts instance), `/dev/shm` and `/dev/mqueue`;
+//! a read-only `/sys`; the hostname `buildkitsandbox`. A kernel without POSIX message queues
+//! leaves `/dev/mqueue` an empty directory (Fledge's guest kernel, see docs/kernels.md).
+//!
+//! Guarantees: these mounts exist only in the step's mount namespace, so they vanish with its
+//! last process and nothing written below them (`echo x > /dev/null`, a file in `/dev/shm`)
+//! reaches the layer. The mount points `/proc`, `/dev` and `/sys` are created in the step's
+//! root when it lacks them, and stay there, as runc leaves them: BuildKit's layers hold them
+//! then too. A mount point that exists as something other than a directory is left alone
+//! and not mounted.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+/// The hostname BuildKit gives a step.
+const HOSTNAME: &[u8] = b"buildkitsandbox";
+
+/// Character devices of `/dev`: name, major, minor (mode 0666, as runc makes them).
+const DEVICES: [(&str, u32, u32); 6] =
+    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)];
+
+/// Links of `/dev`: name, target.
+const LINKS: [(&str, &str); 5] = [
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+];
+
+/// One system call of the setup, its strings prepared (the child may not allocate).
+enum Step {
+    /// `optional`: a kernel without the filesystem (ENODEV) skips it.
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: libc::c_ulong,
+        data: CString,
+        optional: bool,
+    },
+    Mkdir {
+        path: CString,
+    },
+    Mknod {
+        path: CString,
+        major: u32,
+        minor: u32,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
+}
+
+/// The setup of one step's environment, ready to run between fork and exec.
+pub struct Sandbox {
+    steps: Vec<Step>,
+}
+
+fn c(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte"))
+}
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    c(path.as_os_str().as_bytes())
+}
+
+/// Makes `root/name` a directory if nothing is there; false if something else is.
+fn mount_point(root: &Path, name: &str) -> io::Result<bool> {
+    let path = root.join(name);
+    match path.symlink_metadata() {
+        Ok(meta) => Ok(meta.is_dir()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new().mode(0o755).create(&path)?;
+            // The mode is exact whatever the umask, as runc's is.
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Sandbox {
+    /// Creates the missing mount points in `root` and prepares the rest.
+    pub fn prepare(root: &Path) -> io::Result<Sandbox> {
+        let mut steps = Vec::new();
+        let mount = |source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str| {
+            Ok::<_, io::Error>(Step::Mount {
+                source: c(source.as_bytes())?,
+                target: c_path(target)?,
+                fstype: c(fstype.as_bytes())?,
+                flags,
+                data: c(data.as_bytes())?,
+                optional: fstype == "mqueue",
+            })
+        };
+        let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
+        if mount_point(root, "proc")? {
+            steps.push(mount("proc", &root.join("proc"), "proc", nosuid | noexec | nodev, "")?);
+        }
+        if mount_point(root, "dev")? {
+            let dev = root.join("dev");
+            steps.push(mount("tmpfs", &dev, "tmpfs", nosuid | libc::MS_STRICTATIME, "mode=755,size=65536k")?);
+            for (name, major, minor) in DEVICES {
+                steps.push(Step::Mknod { path: c_path(&dev.join(name))?, major, minor });
+            }
+            for (name, target) in LINKS {
+                steps.push(Step::Symlink { target: c(target.as_bytes())?, path: c_path(&dev.join(name))? });
+            }
+            for name in ["pts", "shm", "mqueue"] {
+                steps.push(Step::Mkdir { path: c_path(&dev.join(name))? });
+            }
+            let pts = "newinstance,ptmxmode=0666,mode=0620,gid=5";
+            steps.push(mount("devpts", &dev.join("pts"), "devpts", nosuid | noexec, pts)?);
+            steps.push(mount("shm", &dev.join("shm"), "tmpfs", nosuid | noexec | nodev, "mode=1777,size=65536k")?);
+            steps.push(mount("mqueue", &dev.join("mqueue"), "mqueue", nosuid | noexec | nodev, "")?);
+        }
+        if mount_point(root, "sys")? {
+            steps.push(mount("sysfs", &root.join("sys"), "sysfs", nosuid | noexec | nodev | libc::MS_RDONLY, "")?);
+        }
+        Ok(Sandbox { steps })
+    }
+
+    /// Enters the namespaces and makes the mounts. Runs in the child between fork and exec,
+    /// before it changes its root.
+    ///
+    /// # Safety
+    /// Only system calls on the strings prepared by [`Sandbox::prepare`]; call it in a forked
+    /// child only, where the mounts cannot leak into the agent's namespace.
+    pub unsafe fn enter(&self) -> io::Result<()> {
+        let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+        // SAFETY: plain system calls on NUL-terminated strings that outlive them.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC))?;
+            // Nothing mounted from here on propagates back to the agent's namespace.
+            let root = c"/";
+            let none = std::ptr::null();
+            check(libc::mount(none, root.as_ptr(), none, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+            check(libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()))?;
+            let umask = libc::umask(0);
+            for step in &self.steps {
+                match step {
+                    Step::Mount { source, target, fstype, flags, data, optional } => {
+                        let mounted = check(libc::mount(
+                            source.as_ptr(),
+                            target.as_ptr(),
+                            fstype.as_ptr(),
+                            *flags,
+                            data.as_ptr().cast(),
+                        ));
+                        match mounted {
+                            Err(e) if *optional && e.raw_os_error() == Some(libc::ENODEV) => {}
+                            other => other?,
+                        }
+                    }
+                    Step::Mkdir { path } => check(libc::mkdir(path.as_ptr(), 0o755))?,
+                    Step::Mknod { path, major, minor } => {
+                        check(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)))?
+                    }
+                    Step::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()))?,
+                }
+            }
+            libc::umask(umask);
+        }
+        Ok(())
+    }
+}
