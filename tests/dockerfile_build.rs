@@ -543,8 +543,10 @@ fn last_layer(image: &std::path::Path, file: &str) -> (Vec<(String, u32)>, Vec<u
     let dir = tempfile::tempdir().unwrap();
     tar::Archive::new(std::fs::File::open(image).unwrap()).unpack(dir.path()).unwrap();
     let blob = |digest: &str| dir.path().join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
-    let json = |digest: &str| serde_json::from_slice::<serde_json::Value>(&std::fs::read(blob(digest)).unwrap()).unwrap();
-    let index: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+    let json =
+        |digest: &str| serde_json::from_slice::<serde_json::Value>(&std::fs::read(blob(digest)).unwrap()).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
     let manifest = json(index["manifests"][0]["digest"].as_str().unwrap());
     let layer = manifest["layers"].as_array().unwrap().last().unwrap()["digest"].as_str().unwrap().to_string();
     let mut raw = Vec::new();
@@ -584,14 +586,20 @@ fn run_steps_have_proc_dev_and_sys_as_buildkit_gives_them_and_no_layer_holds_the
     p.write("base/dev/console", "console\n");
     std::fs::create_dir_all(p.path("base/proc")).unwrap();
     std::fs::create_dir_all(p.path("base/sys")).unwrap();
+    p.write("etc/etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
     let run = format!("RUN [\"/bin/busybox\",\"sh\",\"-c\",\"{PROBE}\"]\n");
-    // A base without /dev, /proc and /sys, and one that holds them (and a file in /dev).
+    const HOSTS: &str = "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+    let hosts = "RUN [\"/bin/busybox\",\"sh\",\"-c\",\"/bin/busybox cat /etc/hosts > /probe\"]\n".to_string();
+    let bare = vec![("dev", 0o755), ("probe", 0o644), ("proc", 0o755), ("sys", 0o755)];
+    // A base without /dev, /proc and /sys, one that holds them (and a file in /dev), and one
+    // with an /etc but no hosts file: the step's /etc/hosts leaves no trace in /etc.
     let cases = [
-        ("bare", "", vec![("dev", 0o755), ("probe", 0o644), ("proc", 0o755), ("sys", 0o755)]),
-        ("holding", "COPY base/ /\n", vec![("probe", 0o644)]),
+        ("bare", String::new(), run.clone(), bare.clone(), "1\nbuildkitsandbox\n/proc/self/fd/0\nok\n"),
+        ("holding", "COPY base/ /\n".into(), run, vec![("probe", 0o644)], "1\nbuildkitsandbox\n/proc/self/fd/0\nok\n"),
+        ("etc", "COPY etc/ /\n".into(), hosts, bare, HOSTS),
     ];
     let mut failures = Vec::new();
-    for (name, extra, expected) in cases {
+    for (name, extra, run, expected, probed) in cases {
         p.write(&format!("{name}.Dockerfile"), &format!("FROM scratch\nCOPY busybox /bin/busybox\n{extra}{run}"));
         let out = common::run(fledge(&p, &kernel).args([
             "build",
@@ -610,7 +618,7 @@ fn run_steps_have_proc_dev_and_sys_as_buildkit_gives_them_and_no_layer_holds_the
         if entries != expected {
             failures.push(format!("{name}: the RUN layer holds {entries:?}, BuildKit's {expected:?}"));
         }
-        if probe != b"1\nbuildkitsandbox\n/proc/self/fd/0\nok\n" {
+        if probe != probed.as_bytes() {
             failures.push(format!("{name}: the step saw {:?}", String::from_utf8_lossy(&probe)));
         }
     }
