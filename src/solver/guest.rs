@@ -233,26 +233,25 @@ impl Guest {
         binds: &HashMap<String, Vec<Sha256Digest>>,
     ) -> Result<(Vec<(String, Vec<String>)>, Vec<String>)> {
         let mut mounted = Vec::new();
-        if exec.network == pb::NetMode::Unset as i32 {
-            if !self.network {
-                bail!(
-                    "this step needs a network, which Cloud Hypervisor cannot give without a tap device: use FLEDGE_VMM=qemu, or RUN --network=none"
-                );
-            }
-            // The step sees the VM's resolver and hosts file, bound over its own.
-            for (file, dest) in
-                [("/run/fledge-net/resolv.conf", "/etc/resolv.conf"), ("/run/fledge-net/hosts", "/etc/hosts")]
-            {
-                let request = agent::MountRequest {
-                    source: file.into(),
-                    target: format!("{root}{dest}"),
-                    bind: true,
-                    read_only: true,
-                    ..Default::default()
-                };
-                if let Some(created) = self.vm.agent().mount(request).await? {
-                    mounted.push((format!("{root}{dest}"), created));
-                }
+        let networked = exec.network == pb::NetMode::Unset as i32;
+        if networked && !self.network {
+            bail!(
+                "this step needs a network, which Cloud Hypervisor cannot give without a tap device: use FLEDGE_VMM=qemu, or RUN --network=none"
+            );
+        }
+        // Every step gets BuildKit's hosts file, and the VM's resolver when it has a network,
+        // bound over its own; mount points the root lacked are removed afterwards.
+        let resolver = networked.then_some(("/run/fledge-net/resolv.conf", "/etc/resolv.conf"));
+        for (file, dest) in resolver.into_iter().chain([("/run/fledge-step/hosts", "/etc/hosts")]) {
+            let request = agent::MountRequest {
+                source: file.into(),
+                target: format!("{root}{dest}"),
+                bind: true,
+                read_only: true,
+                ..Default::default()
+            };
+            if let Some(created) = self.vm.agent().mount(request).await? {
+                mounted.push((format!("{root}{dest}"), created));
             }
         }
         for mount in exec.mounts.iter().filter(|m| m.dest != "/") {

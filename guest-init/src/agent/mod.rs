@@ -26,6 +26,9 @@ pub fn requested(cmdline: &str) -> Option<u32> {
 /// Serves the agent on vsock `port` until a power-off. Signals must already be blocked, so
 /// the runtime's threads never take them.
 pub fn run(port: u32, cmdline: &str) -> ! {
+    if let Err(e) = sandbox::write_hosts() {
+        crate::warn(format_args!("cannot write the build steps' hosts file: {e}"));
+    }
     if net::requested(cmdline) {
         net::configure();
     }

@@ -1,14 +1,13 @@
 //! `fledge.net=user` on the kernel command line: the VMM gives the guest user-mode
 //! networking (QEMU's slirp), whose addresses are fixed: the guest is 10.0.2.15/24, the host
 //! and gateway 10.0.2.2, the DNS server 10.0.2.3. guest-init brings up `lo` and `eth0`, adds
-//! the default route and writes a resolv.conf and hosts file for build steps to get.
+//! the default route and writes a resolv.conf for build steps to get.
 
 use std::io;
 use std::net::Ipv4Addr;
 
-/// Where the files for build steps are.
+/// Where the resolver file for build steps is.
 pub const RESOLV_CONF: &str = "/run/fledge-net/resolv.conf";
-pub const HOSTS: &str = "/run/fledge-net/hosts";
 
 pub fn requested(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|arg| arg == "fledge.net=user")
@@ -84,6 +83,5 @@ fn try_configure() -> io::Result<()> {
     result?;
     std::fs::create_dir_all("/run/fledge-net")?;
     std::fs::write(RESOLV_CONF, "nameserver 10.0.2.3\n")?;
-    std::fs::write(HOSTS, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")?;
     Ok(())
 }

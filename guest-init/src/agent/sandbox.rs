@@ -3,7 +3,7 @@
 //! mount, UTS and IPC namespaces of its own; `/proc`; a tmpfs `/dev` holding `null`, `zero`,
 //! `full`, `random`, `urandom` and `tty`, the links `fd`, `stdin`, `stdout`, `stderr` and
 //! `ptmx`, and the mounts `/dev/pts` (a new devpts instance), `/dev/shm` and `/dev/mqueue`;
-//! a read-only `/sys`; the hostname `buildkitsandbox`. A kernel without POSIX message queues
+//! a read-only `/sys`; the hostname `buildkitsandbox` and a hosts file naming it. A kernel without POSIX message queues
 //! leaves `/dev/mqueue` an empty directory (Fledge's guest kernel, see docs/kernels.md).
 //!
 //! Guarantees: these mounts exist only in the step's mount namespace, so they vanish with its
@@ -21,6 +21,16 @@ use std::path::Path;
 
 /// The hostname BuildKit gives a step.
 const HOSTNAME: &[u8] = b"buildkitsandbox";
+
+/// The hosts file every step gets bound over its `/etc/hosts` (by the host, as a mount of
+/// the step), with BuildKit's text.
+pub const HOSTS: &str = "/run/fledge-step/hosts";
+
+/// Writes [`HOSTS`].
+pub fn write_hosts() -> io::Result<()> {
+    std::fs::create_dir_all("/run/fledge-step")?;
+    std::fs::write(HOSTS, "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+}
 
 /// Character devices of `/dev`: name, major, minor (mode 0666, as runc makes them).
 const DEVICES: [(&str, u32, u32); 6] =
