@@ -242,7 +242,8 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         let (_, out, _) = exec(agent, process, None).await;
         assert_eq!(String::from_utf8_lossy(&out), "motd-gone\nnew\nfresh\nimage-intact\n");
 
-        // Writes went to the upper; the read-only layer is untouched.
+        // Writes went to the upper; the read-only layer is untouched. The process's mount
+        // points for /proc and /sys, which the image lacks, stay, as runc leaves them.
         let (_, out, _) = exec(
             agent,
             Process {
@@ -252,7 +253,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
             None,
         )
         .await;
-        assert_eq!(String::from_utf8_lossy(&out), "bin\ndata\ndata.bin\nhome\nunpacked\nwork\n");
+        assert_eq!(String::from_utf8_lossy(&out), "bin\ndata\ndata.bin\nhome\nproc\nsys\nunpacked\nwork\n");
         agent.unmount("/rootfs", Vec::new()).await.unwrap();
         vm.shutdown().await.unwrap();
     });

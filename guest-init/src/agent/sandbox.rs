@@ -83,13 +83,17 @@ fn c_path(path: &Path) -> io::Result<CString> {
     c(path.as_os_str().as_bytes())
 }
 
-/// Makes `root/name` a directory if nothing is there; false if something else is.
+/// Makes `root/name` a directory if nothing is there; false if something else is, or if
+/// the root is read-only and lacks it (a process run in a read-only image, not a step).
 fn mount_point(root: &Path, name: &str) -> io::Result<bool> {
     let path = root.join(name);
     match path.symlink_metadata() {
         Ok(meta) => Ok(meta.is_dir()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            std::fs::DirBuilder::new().mode(0o755).create(&path)?;
+            match std::fs::DirBuilder::new().mode(0o755).create(&path) {
+                Err(e) if e.raw_os_error() == Some(libc::EROFS) => return Ok(false),
+                created => created?,
+            }
             // The mode is exact whatever the umask, as runc's is.
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
             Ok(true)
