@@ -102,6 +102,12 @@ fn mount_point(root: &Path, name: &str) -> io::Result<bool> {
     }
 }
 
+/// True if something is mounted at or below `dir` (per /proc/self/mountinfo).
+fn has_mounts_below(dir: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).any(|point| Path::new(point).starts_with(dir))
+}
+
 impl Sandbox {
     /// Creates the missing mount points in `root` and prepares the rest.
     pub fn prepare(root: &Path) -> io::Result<Sandbox> {
@@ -120,7 +126,9 @@ impl Sandbox {
         if mount_point(root, "proc")? {
             steps.push(mount("proc", &root.join("proc"), "proc", nosuid | noexec | nodev, "")?);
         }
-        if mount_point(root, "dev")? {
+        // A tmpfs on /dev would hide what the host mounted below it for this step (a RUN
+        // heredoc's /dev/pipes/NAME): then the step keeps the image's /dev, as before.
+        if !has_mounts_below(&root.join("dev")) && mount_point(root, "dev")? {
             let dev = root.join("dev");
             steps.push(mount("tmpfs", &dev, "tmpfs", nosuid | libc::MS_STRICTATIME, "mode=755,size=65536k")?);
             for (name, major, minor) in DEVICES {
