@@ -32,10 +32,6 @@ pub fn install() {
     });
 }
 
-fn interrupted() -> bool {
-    SIGNAL.load(Ordering::SeqCst) != 0
-}
-
 /// The exit status after a signal stopped the work, as a shell reports it: 128 + the
 /// signal's number (130 for Ctrl-C, 143 for SIGTERM).
 pub fn exit_status() -> u8 {
@@ -51,7 +47,7 @@ pub struct Interrupted;
 
 /// An [`Interrupted`] error if the user asked us to stop.
 pub fn check() -> io::Result<()> {
-    if interrupted() {
+    if requested() {
         return Err(io::Error::other(Interrupted));
     }
     Ok(())
@@ -71,7 +67,7 @@ pub fn annotate(err: io::Error, what: impl std::fmt::Display) -> io::Error {
 /// loop saw the flag, a child lost its input, a stream was cut), whatever error that
 /// surfaced as through the layers above, so the failure is reported as the interruption.
 pub fn requested() -> bool {
-    interrupted()
+    SIGNAL.load(Ordering::SeqCst) != 0
 }
 
 /// Remembers a temporary file to delete if a second signal forces an immediate exit.
@@ -123,7 +119,7 @@ pub fn wait(child: &mut std::process::Child) -> io::Result<std::process::ExitSta
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        if interrupted() {
+        if requested() {
             let _ = child.kill();
             let _ = child.wait();
             return Err(io::Error::other(Interrupted));
@@ -137,18 +133,16 @@ pub fn wait(child: &mut std::process::Child) -> io::Result<std::process::ExitSta
 pub fn output(cmd: &mut std::process::Command) -> io::Result<std::process::Output> {
     use std::io::Read;
     use std::process::Stdio;
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-    let collect = |pipe: Option<Box<dyn Read + Send>>| {
+    fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut bytes);
-            }
+            let _ = pipe.read_to_end(&mut bytes);
             bytes
         })
-    };
-    let stdout = collect(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = collect(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    }
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let stdout = drain(child.stdout.take().expect("piped"));
+    let stderr = drain(child.stderr.take().expect("piped"));
     let status = wait(&mut child)?;
     Ok(std::process::Output {
         status,
@@ -160,7 +154,7 @@ pub fn output(cmd: &mut std::process::Command) -> io::Result<std::process::Outpu
 /// Completes once a signal asked us to stop: for racing an await that has no natural point
 /// to check the flag (a VM booting, a connection being made) with `tokio::select!`.
 pub async fn stopped() {
-    while !interrupted() {
+    while !requested() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

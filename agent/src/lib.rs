@@ -18,6 +18,12 @@ pub mod client;
 /// with `fledge.agent_port=` and the host has no reason to pick another.
 pub const DEFAULT_PORT: u32 = 1024;
 
+/// Files guest-init writes for build steps, which the host binds into a step's root: the
+/// hosts file every step gets (BuildKit's, naming `buildkitsandbox`), and the resolver of a
+/// VM with a network.
+pub const STEP_HOSTS: &str = "/run/fledge-step/hosts";
+pub const STEP_RESOLV_CONF: &str = "/run/fledge-net/resolv.conf";
+
 /// Data moves in chunks of this size (file bodies, tar streams, process output).
 pub const CHUNK: usize = 64 * 1024;
 

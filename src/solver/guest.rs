@@ -241,8 +241,8 @@ impl Guest {
         }
         // Every step gets BuildKit's hosts file, and the VM's resolver when it has a network,
         // bound over its own; mount points the root lacked are removed afterwards.
-        let resolver = networked.then_some(("/run/fledge-net/resolv.conf", "/etc/resolv.conf"));
-        for (file, dest) in resolver.into_iter().chain([("/run/fledge-step/hosts", "/etc/hosts")]) {
+        let resolver = networked.then_some((fledge_agent::STEP_RESOLV_CONF, "/etc/resolv.conf"));
+        for (file, dest) in resolver.into_iter().chain([(fledge_agent::STEP_HOSTS, "/etc/hosts")]) {
             let request = agent::MountRequest {
                 source: file.into(),
                 target: format!("{root}{dest}"),

@@ -84,13 +84,14 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     let host_cwd = root.join(cwd.trim_start_matches('/'));
     std::fs::create_dir_all(&host_cwd)
         .map_err(|e| Status::failed_precondition(format!("cannot create the working directory {cwd}: {e}")))?;
-    let sandbox = (root != Path::new("/"))
+    let own_root = root != Path::new("/");
+    let sandbox = own_root
         .then(|| Sandbox::prepare(&root))
         .transpose()
         .map_err(|e| Status::failed_precondition(format!("cannot prepare the step's /proc, /dev and /sys: {e}")))?;
     let confinement = Confinement {
         sandbox,
-        root: (root != Path::new("/")).then(|| c_path(&root)).transpose()?,
+        root: own_root.then(|| c_path(&root)).transpose()?,
         cwd: c_path(Path::new(cwd))?,
         uid: identity.uid,
         gid: identity.gid,

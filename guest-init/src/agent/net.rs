@@ -6,8 +6,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-/// Where the resolver file for build steps is.
-pub const RESOLV_CONF: &str = "/run/fledge-net/resolv.conf";
+use fledge_agent::STEP_RESOLV_CONF;
 
 pub fn requested(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|arg| arg == "fledge.net=user")
@@ -82,6 +81,6 @@ fn try_configure() -> io::Result<()> {
     unsafe { libc::close(socket) };
     result?;
     std::fs::create_dir_all("/run/fledge-net")?;
-    std::fs::write(RESOLV_CONF, "nameserver 10.0.2.3\n")?;
+    std::fs::write(STEP_RESOLV_CONF, "nameserver 10.0.2.3\n")?;
     Ok(())
 }

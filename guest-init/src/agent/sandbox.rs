@@ -22,14 +22,12 @@ use std::path::Path;
 /// The hostname BuildKit gives a step.
 const HOSTNAME: &[u8] = b"buildkitsandbox";
 
-/// The hosts file every step gets bound over its `/etc/hosts` (by the host, as a mount of
-/// the step), with BuildKit's text.
-pub const HOSTS: &str = "/run/fledge-step/hosts";
-
-/// Writes [`HOSTS`].
+/// Writes the hosts file every step gets bound over its `/etc/hosts` (by the host, as a
+/// mount of the step), with BuildKit's text.
 pub fn write_hosts() -> io::Result<()> {
-    std::fs::create_dir_all("/run/fledge-step")?;
-    std::fs::write(HOSTS, "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    let hosts = Path::new(fledge_agent::STEP_HOSTS);
+    std::fs::create_dir_all(hosts.parent().expect("an absolute path"))?;
+    std::fs::write(hosts, "127.0.0.1\tlocalhost buildkitsandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n")
 }
 
 /// Character devices of `/dev`: name, major, minor (mode 0666, as runc makes them).
