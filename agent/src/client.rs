@@ -197,19 +197,23 @@ impl AgentClient {
         out: &mut (dyn AsyncWrite + Send + Unpin),
         limit: u64,
     ) -> Result<u64> {
-        self.pack(pb::GetTarRequest { directory: directory.into(), overlay_diff: false }, out, limit).await
+        self.pack(pb::GetTarRequest { directory: directory.into(), overlay_diff: false, lower: String::new() }, out, limit)
+            .await
     }
 
-    /// Packs the overlay upper directory `upper` as an OCI layer (whiteouts and opaque
-    /// directories in OCI form) into `out`, refusing more than `limit` bytes. The layer comes
-    /// from the guest: whoever applies it must validate its entries.
+    /// Packs what the overlay upper directory `upper` changed against `lower` (the layers
+    /// below it, merged) as an OCI layer, as BuildKit's differ would, into `out`, refusing
+    /// more than `limit` bytes. The layer comes from the guest: whoever applies it must
+    /// validate its entries.
     pub async fn get_layer_diff(
         &mut self,
         upper: &str,
+        lower: &str,
         out: &mut (dyn AsyncWrite + Send + Unpin),
         limit: u64,
     ) -> Result<u64> {
-        self.pack(pb::GetTarRequest { directory: upper.into(), overlay_diff: true }, out, limit).await
+        self.pack(pb::GetTarRequest { directory: upper.into(), overlay_diff: true, lower: lower.into() }, out, limit)
+            .await
     }
 
     async fn pack(

@@ -404,7 +404,7 @@ impl Guest {
         self.next += 1;
         let (upper, root) = (format!("{WORK}/u{step}/upper"), format!("{WORK}/r{step}"));
         let overlay = agent::MountOverlayRequest {
-            lower,
+            lower: lower.clone(),
             upper: upper.clone(),
             work: format!("{WORK}/u{step}/work"),
             target: root.clone(),
@@ -430,7 +430,22 @@ impl Guest {
         self.vm.agent().unmount(&root, Vec::new()).await?;
         let diff = tempfile::Builder::new().prefix("diff-").tempfile_in(store.tmp_dir()?)?;
         let mut file = tokio::fs::File::from_std(diff.reopen()?);
-        self.vm.agent().get_layer_diff(&upper, &mut file, MAX_DIFF).await?;
+        // The layers below, merged, for the differ to leave out what the step left alike.
+        // One directory is its own view; an overlay without an upper needs two lowers.
+        let view = match lower.as_slice() {
+            [only] => only.clone(),
+            _ => {
+                let view = format!("{WORK}/l{step}");
+                let overlay =
+                    agent::MountOverlayRequest { lower, upper: String::new(), work: String::new(), target: view.clone() };
+                self.vm.agent().mount_overlay(overlay).await?;
+                view
+            }
+        };
+        self.vm.agent().get_layer_diff(&upper, &view, &mut file, MAX_DIFF).await?;
+        if view.starts_with(&format!("{WORK}/l")) {
+            self.vm.agent().unmount(&view, Vec::new()).await?;
+        }
         drop(file);
         let (digest, _) = store.write_blob(&mut diff.reopen()?, None, "a build step's layer")?;
         // The upper is this layer in overlay form already: later steps stack on it.

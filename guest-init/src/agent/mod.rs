@@ -7,6 +7,7 @@
 //! [`children`]) and powers off on request.
 
 mod children;
+mod diff;
 mod exec;
 mod files;
 mod mount;

@@ -150,7 +150,8 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Streams `directory` as a tar (see `GetTarRequest` in the .proto for what is kept).
+/// Streams `directory` as a tar (see `GetTarRequest` in the .proto for what is kept): the
+/// directory itself, or the layer diff of an overlay upper over `lower` ([`super::diff`]).
 pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
     let directory = PathBuf::from(&request.directory);
     if !directory.is_absolute() || !directory.is_dir() {
@@ -159,121 +160,172 @@ pub async fn get(request: pb::GetTarRequest) -> Result<Chunks, Status> {
             request.directory
         )));
     }
+    let lower = request.overlay_diff.then(|| PathBuf::from(&request.lower));
+    if lower.as_ref().is_some_and(|l| !l.is_absolute() || !l.is_dir()) {
+        return Err(Status::failed_precondition(format!(
+            "the lower of a layer diff, {:?}, is not an absolute path to a directory",
+            request.lower
+        )));
+    }
     let (tx, rx) = mpsc::channel(4);
     tokio::task::spawn_blocking(move || {
-        let writer = ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) };
-        let mut packer =
-            Packer { tar: tar::Builder::new(writer), links: HashMap::new(), overlay: request.overlay_diff };
-        let packed = packer.pack(&directory, Path::new("")).and_then(|()| packer.tar.into_inner()?.flush());
-        if let Err(e) = packed {
+        let mut tar = tar::Builder::new(ChannelWriter { tx: tx.clone(), buf: Vec::with_capacity(CHUNK) });
+        let packed = match &lower {
+            Some(lower) => super::diff::write(&mut tar, &directory, lower),
+            None => Packer { tar: &mut tar, links: HashMap::new() }.pack(&directory, Path::new("")),
+        };
+        if let Err(e) = packed.and_then(|()| tar.into_inner()?.flush()) {
             let _ = tx.blocking_send(Err(io_error("cannot pack", &request.directory)(e)));
         }
     });
     Ok(rx)
 }
 
-/// The overlay attribute that marks a directory as hiding everything below it.
-const OPAQUE: &str = "trusted.overlay.opaque";
-
-struct Packer {
-    tar: tar::Builder<ChannelWriter>,
+/// Packs a directory as it is.
+struct Packer<'a, W: Write> {
+    tar: &'a mut tar::Builder<W>,
     /// Files with several links already written, by (device, inode): later names link to it.
     links: HashMap<(u64, u64), PathBuf>,
-    overlay: bool,
 }
 
-impl Packer {
+impl<W: Write> Packer<'_, W> {
     fn pack(&mut self, directory: &Path, name: &Path) -> std::io::Result<()> {
         let mut children: Vec<_> = std::fs::read_dir(directory)?.collect::<Result<_, _>>()?;
         children.sort_by_key(|entry| entry.file_name());
         for child in children {
             let (path, child_name) = (child.path(), name.join(child.file_name()));
-            self.append(&path, &child_name)?;
-            if child.file_type()?.is_dir() {
+            let metadata = std::fs::symlink_metadata(&path)?;
+            if metadata.is_file() && metadata.nlink() > 1 {
+                let inode = (metadata.dev(), metadata.ino());
+                if let Some(first) = self.links.get(&inode) {
+                    hard_link(self.tar, &metadata, &child_name, first)?;
+                    continue;
+                }
+                self.links.insert(inode, child_name.clone());
+            }
+            entry(self.tar, &path, &metadata, &child_name, &xattrs(&path)?)?;
+            if metadata.is_dir() {
                 self.pack(&path, &child_name)?;
             }
         }
         Ok(())
     }
+}
 
-    /// One entry: owner, time and permission bits (the mode field holds only those, as tar
-    /// tools write it), extended attributes, device numbers, hard links.
-    fn append(&mut self, path: &Path, name: &Path) -> std::io::Result<()> {
-        let metadata = std::fs::symlink_metadata(path)?;
-        let kind = metadata.file_type();
-        if self.overlay && kind.is_char_device() && metadata.rdev() == 0 {
-            let whiteout =
-                name.with_file_name(format!(".wh.{}", name.file_name().unwrap_or_default().to_string_lossy()));
-            return self.empty_file(&whiteout);
-        }
-        let mut attributes = xattrs(path)?;
-        let opaque = attributes.iter().any(|(k, v)| k == OPAQUE && v == b"y");
-        if self.overlay {
-            attributes.retain(|(k, _)| !k.starts_with("trusted.overlay."));
-        }
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&metadata, tar::HeaderMode::Complete);
-        header.set_mode(metadata.mode() & 0o7777);
-        if !attributes.is_empty() {
-            let records: Vec<(String, Vec<u8>)> =
-                attributes.into_iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v)).collect();
-            self.pax(&records)?;
-        }
-        if kind.is_file() && metadata.nlink() > 1 {
-            if let Some(first) = self.links.get(&(metadata.dev(), metadata.ino())) {
-                header.set_entry_type(tar::EntryType::Link);
-                header.set_size(0);
-                return self.tar.append_link(&mut header, name, first.clone());
-            }
-            self.links.insert((metadata.dev(), metadata.ino()), name.to_path_buf());
-        }
-        if kind.is_file() {
-            self.tar.append_data(&mut header, name, std::fs::File::open(path)?)?;
-        } else if kind.is_symlink() {
-            self.tar.append_link(&mut header, name, std::fs::read_link(path)?)?;
-        } else {
-            header.set_size(0);
-            self.tar.append_data(&mut header, name, std::io::empty())?;
-        }
-        if self.overlay && kind.is_dir() && opaque {
-            self.empty_file(&name.join(".wh..wh..opq"))?;
-        }
-        Ok(())
+/// The header of an entry for `metadata`: type, owner, time, permission bits (the mode
+/// field holds only those, as tar tools write it) and device numbers.
+fn header(metadata: &std::fs::Metadata) -> std::io::Result<tar::Header> {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(metadata, tar::HeaderMode::Complete);
+    // A symbolic link has no permissions of its own: Linux shows 0777, and so does every
+    // image BuildKit writes. An overlay on the build VM's ext4 (no POSIX ACLs) gives a new
+    // link the umask's 0755 instead.
+    let kind = metadata.file_type();
+    header.set_mode(if kind.is_symlink() { 0o777 } else { metadata.mode() & 0o7777 });
+    if kind.is_char_device() || kind.is_block_device() {
+        let rdev = metadata.rdev();
+        header.set_device_major(libc::major(rdev))?;
+        header.set_device_minor(libc::minor(rdev))?;
     }
+    Ok(header)
+}
 
-    /// An empty marker file (OCI whiteouts).
-    fn empty_file(&mut self, name: &Path) -> std::io::Result<()> {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
+/// Writes the entry `name` for the file at `path`: its header, `attributes` as PAX
+/// extended attributes, its content, link target or device numbers.
+pub fn entry<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    metadata: &std::fs::Metadata,
+    name: &Path,
+    attributes: &[(String, Vec<u8>)],
+) -> std::io::Result<()> {
+    let mut header = header(metadata)?;
+    if !attributes.is_empty() {
+        let records: Vec<(String, &[u8])> =
+            attributes.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice())).collect();
+        pax(tar, &records)?;
+    }
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        tar.append_data(&mut header, name, std::fs::File::open(path)?)
+    } else if kind.is_symlink() {
+        tar.append_link(&mut header, name, std::fs::read_link(path)?)
+    } else {
         header.set_size(0);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        self.tar.append_data(&mut header, name, std::io::empty())
+        tar.append_data(&mut header, name, std::io::empty())
     }
+}
 
-    /// A PAX extended header for the next entry.
-    fn pax(&mut self, records: &[(String, Vec<u8>)]) -> std::io::Result<()> {
-        let mut data = Vec::new();
-        for (key, value) in records {
-            // "LEN key=value\n", where LEN counts itself too.
-            let body = key.len() + value.len() + 3;
-            let mut len = body + body.to_string().len();
-            if len.to_string().len() != body.to_string().len() {
-                len += 1;
-            }
-            data.extend_from_slice(format!("{len} {key}=").as_bytes());
-            data.extend_from_slice(value);
-            data.push(b'\n');
+/// Writes `name` as a hard link to the entry `target` written before, with `metadata`.
+pub fn hard_link<W: Write>(
+    tar: &mut tar::Builder<W>,
+    metadata: &std::fs::Metadata,
+    name: &Path,
+    target: &Path,
+) -> std::io::Result<()> {
+    let mut header = header(metadata)?;
+    header.set_entry_type(tar::EntryType::Link);
+    header.set_size(0);
+    tar.append_link(&mut header, name, target)
+}
+
+/// An empty regular file owned by 0:0 and dated 0, with `mode` (OCI whiteouts).
+pub fn marker<W: Write>(tar: &mut tar::Builder<W>, name: &Path, mode: u32) -> std::io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(0);
+    header.set_mode(mode);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    tar.append_data(&mut header, name, std::io::empty())
+}
+
+/// A PAX extended header for the next entry.
+fn pax<W: Write>(tar: &mut tar::Builder<W>, records: &[(String, &[u8])]) -> std::io::Result<()> {
+    let mut data = Vec::new();
+    for (key, value) in records {
+        // "LEN key=value\n", where LEN counts itself too.
+        let body = key.len() + value.len() + 3;
+        let mut len = body + body.to_string().len();
+        if len.to_string().len() != body.to_string().len() {
+            len += 1;
         }
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::XHeader);
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(0);
-        self.tar.append_data(&mut header, "PaxHeader", &data[..])
+        data.extend_from_slice(format!("{len} {key}=").as_bytes());
+        data.extend_from_slice(value);
+        data.push(b'\n');
     }
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(tar::EntryType::XHeader);
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    tar.append_data(&mut header, "PaxHeader", &data[..])
+}
+
+/// The extended attribute `key` of `path` (not following a link); `None` if it has none or
+/// the filesystem keeps none.
+pub fn xattr(path: &Path, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    let c_key = std::ffi::CString::new(key).map_err(std::io::Error::other)?;
+    // SAFETY: the buffers passed are at least as long as the sizes given with them.
+    let get = |buf: &mut [u8]| unsafe {
+        libc::lgetxattr(c_path.as_ptr(), c_key.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    let absent = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ENODATA | libc::ENOTSUP));
+    let size = get(&mut []);
+    if size < 0 {
+        let e = std::io::Error::last_os_error();
+        return if absent(&e) { Ok(None) } else { Err(e) };
+    }
+    let mut value = vec![0u8; size as usize];
+    let size = get(&mut value);
+    if size < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    value.truncate(size as usize);
+    Ok(Some(value))
 }
 
 /// A file's extended attributes (none where the filesystem has no support).
@@ -296,22 +348,10 @@ fn xattrs(path: &Path) -> std::io::Result<Vec<(String, Vec<u8>)>> {
     names.truncate(size as usize);
     let mut attributes = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let c_name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-        // SAFETY: as above.
-        let get = |buf: &mut [u8]| unsafe {
-            libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
-        let size = get(&mut []);
-        if size < 0 {
-            return Err(std::io::Error::last_os_error());
+        let name = String::from_utf8_lossy(name).into_owned();
+        if let Some(value) = xattr(path, &name)? {
+            attributes.push((name, value));
         }
-        let mut value = vec![0u8; size as usize];
-        let size = get(&mut value);
-        if size < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        value.truncate(size as usize);
-        attributes.push((String::from_utf8_lossy(name).into_owned(), value));
     }
     attributes.sort();
     Ok(attributes)
