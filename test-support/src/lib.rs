@@ -30,7 +30,7 @@ pub struct Skipped(());
 pub fn skip(reason: impl Display) -> Skipped {
     let test = current_test();
     let reason = reason.to_string();
-    if is_ci(std::env::var_os("CI").as_deref()) {
+    if ci() {
         let list = std::fs::read_to_string(ALLOWED_SKIPS).unwrap_or_else(|e| panic!("{ALLOWED_SKIPS}: {e}"));
         match allowed(&test, &reason, &list) {
             Ok(true) => {}
@@ -71,6 +71,11 @@ macro_rules! skip_unless {
             return;
         }
     };
+}
+
+/// Whether this is a CI run (`CI` set to anything but empty, `0` or `false`).
+pub fn ci() -> bool {
+    is_ci(std::env::var_os("CI").as_deref())
 }
 
 /// Whether the `CI` variable's value means a CI run.
