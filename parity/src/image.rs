@@ -5,7 +5,8 @@
 //! (created_by, empty_layer, comment), every layer's entries (whiteouts and opaque markers
 //! included) sorted by path, and the final tree those layers make, with hard-link groups.
 //! Each entry states its path, type, permission bits (with setuid, setgid and sticky),
-//! owner, and what makes its content: size and sha256 for a file, the target of a link,
+//! owner, and what makes its content: size and sha256 for a file (and the text of a small
+//! one, so that a difference reads), the target of a link,
 //! the numbers of a device, the extended attributes. Times are left out: BuildKit and
 //! Fledge both stamp what a RUN step writes with the time it ran.
 
@@ -83,6 +84,9 @@ fn describe_config(config: &Value) -> String {
     out
 }
 
+/// Files up to this size that are UTF-8 show their content.
+const TEXT_LIMIT: u64 = 256;
+
 /// One entry of a layer.
 #[derive(Clone, Debug)]
 struct Entry {
@@ -96,9 +100,11 @@ struct Entry {
 
 #[derive(Clone, Debug)]
 enum Kind {
+    /// `text`: the content of a small text file, so that a difference shows it.
     File {
         size: u64,
         sha256: String,
+        text: Option<String>,
     },
     Dir,
     Symlink(String),
@@ -117,7 +123,10 @@ impl Entry {
             return format!("{} whiteout", self.path);
         }
         let what = match &self.kind {
-            Kind::File { size, sha256 } => format!("file size={size} sha256={sha256}"),
+            Kind::File { size, sha256, text: None } => format!("file size={size} sha256={sha256}"),
+            Kind::File { size, sha256, text: Some(text) } => {
+                format!("file size={size} sha256={sha256} text={}", Value::String(text.clone()))
+            }
             Kind::Dir => "dir".to_string(),
             Kind::Symlink(target) => format!("symlink -> {target}"),
             Kind::HardLink(target) => format!("hardlink => {target}"),
@@ -179,8 +188,12 @@ fn read_layer(path: &Path, busybox_sha256: &str) -> Result<Vec<Entry>> {
             tar::EntryType::Block => Kind::Block(device().0, device().1),
             tar::EntryType::Fifo => Kind::Fifo,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let (size, sha256) = crate::sha256_read(&mut entry)?;
-                Kind::File { size, sha256: if sha256 == busybox_sha256 { BUSYBOX.to_string() } else { sha256 } }
+                let mut head = Vec::new();
+                (&mut entry).take(TEXT_LIMIT + 1).read_to_end(&mut head)?;
+                let (rest, sha256) = crate::sha256_read(std::io::Cursor::new(&head).chain(&mut entry))?;
+                let text = String::from_utf8(head).ok().filter(|t| t.len() as u64 <= TEXT_LIMIT);
+                let sha256 = if sha256 == busybox_sha256 { BUSYBOX.to_string() } else { sha256 };
+                Kind::File { size: rest, sha256, text }
             }
             other => bail!("{path}: an entry of type {other:?}"),
         };
@@ -315,7 +328,7 @@ mod tests {
     }
 
     fn file(path: &str, sha: &str) -> Entry {
-        entry(path, Kind::File { size: 1, sha256: sha.into() })
+        entry(path, Kind::File { size: 1, sha256: sha.into(), text: None })
     }
 
     #[test]
@@ -331,9 +344,9 @@ mod tests {
         ]);
         tree.apply(vec![
             entry("a", Kind::Dir),
-            entry("a/.wh..wh..opq", Kind::File { size: 0, sha256: String::new() }),
+            entry("a/.wh..wh..opq", Kind::File { size: 0, sha256: String::new(), text: None }),
             file("a/new", "5"),
-            entry(".wh.b", Kind::File { size: 0, sha256: String::new() }),
+            entry(".wh.b", Kind::File { size: 0, sha256: String::new(), text: None }),
             entry("d", Kind::HardLink("c".into())),
         ]);
         assert_eq!(

@@ -3,9 +3,10 @@
 //!
 //! It drives `buildctl` against a running buildkitd (OCI worker): the case's context as the
 //! local `context` and `dockerfile`, the BusyBox context as `--opt context:bb=local:bb`, the
-//! case's target, build args and secrets, and `--output type=oci`. A case that must fail is
-//! checked to fail with its fragment; a case whose outcome disagrees with its file gets no
-//! fixture and the program exits 1, naming it.
+//! case's target, build args and secrets, `--no-cache` (BuildKit's cache can answer for a
+//! context whose modes changed) and `--output type=oci`. A case that must fail is checked to
+//! fail with its fragment; a case whose outcome disagrees with its file gets no fixture and
+//! the program exits 1, naming it.
 //!
 //! usage: cargo run -p fledge-parity --bin capture -- ADDR COMMIT [CASE...]
 //!   ADDR: buildkitd's address (unix:///run/buildkit/buildkitd.sock); `buildctl` on PATH;
@@ -92,7 +93,7 @@ fn build(
     busybox_sha256: &str,
 ) -> Result<Result<String, String>> {
     let mut cmd = Command::new("buildctl");
-    cmd.args(["--addr", addr, "build", "--progress", "plain", "--frontend", "dockerfile.v0"])
+    cmd.args(["--addr", addr, "build", "--no-cache", "--progress", "plain", "--frontend", "dockerfile.v0"])
         .arg("--local")
         .arg(format!("context={}", m.context.display()))
         .arg("--local")
