@@ -159,15 +159,20 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         resolver: &resolver,
     };
     let converted = fledge_llb::dockerfile::convert(&ast, &options).map_err(|e| dockerfile::convert_error(path, &e))?;
-    let Some(result) = converted.result else {
-        bail!("{}: the target stage is empty (FROM scratch with nothing added)", path.display());
+    // An empty target (FROM scratch with only config) is an image without layers, as in
+    // BuildKit: nothing to solve.
+    let layers = match &converted.result {
+        Some(result) => {
+            // The Dockerfile goes into the definition's source map, so a failing step names
+            // its line.
+            let text = std::fs::read(path).with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
+            let definition = fledge_llb::graph::definition(result, Some((&path.display().to_string(), &text)));
+            let mut locals = HashMap::from([("context".to_string(), request.context.to_path_buf())]);
+            locals.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
+            solve(&store, &definition, locals, request.secrets, request.cache, request.progress, progress)?
+        }
+        None => Vec::new(),
     };
-    // The Dockerfile goes into the definition's source map, so a failing step names its line.
-    let text = std::fs::read(path).with_context(|| format!("cannot read the Dockerfile {}", path.display()))?;
-    let definition = fledge_llb::graph::definition(&result, Some((&path.display().to_string(), &text)));
-    let mut locals = HashMap::from([("context".to_string(), request.context.to_path_buf())]);
-    locals.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
-    let layers = solve(&store, &definition, locals, request.secrets, request.cache, request.progress, progress)?;
     let config = serde_json::from_value(converted.image.clone()).context("the frontend's image config")?;
     Ok(Built { layers, config, image: converted.image })
 }

@@ -48,11 +48,11 @@ pub fn run(command: &DebugCommand, progress: &Progress) -> Result<()> {
             };
             let converted = fledge_llb::dockerfile::convert(&ast, &options)
                 .map_err(|e| dockerfile::convert_error(dockerfile, &e))?;
-            let Some(result) = converted.result else {
-                bail!("the target stage is empty (FROM scratch with nothing added): there is no LLB to print");
+            // An empty target has no operation: its definition is empty, as BuildKit's is.
+            let definition = match &converted.result {
+                Some(result) => graph::definition(result, Some(("Dockerfile", &dockerfile::read_in_dir(dockerfile)?))),
+                None => Default::default(),
             };
-            let text = dockerfile::read_in_dir(dockerfile)?;
-            let definition = graph::definition(&result, Some(("Dockerfile", &text)));
             let mut out = std::io::stdout().lock();
             match format {
                 LlbFormat::Pb => out.write_all(&definition.encode_to_vec())?,

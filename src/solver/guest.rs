@@ -436,8 +436,12 @@ impl Guest {
             [only] => only.clone(),
             _ => {
                 let view = format!("{WORK}/l{step}");
-                let overlay =
-                    agent::MountOverlayRequest { lower, upper: String::new(), work: String::new(), target: view.clone() };
+                let overlay = agent::MountOverlayRequest {
+                    lower,
+                    upper: String::new(),
+                    work: String::new(),
+                    target: view.clone(),
+                };
                 self.vm.agent().mount_overlay(overlay).await?;
                 view
             }

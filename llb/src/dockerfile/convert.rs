@@ -597,15 +597,18 @@ impl Context<'_> {
             }
             "expose" => {
                 let mut ports = state.config().get("ExposedPorts").cloned().unwrap_or_else(|| json!({}));
+                // BuildKit sorts the words as written, before expanding them.
+                let mut words = instructions::words(instruction);
+                words.sort();
                 let mut shown = Vec::new();
-                for word in instructions::words(instruction) {
-                    let port = state.expand(&self.lexer, &word, instruction)?;
-                    let port = if port.contains('/') { port.to_ascii_lowercase() } else { format!("{port}/tcp") };
-                    shown.push(port.clone());
-                    ports[port] = json!({});
+                for word in words {
+                    let spec = state.expand(&self.lexer, &word, instruction)?;
+                    for port in exposed_ports(&spec).or_else(|e| fail(instruction, e))? {
+                        ports[&port] = json!({});
+                        shown.push(port);
+                    }
                 }
                 state.config().insert("ExposedPorts".into(), ports);
-                shown.sort();
                 state.history(format!("EXPOSE [{}]", shown.join(" ")), true);
                 Ok(())
             }
@@ -681,6 +684,43 @@ impl Context<'_> {
         state.history(format!("ARG {}", shown.join(" ")), true);
         Ok(())
     }
+}
+
+/// Leaves out the config's empty values, as the image spec's `omitempty` fields do in the
+/// config BuildKit writes (`CMD []` gives no `Cmd`).
+fn omit_empty(config: &mut Value) {
+    if let Some(fields) = config.as_object_mut() {
+        fields.retain(|_, v| match v {
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            Value::String(s) => !s.is_empty(),
+            Value::Null => false,
+            _ => true,
+        });
+    }
+}
+
+/// The `PORT/PROTO` entries an EXPOSE word stands for, as BuildKit parses them
+/// (`[[IP:]HOSTPORT:]PORT[-END][/PROTO]`, a range giving every port in it), with its errors.
+fn exposed_ports(spec: &str) -> Result<Vec<String>, String> {
+    let container = spec.rsplit(':').next().unwrap_or(spec);
+    let (port, proto) = container.split_once('/').unwrap_or((container, ""));
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        _ if port.is_empty() => return Err(format!("invalid port: {spec:?}: no port specified")),
+        "" => "tcp".to_string(),
+        p @ ("tcp" | "udp" | "sctp") => p.to_string(),
+        _ => return Err(format!("invalid port: {spec:?}: invalid proto: {proto}")),
+    };
+    let number = |n: &str| n.parse::<u16>().map_err(|_| format!("invalid containerPort: {port}"));
+    let (start, end) = match port.split_once('-') {
+        Some((a, b)) if a != b => (number(a)?, number(b)?),
+        Some((a, _)) => (number(a)?, number(a)?),
+        None => (number(port)?, number(port)?),
+    };
+    if end < start {
+        return Err(format!("invalid containerPort: {port}"));
+    }
+    Ok((start..=end).map(|p| format!("{p}/{proto}")).collect())
 }
 
 pub fn string_list(value: &Value) -> Vec<String> {
@@ -841,7 +881,9 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
         context.lower_with_dependencies(target)?;
     }
     let state = context.done.remove(&target).expect("lowered");
-    Ok(Converted { result: state.output, image: state.image })
+    let mut image = state.image;
+    omit_empty(&mut image["config"]);
+    Ok(Converted { result: state.output, image })
 }
 
 impl Context<'_> {

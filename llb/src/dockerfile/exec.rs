@@ -464,8 +464,9 @@ pub fn healthcheck(state: &mut StageState, at: &Instruction, flags: &Flags) -> R
         ("start-interval", "StartInterval"),
     ] {
         if let Some(text) = flags.get(flag) {
-            let nanos = parse_duration(text)
-                .ok_or_else(|| error(at, format!("--{flag}={text}: expected a duration such as 30s")))?;
+            let nanos = parse_duration(text).ok_or_else(|| {
+                error(at, format!("--{flag}={text}: time: invalid duration {text:?} (expected a duration such as 30s)"))
+            })?;
             if nanos != 0 && nanos < 1_000_000 {
                 return Err(error(at, format!("Interval {flag} cannot be less than 1ms")));
             }
