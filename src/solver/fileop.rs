@@ -5,8 +5,9 @@
 //! image. Owners given by name are looked up in the `/etc/passwd` and `/etc/group` of the
 //! filesystem being changed, as BuildKit's frontend means them.
 
+use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, bail};
 use fledge_llb::pb;
@@ -230,17 +231,22 @@ impl Layer<'_> {
         Ok(())
     }
 
+    /// BuildKit's mkdir: the path followed through symlinks (so `WORKDIR /link` keeps the
+    /// link and makes what it points to); with parents, every missing directory gets the
+    /// mode and owner.
     fn mkdir(&mut self, mkdir: &pb::FileActionMkDir) -> Result<()> {
-        let path = self.resolve(&image_path(&mkdir.path)?)?;
-        if !mkdir.make_parents
-            && path.parent().is_some_and(|p| self.below.get(&p).is_none() && self.tree.get(&p).is_none())
-        {
-            bail!("mkdir {}: the parent directory does not exist", mkdir.path);
+        let path = self.resolve_all(&image_path(&mkdir.path)?, true)?;
+        let (mode, owner) = (mkdir.mode as u32 & 0o777, self.owner(&mkdir.owner)?);
+        if mkdir.make_parents {
+            return self.mkdir_all(&path, mode, &owner);
         }
-        if matches!(self.below.get(&path), Some(Node::Dir { .. })) {
-            return Ok(()); // exists: mkdir -p leaves it as it is
+        match (path.parent(), self.node(&path)) {
+            (_, Some(_)) => Ok(()), // exists: left as it is
+            (Some(parent), None) if !matches!(self.node(&parent), Some(Node::Dir { .. })) => {
+                bail!("mkdir {}: the parent directory does not exist", mkdir.path)
+            }
+            _ => self.put(&path, Node::Dir { mode }, owner),
         }
-        self.put(&path, Node::Dir { mode: mkdir.mode as u32 & 0o7777 }, self.owner(&mkdir.owner)?)
     }
 
     fn mkfile(&mut self, mkfile: &pb::FileActionMkFile) -> Result<()> {
@@ -296,15 +302,118 @@ impl Layer<'_> {
         Ok(())
     }
 
-    /// Where a copied source lands: inside `dest` when it ends with `/`, names several
-    /// sources, or is an existing directory; else at `dest` itself.
-    fn destination(&self, dest: &str, name: &str, into_dir: bool) -> Result<ImagePath> {
-        let dest_path = self.resolve(&image_path(dest)?)?;
-        let is_dir = into_dir
-            || dest.ends_with('/')
-            || matches!(self.below.get(&dest_path), Some(Node::Dir { .. }))
-            || matches!(self.tree.get(&dest_path), Some(Node::Dir { .. }));
-        Ok(if is_dir { dest_path.join(name) } else { dest_path })
+    /// The entry at `path` as the filesystem is after this layer so far: the layer's own,
+    /// else the base's unless the layer removed it or a parent of it.
+    fn node(&self, path: &ImagePath) -> Option<&Node> {
+        if let Some(node) = self.tree.get(path) {
+            return Some(node);
+        }
+        let mut at = path.clone();
+        loop {
+            if whiteout(&at).is_some_and(|w| self.tree.get(&w).is_some()) {
+                return None;
+            }
+            match at.parent() {
+                Some(parent) if self.tree.get(&parent).is_some_and(|n| !matches!(n, Node::Dir { .. })) => return None,
+                Some(parent) => at = parent,
+                None => return self.below.get(path),
+            }
+        }
+    }
+
+    /// `path` with the symlinks of every component followed (and of the last one when
+    /// `follow_last`), as the filesystem is after this layer so far, confined to the image.
+    fn resolve_all(&self, path: &ImagePath, follow_last: bool) -> Result<ImagePath> {
+        let mut pending: Vec<String> = path.components().iter().rev().cloned().collect();
+        let (mut done, mut followed) = (ImagePath::root(), 0);
+        while let Some(part) = pending.pop() {
+            match part.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done = done.parent().unwrap_or_else(ImagePath::root);
+                    continue;
+                }
+                _ => {}
+            }
+            let here = done.join(&part);
+            match self.node(&here) {
+                Some(Node::Symlink { target }) if follow_last || !pending.is_empty() => {
+                    followed += 1;
+                    if followed > 255 {
+                        bail!("cannot resolve {path}: too many levels of symbolic links");
+                    }
+                    if target.starts_with('/') {
+                        done = ImagePath::root();
+                    }
+                    pending.extend(target.split('/').rev().map(str::to_string));
+                }
+                Some(Node::Dir { .. }) | None => done = here,
+                Some(_) if pending.is_empty() => done = here,
+                Some(_) => bail!("cannot resolve {path}: {here} is not a directory"),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Creates the directories of the resolved `path` that are missing, with `mode` and
+    /// `attrs` (fsutil's `MkdirAll`, which BuildKit's copies use).
+    fn mkdir_all(&mut self, path: &ImagePath, mode: u32, attrs: &Option<Attrs>) -> Result<()> {
+        let mut current = ImagePath::root();
+        for part in path.components() {
+            current = current.join(part);
+            match self.node(&current) {
+                Some(Node::Dir { .. }) => {}
+                Some(_) => bail!("mkdir {current}: not a directory"),
+                None => self.put(&current, Node::Dir { mode }, attrs.clone())?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a copy of the source named `name` lands, with the directories it needs made,
+    /// as BuildKit's copy decides it: `dest` (its directory part, all of it when it ends with
+    /// `/`, made first) is followed through symlinks; a source goes inside it when it is an
+    /// existing directory (a directory source too when its contents are not what is
+    /// copied), else replaces it. New directories are 0755, or the octal `--chmod`, owned
+    /// as `--chown` says.
+    fn prepare_target(
+        &mut self,
+        copy: &pb::FileActionCopy,
+        name: &str,
+        src_is_dir: bool,
+        attrs: &Option<Attrs>,
+    ) -> Result<ImagePath> {
+        let mode = if copy.mode_str.is_empty() && copy.mode >= 0 { copy.mode as u32 & 0o7777 } else { 0o755 };
+        let written = image_path(&copy.dest)?;
+        let first =
+            if copy.dest.ends_with('/') { written.clone() } else { written.parent().unwrap_or_else(ImagePath::root) };
+        let first = self.resolve_all(&first, true)?;
+        self.mkdir_all(&first, mode, attrs)?;
+        let mut dest = self.resolve_all(&written, true)?;
+        let existing = self.node(&dest).cloned();
+        let dest_is_dir = matches!(existing, Some(Node::Dir { .. }));
+        if (!copy.dir_copy_contents && src_is_dir && existing.is_some()) || (!src_is_dir && dest_is_dir) {
+            dest = dest.join(name);
+        }
+        let made = if copy.dir_copy_contents && src_is_dir && existing.is_none() {
+            dest.clone()
+        } else {
+            dest.parent().unwrap_or_else(ImagePath::root)
+        };
+        self.mkdir_all(&made, mode, attrs)?;
+        if !src_is_dir && matches!(self.node(&dest), Some(Node::Dir { .. })) {
+            bail!("cannot replace the directory {dest} with a file");
+        }
+        Ok(dest)
+    }
+
+    /// The root of a directory copy at `dest`: made with the source's mode if missing, left
+    /// as it is if there.
+    fn copy_root_dir(&mut self, dest: &ImagePath, mode: u32, attrs: &Option<Attrs>) -> Result<()> {
+        if self.node(dest).is_none() {
+            self.put(dest, Node::Dir { mode }, attrs.clone())?;
+        }
+        Ok(())
     }
 
     /// The mode a copied entry gets: `--chmod` (symbolic or octal) applied to its own.
@@ -324,7 +433,6 @@ impl Layer<'_> {
             }
         }
         let sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
-        let several = sources.len() > 1 || copy.src.contains(['*', '?', '[']);
         let attrs = self.owner(&copy.owner)?;
         for named in sources {
             // Read where the copy reads (a followed link, inside the context); named as given.
@@ -333,15 +441,11 @@ impl Layer<'_> {
             let meta = std::fs::symlink_metadata(&full)
                 .with_context(|| format!("cannot read {} in the build context", source.display()))?;
             let name = named.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+            // Names of one inode in one source stay one inode (BuildKit's copier links them).
+            let mut inodes = HashMap::new();
             if meta.is_dir() {
-                // A directory's contents go into the destination (merged, for several
-                // sources), or the directory itself goes there without dir_copy_contents.
-                let dest = if copy.dir_copy_contents {
-                    self.resolve(&image_path(&copy.dest)?)?
-                } else {
-                    self.destination(&copy.dest, &name, several)?
-                };
-                self.put(&dest, Node::Dir { mode: Self::mode(copy, meta.mode(), true)? }, attrs.clone())?;
+                let dest = self.prepare_target(copy, &name, true, &attrs)?;
+                self.copy_root_dir(&dest, Self::mode(copy, meta.mode(), true)?, &attrs)?;
                 let walk = ContextWalk {
                     context_dir,
                     root: &source,
@@ -351,15 +455,15 @@ impl Layer<'_> {
                     copy,
                     attrs: &attrs,
                 };
-                self.copy_dir(&walk, &source, &dest)?;
+                self.copy_dir(&walk, &source, &dest, &mut inodes)?;
             } else if copy_excludes.excludes(&name) {
                 continue;
             } else if copy.attempt_unpack_docker_compatibility && meta.is_file() && is_archive(&full)? {
-                let dest = self.resolve(&image_path(&copy.dest)?)?;
+                let dest = self.resolve_all(&image_path(&copy.dest)?, true)?;
                 self.unpack(&full, &dest, &attrs)?;
             } else {
-                let dest = self.destination(&copy.dest, &name, several)?;
-                self.copy_entry(&full, &meta, &dest, copy, &attrs)?;
+                let dest = self.prepare_target(copy, &name, false, &attrs)?;
+                self.copy_entry(&full, &meta, &dest, copy, &attrs, &mut inodes)?;
             }
         }
         Ok(())
@@ -367,7 +471,13 @@ impl Layer<'_> {
 
     /// Copies the context directory `dir` into `dest`, minus what the walk's patterns leave
     /// out (include patterns are relative to the copy's source, as `COPY --parents` makes them).
-    fn copy_dir(&mut self, walk: &ContextWalk<'_>, dir: &Path, dest: &ImagePath) -> Result<()> {
+    fn copy_dir(
+        &mut self,
+        walk: &ContextWalk<'_>,
+        dir: &Path,
+        dest: &ImagePath,
+        inodes: &mut HashMap<(u64, u64), PathBuf>,
+    ) -> Result<()> {
         let mut children: Vec<_> = std::fs::read_dir(walk.context_dir.join(dir))?.collect::<Result<_, _>>()?;
         children.sort_by_key(|e| e.file_name());
         for child in children {
@@ -387,9 +497,9 @@ impl Layer<'_> {
                         walk.attrs.clone(),
                     )?;
                 }
-                self.copy_dir(walk, &relative, &target)?;
+                self.copy_dir(walk, &relative, &target, inodes)?;
             } else if !meta.is_dir() && included {
-                self.copy_entry(&child.path(), &meta, &target, walk.copy, walk.attrs)?;
+                self.copy_entry(&child.path(), &meta, &target, walk.copy, walk.attrs, inodes)?;
             }
         }
         Ok(())
@@ -402,12 +512,15 @@ impl Layer<'_> {
         dest: &ImagePath,
         copy: &pb::FileActionCopy,
         attrs: &Option<Attrs>,
+        inodes: &mut HashMap<(u64, u64), PathBuf>,
     ) -> Result<()> {
         let kind = meta.file_type();
         let node = if kind.is_symlink() {
             Node::Symlink { target: std::fs::read_link(full)?.to_string_lossy().into_owned() }
         } else if kind.is_file() {
-            Node::File { mode: Self::mode(copy, meta.mode(), false)?, data: FileData::Host(full.to_path_buf()) }
+            // Equal host data makes the packers write hard links.
+            let first = inodes.entry((meta.dev(), meta.ino())).or_insert_with(|| full.to_path_buf());
+            Node::File { mode: Self::mode(copy, meta.mode(), false)?, data: FileData::Host(first.clone()) }
         } else {
             bail!("{}: only files, directories and symlinks can be copied from the build context", full.display());
         };
@@ -438,7 +551,8 @@ impl Layer<'_> {
         let mut tar = crate::image::flatten::decompress(file)?;
         let (digest, _) = self.store.write_blob(&mut tar, None, "an archive ADD unpacks")?;
         let (n, offset) = self.source(&[digest]).with_context(|| format!("cannot unpack {}", archive.display()))?;
-        self.put(dest, Node::Dir { mode: 0o755 }, attrs.clone())?;
+        // An existing directory keeps its mode (ADD x.tar /tmp/ leaves /tmp 1777).
+        self.mkdir_all(dest, 0o755, attrs)?;
         let entries = Self::entries(&self.sources[n].1, &ImagePath::root());
         for (path, node, original) in entries.into_iter().skip(1) {
             let target = path.components().iter().fold(dest.clone(), |p, c| p.join(c));
@@ -479,20 +593,25 @@ impl Layer<'_> {
         let src = source.resolve(&image_path(&copy.src)?, copy.follow_symlink)?;
         let node =
             source.get(&src).cloned().with_context(|| format!("\"{}\" not found in the source stage", copy.src))?;
-        let name = src.components().last().cloned().unwrap_or_default();
+        // Named as the source was written, not as what a link there points to.
+        let name = image_path(&copy.src)?.components().last().cloned().unwrap_or_default();
         let is_dir = matches!(node, Node::Dir { .. });
         let entries = Self::entries(source, &src);
-        let into = if is_dir && copy.dir_copy_contents {
-            self.resolve(&image_path(&copy.dest)?)?
-        } else {
-            self.destination(&copy.dest, &name, false)?
-        };
         let attrs = self.owner(&copy.owner)?;
+        let into = self.prepare_target(copy, &name, is_dir, &attrs)?;
         for (path, node, original) in entries {
             let relative = &path.components()[src.components().len()..];
             let target = relative.iter().fold(into.clone(), |p, c| p.join(c));
             let node = match Self::relocated(node, offset) {
                 Node::File { mode, data } => Node::File { mode: Self::mode(copy, mode, false)?, data },
+                Node::Dir { mode } if relative.is_empty() => {
+                    self.copy_root_dir(
+                        &target,
+                        Self::mode(copy, mode, true)?,
+                        &Some(attrs.clone().unwrap_or(original)),
+                    )?;
+                    continue;
+                }
                 Node::Dir { mode } => Node::Dir { mode: Self::mode(copy, mode, true)? },
                 other => other,
             };
