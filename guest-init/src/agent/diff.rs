@@ -135,7 +135,8 @@ fn compare<W: Write>(
             std::cmp::Ordering::Equal => {
                 l.next();
                 let path = rel.join(u.next().expect("peeked"));
-                let (a, b) = (std::fs::symlink_metadata(lower.join(&path))?, std::fs::symlink_metadata(upper.join(&path))?);
+                let (a, b) =
+                    (std::fs::symlink_metadata(lower.join(&path))?, std::fs::symlink_metadata(upper.join(&path))?);
                 if !same(&a, &b, &lower.join(&path), &upper.join(&path))? {
                     w.change(Change::Modify, &path)?;
                 } else if !b.is_dir() && b.nlink() > 1 {

@@ -58,6 +58,8 @@ fn output(output: Output) -> pb::ExecOutput {
 struct Confinement {
     root: Option<CString>,
     cwd: CString,
+    /// The working directory and its parents, made inside the root if missing.
+    cwd_dirs: Vec<CString>,
     uid: libc::uid_t,
     gid: libc::gid_t,
     groups: Vec<libc::gid_t>,
@@ -80,10 +82,10 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         return Err(Status::invalid_argument(format!("the working directory {cwd} is not absolute")));
     }
     let identity = user::resolve(&root, &start.user).map_err(Status::failed_precondition)?;
-    // Like container runtimes, a missing working directory is created.
-    let host_cwd = root.join(cwd.trim_start_matches('/'));
-    std::fs::create_dir_all(&host_cwd)
-        .map_err(|e| Status::failed_precondition(format!("cannot create the working directory {cwd}: {e}")))?;
+    // Like container runtimes, a missing working directory is created, inside the root: a
+    // symlink on the way (WORKDIR /link) resolves there, not on the guest's own root.
+    let cwd_dirs =
+        Path::new(cwd).ancestors().filter(|p| *p != Path::new("/")).map(c_path).collect::<Result<Vec<_>, _>>()?;
     let own_root = root != Path::new("/");
     let sandbox = own_root
         .then(|| Sandbox::prepare(&root))
@@ -93,6 +95,7 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         sandbox,
         root: own_root.then(|| c_path(&root)).transpose()?,
         cwd: c_path(Path::new(cwd))?,
+        cwd_dirs: cwd_dirs.into_iter().rev().collect(),
         uid: identity.uid,
         gid: identity.gid,
         groups: identity.groups,
@@ -138,9 +141,9 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 
 /// Runs in the child between fork and exec: no blocked signals (PID 1 blocks the ones it
 /// waits for, and a mask survives exec), a network namespace of its own when asked, a build
-/// step's environment (namespaces, /proc, /dev, /sys), the new root, the working directory, a session of
-/// its own (so the whole tree can be killed), then the identity (groups before the uid,
-/// which drops the right to change them).
+/// step's environment (namespaces, /proc, /dev, /sys), the new root, the working directory
+/// (made if missing), a session of its own (so the whole tree can be killed), then the
+/// identity (groups before the uid, which drops the right to change them).
 fn confine(c: &Confinement) -> std::io::Result<()> {
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     // SAFETY: plain system calls on NUL-terminated strings, a slice and a signal set that
@@ -157,6 +160,9 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
         }
         if let Some(root) = &c.root {
             check(libc::chroot(root.as_ptr()))?;
+        }
+        for dir in &c.cwd_dirs {
+            libc::mkdir(dir.as_ptr(), 0o755); // an existing one is fine; chdir says the rest
         }
         check(libc::chdir(c.cwd.as_ptr()))?;
         libc::setsid();

@@ -111,8 +111,9 @@ pub struct StageState {
     pub output: Option<Output>,
     /// The environment LLB ops see: the image's, ENV and declared ARGs.
     pub env: Vars,
-    /// Declared ARGs with their values (for RUN's history line).
-    pub args: Vec<(String, String)>,
+    /// The ARGs declared, in order and with repeats, with their values if any, a stage
+    /// based on another stage's after that stage's (for RUN's history line).
+    pub args: Vec<(String, Option<String>)>,
     pub dir: String,
     pub user: String,
     pub shell: Vec<String>,
@@ -460,6 +461,7 @@ impl Context<'_> {
             let parent = &self.done[&parent];
             state.output = parent.output.clone();
             state.env = parent.env.clone();
+            state.args = parent.args.clone();
             state.dir = parent.dir.clone();
             state.user = parent.user.clone();
             state.shell = parent.shell.clone();
@@ -540,7 +542,9 @@ impl Context<'_> {
                 if state.dir != "/" {
                     copy::mkdir_workdir(state, name, instruction);
                 }
-                state.history(format!("WORKDIR {}", state.dir), false);
+                // "/" needs no directory made: no layer, as BuildKit records it.
+                let empty = state.dir == "/";
+                state.history(format!("WORKDIR {}", state.dir), empty);
                 Ok(())
             }
             "user" => {
@@ -675,11 +679,10 @@ impl Context<'_> {
                 Some(v) => format!("{name}={v}"),
                 None => name.clone(),
             });
-            if let Some(value) = value {
-                state.env.set(&name, &value);
-                state.args.retain(|(k, _)| *k != name);
-                state.args.push((name, value));
+            if let Some(value) = &value {
+                state.env.set(&name, value);
             }
+            state.args.push((name, value));
         }
         state.history(format!("ARG {}", shown.join(" ")), true);
         Ok(())

@@ -104,15 +104,6 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let dest_word = words.pop().expect("two or more");
     let dest = state.expand(&cx.lexer, &dest_word, at)?;
     let dest = state.resolve_path(&dest);
-    if words.len() > 1 && !dest.ends_with('/') {
-        return Err(error(
-            at,
-            format!(
-                "When using {} with more than one source file, the destination must be a directory and end with a /",
-                at.keyword().to_uppercase()
-            ),
-        ));
-    }
     let from = match flags.get("from") {
         Some(from) => Some(mount_source(cx, from, at)?),
         None => None,
@@ -238,14 +229,15 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     if parents {
         created_by += " --parents";
     }
-    // Heredoc sources appear as `<<NAME`, quotes removed.
-    let shown_words: Vec<String> = instructions::words(at)
-        .into_iter()
-        .map(|w| match super::heredoc::parse(&w) {
+    // The words as expanded (BuildKit expands the instruction before it records it);
+    // heredoc sources appear as `<<NAME`, quotes removed.
+    let mut shown_words = Vec::new();
+    for word in instructions::words(at) {
+        shown_words.push(match super::heredoc::parse(&word) {
             Ok(Some(doc)) => format!("<<{}", doc.name),
-            _ => w,
-        })
-        .collect();
+            _ => state.expand(&cx.lexer, &word, at)?,
+        });
+    }
     state.history(format!("{created_by} {} # buildkit", shown_words.join(" ")), false);
     Ok(())
 }

@@ -68,6 +68,9 @@ fn allowed(keyword: &str) -> &'static [(&'static str, bool)] {
     }
 }
 
+/// The flags that mean `true` written without a value.
+const BOOLEAN_FLAGS: &[&str] = &["link", "parents", "keep-git-dir", "unpack"];
+
 /// Checks and collects `instruction`'s flags.
 pub fn flags(instruction: &Instruction) -> Result<Flags, String> {
     let keyword = instruction.keyword();
@@ -79,6 +82,10 @@ pub fn flags(instruction: &Instruction) -> Result<Flags, String> {
         let Some(&(_, repeatable)) = known.iter().find(|(n, _)| *n == name) else {
             return Err(format!("unknown flag: --{name} (for {})", keyword.to_uppercase()));
         };
+        // Only a boolean flag may stand alone, as in BuildKit's flag parser.
+        if !body.contains('=') && !BOOLEAN_FLAGS.contains(&name) {
+            return Err(format!("missing a value on flag: --{name}"));
+        }
         let values = flags.values.entry(name.to_string()).or_default();
         if !repeatable && !values.is_empty() {
             return Err(format!("duplicate flag specified: --{name}"));
@@ -128,5 +135,7 @@ mod tests {
         assert!(flags(&first("COPY --from=a --from=b x y")).unwrap_err().contains("duplicate flag"));
         assert!(flags(&first("COPY --link=maybe x y")).unwrap().bool("link").is_err());
         assert!(flags(&first("WORKDIR --x=1 /a")).is_err());
+        assert_eq!(flags(&first("ADD --chmod 777 f /d")).unwrap_err(), "missing a value on flag: --chmod");
+        assert!(flags(&first("COPY --link --parents a /b/")).is_ok());
     }
 }
