@@ -197,8 +197,12 @@ impl AgentClient {
         out: &mut (dyn AsyncWrite + Send + Unpin),
         limit: u64,
     ) -> Result<u64> {
-        self.pack(pb::GetTarRequest { directory: directory.into(), overlay_diff: false, lower: String::new() }, out, limit)
-            .await
+        self.pack(
+            pb::GetTarRequest { directory: directory.into(), overlay_diff: false, lower: String::new() },
+            out,
+            limit,
+        )
+        .await
     }
 
     /// Packs what the overlay upper directory `upper` changed against `lower` (the layers

@@ -549,6 +549,21 @@ fn parse_duration(text: &str) -> Option<i64> {
     Some(total as i64)
 }
 
+/// The `KEY=VALUE` words of RUN's history line, as BuildKit writes them: each ARG the stage
+/// (and the stage it is based on) declared, once, where first declared, valued as the
+/// environment has it now (an ENV of the same name wins), else as declared (empty if not).
+fn history_args(state: &StageState) -> Vec<String> {
+    let mut shown: Vec<(String, String)> = Vec::new();
+    for (name, declared) in &state.args {
+        let value = state.env.get(name).map(str::to_string).or_else(|| declared.clone()).unwrap_or_default();
+        match shown.iter_mut().find(|(k, _)| k == name) {
+            Some(entry) => entry.1 = value,
+            None => shown.push((name.clone(), value)),
+        }
+    }
+    shown.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -568,19 +583,4 @@ mod tests {
         assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration("soon"), None);
     }
-}
-
-/// The `KEY=VALUE` words of RUN's history line, as BuildKit writes them: each ARG the stage
-/// (and the stage it is based on) declared, once, where first declared, valued as the
-/// environment has it now (an ENV of the same name wins), else as declared (empty if not).
-fn history_args(state: &StageState) -> Vec<String> {
-    let mut shown: Vec<(String, String)> = Vec::new();
-    for (name, declared) in &state.args {
-        let value = state.env.get(name).map(str::to_string).or_else(|| declared.clone()).unwrap_or_default();
-        match shown.iter_mut().find(|(k, _)| k == name) {
-            Some(entry) => entry.1 = value,
-            None => shown.push((name.clone(), value)),
-        }
-    }
-    shown.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
