@@ -128,7 +128,7 @@ fn the_agent_runs_processes_and_moves_files_in_a_build_vm() {
         assert!(refused.contains("unable to find user nobody"), "{refused}");
         let io = ExecIo { stdin: None, stdout: &mut sink.0, stderr: &mut sink.1, signals: None };
         let missing = agent.exec(&in_root(&["no-such-program"]), io).await.unwrap_err().to_string();
-        assert!(missing.contains("cannot run no-such-program"), "{missing}");
+        assert!(missing.contains("cannot run no-such-program: no such file or directory"), "{missing}");
 
         // A signal reaches the process; its status says so.
         let (signals_tx, signals) = tokio::sync::mpsc::channel(1);

@@ -56,6 +56,12 @@ impl Excludes {
         )
     }
 
+    /// Whether some pattern (`!...`) takes paths back: then what is below an excluded
+    /// directory may still be in.
+    pub fn has_exceptions(&self) -> bool {
+        self.0.iter().any(|(exclude, _)| !exclude)
+    }
+
     /// Whether the context-relative `path` is excluded.
     pub fn excludes(&self, path: &str) -> bool {
         let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();

@@ -152,7 +152,8 @@ fn read_layer(path: &Path, busybox_sha256: &str) -> Result<Vec<Entry>> {
     fs::File::open(path)?.read_exact(&mut start).ok();
     let file = fs::File::open(path)?;
     let reader: Box<dyn Read> = match start {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(file)),
+        // BuildKit writes some layers as several gzip members.
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(file)),
         [0x28, 0xb5, 0x2f, 0xfd] => bail!("a zstd layer: the parity suite reads gzip and plain tar"),
         _ => Box::new(file),
     };

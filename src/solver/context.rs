@@ -61,10 +61,25 @@ pub fn followed(context: &Path, source: &Path, follow: bool) -> Result<PathBuf> 
     Ok(path)
 }
 
+/// Whether the context directory `dir` holds something `.dockerignore` lets in (only
+/// possible when it has exceptions).
+pub fn keeps_something_below(context_dir: &Path, dir: &Path, ignored: &Excludes) -> bool {
+    if !ignored.has_exceptions() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir(context_dir.join(dir)) else { return false };
+    entries.flatten().any(|entry| {
+        let path = dir.join(entry.file_name());
+        !ignored.excludes(&path.to_string_lossy())
+            || (entry.file_type().is_ok_and(|t| t.is_dir()) && keeps_something_below(context_dir, &path, ignored))
+    })
+}
+
 /// What a checksum leaves out: `.dockerignore` patterns (relative to the context) and a
 /// copy's `--exclude` patterns (relative to the source it copies, `root`), as the copy
 /// itself applies them.
 struct Skip<'a> {
+    context: &'a Path,
     ignored: &'a Excludes,
     excluded: &'a Excludes,
     root: &'a Path,
@@ -73,7 +88,7 @@ struct Skip<'a> {
 impl Skip<'_> {
     fn skips(&self, path: &Path) -> bool {
         let below = path.strip_prefix(self.root).ok().filter(|p| !p.as_os_str().is_empty());
-        self.ignored.excludes(&path.to_string_lossy())
+        (self.ignored.excludes(&path.to_string_lossy()) && !keeps_something_below(self.context, path, self.ignored))
             || below.is_some_and(|below| self.excluded.excludes(&below.to_string_lossy()))
     }
 }
@@ -161,7 +176,7 @@ fn checksum_of(context: &Path, copied: &Copied, ignored: &[String], excluded: &[
     let mut hasher = Sha256::new();
     for path in matches(context, copied.src, copied.allow_empty)? {
         let path = followed(context, &path, copied.follow)?;
-        let skip = Skip { ignored: &ignored, excluded: &excluded, root: &path };
+        let skip = Skip { context, ignored: &ignored, excluded: &excluded, root: &path };
         checksum(context, &path, &skip, &mut hasher)?;
     }
     Ok(hex::encode(hasher.finalize()))
@@ -178,7 +193,7 @@ mod tests {
         let sum = |d: &Path| {
             let mut h = Sha256::new();
             let none = Excludes::new(&[]);
-            let skip = Skip { ignored: &none, excluded: &none, root: Path::new("a.txt") };
+            let skip = Skip { context: d, ignored: &none, excluded: &none, root: Path::new("a.txt") };
             checksum(d, Path::new("a.txt"), &skip, &mut h).unwrap();
             hex::encode(h.finalize())
         };

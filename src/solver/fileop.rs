@@ -152,6 +152,14 @@ impl Layer<'_> {
         let unknown = |what: &str, name: &str, file: &str| {
             tracing::warn!("{what} {name:?} is not in the image's /etc/{file}: root (0) is used, as BuildKit does");
         };
+        let named = |o: &Option<pb::UserOpt>| match o.as_ref().and_then(|o| o.user.as_ref()) {
+            Some(pb::user_opt::User::ByName(named)) => Some(named.input),
+            _ => None,
+        };
+        // A name read from no filesystem (the first step on scratch): BuildKit's error.
+        if let Some(input) = [named(&chown.user), named(&chown.group)].into_iter().flatten().find(|i| *i < 0) {
+            bail!("invalid user index: {input}");
+        }
         let (mut uid, mut gid) = (0, 0);
         match chown.user.as_ref().and_then(|o| o.user.as_ref()) {
             None => {}
@@ -432,7 +440,19 @@ impl Layer<'_> {
                 bail!("\"{}\" not found in the build context", required.display());
             }
         }
-        let sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
+        // What .dockerignore leaves out is not in the context at all (BuildKit never
+        // receives it): a source naming only that is not found.
+        let ignored = Excludes::new(excludes);
+        let mut sources = context::matches(context_dir, &copy.src, copy.allow_empty_wildcard)?;
+        sources.retain(|s| {
+            !ignored.excludes(&s.to_string_lossy()) || context::keeps_something_below(context_dir, s, &ignored)
+        });
+        if sources.is_empty() && !(copy.allow_empty_wildcard && copy.src.contains(['*', '?', '['])) {
+            bail!(
+                "failed to compute cache key: \"{}\" not found in the build context",
+                copy.src.trim_start_matches('/')
+            );
+        }
         let attrs = self.owner(&copy.owner)?;
         for named in sources {
             // Read where the copy reads (a followed link, inside the context); named as given.
@@ -483,7 +503,12 @@ impl Layer<'_> {
         for child in children {
             let relative = dir.join(child.file_name());
             let below_root = relative.strip_prefix(walk.root).unwrap_or(&relative).to_string_lossy().into_owned();
-            if walk.ignored.excludes(&relative.to_string_lossy()) || walk.excludes.excludes(&below_root) {
+            let ignored = walk.ignored.excludes(&relative.to_string_lossy());
+            // An ignored directory with something taken back below it is walked (and made, as
+            // the parent of what is in), as BuildKit's context transfer does.
+            if (ignored && !context::keeps_something_below(walk.context_dir, &relative, &walk.ignored))
+                || walk.excludes.excludes(&below_root)
+            {
                 continue;
             }
             let included = walk.includes.includes(&below_root);

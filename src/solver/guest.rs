@@ -321,7 +321,7 @@ impl Guest {
                 if secret.optional {
                     continue;
                 }
-                bail!("secret {} is needed: pass --secret id={},src=FILE", secret.id, secret.id);
+                bail!("secret {}: not found: pass --secret id={},src=FILE", secret.id, secret.id);
             };
             let value =
                 std::fs::read_to_string(path).with_context(|| format!("cannot read secret {}", path.display()))?;
@@ -363,7 +363,7 @@ impl Guest {
             if optional {
                 return Ok(None);
             }
-            bail!("secret {id} is needed: pass --secret id={id},src=FILE");
+            bail!("secret {id}: not found: pass --secret id={id},src=FILE");
         };
         let file =
             tokio::fs::File::open(path).await.with_context(|| format!("cannot read secret {}", path.display()))?;
@@ -420,7 +420,13 @@ impl Guest {
             no_network: exec.network == pb::NetMode::None as i32,
         };
         let io = ExecIo { stdin: None, stdout, stderr, signals: None };
-        let status = self.vm.agent().exec(&process, io).await?;
+        // A process that could not start failed as BuildKit reports it.
+        let status = self
+            .vm
+            .agent()
+            .exec(&process, io)
+            .await
+            .with_context(|| format!("process {:?} did not complete successfully", meta.args))?;
         for (target, created) in mounted.into_iter().rev() {
             self.vm.agent().unmount(&target, created).await?;
         }

@@ -599,8 +599,15 @@ impl<'a> Solver<'a> {
     }
 
     fn exec(&self, digest: &str, exec: &pb::ExecOp, inputs: &[Value], guest: &mut guest::Guest) -> Result<Value> {
+        // BuildKit's entitlements, which Fledge does not grant: the step runs in a microVM
+        // with no host network to share, and with BuildKit's default privileges only.
         if exec.network == pb::NetMode::Host as i32 {
-            bail!("--network=host is not available: build steps run in a microVM");
+            bail!("network.host is not allowed: build steps run in a microVM, which has no host network to share");
+        }
+        if exec.security == pb::SecurityMode::Insecure as i32 {
+            bail!(
+                "security.insecure is not allowed: Fledge does not grant this entitlement; build steps run with BuildKit's default privileges"
+            );
         }
         let base = root_layers(exec, inputs)?;
         // What each bind mount shows: a stage's or image's layers, or the context as a layer.

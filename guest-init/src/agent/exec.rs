@@ -68,6 +68,15 @@ struct Confinement {
     sandbox: Option<Sandbox>,
 }
 
+/// What the system said, in the words runc (and so BuildKit) reports it: `no such file or
+/// directory`, not Rust's `No such file or directory (os error 2)`.
+fn os_reason(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => nix::errno::Errno::from_raw(code).desc().to_lowercase(),
+        None => e.to_string(),
+    }
+}
+
 fn c_path(path: &Path) -> Result<CString, Status> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| Status::invalid_argument("a path contains a NUL byte"))
 }
@@ -122,8 +131,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     unsafe {
         command.pre_exec(move || confine(&confinement));
     }
-    let (mut child, ended) =
-        children::spawn(&mut command).map_err(|e| Status::failed_precondition(format!("cannot run {program}: {e}")))?;
+    let (mut child, ended) = children::spawn(&mut command)
+        .map_err(|e| Status::failed_precondition(format!("cannot run {program}: {}", os_reason(&e))))?;
     let pipe_of = |fd: Option<OwnedFd>| fd.map(pipe::Receiver::from_owned_fd).transpose();
     let stdout = pipe_of(child.stdout.take().map(OwnedFd::from));
     let stderr = pipe_of(child.stderr.take().map(OwnedFd::from));

@@ -285,6 +285,30 @@ impl Context<'_> {
         lower.parse::<usize>().ok().filter(|&i| i < self.stages.len())
     }
 
+    /// What BuildKit refuses in `COPY --from=FROM` before looking it up: a variable (not
+    /// expanded there), a stage index past the last stage, a stage defined after the one
+    /// being lowered.
+    pub fn check_copy_from(&self, from: &str, at: &Instruction) -> Result<(), ConvertError> {
+        if self.lexer.process_word(from, &Vars::default()).map_or(true, |w| w != from) {
+            return fail(
+                at,
+                "variable expansion is not supported for --from, define a new stage with FROM using ARG from global scope as a workaround",
+            );
+        }
+        let current = self.lowering.last().copied().unwrap_or(0);
+        match (self.names.get(&from.to_ascii_lowercase()), from.parse::<usize>()) {
+            (None, Ok(index)) if index >= self.stages.len() => fail(at, format!("invalid stage index {index}")),
+            (Some(&index), _) | (None, Ok(index)) if index > current => fail(
+                at,
+                format!(
+                    "cannot copy from stage {from:?}, it needs to be defined before current stage {:?}",
+                    self.stages[current].name.clone().unwrap_or_default()
+                ),
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The final state of stage `index` (needed by `at`), lowering it first if needed.
     pub fn stage_output(&mut self, index: usize, at: &Instruction) -> Result<Option<Output>, ConvertError> {
         self.lower(index, at.start_line)?;
@@ -400,7 +424,7 @@ impl Context<'_> {
             if matches!(instruction.keyword().as_str(), "onbuild" | "from" | "maintainer") {
                 return fail(
                     &from,
-                    format!("{} is not allowed as an ONBUILD trigger", instruction.keyword().to_uppercase()),
+                    format!("{} isn't allowed as an ONBUILD trigger", instruction.keyword().to_uppercase()),
                 );
             }
             instruction.start_line = from.start_line;
@@ -477,9 +501,11 @@ impl Context<'_> {
         }
         state.steps += 1;
         if let Some(local) = self.named_local(&base) {
-            // Its files, copied onto scratch as the stage's first layer.
+            // Its files, copied onto scratch as the stage's first layer; its config is
+            // scratch's.
             state.env.set("PATH", DEFAULT_PATH);
             state.config().insert("Env".into(), json!([format!("PATH={DEFAULT_PATH}")]));
+            state.config().insert("WorkingDir".into(), json!("/"));
             let mut info = OpInfo::named(state.step_name(&format!("FROM {base}")));
             info.caps = vec!["file.base"];
             info.lines = vec![(from.start_line as i32, from.end_line as i32)];
@@ -645,6 +671,14 @@ impl Context<'_> {
                 Ok(())
             }
             "onbuild" => {
+                if let Some(Arg::Nested(trigger)) = instruction.args.first()
+                    && matches!(trigger.keyword().as_str(), "from" | "maintainer")
+                {
+                    return fail(
+                        instruction,
+                        format!("{} isn't allowed as an ONBUILD trigger", trigger.keyword().to_uppercase()),
+                    );
+                }
                 let text = instruction.original.trim();
                 let trigger = text.split_once(char::is_whitespace).map_or("", |(_, rest)| rest.trim()).to_string();
                 let mut triggers = state.config().get("OnBuild").cloned().unwrap_or_else(|| json!([]));
@@ -687,6 +721,13 @@ impl Context<'_> {
         state.history(format!("ARG {}", shown.join(" ")), true);
         Ok(())
     }
+}
+
+/// BuildKit's rule for a stage name (lowercased): `^[a-z][a-z0-9-_.]*$`.
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Leaves out the config's empty values, as the image spec's `omitempty` fields do in the
@@ -811,10 +852,18 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
                         );
                     }
                 };
-                if let Some(n) = &name
-                    && names.insert(n.clone(), stages.len()).is_some()
-                {
-                    return fail(instruction, format!("duplicate stage name {n:?}"));
+                if let Some(n) = &name {
+                    if !valid_stage_name(n) {
+                        let written = words.last().map_or("", String::as_str);
+                        return fail(
+                            instruction,
+                            format!(
+                                "invalid name for build stage: {written:?}, name can't start with a number or contain symbols"
+                            ),
+                        );
+                    }
+                    // A repeated name means its last stage, as in BuildKit (which lints it).
+                    names.insert(n.clone(), stages.len());
                 }
                 stages.push(Stage { name, from: instruction.clone(), body: Vec::new() });
             }
@@ -840,7 +889,10 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
             other => {
                 return fail(
                     instruction,
-                    format!("{} comes before the first FROM: only ARG may", other.to_uppercase()),
+                    format!(
+                        "no build stage in current context: {} comes before the first FROM (only ARG may)",
+                        other.to_uppercase()
+                    ),
                 );
             }
         }

@@ -37,15 +37,16 @@ pub fn whole_directory(source: Output, info: OpInfo) -> Output {
     Output::new(file_op(vec![action]), vec![source], info, 0)
 }
 
-/// `--chown=user[:group]`: numbers as ids, names looked up in the destination's files.
-fn owner(spec: &str) -> Option<pb::ChownOpt> {
+/// `--chown=user[:group]`: numbers as ids, names looked up in the files of the action's
+/// input `input` (-1: none, and BuildKit refuses a name then).
+fn owner(spec: &str, input: i64) -> Option<pb::ChownOpt> {
     if spec.is_empty() {
         return None;
     }
     let user_opt = |s: &str| {
         let user = match s.parse::<u32>() {
             Ok(id) => pb::user_opt::User::ById(id),
-            Err(_) => pb::user_opt::User::ByName(pb::NamedUserOpt { name: s.to_string(), input: 0 }),
+            Err(_) => pb::user_opt::User::ByName(pb::NamedUserOpt { name: s.to_string(), input }),
         };
         pb::UserOpt { user: Some(user) }
     };
@@ -61,12 +62,16 @@ fn mode(spec: Option<&str>, at: &Instruction) -> Result<(i32, String), ConvertEr
     match spec {
         None | Some("") => Ok((-1, String::new())),
         Some(text) if text.chars().all(|c| c.is_ascii_digit()) => {
-            let bits =
-                u32::from_str_radix(text, 8).map_err(|_| error(at, format!("invalid chmod {text:?}: not octal")))?;
-            if bits > 0o7777 {
-                return Err(error(at, format!("invalid chmod {text:?}: more than 07777")));
+            let invalid = || {
+                error(
+                    at,
+                    format!("invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777"),
+                )
+            };
+            match u32::from_str_radix(text, 8) {
+                Ok(bits) if bits <= 0o7777 => Ok((bits as i32, String::new())),
+                _ => Err(invalid()),
             }
-            Ok((bits as i32, String::new()))
         }
         // A symbolic mode leaves the numeric one at 0 (BuildKit's encoding).
         Some(text) => Ok((0, text.to_string())),
@@ -99,13 +104,22 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let is_add = at.keyword() == "add";
     let mut words = instructions::words(at);
     if words.len() < 2 {
-        return Err(error(at, format!("{} requires at least two arguments", at.keyword().to_uppercase())));
+        return Err(error(
+            at,
+            format!(
+                "{} requires at least two arguments, but only one was provided. Destination could not be determined",
+                at.keyword().to_uppercase()
+            ),
+        ));
     }
     let dest_word = words.pop().expect("two or more");
     let dest = state.expand(&cx.lexer, &dest_word, at)?;
     let dest = state.resolve_path(&dest);
     let from = match flags.get("from") {
-        Some(from) => Some(mount_source(cx, from, at)?),
+        Some(from) => {
+            cx.check_copy_from(from, at)?;
+            Some(mount_source(cx, from, at)?)
+        }
         None => None,
     };
     let parents = flags.bool("parents").map_err(|e| error(at, e))?;
@@ -144,16 +158,16 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
         }
     }
     let chown = match flags.get("chown") {
-        Some(c) => owner(&state.expand(&cx.lexer, c, at)?),
-        None => None,
+        Some(c) => state.expand(&cx.lexer, c, at)?,
+        None => String::new(),
     };
     let (mode_bits, mode_str) = mode(flags.get("chmod"), at)?;
     let unpack = is_add && flags.get("unpack") != Some("false");
     let excludes: Vec<String> = flags.all("exclude").to_vec();
 
     // --link copies onto scratch and merges the result over the stage, so the layer does
-    // not depend on what is below it.
-    let link = flags.bool("link").map_err(|e| error(at, e))?;
+    // not depend on what is below it; BuildKit does so only without --chmod.
+    let link = flags.bool("link").map_err(|e| error(at, e))? && flags.get("chmod").is_none();
     let base = if link { None } else { state.output.clone() };
     let mut listed: Vec<Output> = base.iter().cloned().collect();
     listed.extend(sources.iter().map(|s| s.output.clone()));
@@ -168,10 +182,17 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             SourceKind::Heredoc => false,
             SourceKind::Url => flags.get("unpack").is_some_and(|v| v.is_empty() || v == "true"),
         };
+        // Each action works on the previous one's result (numbered after the inputs).
+        let input = match (i, &base) {
+            (0, Some(_)) => positions[0],
+            (0, None) => -1,
+            _ => (inputs.len() + i - 1) as i64,
+        };
         let copy = pb::FileActionCopy {
             src: source.path.clone(),
             dest: dest.clone(),
-            owner: chown.clone(),
+            // Names are read from the op's base, as BuildKit's client marshals them.
+            owner: owner(&chown, if base.is_some() { positions[0] } else { -1 }),
             mode: mode_bits,
             mode_str: mode_str.clone(),
             follow_symlink: plain,
@@ -185,12 +206,6 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
             include_patterns: source.parents.iter().map(|(pattern, _)| pattern.clone()).collect(),
             required_paths: source.parents.iter().filter_map(|(_, required)| required.clone()).collect(),
             ..Default::default()
-        };
-        // Each action works on the previous one's result (numbered after the inputs).
-        let input = match (i, &base) {
-            (0, Some(_)) => positions[0],
-            (0, None) => -1,
-            _ => (inputs.len() + i - 1) as i64,
         };
         actions.push(pb::FileAction {
             input,
@@ -378,14 +393,14 @@ fn merge(lower: &Output, upper: &Output, mut info: OpInfo) -> Output {
 
 /// WORKDIR's `mkdir -p` (0755, owned by the current user).
 pub fn mkdir_workdir(state: &mut StageState, name: String, at: &Instruction) {
+    let inputs: Vec<Output> = state.output.iter().cloned().collect();
     let mkdir = pb::FileActionMkDir {
         path: state.dir.clone(),
         mode: 0o755,
         make_parents: true,
-        owner: owner(&state.user),
+        owner: owner(&state.user, if inputs.is_empty() { -1 } else { 0 }),
         timestamp: -1,
     };
-    let inputs: Vec<Output> = state.output.iter().cloned().collect();
     let action = pb::FileAction {
         input: if inputs.is_empty() { -1 } else { 0 },
         secondary_input: -1,
