@@ -111,7 +111,7 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         .args(&start.args[1..])
         .env_clear()
         .envs(env.iter().map(|v| v.split_once('=').unwrap_or((v, ""))))
-        .stdin(if start.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure only makes async-signal-safe system calls on data prepared above,
@@ -124,7 +124,11 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     let pipe_of = |fd: Option<OwnedFd>| fd.map(pipe::Receiver::from_owned_fd).transpose();
     let stdout = pipe_of(child.stdout.take().map(OwnedFd::from));
     let stderr = pipe_of(child.stderr.take().map(OwnedFd::from));
-    let stdin = child.stdin.take().map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd))).transpose();
+    // Without the host's stdin the pipe's end is closed here: the process reads end of file
+    // from a pipe, as a BuildKit step does (not /dev/null, which `readlink /proc/self/fd/0`
+    // tells apart).
+    let stdin = child.stdin.take().filter(|_| start.stdin);
+    let stdin = stdin.map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd))).transpose();
     match (stdout, stderr, stdin) {
         (Ok(Some(stdout)), Ok(Some(stderr)), Ok(stdin)) => {
             Ok(Running { pid: child.id() as i32, stdin, stdout, stderr, ended })
