@@ -418,6 +418,7 @@ impl Guest {
             user: meta.user.clone(),
             root: root.clone(),
             no_network: exec.network == pb::NetMode::None as i32,
+            insecure: exec.security == pb::SecurityMode::Insecure as i32,
         };
         let io = ExecIo { stdin: None, stdout, stderr, signals: None };
         let status = self.vm.agent().exec(&process, io).await?;

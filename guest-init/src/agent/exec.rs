@@ -19,6 +19,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
+use super::caps::Capabilities;
 use super::children::{self, Ended};
 use super::sandbox::Sandbox;
 use super::user;
@@ -64,6 +65,8 @@ struct Confinement {
     no_network: bool,
     /// The environment of a build step: every process with a root of its own gets it.
     sandbox: Option<Sandbox>,
+    /// A build step's capabilities, likewise.
+    capabilities: Option<Capabilities>,
 }
 
 fn c_path(path: &Path) -> Result<CString, Status> {
@@ -86,11 +89,16 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         .map_err(|e| Status::failed_precondition(format!("cannot create the working directory {cwd}: {e}")))?;
     let own_root = root != Path::new("/");
     let sandbox = own_root
-        .then(|| Sandbox::prepare(&root))
+        .then(|| Sandbox::prepare(&root, start.insecure))
         .transpose()
         .map_err(|e| Status::failed_precondition(format!("cannot prepare the step's /proc, /dev and /sys: {e}")))?;
+    let capabilities = own_root
+        .then(|| Capabilities::for_step(start.insecure))
+        .transpose()
+        .map_err(|e| Status::failed_precondition(format!("cannot read the kernel's capabilities: {e}")))?;
     let confinement = Confinement {
         sandbox,
+        capabilities,
         root: own_root.then(|| c_path(&root)).transpose()?,
         cwd: c_path(Path::new(cwd))?,
         uid: identity.uid,
@@ -144,7 +152,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 /// waits for, and a mask survives exec), a network namespace of its own when asked, a build
 /// step's environment (namespaces, /proc, /dev, /sys), the new root, the working directory, a session of
 /// its own (so the whole tree can be killed), then the identity (groups before the uid,
-/// which drops the right to change them).
+/// which drops the right to change them), a build step's capabilities narrowed before it
+/// and set after it, as runc does.
 fn confine(c: &Confinement) -> std::io::Result<()> {
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     // SAFETY: plain system calls on NUL-terminated strings, a slice and a signal set that
@@ -164,9 +173,15 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
         }
         check(libc::chdir(c.cwd.as_ptr()))?;
         libc::setsid();
+        if let Some(capabilities) = &c.capabilities {
+            capabilities.narrow()?;
+        }
         check(libc::setgroups(c.groups.len(), c.groups.as_ptr()))?;
         check(libc::setgid(c.gid))?;
         check(libc::setuid(c.uid))?;
+        if let Some(capabilities) = &c.capabilities {
+            capabilities.apply()?;
+        }
     }
     Ok(())
 }
