@@ -74,6 +74,8 @@ pub struct Process {
     pub root: String,
     /// Run without a network (a namespace of its own).
     pub no_network: bool,
+    /// A build step run with `--security=insecure`.
+    pub insecure: bool,
 }
 
 /// Where a process's streams go. Output is written as it arrives.
@@ -129,6 +131,7 @@ impl AgentClient {
             root: process.root.clone(),
             stdin: stdin.is_some(),
             no_network: process.no_network,
+            insecure: process.insecure,
         };
         tx.send(exec_input(pb::exec_input::Input::Start(start))).await.expect("the receiver is alive here");
         let feeder = tokio::spawn(feed_exec(tx, stdin, signals));

@@ -31,6 +31,23 @@ pub const MEMORY_MIB: u32 = 2048;
 /// Size of the sparse scratch disk and of each cache volume.
 const VOLUME_MB: u64 = 16 << 10;
 
+/// The op's proxy settings as the process's variables, each in both cases, after the op's
+/// own as BuildKit's executor appends them (they are kept out of the op's env so that they
+/// stay out of the cache key and the image).
+fn proxy_env(proxy: Option<&pb::ProxyEnv>) -> Vec<String> {
+    let Some(p) = proxy else { return Vec::new() };
+    let settings = [
+        ("HTTP_PROXY", &p.http_proxy),
+        ("HTTPS_PROXY", &p.https_proxy),
+        ("FTP_PROXY", &p.ftp_proxy),
+        ("NO_PROXY", &p.no_proxy),
+        ("ALL_PROXY", &p.all_proxy),
+    ];
+    let set = settings.into_iter().filter(|(_, value)| !value.is_empty());
+    set.flat_map(|(name, value)| [format!("{name}={value}"), format!("{}={value}", name.to_ascii_lowercase())])
+        .collect()
+}
+
 /// Disks the build VM gets: the scratch disk, the first step's base as a read-only image,
 /// then one volume per cache id.
 pub struct Volumes {
@@ -413,11 +430,12 @@ impl Guest {
         let (mounted, secret_env) = self.mounts(store, exec, &root, secrets, binds).await?;
         let process = Process {
             args: meta.args.clone(),
-            env: meta.env.iter().cloned().chain(secret_env).collect(),
+            env: meta.env.iter().cloned().chain(proxy_env(meta.proxy_env.as_ref())).chain(secret_env).collect(),
             cwd: meta.cwd.clone(),
             user: meta.user.clone(),
             root: root.clone(),
             no_network: exec.network == pb::NetMode::None as i32,
+            insecure: exec.security == pb::SecurityMode::Insecure as i32,
         };
         let io = ExecIo { stdin: None, stdout, stderr, signals: None };
         // A process that could not start failed as BuildKit reports it.
@@ -470,5 +488,12 @@ mod tests {
     fn a_recurring_layer_keeps_only_its_topmost_place() {
         let dirs = ["base", "a", "b", "a", "c", "c"].map(String::from).to_vec();
         assert_eq!(super::overlay_lowers(dirs), ["c", "a", "b", "base"]);
+    }
+
+    #[test]
+    fn proxy_settings_reach_the_step_in_both_cases() {
+        let proxy = super::pb::ProxyEnv { http_proxy: "h".into(), no_proxy: "n".into(), ..Default::default() };
+        assert_eq!(super::proxy_env(Some(&proxy)), ["HTTP_PROXY=h", "http_proxy=h", "NO_PROXY=n", "no_proxy=n"]);
+        assert!(super::proxy_env(None).is_empty());
     }
 }

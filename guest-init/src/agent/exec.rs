@@ -19,6 +19,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tonic::{Status, Streaming};
 
+use super::caps::Capabilities;
 use super::children::{self, Ended};
 use super::sandbox::Sandbox;
 use super::user;
@@ -66,6 +67,8 @@ struct Confinement {
     no_network: bool,
     /// The environment of a build step: every process with a root of its own gets it.
     sandbox: Option<Sandbox>,
+    /// A build step's capabilities, likewise.
+    capabilities: Option<Capabilities>,
 }
 
 /// What the system said, in the words runc (and so BuildKit) reports it: `no such file or
@@ -97,11 +100,16 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         Path::new(cwd).ancestors().filter(|p| *p != Path::new("/")).map(c_path).collect::<Result<Vec<_>, _>>()?;
     let own_root = root != Path::new("/");
     let sandbox = own_root
-        .then(|| Sandbox::prepare(&root))
+        .then(|| Sandbox::prepare(&root, start.insecure))
         .transpose()
         .map_err(|e| Status::failed_precondition(format!("cannot prepare the step's /proc, /dev and /sys: {e}")))?;
+    let capabilities = own_root
+        .then(|| Capabilities::for_step(start.insecure))
+        .transpose()
+        .map_err(|e| Status::failed_precondition(format!("cannot read the kernel's capabilities: {e}")))?;
     let confinement = Confinement {
         sandbox,
+        capabilities,
         root: own_root.then(|| c_path(&root)).transpose()?,
         cwd: c_path(Path::new(cwd))?,
         cwd_dirs: cwd_dirs.into_iter().rev().collect(),
@@ -123,7 +131,7 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
         .args(&start.args[1..])
         .env_clear()
         .envs(env.iter().map(|v| v.split_once('=').unwrap_or((v, ""))))
-        .stdin(if start.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: the closure only makes async-signal-safe system calls on data prepared above,
@@ -136,7 +144,11 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
     let pipe_of = |fd: Option<OwnedFd>| fd.map(pipe::Receiver::from_owned_fd).transpose();
     let stdout = pipe_of(child.stdout.take().map(OwnedFd::from));
     let stderr = pipe_of(child.stderr.take().map(OwnedFd::from));
-    let stdin = child.stdin.take().map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd))).transpose();
+    // Without the host's stdin the pipe's end is closed here: the process reads end of file
+    // from a pipe, as a BuildKit step does (not /dev/null, which `readlink /proc/self/fd/0`
+    // tells apart).
+    let stdin = child.stdin.take().filter(|_| start.stdin);
+    let stdin = stdin.map(|fd| pipe::Sender::from_owned_fd(OwnedFd::from(fd))).transpose();
     match (stdout, stderr, stdin) {
         (Ok(Some(stdout)), Ok(Some(stderr)), Ok(stdin)) => {
             Ok(Running { pid: child.id() as i32, stdin, stdout, stderr, ended })
@@ -152,7 +164,8 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 /// waits for, and a mask survives exec), a network namespace of its own when asked, a build
 /// step's environment (namespaces, /proc, /dev, /sys), the new root, the working directory
 /// (made if missing), a session of its own (so the whole tree can be killed), then the
-/// identity (groups before the uid, which drops the right to change them).
+/// identity (groups before the uid, which drops the right to change them), a build step's
+/// capabilities narrowed before it and set after it, as runc does.
 fn confine(c: &Confinement) -> std::io::Result<()> {
     let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     // SAFETY: plain system calls on NUL-terminated strings, a slice and a signal set that
@@ -175,9 +188,15 @@ fn confine(c: &Confinement) -> std::io::Result<()> {
         }
         check(libc::chdir(c.cwd.as_ptr()))?;
         libc::setsid();
+        if let Some(capabilities) = &c.capabilities {
+            capabilities.narrow()?;
+        }
         check(libc::setgroups(c.groups.len(), c.groups.as_ptr()))?;
         check(libc::setgid(c.gid))?;
         check(libc::setuid(c.uid))?;
+        if let Some(capabilities) = &c.capabilities {
+            capabilities.apply()?;
+        }
     }
     Ok(())
 }

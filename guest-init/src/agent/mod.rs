@@ -6,6 +6,7 @@
 //! signals: it reaps every child (handing the agent's processes their status, see
 //! [`children`]) and powers off on request.
 
+mod caps;
 mod children;
 mod diff;
 mod exec;

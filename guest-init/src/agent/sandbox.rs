@@ -3,8 +3,12 @@
 //! mount, UTS and IPC namespaces of its own; `/proc`; a tmpfs `/dev` holding `null`, `zero`,
 //! `full`, `random`, `urandom` and `tty`, the links `fd`, `stdin`, `stdout`, `stderr` and
 //! `ptmx`, and the mounts `/dev/pts` (a new devpts instance), `/dev/shm` and `/dev/mqueue`;
-//! a read-only `/sys`; the hostname `buildkitsandbox` and a hosts file naming it. A kernel without POSIX message queues
-//! leaves `/dev/mqueue` an empty directory (Fledge's guest kernel, see docs/kernels.md).
+//! a read-only `/sys`; the hostname `buildkitsandbox` and a hosts file naming it; the
+//! masked paths (`/proc/kcore`, `/sys/firmware`, ...: `/dev/null` over a file, an empty
+//! read-only tmpfs over a directory) and the read-only ones (`/proc/sys`, `/proc/bus`, ...).
+//! A kernel without POSIX message queues leaves `/dev/mqueue` an empty directory (Fledge's
+//! guest kernel, see docs/kernels.md). `--security=insecure` leaves out the masked and
+//! read-only paths and mounts `/sys` writable, as BuildKit's insecure spec does.
 //!
 //! Guarantees: these mounts exist only in the step's mount namespace, so they vanish with its
 //! last process and nothing written below them (`echo x > /dev/null`, a file in `/dev/shm`)
@@ -43,6 +47,24 @@ const LINKS: [(&str, &str); 5] = [
     ("ptmx", "pts/ptmx"),
 ];
 
+/// containerd's default masked paths, as BuildKit's spec keeps them.
+const MASKED: [&str; 11] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+    "proc/scsi",
+];
+
+/// containerd's default read-only paths.
+const READ_ONLY: [&str; 5] = ["proc/bus", "proc/fs", "proc/irq", "proc/sys", "proc/sysrq-trigger"];
+
 /// One system call of the setup, its strings prepared (the child may not allocate).
 enum Step {
     /// `optional`: a kernel without the filesystem (ENODEV) skips it.
@@ -64,6 +86,16 @@ enum Step {
     },
     Symlink {
         target: CString,
+        path: CString,
+    },
+    /// runc's maskPath: `/dev/null` bound over a file, a read-only tmpfs over a directory;
+    /// nothing where the path does not exist.
+    Mask {
+        path: CString,
+    },
+    /// runc's readonlyPath: bound onto itself and remounted read-only; nothing where the
+    /// path does not exist.
+    ReadOnly {
         path: CString,
     },
 }
@@ -107,8 +139,9 @@ fn has_mounts_below(dir: &Path) -> bool {
 }
 
 impl Sandbox {
-    /// Creates the missing mount points in `root` and prepares the rest.
-    pub fn prepare(root: &Path) -> io::Result<Sandbox> {
+    /// Creates the missing mount points in `root` and prepares the rest; `insecure` for a
+    /// step run with `--security=insecure`.
+    pub fn prepare(root: &Path, insecure: bool) -> io::Result<Sandbox> {
         let mut steps = Vec::new();
         let mount = |source: &str, target: &Path, fstype: &str, flags: libc::c_ulong, data: &str| {
             Ok::<_, io::Error>(Step::Mount {
@@ -121,7 +154,8 @@ impl Sandbox {
             })
         };
         let (nosuid, nodev, noexec) = (libc::MS_NOSUID, libc::MS_NODEV, libc::MS_NOEXEC);
-        if mount_point(root, "proc")? {
+        let proc = mount_point(root, "proc")?;
+        if proc {
             steps.push(mount("proc", &root.join("proc"), "proc", nosuid | noexec | nodev, "")?);
         }
         // A tmpfs on /dev would hide what the host mounted below it for this step (a RUN
@@ -143,8 +177,20 @@ impl Sandbox {
             steps.push(mount("shm", &dev.join("shm"), "tmpfs", nosuid | noexec | nodev, "mode=1777,size=65536k")?);
             steps.push(mount("mqueue", &dev.join("mqueue"), "mqueue", nosuid | noexec | nodev, "")?);
         }
-        if mount_point(root, "sys")? {
-            steps.push(mount("sysfs", &root.join("sys"), "sysfs", nosuid | noexec | nodev | libc::MS_RDONLY, "")?);
+        let sys = mount_point(root, "sys")?;
+        if sys {
+            let read_only = if insecure { 0 } else { libc::MS_RDONLY };
+            steps.push(mount("sysfs", &root.join("sys"), "sysfs", nosuid | noexec | nodev | read_only, "")?);
+        }
+        if !insecure {
+            // Only below the /proc and /sys mounted here: runc applies them to its own.
+            let ours = |path: &&str| if path.starts_with("proc/") { proc } else { sys };
+            for path in READ_ONLY.into_iter().filter(ours) {
+                steps.push(Step::ReadOnly { path: c_path(&root.join(path))? });
+            }
+            for path in MASKED.into_iter().filter(ours) {
+                steps.push(Step::Mask { path: c_path(&root.join(path))? });
+            }
         }
         Ok(Sandbox { steps })
     }
@@ -156,7 +202,6 @@ impl Sandbox {
     /// Only system calls on the strings prepared by [`Sandbox::prepare`]; call it in a forked
     /// child only, where the mounts cannot leak into the agent's namespace.
     pub unsafe fn enter(&self) -> io::Result<()> {
-        let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
         // SAFETY: plain system calls on NUL-terminated strings that outlive them.
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC))?;
@@ -186,10 +231,55 @@ impl Sandbox {
                         check(libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(*major, *minor)))?
                     }
                     Step::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()))?,
+                    Step::Mask { path } => mask(path)?,
+                    Step::ReadOnly { path } => read_only(path)?,
                 }
             }
             libc::umask(umask);
         }
         Ok(())
+    }
+}
+
+/// A system call's 0 as Ok, else errno's error.
+pub(super) fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// runc's maskPath on `path`. The `/dev/null` bound is the guest's: this runs before the
+/// child changes its root, and a step keeping the image's /dev may have none.
+///
+/// # Safety
+/// Plain system calls; for a forked child between fork and exec.
+unsafe fn mask(path: &CString) -> io::Result<()> {
+    let none = std::ptr::null();
+    // SAFETY: mount on NUL-terminated strings that outlive it.
+    unsafe {
+        match check(libc::mount(c"/dev/null".as_ptr(), path.as_ptr(), none, libc::MS_BIND, none.cast())) {
+            // A directory cannot take a file's bind.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
+                check(libc::mount(c"tmpfs".as_ptr(), path.as_ptr(), c"tmpfs".as_ptr(), libc::MS_RDONLY, none.cast()))
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// runc's readonlyPath on `path`, a path below the step's /proc, whose nosuid, nodev and
+/// noexec the read-only bind keeps.
+///
+/// # Safety
+/// Plain system calls; for a forked child between fork and exec.
+unsafe fn read_only(path: &CString) -> io::Result<()> {
+    let none = std::ptr::null();
+    let remount =
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
+    // SAFETY: mount on NUL-terminated strings that outlive it.
+    unsafe {
+        match check(libc::mount(path.as_ptr(), path.as_ptr(), none, libc::MS_BIND | libc::MS_REC, none.cast())) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            bound => bound.and_then(|()| check(libc::mount(path.as_ptr(), path.as_ptr(), none, remount, none.cast()))),
+        }
     }
 }

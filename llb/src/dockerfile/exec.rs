@@ -338,20 +338,25 @@ pub fn run(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flags
     Ok(())
 }
 
-/// The proxy build arguments (predefined, either case), passed to every RUN outside its
-/// environment so they stay out of the cache key and the image.
+/// The proxy build arguments (predefined), passed to every RUN outside its environment so
+/// they stay out of the cache key and the image. As BuildKit's proxyEnvFromBuildArgs: a name
+/// in any case, the last in sorted order winning (`http_proxy` over `HTTP_PROXY`), and one
+/// given empty still counts.
 fn proxy_env(build_args: &std::collections::BTreeMap<String, String>) -> Option<pb::ProxyEnv> {
-    let get = |name: &str| {
-        build_args.get(name).or_else(|| build_args.get(&name.to_ascii_lowercase())).cloned().unwrap_or_default()
-    };
-    let proxy = pb::ProxyEnv {
-        http_proxy: get("HTTP_PROXY"),
-        https_proxy: get("HTTPS_PROXY"),
-        ftp_proxy: get("FTP_PROXY"),
-        no_proxy: get("NO_PROXY"),
-        all_proxy: get("ALL_PROXY"),
-    };
-    (proxy != pb::ProxyEnv::default()).then_some(proxy)
+    let (mut proxy, mut given) = (pb::ProxyEnv::default(), false);
+    for (name, value) in build_args {
+        let field = match name.to_ascii_lowercase().as_str() {
+            "http_proxy" => &mut proxy.http_proxy,
+            "https_proxy" => &mut proxy.https_proxy,
+            "ftp_proxy" => &mut proxy.ftp_proxy,
+            "no_proxy" => &mut proxy.no_proxy,
+            "all_proxy" => &mut proxy.all_proxy,
+            _ => continue,
+        };
+        field.clone_from(value);
+        given = true;
+    }
+    given.then_some(proxy)
 }
 
 /// The process's arguments, and the script file a `#!` heredoc becomes. A RUN that is one
@@ -582,5 +587,16 @@ mod tests {
         }
         assert_eq!(parse_duration("1m30s"), Some(90_000_000_000));
         assert_eq!(parse_duration("soon"), None);
+    }
+
+    #[test]
+    fn proxy_build_args_are_read_as_buildkit_reads_them() {
+        let args = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let proxy =
+            proxy_env(&args(&[("HTTP_PROXY", "upper"), ("http_proxy", "lower"), ("No_Proxy", "x"), ("A", "b")]))
+                .unwrap();
+        assert_eq!((proxy.http_proxy.as_str(), proxy.no_proxy.as_str()), ("lower", "x"));
+        assert_eq!(proxy_env(&args(&[("ftp_proxy", "")])), Some(pb::ProxyEnv::default()));
+        assert_eq!(proxy_env(&args(&[("A", "b")])), None);
     }
 }
