@@ -38,6 +38,21 @@ pub struct Request<'a> {
     /// `--build-context NAME=oci-layout:PATH[:TAG|@DIGEST]` or `NAME=docker-image://REF`.
     pub contexts: &'a [String],
     pub progress: ProgressMode,
+    pub entitlements: Entitlements,
+}
+
+/// What `--allow` grants build steps, as BuildKit's entitlements; nothing by default.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct Entitlements {
+    /// `security.insecure`: `RUN --security=insecure` keeps every capability.
+    pub insecure: bool,
+}
+
+impl Entitlements {
+    /// As the Control API's `SolveRequest.Entitlements` names them.
+    pub fn names(&self) -> Vec<String> {
+        if self.insecure { vec!["security.insecure".into()] } else { Vec::new() }
+    }
 }
 
 /// The named build contexts: images (imported into the store, verified, first) and local
@@ -169,7 +184,8 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
             let definition = fledge_llb::graph::definition(result, Some((&path.display().to_string(), &text)));
             let mut locals = HashMap::from([("context".to_string(), request.context.to_path_buf())]);
             locals.extend(contexts.locals.into_iter().map(|(local, dir)| (local.name, dir)));
-            solve(&store, &definition, locals, request.secrets, request.cache, request.progress, progress)?
+            let how = (request.cache, request.entitlements);
+            solve(&store, &definition, locals, request.secrets, how, request.progress, progress)?
         }
         None => Vec::new(),
     };
@@ -183,16 +199,17 @@ pub fn definition(
     definition: &pb::Definition,
     context: &Path,
     secret_specs: &[String],
-    cache: CacheFlags,
+    (cache, entitlements): (CacheFlags, Entitlements),
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Built> {
     if daemon_mode()? {
-        return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, cache, mode, progress);
+        let how = (cache, entitlements);
+        return crate::daemon_build::definition(definition, context, secrets(secret_specs)?, how, mode, progress);
     }
     let store = Store::open(crate::dirs::state_dir().as_deref())?;
     let locals = HashMap::from([("context".to_string(), context.to_path_buf())]);
-    let layers = solve(&store, definition, locals, secret_specs, cache, mode, progress)?;
+    let layers = solve(&store, definition, locals, secret_specs, (cache, entitlements), mode, progress)?;
     let host = crate::image::spec::Platform::host();
     let image = serde_json::json!({"architecture": host.architecture, "os": host.os, "config": {}});
     Ok(Built { layers, config: serde_json::from_value(image.clone())?, image })
@@ -205,7 +222,7 @@ fn solve(
     definition: &pb::Definition,
     locals: HashMap<String, PathBuf>,
     secret_specs: &[String],
-    cache: CacheFlags,
+    (cache, entitlements): (CacheFlags, Entitlements),
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Vec<Sha256Digest>> {
@@ -216,6 +233,7 @@ fn solve(
     let imported = shared_cache::Imported::load(cache.from, store, progress)?;
     let mut solver = Solver::new(store, locals, machine, progress, secrets(secret_specs)?, reporter)?;
     solver.import_cache(&imported);
+    solver.grant(entitlements);
     let layers = solver.solve(definition)?;
     display.summary();
     exports.write(store, &solver.used(), &layers, progress)?;

@@ -203,6 +203,17 @@ pub struct BuildArgs {
     /// per step on stdout, for tools)
     #[arg(long, value_enum, default_value = "auto")]
     pub progress: ProgressMode,
+    /// Grant an entitlement build steps may ask for, as buildctl's --allow (repeatable):
+    /// security.insecure lets `RUN --security=insecure` keep every capability. (network.host
+    /// cannot be granted: steps run in a microVM.)
+    #[arg(long = "allow", value_enum, value_name = "ENTITLEMENT")]
+    pub allow: Vec<Entitlement>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Entitlement {
+    #[value(name = "security.insecure")]
+    SecurityInsecure,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

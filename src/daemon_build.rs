@@ -115,6 +115,7 @@ pub fn dockerfile(
         exporter_deprecated: exporter.r#type.clone(),
         exporters: vec![exporter],
         cache: Some(cache_options(request.cache)?),
+        entitlements: request.entitlements.names(),
         ..Default::default()
     };
     let mut dirs = HashMap::from([
@@ -133,7 +134,7 @@ pub fn definition(
     definition: &fledge_llb::pb::Definition,
     context: &std::path::Path,
     secrets: HashMap<String, std::path::PathBuf>,
-    cache: CacheFlags,
+    (cache, entitlements): (CacheFlags, crate::build::Entitlements),
     mode: ProgressMode,
     progress: &Progress,
 ) -> Result<Built> {
@@ -143,6 +144,7 @@ pub fn definition(
         exporter_deprecated: exporter.r#type.clone(),
         exporters: vec![exporter],
         cache: Some(cache_options(cache)?),
+        entitlements: entitlements.names(),
         ..Default::default()
     };
     let dirs = HashMap::from([("context".to_string(), std::path::absolute(context)?)]);

@@ -135,7 +135,8 @@ fn cache_mounts_persist_secrets_stay_out_of_layers_and_tmpfs_is_scratch() {
              RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/f && test -f /scratch/f && echo ok > /tmpfs-ok\n"
         ),
     );
-    p.write("token.txt", "s3cret\n");
+    // No final newline: an env= secret is the file as it is (BuildKit keeps a newline).
+    p.write("token.txt", "s3cret");
     let build = |run_id: &str| {
         let out = run(fledge(&p, &kernel).args([
             "build",

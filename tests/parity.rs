@@ -93,6 +93,7 @@ fn build(p: &Project, kernel: &Path, m: &Materialised, case: &Case, busybox_sha2
             BuildOption::Target(stage) => cmd.args(["--target", stage]),
             BuildOption::BuildArg(k, v) => cmd.args(["--build-arg", &format!("{k}={v}")]),
             BuildOption::Secret(_) => &mut cmd,
+            BuildOption::Allow(entitlement) => cmd.args(["--allow", entitlement]),
         };
     }
     for (id, path) in &m.secrets {

@@ -1,7 +1,8 @@
 //! One case of the parity suite: a Dockerfile, the build context it is built in and how it
 //! is built, read from a `tests/parity/cases/NAME.case` file.
 //!
-//! The format is a header (comments, `features:`, `build:`, `fails:`) followed by sections
+//! The format is a header (comments, `features:`, `build:` with `target=`, `build-arg=`,
+//! `secret=` and `allow=`, `fails:`) followed by sections
 //! in the style of Go's txtar: `-- PATH --` starts a regular file whose content is the lines
 //! up to the next section, `-- PATH/ --` a directory, `-- PATH -> TARGET --` a symlink,
 //! `-- PATH => OTHER --` a hard link to the earlier file OTHER, `-- NAME.tar <= DIR/ --` (or
@@ -35,6 +36,8 @@ pub enum BuildOption {
     BuildArg(String, String),
     /// A secret with this id whose content is `secret-ID\n`.
     Secret(String),
+    /// An entitlement granted (`--allow`).
+    Allow(String),
 }
 
 #[derive(Debug)]
@@ -170,7 +173,8 @@ impl BuildOption {
                 None => bail!("build-arg={kv}: expected build-arg=KEY=VALUE"),
             },
             Some(("secret", id)) => Ok(BuildOption::Secret(id.to_string())),
-            _ => bail!("unknown build option {word:?}: expected target=, build-arg= or secret="),
+            Some(("allow", entitlement)) => Ok(BuildOption::Allow(entitlement.to_string())),
+            _ => bail!("unknown build option {word:?}: expected target=, build-arg=, secret= or allow="),
         }
     }
 }

@@ -89,9 +89,15 @@ fn dockerfile_mode(args: &BuildArgs, dockerfile: &Path, progress: &Progress) -> 
         cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
         contexts: &args.build_contexts,
         progress: args.progress,
+        entitlements: entitlements(args),
     };
     let built = crate::build::dockerfile(&request, progress)?;
     pack_direct(args, built, dockerfile, &context_name(&context), progress)
+}
+
+/// The entitlements `--allow` grants.
+fn entitlements(args: &BuildArgs) -> crate::build::Entitlements {
+    crate::build::Entitlements { insecure: args.allow.contains(&crate::cli::Entitlement::SecurityInsecure) }
 }
 
 /// `fledge build --llb FILE`: an LLB definition (a `pb.Definition` in protobuf form, as
@@ -115,7 +121,14 @@ fn llb_mode(args: &BuildArgs, llb: &Path, progress: &Progress) -> Result<()> {
         bail!("build context {} is not a directory", context.display());
     }
     let cache = crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from };
-    let built = crate::build::definition(&definition, &context, &args.secrets, cache, args.progress, progress)?;
+    let built = crate::build::definition(
+        &definition,
+        &context,
+        &args.secrets,
+        (cache, entitlements(args)),
+        args.progress,
+        progress,
+    )?;
     let stem = llb.file_stem().map(|s| output::sanitize(&s.to_string_lossy())).filter(|s| !s.is_empty());
     pack_direct(args, built, llb, &stem.unwrap_or_else(|| "plugin".into()), progress)
 }
@@ -312,6 +325,7 @@ fn config_dockerfile(args: &BuildArgs, config: &BuildConfig, dockerfile: &Path, 
         cache: crate::build::CacheFlags { to: &args.cache_to, from: &args.cache_from },
         contexts: &args.build_contexts,
         progress: args.progress,
+        entitlements: entitlements(args),
     };
     let built = crate::build::dockerfile(&request, progress)?;
     export_oci(args, &built, "plugin", progress)?;

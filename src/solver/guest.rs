@@ -5,7 +5,7 @@
 //! stays in the guest as a lower layer for the steps that follow. Mount points a step needed
 //! are removed again before the diff is taken, so they never reach a layer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
@@ -57,6 +57,8 @@ pub struct Volumes {
     base: Vec<Sha256Digest>,
     /// Cache id → its volume's index (`fledge-cache-N`).
     caches: BTreeMap<String, usize>,
+    /// The caches whose volumes this build made, until a mount first fills them.
+    fresh: HashSet<String>,
     /// Held while the build runs, so two builds never write one cache volume at once.
     _locks: Vec<std::fs::File>,
 }
@@ -69,9 +71,10 @@ pub struct CacheVolume {
     pub root: (u32, u32, u32),
 }
 
-/// A sparse, empty ext4 image of [`VOLUME_MB`] at `path` (Fledge's own writer; no root
-/// privileges), its root directory with `(mode, uid, gid)`.
-fn empty_ext4(path: &Path, (mode, uid, gid): (u32, u32, u32)) -> Result<()> {
+/// A sparse ext4 image of [`VOLUME_MB`] at `path` (Fledge's own writer; no root
+/// privileges), its root directory with `(mode, uid, gid)`; with `inner`, the root is 0755
+/// and holds the directory `inner` with them instead.
+fn empty_ext4(path: &Path, (mode, uid, gid): (u32, u32, u32), inner: Option<&str>) -> Result<()> {
     let fs = crate::config::Filesystem {
         kind: Some(crate::config::FsType::Ext4),
         overlay_size: String::new(),
@@ -80,11 +83,17 @@ fn empty_ext4(path: &Path, (mode, uid, gid): (u32, u32, u32)) -> Result<()> {
     };
     let mut tree = crate::rootfs::Tree::default();
     let root = crate::paths::ImagePath::root();
-    tree.replace(&root, crate::rootfs::Node::Dir { mode: mode & 0o7777 })?;
-    tree.set_attrs(&root, crate::rootfs::Attrs { uid, gid, xattrs: Vec::new() });
+    let dir = inner.map_or_else(|| root.clone(), |name| root.join(name));
+    tree.replace(&root, crate::rootfs::Node::Dir { mode: 0o755 })?;
+    tree.replace(&dir, crate::rootfs::Node::Dir { mode: mode & 0o7777 })?;
+    tree.set_attrs(&dir, crate::rootfs::Attrs { uid, gid, xattrs: Vec::new() });
     crate::ext4::write(&tree, &crate::rootfs::walk::NoLayers, path, &fs, 0, &mut |_| {})?;
     Ok(())
 }
+
+/// The directory of a cache volume a cache mount shows: not the volume's root, which holds
+/// the filesystem's `lost+found` (a BuildKit cache starts empty).
+const CACHE_DIR: &str = "cache";
 
 impl Volumes {
     /// The scratch disk (a temporary file), `base` as a read-only image (made once per layer
@@ -98,16 +107,18 @@ impl Volumes {
     ) -> Result<Volumes> {
         let dir = tempfile::Builder::new().prefix("build-").tempdir_in(crate::scratch::state_tmp()?)?;
         let scratch = dir.path().join("scratch.ext4");
-        empty_ext4(&scratch, (0o755, 0, 0))?;
+        empty_ext4(&scratch, (0o755, 0, 0), None)?;
         let mut disks = vec![Disk { path: scratch, read_only: false, serial: Some("fledge-work".into()) }];
         if !base.is_empty() {
             disks.push(Disk { path: base_image(store, base)?, read_only: true, serial: Some("fledge-base".into()) });
         }
         let mut caches = BTreeMap::new();
+        let mut fresh = HashSet::new();
         let mut locks = Vec::new();
         std::fs::create_dir_all(caches_dir)?;
         for (n, CacheVolume { id, root }) in volumes.iter().enumerate() {
-            let path = caches_dir.join(format!("{}.ext4", Sha256Digest::of_bytes(id.as_bytes()).hex()));
+            // `-v2`: the cache is the volume's CACHE_DIR (earlier volumes showed their root).
+            let path = caches_dir.join(format!("{}-v2.ext4", Sha256Digest::of_bytes(id.as_bytes()).hex()));
             let lock = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -119,14 +130,15 @@ impl Volumes {
             }
             if !path.exists() {
                 let tmp = path.with_extension("new");
-                empty_ext4(&tmp, *root)?;
+                empty_ext4(&tmp, *root, Some(CACHE_DIR))?;
                 std::fs::rename(&tmp, &path)?;
+                fresh.insert(id.clone());
             }
             disks.push(Disk { path, read_only: false, serial: Some(format!("fledge-cache-{n}")) });
             caches.insert(id.clone(), n);
             locks.push(lock);
         }
-        Ok(Volumes { _dir: dir, disks, base: base.to_vec(), caches, _locks: locks })
+        Ok(Volumes { _dir: dir, disks, base: base.to_vec(), caches, fresh, _locks: locks })
     }
 }
 
@@ -239,7 +251,8 @@ impl Guest {
         Ok(dir)
     }
 
-    /// Mounts the op's extra mounts under `root`; returns (target, created) to undo, and the
+    /// Mounts the op's extra mounts under `root` (`shown`: by destination, the layers a bind
+    /// mount shows or a new cache starts from); returns (target, created) to undo, and the
     /// secret environment variables.
     async fn mounts(
         &mut self,
@@ -247,7 +260,7 @@ impl Guest {
         exec: &pb::ExecOp,
         root: &str,
         secrets: &HashMap<String, PathBuf>,
-        binds: &HashMap<String, Vec<Sha256Digest>>,
+        shown: &HashMap<String, Vec<Sha256Digest>>,
     ) -> Result<(Vec<(String, Vec<String>)>, Vec<String>)> {
         let mut mounted = Vec::new();
         let networked = exec.network == pb::NetMode::Unset as i32;
@@ -276,9 +289,14 @@ impl Guest {
             let request = match pb::MountType::try_from(mount.mount_type) {
                 Ok(pb::MountType::Cache) => {
                     let id = mount.cache_opt.as_ref().map(|c| c.id.clone()).unwrap_or_default();
-                    let n = self.volumes.caches.get(&id).context("a cache mount the build did not prepare")?;
+                    let n = *self.volumes.caches.get(&id).context("a cache mount the build did not prepare")?;
+                    if let Some(layers) = shown.get(&mount.dest)
+                        && self.volumes.fresh.remove(&id)
+                    {
+                        self.seed(store, layers, &mount.selector, &format!("{WORK}/cache{n}/{CACHE_DIR}")).await?;
+                    }
                     agent::MountRequest {
-                        source: format!("{WORK}/cache{n}"),
+                        source: format!("{WORK}/cache{n}/{CACHE_DIR}"),
                         target: target.clone(),
                         bind: true,
                         ..Default::default()
@@ -305,7 +323,7 @@ impl Guest {
                     }
                 }
                 Ok(pb::MountType::Bind) => {
-                    let layers = binds.get(&mount.dest).context("a bind mount without its filesystem")?;
+                    let layers = shown.get(&mount.dest).context("a bind mount without its filesystem")?;
                     let source = self.stack(store, layers).await?;
                     mounted.push((source.clone(), Vec::new()));
                     let selector = mount.selector.trim_matches('/');
@@ -342,7 +360,8 @@ impl Guest {
             };
             let value =
                 std::fs::read_to_string(path).with_context(|| format!("cannot read secret {}", path.display()))?;
-            env.push(format!("{}={}", secret.name, value.trim_end_matches('\n')));
+            // The file as it is, a final newline included, as BuildKit passes it.
+            env.push(format!("{}={value}", secret.name));
         }
         Ok((mounted, env))
     }
@@ -366,6 +385,22 @@ impl Guest {
         };
         self.vm.agent().mount_overlay(overlay).await?;
         Ok(format!("{dir}/root"))
+    }
+
+    /// Fills a new cache volume at `volume` from `layers` (the cache mount's `from`) at
+    /// `selector` (its `source`), as BuildKit starts such a cache. The files pass through a
+    /// temporary file on the host, never held in memory.
+    async fn seed(&mut self, store: &Store, layers: &[Sha256Digest], selector: &str, volume: &str) -> Result<()> {
+        let source = self.stack(store, layers).await?;
+        let selector = selector.trim_matches('/');
+        let dir = if selector.is_empty() { source.clone() } else { format!("{source}/{selector}") };
+        let tar = tempfile::Builder::new().prefix("seed-").tempfile_in(store.tmp_dir()?)?;
+        let mut file = tokio::fs::File::from_std(tar.reopen()?);
+        self.vm.agent().get_tar(&dir, &mut file, MAX_DIFF).await?;
+        drop(file);
+        self.vm.agent().put_tar(volume, tokio::fs::File::from_std(tar.reopen()?)).await?;
+        self.vm.agent().unmount(&source, Vec::new()).await?;
+        Ok(())
     }
 
     /// Puts secret `id` into the guest's memory; `None` when optional and not given.
@@ -396,7 +431,7 @@ impl Guest {
         base: &[Sha256Digest],
         exec: &pb::ExecOp,
         secrets: &HashMap<String, PathBuf>,
-        binds: &HashMap<String, Vec<Sha256Digest>>,
+        shown: &HashMap<String, Vec<Sha256Digest>>,
         (stdout, stderr): (
             &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
             &mut (dyn tokio::io::AsyncWrite + Send + Unpin),
@@ -427,7 +462,7 @@ impl Guest {
             target: root.clone(),
         };
         self.vm.agent().mount_overlay(overlay).await?;
-        let (mounted, secret_env) = self.mounts(store, exec, &root, secrets, binds).await?;
+        let (mounted, secret_env) = self.mounts(store, exec, &root, secrets, shown).await?;
         let process = Process {
             args: meta.args.clone(),
             env: meta.env.iter().cloned().chain(proxy_env(meta.proxy_env.as_ref())).chain(secret_env).collect(),

@@ -124,6 +124,8 @@ pub struct Solver<'a> {
     imported: Option<&'a dyn ImportedCache>,
     /// What the steps made or found, for `--cache-to`.
     used: Mutex<CacheUse>,
+    /// What `--allow` granted.
+    entitlements: crate::build::Entitlements,
 }
 
 /// What a solve's steps produced, for sharing its cache (`--cache-to`).
@@ -236,10 +238,16 @@ impl<'a> Solver<'a> {
             cancelled: AtomicBool::new(false),
             imported: None,
             used: Mutex::new(CacheUse::default()),
+            entitlements: Default::default(),
         })
     }
 
     /// Consults `imported` for the steps the store has no cache record of.
+    /// Grants the steps what `--allow` names.
+    pub fn grant(&mut self, entitlements: crate::build::Entitlements) {
+        self.entitlements = entitlements;
+    }
+
     pub fn import_cache(&mut self, imported: &'a dyn ImportedCache) {
         self.imported = Some(imported);
     }
@@ -599,20 +607,22 @@ impl<'a> Solver<'a> {
     }
 
     fn exec(&self, digest: &str, exec: &pb::ExecOp, inputs: &[Value], guest: &mut guest::Guest) -> Result<Value> {
-        // BuildKit's entitlements, which Fledge does not grant: the step runs in a microVM
-        // with no host network to share, and with BuildKit's default privileges only.
+        // BuildKit's entitlements: network.host cannot be granted (the step runs in a
+        // microVM with no host network to share); security.insecure only with --allow.
         if exec.network == pb::NetMode::Host as i32 {
             bail!("network.host is not allowed: build steps run in a microVM, which has no host network to share");
         }
-        if exec.security == pb::SecurityMode::Insecure as i32 {
-            bail!(
-                "security.insecure is not allowed: Fledge does not grant this entitlement; build steps run with BuildKit's default privileges"
-            );
+        if exec.security == pb::SecurityMode::Insecure as i32 && !self.entitlements.insecure {
+            bail!("security.insecure is not allowed: grant it with --allow security.insecure, as buildctl's --allow");
         }
         let base = root_layers(exec, inputs)?;
-        // What each bind mount shows: a stage's or image's layers, or the context as a layer.
-        let mut binds = HashMap::new();
-        for mount in exec.mounts.iter().filter(|m| m.mount_type == pb::MountType::Bind as i32 && m.dest != "/") {
+        // What each bind mount shows, and what a cache mount starts from if new (its
+        // `from`): a stage's or image's layers, or the context as a layer.
+        let mut shown = HashMap::new();
+        let seeds = |m: &pb::Mount| m.mount_type == pb::MountType::Cache as i32 && m.input >= 0;
+        for mount in
+            exec.mounts.iter().filter(|m| (m.mount_type == pb::MountType::Bind as i32 || seeds(m)) && m.dest != "/")
+        {
             let layers = match mount.input {
                 -1 => Vec::new(),
                 i => match inputs.get(i as usize).context("a bind mount's input is out of range")? {
@@ -620,11 +630,11 @@ impl<'a> Solver<'a> {
                     Value::Context { dir, excludes } => vec![fileop::context_layer(self.store, dir, excludes)?],
                 },
             };
-            binds.insert(mount.dest.clone(), layers);
+            shown.insert(mount.dest.clone(), layers);
         }
         let output = |stream| StepOutput { reporter: self.reporter.clone(), id: digest.to_string(), stream };
         let (mut stdout, mut stderr) = (output(Stream::Stdout), output(Stream::Stderr));
-        let run = guest.run(self.store, &base, exec, &self.secrets, &binds, (&mut stdout, &mut stderr));
+        let run = guest.run(self.store, &base, exec, &self.secrets, &shown, (&mut stdout, &mut stderr));
         let diff = self.interruptible(run)?;
         let mut layers = base;
         layers.push(diff);
@@ -701,6 +711,8 @@ fn cache_volumes(graph: &Graph, needed: &HashSet<String>) -> Vec<guest::CacheVol
                     _ => None,
                 })
             });
+            // BuildKit's mkdir keeps the permission bits only (mode=1777 gives 0777).
+            let seed = seed.map(|(mode, uid, gid)| (mode & 0o777, uid, gid));
             volumes.entry(cache.id.clone()).or_insert(seed.unwrap_or((0o755, 0, 0)));
         }
     }

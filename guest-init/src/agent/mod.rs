@@ -31,6 +31,9 @@ pub fn run(port: u32, cmdline: &str) -> ! {
     if let Err(e) = sandbox::write_hosts() {
         crate::warn(format_args!("cannot write the build steps' hosts file: {e}"));
     }
+    if let Err(e) = net::no_fallback_tunnels() {
+        crate::warn(format_args!("cannot keep fallback tunnels out of the steps' networks: {e}"));
+    }
     if net::requested(cmdline) {
         net::configure();
     }

@@ -8,6 +8,13 @@ use std::net::Ipv4Addr;
 
 use fledge_agent::STEP_RESOLV_CONF;
 
+/// Keeps the kernel's fallback tunnel devices (`sit0` and the like) out of the network
+/// namespaces steps get: a `RUN --network=none` step sees only `lo`, as under runc on a host
+/// whose kernel builds these tunnels as modules.
+pub fn no_fallback_tunnels() -> io::Result<()> {
+    std::fs::write("/proc/sys/net/core/fb_tunnels_only_for_init_net", "1")
+}
+
 pub fn requested(cmdline: &str) -> bool {
     cmdline.split_whitespace().any(|arg| arg == "fledge.net=user")
 }

@@ -68,6 +68,10 @@ fn parse_mount(text: &str, state: &StageState, cx: &Context<'_>, at: &Instructio
             let v = need(v)?;
             u32::from_str_radix(&v, radix).map_err(|_| error(at, format!("--mount {key}={v}: not a number")))
         };
+        // Only a boolean option stands alone, as BuildKit's mount parser says.
+        if value.is_none() && !matches!(key.as_str(), "readonly" | "ro" | "readwrite" | "rw" | "required") {
+            return Err(error(at, format!("invalid field '{field}' must be a key=value pair")));
+        }
         match key.as_str() {
             "type" => spec.kind = need(value)?,
             "from" => spec.from = Some(need(value)?),

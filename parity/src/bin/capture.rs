@@ -9,7 +9,8 @@
 //! the program exits 1, naming it.
 //!
 //! usage: cargo run -p fledge-parity --bin capture -- ADDR COMMIT [CASE...]
-//!   ADDR: buildkitd's address (unix:///run/buildkit/buildkitd.sock); `buildctl` on PATH;
+//!   ADDR: buildkitd's address (unix:///run/buildkit/buildkitd.sock), started with
+//!   `--allow-insecure-entitlement security.insecure`; `buildctl` on PATH;
 //!   COMMIT: the BuildKit commit buildkitd was built from (a build from source without
 //!   release flags reports its version as v0.0.0+unknown);
 //!   CASE: case names (default: every case). BUSYBOX=PATH picks the BusyBox (/bin/busybox).
@@ -108,6 +109,7 @@ fn build(
             BuildOption::Target(stage) => cmd.args(["--opt", &format!("target={stage}")]),
             BuildOption::BuildArg(k, v) => cmd.args(["--opt", &format!("build-arg:{k}={v}")]),
             BuildOption::Secret(_) => &mut cmd,
+            BuildOption::Allow(entitlement) => cmd.args(["--allow", entitlement]),
         };
     }
     for (id, path) in &m.secrets {
