@@ -6,6 +6,10 @@
 //! A case may differ only if `tests/parity/known-differences.txt` lists it with the reason;
 //! a listed case that now agrees fails the test too, so the list only shrinks.
 //!
+//! The same comparison in daemon mode (`FLEDGE_PARITY_BUILDKIT_ADDR` naming a buildkitd of
+//! the fixtures' commit) checks that Fledge hands BuildKit the build and brings its image back
+//! unchanged.
+//!
 //! Needs `FLEDGE_TEST_KERNEL_STATE`, QEMU and vhost-device-vsock; skips, saying why,
 //! without them.
 
@@ -69,14 +73,24 @@ fn every_feature_has_a_case_and_every_case_a_fixture() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The engine a case is built with.
+enum Engine<'a> {
+    /// RUN steps in a build VM with this kernel.
+    Embedded(&'a Path),
+    /// A buildkitd at this address (`FLEDGE_BUILDKIT_MODE=daemon`).
+    Daemon(&'a str),
+}
+
 /// Builds `case` with Fledge: the image's description, or the error output.
-fn build(p: &Project, kernel: &Path, m: &Materialised, case: &Case, busybox_sha256: &str) -> Result<String, String> {
+fn build(p: &Project, engine: &Engine, m: &Materialised, case: &Case, busybox_sha256: &str) -> Result<String, String> {
     let out_dir = m.context.parent().unwrap();
     let image = out_dir.join("image.tar");
     let mut cmd = p.fledge();
-    cmd.env("FLEDGE_KERNEL_VMLINUX", kernel)
-        .env("FLEDGE_ACCEL", "tcg")
-        .env("FLEDGE_AGENT", agent_binary())
+    match engine {
+        Engine::Embedded(kernel) => cmd.env("FLEDGE_KERNEL_VMLINUX", kernel).env("FLEDGE_ACCEL", "tcg"),
+        Engine::Daemon(addr) => cmd.env("FLEDGE_BUILDKIT_MODE", "daemon").env("FLEDGE_BUILDKIT_ADDR", addr),
+    };
+    cmd.env("FLEDGE_AGENT", agent_binary())
         .arg("build")
         .arg(m.context.join("Dockerfile"))
         .arg("--context")
@@ -109,8 +123,25 @@ fn build(p: &Project, kernel: &Path, m: &Materialised, case: &Case, busybox_sha2
 #[test]
 fn every_case_builds_as_buildkit_built_it() {
     let kernel = need!(built_vmlinux());
+    compare_every_case(&Engine::Embedded(&kernel), &known_differences());
+}
+
+/// Daemon mode is BuildKit itself: every case, known differences included, must give what
+/// BuildKit gave. Needs a buildkitd of the fixtures' commit, started with
+/// `--allow-insecure-entitlement security.insecure`, at `FLEDGE_PARITY_BUILDKIT_ADDR`.
+#[test]
+fn every_case_builds_in_daemon_mode_as_buildkit_built_it() {
+    let addr = need!(
+        std::env::var("FLEDGE_PARITY_BUILDKIT_ADDR")
+            .map_err(|_| skip("no buildkitd address (set FLEDGE_PARITY_BUILDKIT_ADDR)"))
+    );
+    compare_every_case(&Engine::Daemon(&addr), &BTreeMap::new());
+}
+
+/// Builds every case with `engine` and compares it with BuildKit's fixture; `known` lists the
+/// cases allowed to differ.
+fn compare_every_case(engine: &Engine, known: &BTreeMap<String, String>) {
     let busybox_sha256 = fledge_parity::sha256_of(Path::new(busybox())).unwrap();
-    let known = known_differences();
     let mut cases = Case::read_all(&suite_dir().join("cases")).unwrap();
     // While working on a class of cases: FLEDGE_PARITY_CASES=PREFIX[,PREFIX...] builds only
     // the cases named so (and says so); never set in CI.
@@ -129,7 +160,7 @@ fn every_case_builds_as_buildkit_built_it() {
         compared += 1;
         let dir = tempfile::tempdir_in(p.path("")).unwrap();
         let m = case.materialise(dir.path(), Path::new(busybox())).unwrap();
-        let actual = outcome(case, build(&p, &kernel, &m, case, &busybox_sha256));
+        let actual = outcome(case, build(&p, engine, &m, case, &busybox_sha256));
         let difference = image::difference(&expected, &actual);
         match (difference.is_empty(), known.get(&case.name)) {
             (true, None) => {}
