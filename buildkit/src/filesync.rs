@@ -51,6 +51,47 @@ impl Filter {
     }
 }
 
+/// The follow paths (`followpaths`) the daemon names, with every symlink on the way
+/// resolved inside `root` (fsutil's `FollowLinks`): a link and what it points to are both
+/// sent, so `COPY dirlink /dst/` finds the directory behind the link. A wildcard in a last
+/// component stays a pattern (the include filter matches it).
+pub fn follow_links(root: &Path, paths: &[String]) -> Vec<String> {
+    let mut resolved = std::collections::BTreeSet::new();
+    for path in paths {
+        follow(root, path, &mut resolved, 0);
+    }
+    resolved.into_iter().collect()
+}
+
+/// Adds `path` to `resolved`, resolving the links on the way; `depth` stops link loops.
+fn follow(root: &Path, path: &str, resolved: &mut std::collections::BTreeSet<String>, depth: usize) {
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
+    let mut current: Vec<String> = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            current.pop();
+            continue;
+        }
+        current.push(part.to_string());
+        let here = current.join("/");
+        let rest = parts[i + 1..].join("/");
+        let link = std::fs::symlink_metadata(root.join(&here))
+            .ok()
+            .filter(|m| m.file_type().is_symlink())
+            .and_then(|_| std::fs::read_link(root.join(&here)).ok());
+        if let Some(target) = link {
+            if !resolved.insert(here.clone()) || depth > 40 {
+                return;
+            }
+            let target = target.to_string_lossy().into_owned();
+            let base = if target.starts_with('/') { String::new() } else { current[..current.len() - 1].join("/") };
+            follow(root, &format!("{base}/{target}/{rest}"), resolved, depth + 1);
+            return;
+        }
+    }
+    resolved.insert(current.join("/"));
+}
+
 /// The entries of `root` the filter lets through, in the order the protocol wants.
 pub fn walk(root: &Path, filter: &Filter) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
@@ -193,6 +234,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("file")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("dir")).unwrap();
         let follow = Filter::new(vec!["file".into(), "dir/secret".into()], &[]);
+        assert_eq!(follow_links(dir.path(), &["link".into(), "a.txt".into()]), ["a.txt", "link"]);
         let entries = walk(dir.path(), &follow).unwrap();
         assert_eq!(paths(&entries), ["file"], "nothing below a linked directory");
         assert!(entries[0].file.is_none() && entries[0].stat.mode & go_mode::SYMLINK != 0);

@@ -82,10 +82,10 @@ impl fs::file_sync_server::FileSync for FileSync {
             .get(&name)
             .cloned()
             .ok_or_else(|| Status::not_found(format!("no local directory named {name:?} in this session")))?;
-        // fsutil includes the follow paths as include patterns (the daemon names the files a
-        // build reads that way).
+        // fsutil includes the follow paths, their links resolved, as include patterns (the
+        // daemon names the files a build reads that way).
         let mut includes = metadata_values(&request, "include-patterns");
-        includes.extend(metadata_values(&request, "followpaths"));
+        includes.extend(filesync::follow_links(&root, &metadata_values(&request, "followpaths")));
         let filter = Filter::new(includes, &metadata_values(&request, "exclude-patterns"));
         let entries = tokio::task::spawn_blocking(move || filesync::walk(&root, &filter))
             .await

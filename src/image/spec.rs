@@ -97,7 +97,14 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
     pub config: Descriptor,
+    /// BuildKit writes `null` for an image without layers.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub layers: Vec<Descriptor>,
+}
+
+/// A JSON `null` as an empty list.
+fn null_as_empty<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 /// An index (manifest list): one manifest per platform.
@@ -144,7 +151,8 @@ pub struct RunConfig {
 pub struct RootFs {
     #[serde(default, rename = "type")]
     pub kind: String,
-    #[serde(default)]
+    /// BuildKit writes `null` for an image without layers.
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub diff_ids: Vec<String>,
 }
 
@@ -179,6 +187,18 @@ pub fn parse_document(bytes: &[u8], media_type: &str) -> Result<Document, String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What BuildKit exports for an empty `FROM scratch` target.
+    #[test]
+    fn an_image_without_layers_may_say_null() {
+        let manifest: Manifest = serde_json::from_str(
+            r#"{"schemaVersion":2,"config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":null}"#,
+        )
+        .unwrap();
+        assert!(manifest.layers.is_empty());
+        let config: ImageConfig = serde_json::from_str(r#"{"rootfs":{"type":"layers","diff_ids":null}}"#).unwrap();
+        assert!(config.rootfs.diff_ids.is_empty());
+    }
 
     #[test]
     fn platforms() {
