@@ -174,6 +174,9 @@ pub fn dockerfile(request: &Request, progress: &Progress) -> Result<Built> {
         resolver: &resolver,
     };
     let converted = fledge_llb::dockerfile::convert(&ast, &options).map_err(|e| dockerfile::convert_error(path, &e))?;
+    for (line, warning) in &converted.warnings {
+        tracing::warn!("{}:{line}: {warning}", path.display());
+    }
     // An empty target (FROM scratch with only config) is an image without layers, as in
     // BuildKit: nothing to solve.
     let layers = match &converted.result {

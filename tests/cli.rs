@@ -92,6 +92,26 @@ fn an_empty_scratch_target_builds_an_image_without_layers() {
     assert_eq!(manifest["layers"], serde_json::json!([]), "{manifest}");
 }
 
+/// A stage name used twice is BuildKit's lint warning, and names the last such stage.
+#[test]
+fn a_repeated_stage_name_warns_and_means_the_last_stage() {
+    let p = Project::new();
+    p.write("a.txt", "a\n");
+    p.write("Dockerfile", "FROM scratch AS dup\nCOPY a.txt /first\nFROM scratch AS dup\nCOPY a.txt /second\nFROM scratch\nCOPY --from=dup / /\n");
+    let mut build = p.fledge();
+    build.env("FLEDGE_AGENT", agent_binary()).args(["build", "Dockerfile", "-o", "dup.squashfs"]);
+    let out = run(&mut build);
+    assert_success(&out);
+    assert!(
+        stderr(&out).contains("Dockerfile:3: DuplicateStageName: Duplicate stage name \"dup\""),
+        "{}",
+        stderr(&out)
+    );
+    let listing = run(Command::new("unsquashfs").arg("-lc").arg(p.path("dup.squashfs")));
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(listing.contains("/second") && !listing.contains("/first"), "{listing}");
+}
+
 #[test]
 fn dockerfile_mode_refuses_what_it_cannot_build_with_a_clear_error() {
     let p = Project::new();

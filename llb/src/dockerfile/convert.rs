@@ -49,6 +49,8 @@ pub struct Converted {
     /// `None` when the target is an empty `FROM scratch` stage.
     pub result: Option<Output>,
     pub image: Value,
+    /// What BuildKit's linter warns of, by line: the build goes on.
+    pub warnings: Vec<(usize, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -838,6 +840,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
     let mut global = platform_args(options);
     let mut stages: Vec<Stage> = Vec::new();
     let mut names = BTreeMap::new();
+    let mut warnings = Vec::new();
     for instruction in &ast.instructions {
         match instruction.keyword().as_str() {
             "from" => {
@@ -862,8 +865,13 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
                             ),
                         );
                     }
-                    // A repeated name means its last stage, as in BuildKit (which lints it).
-                    names.insert(n.clone(), stages.len());
+                    // A repeated name means its last stage, as in BuildKit, which lints it.
+                    if names.insert(n.clone(), stages.len()).is_some() {
+                        warnings.push((
+                            instruction.start_line,
+                            format!("DuplicateStageName: Duplicate stage name {n:?}, stage names should be unique"),
+                        ));
+                    }
                 }
                 stages.push(Stage { name, from: instruction.clone(), body: Vec::new() });
             }
@@ -938,7 +946,7 @@ pub fn convert(ast: &Ast, options: &Options<'_>) -> Result<Converted, ConvertErr
     let state = context.done.remove(&target).expect("lowered");
     let mut image = state.image;
     omit_empty(&mut image["config"]);
-    Ok(Converted { result: state.output, image })
+    Ok(Converted { result: state.output, image, warnings })
 }
 
 impl Context<'_> {
