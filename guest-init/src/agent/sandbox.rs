@@ -15,7 +15,9 @@
 //! reaches the layer. The mount points `/proc`, `/dev` and `/sys` are created in the step's
 //! root when it lacks them, and stay there, as runc leaves them: BuildKit's layers hold them
 //! then too. A mount point that exists as something other than a directory is left alone
-//! and not mounted.
+//! and not mounted. What the host mounted below `/dev` for the step (a RUN heredoc's script
+//! at `/dev/pipes/NAME`) is moved aside and back on top of the tmpfs, so a heredoc step has
+//! the devices too.
 
 use std::ffi::CString;
 use std::io;
@@ -98,6 +100,20 @@ enum Step {
     ReadOnly {
         path: CString,
     },
+    /// An empty file (a mount point for a file).
+    MkFile {
+        path: CString,
+    },
+    /// A mount moved from `from` to `to` (`MS_MOVE`).
+    Move {
+        from: CString,
+        to: CString,
+    },
+    /// An emptied mount point removed (`rmdir` or `unlink`).
+    Remove {
+        path: CString,
+        dir: bool,
+    },
 }
 
 /// The setup of one step's environment, ready to run between fork and exec.
@@ -132,10 +148,42 @@ fn mount_point(root: &Path, name: &str) -> io::Result<bool> {
     }
 }
 
-/// True if something is mounted at or below `dir` (per /proc/self/mountinfo).
-fn has_mounts_below(dir: &Path) -> bool {
+/// What is mounted below `dir` (per /proc/self/mountinfo; a mount inside another of them
+/// moves with it, so only the outermost), with whether each is a directory, parents first.
+fn mounts_below(dir: &Path) -> Vec<(std::path::PathBuf, bool)> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    mountinfo.lines().filter_map(|line| line.split(' ').nth(4)).any(|point| Path::new(point).starts_with(dir))
+    let mut points: Vec<std::path::PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(std::path::PathBuf::from)
+        .filter(|point| point.starts_with(dir) && point != dir)
+        .collect();
+    points.sort();
+    points.dedup();
+    let mut outermost: Vec<std::path::PathBuf> = Vec::new();
+    for point in points {
+        if !outermost.iter().any(|outer| point.starts_with(outer)) {
+            outermost.push(point);
+        }
+    }
+    outermost
+        .into_iter()
+        .map(|point| {
+            let dir = point.is_dir();
+            (point, dir)
+        })
+        .collect()
+}
+
+/// Where a step's mounts below its `/dev` wait while the tmpfs goes on (in the guest's own
+/// root, which only the agent uses).
+const STASH: &str = "/run/fledge-step/stash";
+
+/// A name no other step's stash uses.
+fn stash_path(n: usize) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Path::new(STASH).join(format!("{id}-{n}"))
 }
 
 impl Sandbox {
@@ -158,10 +206,24 @@ impl Sandbox {
         if proc {
             steps.push(mount("proc", &root.join("proc"), "proc", nosuid | noexec | nodev, "")?);
         }
-        // A tmpfs on /dev would hide what the host mounted below it for this step (a RUN
-        // heredoc's /dev/pipes/NAME): then the step keeps the image's /dev, as before.
-        if !has_mounts_below(&root.join("dev")) && mount_point(root, "dev")? {
+        if mount_point(root, "dev")? {
             let dev = root.join("dev");
+            // What the host mounted below /dev for this step (a RUN heredoc's
+            // /dev/pipes/NAME) is moved aside and back on top of the tmpfs, as runc mounts
+            // a step's own mounts after its /dev.
+            let carried = mounts_below(&dev);
+            let mut stashed = Vec::new();
+            for (n, (point, is_dir)) in carried.iter().enumerate() {
+                let stash = stash_path(n);
+                std::fs::create_dir_all(STASH)?;
+                if *is_dir {
+                    std::fs::create_dir(&stash)?;
+                } else {
+                    std::fs::File::create(&stash)?;
+                }
+                steps.push(Step::Move { from: c_path(point)?, to: c_path(&stash)? });
+                stashed.push(stash);
+            }
             steps.push(mount("tmpfs", &dev, "tmpfs", nosuid | libc::MS_STRICTATIME, "mode=755,size=65536k")?);
             for (name, major, minor) in DEVICES {
                 steps.push(Step::Mknod { path: c_path(&dev.join(name))?, major, minor });
@@ -176,6 +238,24 @@ impl Sandbox {
             steps.push(mount("devpts", &dev.join("pts"), "devpts", nosuid | noexec, pts)?);
             steps.push(mount("shm", &dev.join("shm"), "tmpfs", nosuid | noexec | nodev, "mode=1777,size=65536k")?);
             steps.push(mount("mqueue", &dev.join("mqueue"), "mqueue", nosuid | noexec | nodev, "")?);
+            let mut made: Vec<std::path::PathBuf> = ["pts", "shm", "mqueue"].iter().map(|n| dev.join(n)).collect();
+            for ((point, is_dir), stash) in carried.iter().zip(&stashed) {
+                let parents: Vec<&Path> = point.ancestors().skip(1).take_while(|p| *p != dev).collect();
+                for parent in parents.into_iter().rev() {
+                    if !made.iter().any(|m| m == parent) {
+                        steps.push(Step::Mkdir { path: c_path(parent)? });
+                        made.push(parent.to_path_buf());
+                    }
+                }
+                let target = c_path(point)?;
+                steps.push(if *is_dir {
+                    Step::Mkdir { path: target.clone() }
+                } else {
+                    Step::MkFile { path: target.clone() }
+                });
+                steps.push(Step::Move { from: c_path(stash)?, to: target });
+                steps.push(Step::Remove { path: c_path(stash)?, dir: *is_dir });
+            }
         }
         let sys = mount_point(root, "sys")?;
         if sys {
@@ -233,6 +313,24 @@ impl Sandbox {
                     Step::Symlink { target, path } => check(libc::symlink(target.as_ptr(), path.as_ptr()))?,
                     Step::Mask { path } => mask(path)?,
                     Step::ReadOnly { path } => read_only(path)?,
+                    Step::MkFile { path } => {
+                        let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                        if fd < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        libc::close(fd);
+                    }
+                    Step::Move { from, to } => {
+                        check(libc::mount(from.as_ptr(), to.as_ptr(), none, libc::MS_MOVE, std::ptr::null()))?
+                    }
+                    Step::Remove { path, dir } => {
+                        // The stash is the guest's, shared with the agent: tidy, not vital.
+                        if *dir {
+                            libc::rmdir(path.as_ptr());
+                        } else {
+                            libc::unlink(path.as_ptr());
+                        }
+                    }
                 }
             }
             libc::umask(umask);
