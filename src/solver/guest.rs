@@ -491,10 +491,10 @@ impl Guest {
         let mut file = tokio::fs::File::from_std(diff.reopen()?);
         // The layers below, merged, for the differ to leave out what the step left alike.
         // One directory is its own view; an overlay without an upper needs two lowers.
-        let view = match lower.as_slice() {
-            [only] => only.clone(),
+        let (view, mounted_view) = match lower.as_slice() {
+            [only] => (only.clone(), false),
             _ => {
-                let view = format!("{WORK}/l{step}");
+                let view = format!("{WORK}/v{step}");
                 let overlay = agent::MountOverlayRequest {
                     lower,
                     upper: String::new(),
@@ -502,11 +502,11 @@ impl Guest {
                     target: view.clone(),
                 };
                 self.vm.agent().mount_overlay(overlay).await?;
-                view
+                (view, true)
             }
         };
         self.vm.agent().get_layer_diff(&upper, &view, &mut file, MAX_DIFF).await?;
-        if view.starts_with(&format!("{WORK}/l")) {
+        if mounted_view {
             self.vm.agent().unmount(&view, Vec::new()).await?;
         }
         drop(file);

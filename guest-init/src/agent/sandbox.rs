@@ -248,11 +248,11 @@ impl Sandbox {
                     }
                 }
                 let target = c_path(point)?;
-                steps.push(if *is_dir {
-                    Step::Mkdir { path: target.clone() }
-                } else {
-                    Step::MkFile { path: target.clone() }
-                });
+                // A step's own tmpfs on /dev/shm lands on the directory already made.
+                if !made.iter().any(|m| m == point) {
+                    let path = target.clone();
+                    steps.push(if *is_dir { Step::Mkdir { path } } else { Step::MkFile { path } });
+                }
                 steps.push(Step::Move { from: c_path(stash)?, to: target });
                 steps.push(Step::Remove { path: c_path(stash)?, dir: *is_dir });
             }

@@ -633,8 +633,13 @@ impl Context<'_> {
                 let mut words = instructions::words(instruction);
                 words.sort();
                 let mut shown = Vec::new();
+                // A word may expand to several (ARG PORTS="80 443").
+                let mut specs = Vec::new();
                 for word in words {
-                    let spec = state.expand(&self.lexer, &word, instruction)?;
+                    let expanded = self.lexer.process_words(&word, &state.env);
+                    specs.extend(expanded.or_else(|e| fail(instruction, e.to_string()))?);
+                }
+                for spec in specs {
                     for port in exposed_ports(&spec).or_else(|e| fail(instruction, e))? {
                         ports[&port] = json!({});
                         shown.push(port);

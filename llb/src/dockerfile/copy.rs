@@ -114,7 +114,9 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     }
     let dest_word = words.pop().expect("two or more");
     let dest = state.expand(&cx.lexer, &dest_word, at)?;
-    let dest = state.resolve_path(&dest);
+    // An empty destination (a variable that expanded to nothing) is the working directory,
+    // as BuildKit takes it.
+    let dest = state.resolve_path(if dest.is_empty() { "." } else { &dest });
     let from = match flags.get("from") {
         Some(from) => {
             cx.check_copy_from(from, at)?;
@@ -125,7 +127,7 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
     let parents = flags.bool("parents").map_err(|e| error(at, e))?;
     let mut sources = Vec::new();
     for word in &words {
-        match heredoc_source(cx, state, at, word)? {
+        match heredoc_source(state, at, word)? {
             Some(source) => sources.push(source),
             None => {
                 let expanded = state.expand(&cx.lexer, word, at)?;
@@ -161,7 +163,9 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
         Some(c) => state.expand(&cx.lexer, c, at)?,
         None => String::new(),
     };
-    let (mode_bits, mode_str) = mode(flags.get("chmod"), at)?;
+    // --chmod is expanded, as --chown (BuildKit's CopyCommand.Expand).
+    let chmod = flags.get("chmod").map(|c| state.expand(&cx.lexer, c, at)).transpose()?;
+    let (mode_bits, mode_str) = mode(chmod.as_deref(), at)?;
     let unpack = is_add && flags.get("unpack") != Some("false");
     let excludes: Vec<String> = flags.all("exclude").to_vec();
 
@@ -236,8 +240,8 @@ pub fn copy(cx: &mut Context<'_>, state: &mut StageState, at: &Instruction, flag
 
     // History names the flags that shape the result: owner, mode, parents (in that order).
     let mut created_by = at.keyword().to_uppercase();
-    for name in ["chown", "chmod"] {
-        if let Some(value) = flags.get(name) {
+    for (name, value) in [("chown", flags.get("chown").map(|_| chown.as_str())), ("chmod", chmod.as_deref())] {
+        if let Some(value) = value {
             created_by += &format!(" --{name}={value}");
         }
     }
@@ -344,17 +348,14 @@ fn git_source(url: &str, keep_git_dir: bool) -> Source {
 
 /// A `<<NAME` source: its body as a file `/NAME` (mode 0644) made on scratch, expanded
 /// unless the delimiter was quoted.
-fn heredoc_source(
-    cx: &Context<'_>,
-    state: &StageState,
-    at: &Instruction,
-    word: &str,
-) -> Result<Option<Source>, ConvertError> {
+fn heredoc_source(state: &StageState, at: &Instruction, word: &str) -> Result<Option<Source>, ConvertError> {
     let Ok(Some(opener)) = super::heredoc::parse(word) else { return Ok(None) };
     let Some(doc) = at.heredocs.iter().find(|d| d.name == opener.name) else { return Ok(None) };
     let mut content = body(doc);
     if doc.expand {
-        let lexer = super::shell::Lexer { raw_quotes: true, ..cx.lexer };
+        // As BuildKit's ExpandRaw: a lexer of its own, `\` escapes, quotes kept as text (so
+        // `'${name}'` is expanded, quotes and all).
+        let lexer = super::shell::Lexer { skip_process_quotes: true, ..super::shell::Lexer::new('\\') };
         content = lexer.process_word(&content, &state.env).map_err(|e| error(at, e.to_string()))?;
     }
     let path = format!("/{}", doc.name);
