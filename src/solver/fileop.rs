@@ -515,14 +515,17 @@ impl Layer<'_> {
             let target = dest.join(&child.file_name().to_string_lossy());
             let meta = child.path().symlink_metadata()?;
             if meta.is_dir() && (included || walk.includes.may_include_below(&below_root)) {
+                let mode = Self::mode(walk.copy, meta.mode(), true)?;
                 if included {
-                    self.put(
-                        &target,
-                        Node::Dir { mode: Self::mode(walk.copy, meta.mode(), true)? },
-                        walk.attrs.clone(),
-                    )?;
+                    self.put(&target, Node::Dir { mode }, walk.attrs.clone())?;
                 }
+                let existed = self.node(&target).is_some();
                 self.copy_dir(walk, &relative, &target, inodes)?;
+                // A directory made only as the parent of what was copied (COPY --parents)
+                // has the source's mode, as fsutil's createParentDirs gives it.
+                if !included && !existed && self.tree.get(&target).is_some() {
+                    self.put(&target, Node::Dir { mode }, walk.attrs.clone())?;
+                }
             } else if !meta.is_dir() && included {
                 self.copy_entry(&child.path(), &meta, &target, walk.copy, walk.attrs, inodes)?;
             }
