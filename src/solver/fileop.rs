@@ -198,13 +198,6 @@ impl Layer<'_> {
         ImageLayers::from_digests(self.store, self.sources.iter().flat_map(|(l, _)| l.iter().copied()).collect())
     }
 
-    /// `path` with its parent resolved through the base's symlinks.
-    fn resolve(&self, path: &ImagePath) -> Result<ImagePath> {
-        let Some(parent) = path.parent() else { return Ok(path.clone()) };
-        let name = path.components().last().expect("not the root").clone();
-        Ok(self.below.resolve(&parent, true)?.join(&name))
-    }
-
     /// Puts the parents of `path` into the layer, as the base has them (new ones 0755).
     fn parents(&mut self, path: &ImagePath) -> Result<()> {
         let mut current = ImagePath::root();
@@ -258,20 +251,20 @@ impl Layer<'_> {
     }
 
     fn mkfile(&mut self, mkfile: &pb::FileActionMkFile) -> Result<()> {
-        let path = self.resolve(&image_path(&mkfile.path)?)?;
+        let path = self.resolve_all(&image_path(&mkfile.path)?, false)?;
         let node = Node::File { mode: mkfile.mode as u32 & 0o7777, data: FileData::Bytes(mkfile.data.clone().into()) };
         self.put(&path, node, self.owner(&mkfile.owner)?)
     }
 
     fn symlink(&mut self, link: &pb::FileActionSymlink) -> Result<()> {
-        let path = self.resolve(&image_path(&link.newpath)?)?;
+        let path = self.resolve_all(&image_path(&link.newpath)?, false)?;
         self.put(&path, Node::Symlink { target: link.oldpath.clone() }, self.owner(&link.owner)?)
     }
 
     /// Removes a path (or the names a wildcard in its last component matches): from this
     /// layer if it made them, from the base by whiteouts.
     fn rm(&mut self, rm: &pb::FileActionRm) -> Result<()> {
-        let path = self.resolve(&image_path(&rm.path)?)?;
+        let path = self.resolve_all(&image_path(&rm.path)?, false)?;
         let name = path.components().last().cloned().unwrap_or_default();
         let targets: Vec<ImagePath> = match path.parent() {
             Some(parent) if rm.allow_wildcard && name.contains(['*', '?', '[']) => {
