@@ -21,7 +21,7 @@ use tonic::{Status, Streaming};
 
 use super::caps::Capabilities;
 use super::children::{self, Ended};
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, check};
 use super::user;
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -167,7 +167,6 @@ fn spawn(start: &pb::ExecStart) -> Result<Running, Status> {
 /// identity (groups before the uid, which drops the right to change them), a build step's
 /// capabilities narrowed before it and set after it, as runc does.
 fn confine(c: &Confinement) -> std::io::Result<()> {
-    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
     // SAFETY: plain system calls on NUL-terminated strings, a slice and a signal set that
     // outlive them.
     unsafe {
