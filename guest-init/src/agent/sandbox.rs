@@ -7,7 +7,7 @@
 //! masked paths (`/proc/kcore`, `/sys/firmware`, ...: `/dev/null` over a file, an empty
 //! read-only tmpfs over a directory) and the read-only ones (`/proc/sys`, `/proc/bus`, ...).
 //! A kernel without POSIX message queues leaves `/dev/mqueue` an empty directory (Fledge's
-//! guest kernel, see docs/kernels.md). `--security=insecure` leaves out the masked and
+//! guest kernel has them, see docs/kernels.md). `--security=insecure` leaves out the masked and
 //! read-only paths and mounts `/sys` writable, as BuildKit's insecure spec does.
 //!
 //! Guarantees: these mounts exist only in the step's mount namespace, so they vanish with its
